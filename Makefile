@@ -1,0 +1,29 @@
+# The two commands of the README. Each creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench experiments clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m redeem_jax --config configs/default.py --workdir runs/default
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/round_throughput.py
+	$(PY) benchmarks/gossip_cost.py
+
+experiments: $(STAMP)
+	$(PY) experiments/consensus_rate.py --out runs/consensus_rate
+
+clean:
+	rm -rf runs .pytest_cache
