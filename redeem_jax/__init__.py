@@ -1,2 +1,13 @@
-"""redeem_jax: resilient, decentralized and privacy-preserving machine learning in JAX."""
+"""redeem_jax: resilient, decentralized and privacy-preserving machine learning in JAX.
+
+A whole network of N nodes is a handful of arrays with a leading node axis; one round of the
+whole network is one jitted pure function (see DESIGN.md).
+"""
+
+from redeem_jax import algorithms, config, data, gossip, models, optim, plotting, topology
+from redeem_jax.runner import RunResult, build, run
+
 __version__ = "0.1.0"
+
+__all__ = ["algorithms", "config", "data", "gossip", "models", "optim", "plotting", "theory", "topology",
+           "build", "run", "RunResult"]

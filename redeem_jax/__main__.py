@@ -1,0 +1,57 @@
+"""Command line: ``python -m redeem_jax --config configs/<name>.py --config.key=value --workdir DIR``."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl, config.json, plots and checkpoints.")
+
+
+def _main(argv):
+    del argv
+    from redeem_jax.config import ConfigError
+    from redeem_jax.runner import run
+
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required, e.g. --config configs/default.py")
+    workdir = _WORKDIR.value or "runs/" + _config_stem()
+    try:
+        result = run(_CONFIG.value, workdir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = result if isinstance(result, dict) else {"": result}
+    for label, r in results.items():
+        row = r.final
+        acc = f"test accuracy {row['test_accuracy']:.4f}, " if "test_accuracy" in row else ""
+        print(f"{label + ': ' if label else ''}round {row['round']}: {acc}test loss {row['test_loss']:.4f}, "
+              f"consensus distance {row['consensus_distance']:.3g}, {row['wall_time']:.1f}s")
+    print(f"outputs in {workdir}/: config.json, metrics.jsonl, metrics.png"
+          + (", checkpoints/" if next(iter(results.values())).config.checkpoint_every else "")
+          + (" (one folder per compared value, comparison.png)" if len(results) > 1 or "" not in results else ""))
+    return 0
+
+
+def _config_stem() -> str:
+    for i, a in enumerate(sys.argv):
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(sys.argv):
+            path = sys.argv[i + 1]
+        else:
+            continue
+        return path.rsplit("/", 1)[-1].removesuffix(".py")
+    return "run"
+
+
+def main():
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()

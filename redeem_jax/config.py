@@ -1,0 +1,283 @@
+"""Experiment configuration: the full schema with defaults, and validation.
+
+Configs are ``ml_collections.ConfigDict`` (big_vision style: ``configs/<name>.py`` holds a
+``get_config()``). Every field is checked here, where the config is read, with a message
+naming the field and its allowed values; library code below the runner never sees a config.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import ml_collections
+
+__all__ = ["base_config", "validate", "ConfigError", "TOPOLOGIES", "DATASETS", "PARTITIONS", "OPTIMIZERS",
+           "SCHEDULES", "ALGORITHMS"]
+
+TOPOLOGIES = ("ring", "path", "torus", "complete", "star", "hypercube", "erdos_renyi", "random_regular",
+              "exponential", "one_peer_exponential", "small_world", "random_geometric", "two_cliques")
+MIXING = ("metropolis_hastings", "max_degree", "uniform")
+DATASETS = ("digits", "mnist1d", "linear", "logistic", "text", "mnist", "fashion_mnist", "cifar10")
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "contiguous")
+MODEL_NAMES = ("linear", "logistic", "mlp", "cnn", "transformer")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+ALGORITHMS = ("dsgd", "fedavg")
+ORDERS = ("atc", "cta")
+GOSSIP_METHODS = ("auto", "dense", "sparse")
+INITS = ("same", "independent")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration field; the message names the field and what is allowed."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field the runner reads, with its default. Experiment configs override these."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.num_nodes = 16
+    c.num_rounds = 200
+    c.eval_every = 10
+    c.checkpoint_every = 50  # rounds; 0 disables checkpoints; a multiple of eval_every
+    c.resume = True  # continue from the latest checkpoint in workdir
+    c.progress = True
+    c.plots = True
+    c.init = "same"  # all nodes start from one draw, or "independent"
+
+    c.topology = ml_collections.ConfigDict()
+    c.topology.name = "ring"
+    c.topology.weights = "metropolis_hastings"
+    c.topology.p = 0.3  # erdos_renyi edge probability; small_world rewiring probability
+    c.topology.k = 4  # random_regular degree; small_world neighbours
+    c.topology.radius = 0.4  # random_geometric
+    c.topology.seed = -1  # -1: use the run's seed
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"
+    c.data.partition = "iid"
+    c.data.alpha = 0.5  # Dirichlet label skew
+    c.data.shards_per_node = 2
+    c.data.quantity_alpha = 1.0
+    c.data.batch_size = 32  # per node and local step; >= node size means full batch
+    c.data.path = ""  # local files for mnist / fashion_mnist / cifar10
+    c.data.num_examples = 2000  # synthetic
+    c.data.dim = 10  # synthetic
+    c.data.noise = 0.1  # synthetic
+    c.data.heterogeneity = 0.0  # synthetic linear: spread of the nodes' optima
+    c.data.whiten = False  # synthetic linear: (1/m)AᵢᵀAᵢ = I on every node
+    c.data.seq_len = 64  # text
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "mlp"
+    c.model.hidden = (64,)
+    c.model.channels = (16, 32)
+    c.model.d_model = 64
+    c.model.num_heads = 4
+    c.model.num_layers = 2
+    c.model.l2 = 0.0
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 0.1
+    c.optimizer.momentum = 0.9  # for momentum / nesterov
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.schedule = "constant"
+    c.optimizer.warmup_rounds = 0
+    c.optimizer.decay_rate = 0.1  # step schedule
+    c.optimizer.decay_every = 100  # step schedule, rounds
+
+    c.algorithm = ml_collections.ConfigDict()
+    c.algorithm.name = "dsgd"  # or "fedavg" (server averaging)
+    c.algorithm.order = "atc"
+    c.algorithm.local_steps = 1
+    c.algorithm.gossip = "auto"
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.max_test_examples = 2000  # the test set is cut to this many examples
+
+    # Run the same config for several values of one field (shapes may change, so this loops).
+    c.compare = ml_collections.ConfigDict()
+    c.compare.key = ""  # e.g. "topology.name"
+    c.compare.choices = ()
+    return c
+
+
+# --- validation ----------------------------------------------------------------------------
+
+def _choice(allowed):
+    def check(v):
+        if v not in allowed:
+            return f"{v!r} is not one of {', '.join(map(str, allowed))}"
+    return check
+
+
+def _int(lo=None, hi=None):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"must be an integer, got {v!r}"
+        if lo is not None and v < lo:
+            return f"must be >= {lo}, got {v}"
+        if hi is not None and v > hi:
+            return f"must be <= {hi}, got {v}"
+    return check
+
+
+def _float(lo=None, hi=None, lo_open=False, hi_open=False):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"must be a finite number, got {v!r}"
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"must be {'>' if lo_open else '>='} {lo}, got {v}"
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return f"must be {'<' if hi_open else '<='} {hi}, got {v}"
+    return check
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        return f"must be True or False, got {v!r}"
+
+
+def _str(v):
+    if not isinstance(v, str):
+        return f"must be a string, got {v!r}"
+
+
+def _int_tuple(min_len=0):
+    def check(v):
+        if not isinstance(v, (tuple, list)) or len(v) < min_len or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in v):
+            return f"must be a tuple of positive integers (at least {min_len}), got {v!r}"
+    return check
+
+
+def _any_tuple(v):
+    if not isinstance(v, (tuple, list)):
+        return f"must be a tuple of values, got {v!r}"
+
+
+SCHEMA: dict[str, Callable[[Any], str | None]] = {
+    "seed": _int(0),
+    "num_nodes": _int(1),
+    "num_rounds": _int(1),
+    "eval_every": _int(1),
+    "checkpoint_every": _int(0),
+    "resume": _bool,
+    "progress": _bool,
+    "plots": _bool,
+    "init": _choice(INITS),
+    "topology.name": _choice(TOPOLOGIES),
+    "topology.weights": _choice(MIXING),
+    "topology.p": _float(0.0, 1.0, lo_open=True),
+    "topology.k": _int(1),
+    "topology.radius": _float(0.0, lo_open=True),
+    "topology.seed": _int(-1),
+    "data.name": _choice(DATASETS),
+    "data.partition": _choice(PARTITIONS),
+    "data.alpha": _float(0.0, lo_open=True),
+    "data.shards_per_node": _int(1),
+    "data.quantity_alpha": _float(0.0, lo_open=True),
+    "data.batch_size": _int(1),
+    "data.path": _str,
+    "data.num_examples": _int(2),
+    "data.dim": _int(1),
+    "data.noise": _float(0.0),
+    "data.heterogeneity": _float(0.0),
+    "data.whiten": _bool,
+    "data.seq_len": _int(2),
+    "model.name": _choice(MODEL_NAMES),
+    "model.hidden": _int_tuple(0),
+    "model.channels": _int_tuple(1),
+    "model.d_model": _int(1),
+    "model.num_heads": _int(1),
+    "model.num_layers": _int(1),
+    "model.l2": _float(0.0),
+    "optimizer.name": _choice(OPTIMIZERS),
+    "optimizer.learning_rate": _float(0.0, lo_open=True),
+    "optimizer.momentum": _float(0.0, 1.0, hi_open=True),
+    "optimizer.weight_decay": _float(0.0),
+    "optimizer.schedule": _choice(SCHEDULES),
+    "optimizer.warmup_rounds": _int(0),
+    "optimizer.decay_rate": _float(0.0, 1.0, lo_open=True),
+    "optimizer.decay_every": _int(1),
+    "algorithm.name": _choice(ALGORITHMS),
+    "algorithm.order": _choice(ORDERS),
+    "algorithm.local_steps": _int(1),
+    "algorithm.gossip": _choice(GOSSIP_METHODS),
+    "eval.max_test_examples": _int(1),
+    "compare.key": _str,
+    "compare.choices": _any_tuple,
+}
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, (ml_collections.ConfigDict, dict)):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def validate(config) -> ml_collections.ConfigDict:
+    """Fill defaults, check every field, and return a resolved copy of ``config``.
+
+    Raises :class:`ConfigError` naming the first bad field (``config.<field>``) and the
+    values it allows; unknown fields are refused too (a typo must not be silently ignored).
+    """
+    user = _flatten(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config))
+    base = base_config()
+    flat_base = _flatten(base.to_dict())
+    for key in user:
+        if key not in flat_base:
+            near = [k for k in flat_base if k.split(".")[-1] == key.split(".")[-1] or k.startswith(key + ".")]
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise ConfigError(f"config.{key}: unknown field{hint}")
+    resolved = base.to_dict()
+    for key, value in user.items():
+        node = resolved
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        if isinstance(value, list):
+            value = tuple(value)
+        node[leaf] = value
+    flat = _flatten(resolved)
+    for key, check in SCHEMA.items():
+        msg = check(flat[key])
+        if msg:
+            raise ConfigError(f"config.{key}: {msg}")
+    _cross_checks(flat)
+    return ml_collections.ConfigDict(resolved)
+
+
+def _cross_checks(c: dict) -> None:
+    if c["checkpoint_every"] and c["checkpoint_every"] % c["eval_every"]:
+        raise ConfigError(
+            f"config.checkpoint_every: must be 0 or a multiple of eval_every ({c['eval_every']}), "
+            f"got {c['checkpoint_every']}")
+    if c["data.name"] in ("mnist", "fashion_mnist", "cifar10") and not c["data.path"]:
+        raise ConfigError(f"config.data.path: dataset {c['data.name']!r} is read from local files; "
+                          "set data.path to an .npz file or a directory of IDX files")
+    if c["model.name"] == "transformer" and c["data.name"] != "text":
+        raise ConfigError("config.model.name: 'transformer' needs data.name = 'text'")
+    if c["data.name"] == "text" and c["model.name"] != "transformer":
+        raise ConfigError(f"config.model.name: data 'text' needs model 'transformer', got {c['model.name']!r}")
+    if c["data.name"] in ("linear", "text") and c["data.partition"] in ("dirichlet", "shards"):
+        raise ConfigError(f"config.data.partition: {c['data.partition']!r} needs class labels; "
+                          f"dataset {c['data.name']!r} allows iid, quantity, contiguous")
+    if c["model.name"] == "logistic" and c["data.name"] != "logistic":
+        raise ConfigError("config.model.name: 'logistic' (one logit) needs the binary data.name = 'logistic'")
+    if c["compare.key"]:
+        if c["compare.key"] not in SCHEMA or c["compare.key"].startswith("compare."):
+            raise ConfigError(f"config.compare.key: {c['compare.key']!r} is not a config field")
+        if not c["compare.choices"]:
+            raise ConfigError("config.compare.choices: give at least one value to compare")
+        for v in c["compare.choices"]:
+            msg = SCHEMA[c["compare.key"]](v)
+            if msg:
+                raise ConfigError(f"config.compare.choices: value for {c['compare.key']} {msg}")

@@ -1,0 +1,217 @@
+"""Models as flat parameter rows (DESIGN.md: parameters of all nodes are ``f32[N, d]``).
+
+Every model is a flax module wrapped into a :class:`Model`: ``init(key) -> f32[d]`` and
+``apply(flat, x) -> outputs``. The pytree is rebuilt from the flat row by ``unravel`` inside
+``apply``, so gossip, robust aggregation and DP noise all act on plain vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+__all__ = ["Model", "get", "MODELS", "loss_and_metrics", "MLP", "CNN", "Linear", "TinyTransformerLM"]
+
+
+class Model(NamedTuple):
+    """A model seen as a function of one flat parameter row."""
+
+    name: str
+    task: str  # "classification" | "binary" | "regression" | "language"
+    num_params: int
+    init: Callable[[jax.Array], jax.Array]  # key -> f32[d]
+    apply: Callable[[jax.Array, jax.Array], jax.Array]  # (f32[d], x[B, ...]) -> out[B, ...]
+    unravel: Callable[[jax.Array], Any]
+    l2: float = 0.0  # (l2/2)·||θ||² added to the training loss
+
+
+class Linear(nn.Module):
+    """Linear / logistic regression: one dense layer on the flattened input."""
+
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape((x.shape[0], -1))
+        return nn.Dense(self.features, use_bias=self.use_bias, kernel_init=nn.initializers.zeros)(x)
+
+
+class MLP(nn.Module):
+    """Multi-layer perceptron on the flattened input."""
+
+    hidden: Sequence[int]
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape((x.shape[0], -1))
+        for h in self.hidden:
+            x = nn.relu(nn.Dense(h)(x))
+        return nn.Dense(self.features)(x)
+
+
+class CNN(nn.Module):
+    """Small convolutional network (two conv + pool blocks, one dense head)."""
+
+    channels: Sequence[int]
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        if x.ndim == 3:  # [B, L, C] 1-D signals are fine as-is; [B, L] gets a channel axis
+            pass
+        elif x.ndim == 2:
+            x = x[..., None]
+        window = (2,) * (x.ndim - 2)
+        for c in self.channels:
+            x = nn.relu(nn.Conv(c, kernel_size=(3,) * (x.ndim - 2))(x))
+            if all(s >= 2 for s in x.shape[1:-1]):
+                x = nn.avg_pool(x, window, strides=window)
+        x = x.reshape((x.shape[0], -1))
+        return nn.Dense(self.features)(x)
+
+
+class _Block(nn.Module):
+    d_model: int
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, h, mask):
+        a = nn.LayerNorm()(h)
+        a = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=self.d_model)(a, a, mask=mask)
+        h = h + a
+        m = nn.LayerNorm()(h)
+        m = nn.Dense(self.d_model)(nn.gelu(nn.Dense(4 * self.d_model)(m)))
+        return h + m
+
+
+class TinyTransformerLM(nn.Module):
+    """Decoder-only byte-level language model (Vaswani et al. 2017; GPT-style pre-norm blocks)."""
+
+    vocab: int
+    d_model: int
+    num_heads: int
+    num_layers: int
+    max_len: int
+
+    @nn.compact
+    def __call__(self, tokens):
+        length = tokens.shape[-1]
+        h = nn.Embed(self.vocab, self.d_model)(tokens)
+        pos = self.param("pos", nn.initializers.normal(0.02), (self.max_len, self.d_model))
+        h = h + pos[:length]
+        mask = nn.make_causal_mask(tokens)
+        for _ in range(self.num_layers):
+            h = _Block(self.d_model, self.num_heads)(h, mask)
+        return nn.Dense(self.vocab)(nn.LayerNorm()(h))
+
+
+MODELS = ("linear", "logistic", "mlp", "cnn", "transformer")
+
+
+def _wrap(name: str, task: str, module: nn.Module, example: np.ndarray, l2: float) -> Model:
+    params = module.init(jax.random.PRNGKey(0), example)
+    flat0, unravel = ravel_pytree(params)
+
+    def init(key):
+        return ravel_pytree(module.init(key, example))[0]
+
+    def apply(flat, x):
+        return module.apply(unravel(flat), x)
+
+    return Model(name, task, int(flat0.size), init, apply, unravel, float(l2))
+
+
+def get(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    task: str = "classification",
+    *,
+    hidden: Sequence[int] = (64,),
+    channels: Sequence[int] = (16, 32),
+    d_model: int = 64,
+    num_heads: int = 4,
+    num_layers: int = 2,
+    use_bias: bool | None = None,
+    l2: float = 0.0,
+) -> Model:
+    """Build a model by name for examples of ``input_shape``.
+
+    ``linear`` is least-squares regression (task "regression") or a softmax classifier;
+    ``logistic`` is binary logistic regression with one logit (Cox 1958) and no bias by
+    default, so that it matches the synthetic problem's known optimum.
+    """
+    if name not in MODELS:
+        raise ValueError(f"model.name: {name!r} is not one of {', '.join(MODELS)}")
+    example = np.zeros((1, *input_shape), np.int32 if task == "language" else np.float32)
+    if name == "linear":
+        if task == "language":
+            raise ValueError("model.name: 'linear' cannot model a language task; use 'transformer'")
+        feats = 1 if task == "regression" else num_classes
+        bias = (task != "regression") if use_bias is None else use_bias
+        return _wrap(name, "regression" if task == "regression" else "classification", Linear(feats, bias), example, l2)
+    if name == "logistic":
+        if task != "classification" or num_classes != 2:
+            raise ValueError("model.name: 'logistic' needs a binary classification dataset (num_classes == 2)")
+        return _wrap(name, "binary", Linear(1, bool(use_bias)), example, l2)
+    if task == "language" and name != "transformer":
+        raise ValueError(f"model.name: {name!r} cannot model a language task; use 'transformer'")
+    if name == "mlp":
+        feats = 1 if task == "regression" else num_classes
+        return _wrap(name, task, MLP(tuple(hidden), feats), example, l2)
+    if name == "cnn":
+        if len(input_shape) not in (1, 2, 3):
+            raise ValueError(f"model.name: 'cnn' needs 1-D or 2-D inputs, got input_shape {tuple(input_shape)}")
+        return _wrap(name, task, CNN(tuple(channels), 1 if task == "regression" else num_classes), example, l2)
+    # transformer
+    if task != "language":
+        raise ValueError("model.name: 'transformer' is a language model; use a 'text' dataset")
+    if d_model % num_heads:
+        raise ValueError(f"model.d_model ({d_model}) must be divisible by model.num_heads ({num_heads})")
+    mod = TinyTransformerLM(num_classes, d_model, num_heads, num_layers, int(input_shape[-1]))
+    return _wrap(name, task, mod, example, l2)
+
+
+def _masked_mean(v, mask):
+    mask = mask.astype(v.dtype)
+    return jnp.sum(v * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def loss_and_metrics(model: Model, flat: jax.Array, x: jax.Array, y: jax.Array, mask: jax.Array):
+    """Mean loss over the unmasked examples and a dict of metrics, for one parameter row.
+
+    Cross-entropy for classification and language modelling, binary log-loss for
+    ``logistic``, and ½(pred − y)² for regression (so the synthetic least-squares optimum
+    is the minimiser). ``mask`` has the shape of the batch axis.
+    """
+    out = model.apply(flat, x)
+    if model.task == "regression":
+        per = 0.5 * (out.reshape(y.shape) - y) ** 2
+        loss = _masked_mean(per, mask)
+        metrics = {"loss": loss}
+    elif model.task == "binary":
+        logit = out.reshape(y.shape)
+        per = optax.sigmoid_binary_cross_entropy(logit, y.astype(logit.dtype))
+        loss = _masked_mean(per, mask)
+        metrics = {"loss": loss, "accuracy": _masked_mean(((logit > 0) == (y > 0)).astype(jnp.float32), mask)}
+    else:
+        per = optax.softmax_cross_entropy_with_integer_labels(out, y)
+        correct = (jnp.argmax(out, -1) == y).astype(jnp.float32)
+        if model.task == "language":  # every position of a sequence counts
+            m = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (per.ndim - mask.ndim)), per.shape)
+        else:
+            m = mask
+        loss = _masked_mean(per, m)
+        metrics = {"loss": loss, "accuracy": _masked_mean(correct, m)}
+    if model.l2:
+        loss = loss + 0.5 * model.l2 * jnp.sum(flat**2)
+    return loss, metrics

@@ -1,0 +1,90 @@
+"""Plots of run histories (matplotlib, headless-safe)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["plot_history", "plot_comparison"]
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _col(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(r["round"], r[key]) for r in rows if key in r and r[key] is not None]
+    if not pts:
+        return np.array([]), np.array([])
+    x, y = zip(*pts)
+    return np.asarray(x, float), np.asarray(y, float)
+
+
+def plot_history(rows: Sequence[dict], path: str | Path | None = None, title: str = ""):
+    """Four panels: test accuracy (averaged model, with the min–max band over nodes), test loss,
+    training loss, and consensus distance (1/n)Σ‖xᵢ − x̄‖² on a log scale. Returns the figure."""
+    plt = _plt()
+    has_acc = any("test_accuracy" in r for r in rows)
+    fig, axes = plt.subplots(1, 4 if has_acc else 3, figsize=(16 if has_acc else 12, 3.6))
+    axes = list(axes)
+    if has_acc:
+        ax = axes.pop(0)
+        x, y = _col(rows, "test_accuracy")
+        ax.plot(x, y, label="averaged model", color="C0")
+        _, lo = _col(rows, "node_test_accuracy_min")
+        _, hi = _col(rows, "node_test_accuracy_max")
+        _, mean = _col(rows, "node_test_accuracy_mean")
+        if lo.size == x.size:
+            ax.fill_between(x, lo, hi, alpha=0.25, color="C1", label="nodes (min–max)")
+            ax.plot(x, mean, color="C1", lw=1, label="nodes (mean)")
+        ax.set(xlabel="round", ylabel="test accuracy", title="accuracy")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax, key, label, log in zip(axes, ("test_loss", "train_loss", "consensus_distance"),
+                                   ("test loss (averaged model)", "train loss (nodes' mean)",
+                                    "consensus distance"), (False, False, True)):
+        x, y = _col(rows, key)
+        if log:  # a common start gives distance 0 at round 0: nothing to draw on a log axis
+            x, y = x[y > 0], y[y > 0]
+            ax.set_yscale("log")
+        ax.plot(x, y, color="C0")
+        ax.set(xlabel="round", title=label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def plot_comparison(histories: Mapping[str, Sequence[dict]], path: str | Path | None = None, title: str = ""):
+    """One curve per run for accuracy (or loss), and consensus distance; runs keyed by label."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    any_acc = any("test_accuracy" in r for rows in histories.values() for r in rows)
+    key = "test_accuracy" if any_acc else "test_loss"
+    for i, (label, rows) in enumerate(histories.items()):
+        x, y = _col(rows, key)
+        axes[0].plot(x, y, label=label, color=f"C{i % 10}")
+        x, y = _col(rows, "consensus_distance")
+        axes[1].plot(x[y > 0], y[y > 0], label=label, color=f"C{i % 10}")
+    axes[0].set(xlabel="round", ylabel=key.replace("_", " "), title=key.replace("_", " ") + " (averaged model)")
+    axes[1].set(xlabel="round", title="consensus distance", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig

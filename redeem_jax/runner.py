@@ -1,0 +1,368 @@
+"""The experiment runner: config → network → scanned rounds → metrics, plots, checkpoints.
+
+``rj.run(config, workdir)`` is the whole experiment. Rounds run on device in ``lax.scan``
+chunks of ``eval_every`` rounds (one compiled program for the whole run); between chunks the
+host evaluates, logs a ``metrics.jsonl`` row, updates the progress bar and saves an orbax
+checkpoint every ``checkpoint_every`` rounds. A run started in a workdir that holds a
+checkpoint resumes from it and produces the same results as an uninterrupted run, because
+round t draws its randomness from ``fold_in(key, t)`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from redeem_jax import config as _config
+from redeem_jax import data as _data
+from redeem_jax import models as _models
+from redeem_jax import topology as _topology
+from redeem_jax.algorithms import dsgd
+from redeem_jax.optim import make_optimizer
+
+__all__ = ["Experiment", "RunResult", "build", "run", "evaluate_fn"]
+
+
+class Experiment(NamedTuple):
+    """Everything a run is made of, built once from a config (handy in notebooks and benchmarks)."""
+
+    config: ml_collections.ConfigDict
+    topology: Any
+    dataset: Any
+    node_data: Any
+    partition_summary: Any
+    model: _models.Model
+    optimizer: Any
+    round_fn: Callable
+    evaluate: Callable
+    honest: np.ndarray
+    trace_counter: list
+
+    def init_state(self) -> dsgd.NetworkState:
+        return dsgd.init_state(self.model, self.optimizer, self.config.num_nodes,
+                               jax.random.PRNGKey(self.config.seed), same_init=self.config.init == "same")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What ``rj.run`` returns: ``metrics`` maps each metric name to an array over logged rounds."""
+
+    metrics: dict[str, np.ndarray]
+    rows: list[dict]
+    state: dsgd.NetworkState
+    config: ml_collections.ConfigDict
+    workdir: Path | None
+    compilations: int
+    experiment: Experiment
+
+    @property
+    def final(self) -> dict:
+        """The last logged row."""
+        return self.rows[-1]
+
+
+def _topology_from_config(c) -> Any:
+    t = c.topology
+    n = c.num_nodes
+    seed = c.seed if t.seed < 0 else t.seed
+    options = {"p": t.p, "k": t.k, "radius": t.radius, "seed": seed}
+    accepted = inspect.signature(_topology.FAMILIES[t.name]).parameters
+    options = {k: v for k, v in options.items() if k in accepted}
+    try:
+        return _topology.get(t.name, n, weights=t.weights, **options)
+    except ValueError as e:
+        raise _config.ConfigError(f"config.topology.name: {t.name!r} with num_nodes={n}: {e}") from e
+
+
+def _dataset_from_config(c):
+    d = c.data
+    options: dict[str, Any] = {}
+    if d.name in ("linear", "logistic"):
+        options = dict(num_examples=d.num_examples, dim=d.dim, noise=d.noise)
+        if d.name == "linear":
+            options.update(heterogeneity=d.heterogeneity, whiten=d.whiten)
+            if d.whiten:
+                options.update(num_nodes=c.num_nodes, examples_per_node=d.num_examples // c.num_nodes)
+    elif d.name == "text":
+        options = dict(seq_len=d.seq_len)
+    elif d.name in ("mnist", "fashion_mnist", "cifar10"):
+        options = dict(path=d.path)
+    try:
+        return _data.load(d.name, seed=c.seed, **options)
+    except FileNotFoundError as e:
+        raise _config.ConfigError(f"config.data.path: {e}") from e
+
+
+def _partition_method(c, ds) -> str:
+    # Whitened synthetic rows are generated node by node, so the split must keep the blocks.
+    if c.data.name == "linear" and c.data.whiten:
+        return "contiguous"
+    return c.data.partition
+
+
+def evaluate_fn(model: _models.Model, x_test, y_test) -> Callable:
+    """``evaluate(params[N, d], honest[N]) -> dict`` of test metrics.
+
+    The model averaged over honest nodes (what D-SGD theory bounds) and every node's own
+    model, summarised over honest nodes as mean / std / min / max.
+    """
+    x_test = jnp.asarray(x_test)
+    y_test = jnp.asarray(y_test)
+    ones = jnp.ones((x_test.shape[0],), bool)
+
+    def node_metrics(p):
+        return _models.loss_and_metrics(model, p, x_test, y_test, ones)[1]
+
+    @jax.jit
+    def evaluate(params, honest):
+        xbar = dsgd.honest_mean(params, honest)
+        out = {f"test_{k}": v for k, v in node_metrics(xbar).items()}
+        per_node = jax.lax.map(node_metrics, params, batch_size=min(64, params.shape[0]))
+        w = honest.astype(jnp.float32)
+        for k, v in per_node.items():
+            mean = jnp.sum(v * w) / jnp.sum(w)
+            out[f"node_test_{k}_mean"] = mean
+            out[f"node_test_{k}_std"] = jnp.sqrt(jnp.sum(w * (v - mean) ** 2) / jnp.sum(w))
+            out[f"node_test_{k}_min"] = jnp.min(jnp.where(honest, v, jnp.inf))
+            out[f"node_test_{k}_max"] = jnp.max(jnp.where(honest, v, -jnp.inf))
+        return out
+
+    return evaluate
+
+
+def build(config) -> Experiment:
+    """Validate ``config`` and build the network, data, model, optimizer and the jitted round."""
+    c = _config.validate(config)
+    if c.compare.key:
+        raise _config.ConfigError("config.compare.key: build() makes one experiment; use rj.run for comparisons")
+    topo = _topology_from_config(c)
+    ds = _dataset_from_config(c)
+    method = _partition_method(c, ds)
+    try:
+        node_data, summary = _data.distribute_with_summary(
+            ds, c.num_nodes, method=method, seed=c.seed, alpha=c.data.alpha,
+            shards_per_node=c.data.shards_per_node, quantity_alpha=c.data.quantity_alpha)
+    except ValueError as e:
+        raise _config.ConfigError(f"config.data.partition: {e}") from e
+    model = _models.get(c.model.name, ds.input_shape, ds.num_classes, ds.task, hidden=tuple(c.model.hidden),
+                        channels=tuple(c.model.channels), d_model=c.model.d_model, num_heads=c.model.num_heads,
+                        num_layers=c.model.num_layers, l2=c.model.l2)
+    steps = c.num_rounds * c.algorithm.local_steps
+    optimizer = make_optimizer(
+        c.optimizer.name, c.optimizer.learning_rate, momentum=c.optimizer.momentum,
+        weight_decay=c.optimizer.weight_decay, schedule=c.optimizer.schedule, total_steps=steps,
+        warmup_steps=c.optimizer.warmup_rounds * c.algorithm.local_steps, decay_rate=c.optimizer.decay_rate,
+        decay_every=c.optimizer.decay_every * c.algorithm.local_steps)
+    if c.algorithm.name == "fedavg":
+        communicate = dsgd.server_communication()
+    else:
+        communicate = dsgd.gossip_communication(topo, c.algorithm.gossip)
+    honest = np.ones((c.num_nodes,), bool)
+    counter: list = []
+    round_fn = dsgd.make_round(model=model, optimizer=optimizer, node_data=node_data,
+                               batch_size=c.data.batch_size, communicate=communicate,
+                               local_steps=c.algorithm.local_steps, order=c.algorithm.order,
+                               honest=honest, trace_counter=counter)
+    n_test = min(c.eval.max_test_examples, ds.x_test.shape[0])
+    evaluate = evaluate_fn(model, ds.x_test[:n_test], ds.y_test[:n_test])
+    return Experiment(c, topo, ds, node_data, summary, model, optimizer, round_fn, evaluate, honest, counter)
+
+
+def _make_chunk(round_fn: Callable, length: int) -> Callable:
+    """``chunk(state, limit)``: ``length`` rounds in one ``lax.scan``; rounds ≥ limit are no-ops,
+    so the last, shorter chunk reuses the same compiled program."""
+
+    def chunk(state, limit):
+        def body(s, _):
+            new, metrics = round_fn(s)
+            active = s.round < limit
+            s = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, s)
+            return s, metrics
+
+        return jax.lax.scan(body, state, None, length=length)
+
+    return jax.jit(chunk, donate_argnums=0)
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+_RESUME_FREE = ("num_rounds", "progress", "plots", "resume")
+
+
+def _checkpoint_manager(workdir: Path):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(workdir.absolute() / "checkpoints", options=options)
+
+
+def _state_dict(state: dsgd.NetworkState) -> dict:
+    return {"params": state.params, "opt_state": state.opt_state, "round": state.round, "key": state.key}
+
+
+def _restore(mgr, template: dsgd.NetworkState) -> dsgd.NetworkState | None:
+    import orbax.checkpoint as ocp
+
+    step = mgr.latest_step()
+    if step is None:
+        return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_dict(template))
+    restored = mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+    return dsgd.NetworkState(restored["params"], restored["opt_state"], restored["round"], restored["key"])
+
+
+def _check_same_config(workdir: Path, c) -> None:
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    new = json.loads(c.to_json())
+    diff = sorted(k for k in set(old) | set(new) if k not in _RESUME_FREE and old.get(k) != new.get(k))
+    if diff:
+        raise _config.ConfigError(
+            f"config.{diff[0]}: the checkpoint in {workdir} was made with a different value "
+            f"({old.get(diff[0])!r} != {new.get(diff[0])!r}); use a new --workdir or set config.resume=False")
+
+
+def _read_rows(path: Path, upto: int) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["round"] <= upto]
+
+
+def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    keys = sorted({k for r in rows for k in r})
+    return {k: np.array([r.get(k, np.nan) for r in rows], dtype=np.float64) for k in keys}
+
+
+def _fmt(row: dict) -> str:
+    acc = row.get("test_accuracy")
+    return (f"acc={acc:.3f} " if acc is not None else "") + f"loss={row.get('test_loss', float('nan')):.4f}"
+
+
+# --- the run -------------------------------------------------------------------------------
+
+def run(config, workdir: str | os.PathLike | None = None):
+    """Run one experiment (Lian et al. 2017 D-SGD over ``config.topology``) and return a :class:`RunResult`.
+
+    With ``workdir``: writes ``config.json``, ``metrics.jsonl``, ``metrics.png`` and orbax
+    checkpoints there, and resumes from the latest checkpoint. With ``config.compare.key``
+    set, runs once per value into ``workdir/<value>`` and returns ``{value: RunResult}``
+    plus a joint ``comparison.png``.
+    """
+    c = _config.validate(config)
+    if c.compare.key:
+        return _run_compare(c, workdir)
+    exp = build(c)
+    wd = Path(workdir) if workdir is not None else None
+    state = exp.init_state()
+    rows: list[dict] = []
+    mgr = None
+    wall_offset = 0.0
+    if wd is not None:
+        wd.mkdir(parents=True, exist_ok=True)
+        if c.checkpoint_every:
+            mgr = _checkpoint_manager(wd)
+            if c.resume:
+                _check_same_config(wd, c)
+                restored = _restore(mgr, state)
+                if restored is not None:
+                    state = restored
+                    rows = _read_rows(wd / "metrics.jsonl", int(state.round))
+                    wall_offset = rows[-1]["wall_time"] if rows else 0.0
+        (wd / "config.json").write_text(c.to_json(indent=2))
+        with open(wd / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    chunk = _make_chunk(exp.round_fn, c.eval_every)
+    honest = jnp.asarray(exp.honest)
+    t0 = time.perf_counter() - wall_offset
+    start = int(state.round)
+
+    def log(row):
+        rows.append(row)
+        if wd is not None:
+            with open(wd / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    if start == 0:
+        ev = jax.device_get(exp.evaluate(state.params, honest))
+        log({"round": 0, **{k: float(v) for k, v in ev.items()},
+             "consensus_distance": float(dsgd.consensus_distance(state.params, honest)), "wall_time": 0.0})
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=c.num_rounds, initial=start, unit="round", desc="rounds", disable=not c.progress,
+               file=sys.stderr, dynamic_ncols=True, leave=True)
+    limit = jnp.asarray(c.num_rounds, jnp.int32)
+    while int(state.round) < c.num_rounds:
+        before = int(state.round)
+        state, per_round = chunk(state, limit)
+        r = int(state.round)
+        done = r - before
+        per_round = jax.device_get(per_round)
+        ev = jax.device_get(exp.evaluate(state.params, honest))
+        row = {"round": r, **{k: float(v) for k, v in ev.items()},
+               "train_loss": float(np.mean(per_round["train_loss"][:done])),
+               "consensus_distance": float(per_round["consensus_distance"][done - 1]),
+               "wall_time": time.perf_counter() - t0}
+        log(row)
+        bar.update(done)
+        bar.set_postfix_str(_fmt(row))
+        if mgr is not None and (r % c.checkpoint_every == 0 or r == c.num_rounds):
+            import orbax.checkpoint as ocp
+
+            mgr.save(r, args=ocp.args.StandardSave(_state_dict(state)), force=True)
+    bar.close()
+    if mgr is not None:
+        mgr.wait_until_finished()
+        mgr.close()
+
+    if wd is not None and c.plots:
+        from redeem_jax import plotting
+
+        plotting.plot_history(rows, wd / "metrics.png", title=_title(c))
+    return RunResult(_columns(rows), rows, state, c, wd, len(exp.trace_counter), exp)
+
+
+def _title(c) -> str:
+    algo = "FedAvg" if c.algorithm.name == "fedavg" else f"D-SGD ({c.algorithm.order.upper()})"
+    return f"{algo} · {c.data.name}/{c.model.name} · {c.topology.name} n={c.num_nodes}"
+
+
+def _run_compare(c, workdir):
+    key = c.compare.key
+    results = {}
+    for value in c.compare.choices:
+        sub = ml_collections.ConfigDict(c.to_dict())
+        node = sub
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+        sub.compare.key = ""
+        sub.compare.choices = ()
+        sub_dir = Path(workdir) / str(value) if workdir is not None else None
+        results[str(value)] = run(sub, sub_dir)
+    if workdir is not None and c.plots:
+        from redeem_jax import plotting
+
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        plotting.plot_comparison({k: r.rows for k, r in results.items()}, Path(workdir) / "comparison.png",
+                                 title=f"{_title(c)} · by {key}")
+        summary = {k: r.final for k, r in results.items()}
+        (Path(workdir) / "comparison.json").write_text(json.dumps(summary, indent=2))
+    return results
