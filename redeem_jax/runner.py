@@ -93,7 +93,7 @@ def _dataset_from_config(c):
         options = dict(num_examples=d.num_examples, dim=d.dim, noise=d.noise)
         if d.name == "linear":
             options.update(heterogeneity=d.heterogeneity, whiten=d.whiten)
-            if d.whiten:
+            if d.whiten or d.heterogeneity > 0:  # both are defined per node block
                 options.update(num_nodes=c.num_nodes, examples_per_node=d.num_examples // c.num_nodes)
     elif d.name == "text":
         options = dict(seq_len=d.seq_len)

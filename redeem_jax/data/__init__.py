@@ -1,0 +1,40 @@
+"""Data across nodes: datasets, partitions (IID and non-IID) and per-round sampling.
+
+    ds = data.load("digits")
+    nd, summary = data.distribute_with_summary(ds, 16, method="dirichlet", alpha=0.1)
+    xb, yb, mask = data.sample_batch(key, nd.x[0], nd.y[0], nd.sizes[0], 32)
+"""
+
+from redeem_jax.data.datasets import TEXT_MODULES, Dataset, list_datasets, load, register_dataset
+from redeem_jax.data.loaders import load_images, read_idx
+from redeem_jax.data.partition import METHODS, PartitionSummary, partition, partition_summary
+from redeem_jax.data.sampling import (
+    NodeData,
+    distribute,
+    distribute_with_summary,
+    sample_batch,
+    sample_indices,
+    sample_node_batches,
+    stack_parts,
+)
+
+__all__ = [
+    "Dataset",
+    "load",
+    "list_datasets",
+    "register_dataset",
+    "TEXT_MODULES",
+    "load_images",
+    "read_idx",
+    "METHODS",
+    "partition",
+    "partition_summary",
+    "PartitionSummary",
+    "NodeData",
+    "distribute",
+    "distribute_with_summary",
+    "stack_parts",
+    "sample_indices",
+    "sample_batch",
+    "sample_node_batches",
+]

@@ -1,0 +1,137 @@
+"""Node data on device (``[N, m_max, ...]`` + sizes) and per-round sampling.
+
+Partitioning happens once on the host; sampling is a pure, jittable function
+of one node's arrays and key, which the engine vmaps over nodes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from redeem_jax.data.datasets import Dataset
+from redeem_jax.data.partition import PartitionSummary, partition, partition_summary
+
+__all__ = [
+    "NodeData",
+    "stack_parts",
+    "distribute",
+    "distribute_with_summary",
+    "sample_indices",
+    "sample_batch",
+    "sample_node_batches",
+]
+
+
+class NodeData(NamedTuple):
+    """Every node's local train set, padded to a common length (a pytree).
+
+    x: ``[N, m_max, *input_shape]``, zero rows beyond ``sizes[i]``.
+    y: ``[N, m_max, ...]``, zero beyond ``sizes[i]``.
+    sizes: int32 ``[N]``, number of real rows of each node.
+    """
+
+    x: jax.Array
+    y: jax.Array
+    sizes: jax.Array
+
+
+def stack_parts(x: np.ndarray, y: np.ndarray, parts: list[np.ndarray], pad_to: int | None = None) -> NodeData:
+    """Gathers ``x[parts[i]]`` into a zero-padded ``[N, m_max, ...]`` NodeData.
+
+    ``pad_to`` fixes ``m_max`` (>= the largest part) so that partitions drawn
+    with different seeds share one shape and hence one compilation.
+    """
+    sizes = np.array([len(p) for p in parts], np.int64)
+    m_max = int(sizes.max()) if pad_to is None else int(pad_to)
+    if m_max < sizes.max():
+        raise ValueError(f"pad_to={pad_to} is smaller than the largest node ({int(sizes.max())} examples)")
+    n = len(parts)
+    idx = np.zeros((n, m_max), np.int64)
+    valid = np.arange(m_max)[None, :] < sizes[:, None]
+    idx[valid] = np.concatenate(parts) if n else np.zeros(0, np.int64)
+    x = np.asarray(x)
+    y = np.asarray(y)
+
+    def gather(a: np.ndarray) -> jax.Array:
+        g = a[idx]  # [n, m_max, ...]
+        mask = valid.reshape(valid.shape + (1,) * (a.ndim - 1))
+        return jnp.asarray(np.where(mask, g, np.zeros((), a.dtype)))
+
+    return NodeData(x=gather(x), y=gather(y), sizes=jnp.asarray(sizes, jnp.int32))
+
+
+def distribute_with_summary(
+    ds: Dataset,
+    num_nodes: int,
+    method: str = "iid",
+    seed: int = 0,
+    *,
+    pad_to: int | None = None,
+    **partition_options,
+) -> tuple[NodeData, PartitionSummary]:
+    """:func:`distribute` that also returns the :class:`PartitionSummary`."""
+    parts = partition(ds.y_train, num_nodes, method=method, seed=seed, **partition_options)
+    nd = stack_parts(ds.x_train, ds.y_train, parts, pad_to=pad_to)
+    num_classes = ds.num_classes if ds.task == "classification" else None
+    return nd, partition_summary(ds.y_train, parts, num_classes)
+
+
+def distribute(
+    ds: Dataset,
+    num_nodes: int,
+    method: str = "iid",
+    seed: int = 0,
+    *,
+    pad_to: int | None = None,
+    **partition_options,
+) -> NodeData:
+    """Partitions ``ds``'s train set across nodes (see :func:`partition` for
+    methods and options) and stacks it into a padded :class:`NodeData`.
+
+    Memory is ``N · m_max``: strongly skewed partitions (small Dirichlet
+    ``alpha``) pad every node to the largest one.
+    """
+    return distribute_with_summary(ds, num_nodes, method, seed, pad_to=pad_to, **partition_options)[0]
+
+
+def sample_indices(key: jax.Array, size, m_max: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """Indices of a minibatch drawn WITHOUT replacement from the first
+    ``size`` of ``m_max`` rows of one node, and its validity mask.
+
+    Random-score sampling: each real row gets a uniform score, padded rows
+    ``+inf``, and the ``batch_size`` smallest are taken (``lax.top_k`` on the
+    negated scores) — a uniformly random subset (Efraimidis & Spirakis 2006
+    with equal weights) in O(m_max) with static shapes. ``size`` may be
+    traced; ``m_max`` and ``batch_size`` are static Python ints. ``mask[b] = b < size`` (real rows come first), false only when
+    ``batch_size > size``. If ``batch_size >= m_max`` it is full-batch and
+    deterministic: ``idx = arange(m_max)``, ``mask = arange(m_max) < size``.
+    """
+    m_max, batch_size = int(m_max), int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size >= m_max:
+        idx = jnp.arange(m_max, dtype=jnp.int32)
+        return idx, idx < size
+    rows = jnp.arange(m_max)
+    scores = jnp.where(rows < size, jax.random.uniform(key, (m_max,)), jnp.inf)
+    _, idx = jax.lax.top_k(-scores, batch_size)
+    mask = jnp.arange(batch_size) < size
+    return idx.astype(jnp.int32), mask
+
+
+def sample_batch(key: jax.Array, node_x: jax.Array, node_y: jax.Array, size, batch_size: int):
+    """``(xb, yb, mask)``: a minibatch of one node (see :func:`sample_indices`)
+    gathered from its padded ``[m_max, ...]`` arrays. Vmap over nodes."""
+    idx, mask = sample_indices(key, size, node_x.shape[0], batch_size)
+    return jnp.take(node_x, idx, axis=0), jnp.take(node_y, idx, axis=0), mask
+
+
+def sample_node_batches(key: jax.Array, nd: NodeData, batch_size: int):
+    """Every node's minibatch, ``([N, B, ...], [N, B, ...], [N, B])``, with one
+    key per node split from ``key``."""
+    keys = jax.random.split(key, nd.sizes.shape[0])
+    return jax.vmap(sample_batch, in_axes=(0, 0, 0, 0, None))(keys, nd.x, nd.y, nd.sizes, batch_size)
