@@ -4,7 +4,7 @@ A whole network of N nodes is a handful of arrays with a leading node axis; one 
 whole network is one jitted pure function (see DESIGN.md).
 """
 
-from redeem_jax import algorithms, config, data, gossip, models, optim, plotting, topology
+from redeem_jax import algorithms, config, data, gossip, models, optim, plotting, theory, topology
 from redeem_jax.runner import RunResult, build, run
 
 __version__ = "0.1.0"
