@@ -31,7 +31,7 @@ def _main(argv):
         acc = f"test accuracy {row['test_accuracy']:.4f}, " if "test_accuracy" in row else ""
         print(f"{label + ': ' if label else ''}round {row['round']}: {acc}test loss {row['test_loss']:.4f}, "
               f"consensus distance {row['consensus_distance']:.3g}, {row['wall_time']:.1f}s")
-    print(f"outputs in {workdir}/: config.json, metrics.jsonl, metrics.png"
+    print(f"outputs in {workdir}/: config.json, metrics.jsonl, metrics.png, partition.png"
           + (", checkpoints/" if next(iter(results.values())).config.checkpoint_every else "")
           + (" (one folder per compared value, comparison.png)" if len(results) > 1 or "" not in results else ""))
     return 0

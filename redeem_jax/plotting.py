@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["plot_history", "plot_comparison"]
+__all__ = ["plot_history", "plot_comparison", "plot_partition"]
 
 
 def _plt():
@@ -86,5 +86,17 @@ def plot_comparison(histories: Mapping[str, Sequence[dict]], path: str | Path | 
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def plot_partition(summary, path: str | Path | None = None):
+    """The label histogram per node of a partition (``rj.data.PartitionSummary``), saved to ``path``."""
+    plt = _plt()
+    ax = summary.plot()
+    fig = ax.figure
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
         plt.close(fig)
     return fig

@@ -331,10 +331,13 @@ def run(config, workdir: str | os.PathLike | None = None):
         mgr.wait_until_finished()
         mgr.close()
 
+    if wd is not None:
+        (wd / "partition.json").write_text(json.dumps(exp.partition_summary.to_dict()))
     if wd is not None and c.plots:
         from redeem_jax import plotting
 
         plotting.plot_history(rows, wd / "metrics.png", title=_title(c))
+        plotting.plot_partition(exp.partition_summary, wd / "partition.png")
     return RunResult(_columns(rows), rows, state, c, wd, len(exp.trace_counter), exp)
 
 

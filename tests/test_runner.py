@@ -53,7 +53,7 @@ def test_default_config_reaches_90_percent_on_digits(tmp_path):
     assert res.final["test_accuracy"] >= 0.90
     assert res.final["node_test_accuracy_mean"] >= 0.90
     assert res.compilations == 1
-    for name in ("metrics.jsonl", "config.json", "metrics.png"):
+    for name in ("metrics.jsonl", "config.json", "metrics.png", "partition.json", "partition.png"):
         assert (tmp_path / name).stat().st_size > 0
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(0, c.num_rounds + 1, c.eval_every))
