@@ -1,0 +1,29 @@
+"""Smoke + correctness of experiments/consensus_rate.py in --quick mode."""
+import importlib.util
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("consensus_rate",
+                                                  ROOT / "experiments" / "consensus_rate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_consensus_rate_quick(tmp_path):
+    _load().main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "consensus_rate.png").stat().st_size > 10_000
+    res = json.loads((tmp_path / "consensus_rate.json").read_text())["results"]
+    assert {r["family"] for r in res} >= {"ring", "torus", "hypercube", "exponential",
+                                          "one_peer_exponential"}
+    for r in res:
+        if r["rho_theory"] > 0:
+            assert abs(r["rho_measured"] - r["rho_theory"]) / r["rho_theory"] < 0.02, r["label"]
+        else:   # one-peer exponential, n a power of 2: exact average after log2 n rounds
+            assert r["exact_after_rounds"] == (r["n"].bit_length() - 1), r["label"]
+    n12 = [r for r in res if r["family"] == "one_peer_exponential" and r["n"] == 12]
+    assert n12 and n12[0]["exact_after_rounds"] is None
