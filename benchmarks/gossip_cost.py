@@ -2,7 +2,7 @@
 
     python benchmarks/gossip_cost.py                 # ~1.5 min on 2 CPU cores
     python benchmarks/gossip_cost.py --quick         # n <= 4096, a few seconds
-    python benchmarks/gossip_cost.py --md docs/performance_gossip.md
+    python benchmarks/gossip_cost.py --md /tmp/gossip.md
 
 For each topology (ring: K = 2; static exponential graph, Ying et al. 2021:
 K = ceil(log2 n)) and n in {256, ..., 65536} at d = 1000 float32, times one

@@ -7,7 +7,7 @@ by node. The vectorized round is redeem_jax's: all nodes in one XLA program, rou
 Same model (digits MLP, 64 hidden), same data (32 digits examples per node), same batch (16),
 same ring with Metropolis–Hastings weights.
 
-Run:  python benchmarks/round_throughput.py [--sizes 16,256,4096] [--out docs/performance_round.md]
+Run:  python benchmarks/round_throughput.py [--sizes 16,256,4096] [--out /tmp/round.md]   (tables go to docs/performance.md)
 """
 
 from __future__ import annotations

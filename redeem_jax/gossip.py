@@ -16,9 +16,9 @@ same result (tests check equality to 1e-5):
 n <= 4096) or, on GPU/TPU, when ``n <= 256`` (matrix units make a small
 ``W @ x`` nearly free); otherwise sparse. On CPU a dense step costs
 ``2 n^2 d`` flops and is 10-200x slower than sparse on a ring even at
-n = 256 (docs/performance_gossip.md), hence no small-n rule there. Roll is opt-in: on CPU it is no
+n = 256 (docs/performance.md), hence no small-n rule there. Roll is opt-in: on CPU it is no
 faster than sparse on a ring and 10x slower on the exponential graph, whose
-far shifts XLA materialises (docs/performance_gossip.md). All paths are jittable with a traced ``round`` for time-varying
+far shifts XLA materialises (docs/performance.md). All paths are jittable with a traced ``round`` for time-varying
 topologies (``W(round % period)``), and never loop over nodes in Python.
 """
 from __future__ import annotations
