@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
@@ -14,6 +14,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl, co
 
 def _main(argv):
     del argv
+    # Orbax logs every checkpoint step at INFO; the progress bar already says where we are.
+    logging.set_verbosity(logging.WARNING)
     from redeem_jax.config import ConfigError
     from redeem_jax.runner import run
 

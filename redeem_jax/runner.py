@@ -281,6 +281,8 @@ def run(config, workdir: str | os.PathLike | None = None):
                 restored = _restore(mgr, state)
                 if restored is not None:
                     state = restored
+                    if c.progress:
+                        print(f"resuming from the checkpoint at round {int(state.round)} in {wd}", file=sys.stderr)
                     rows = _read_rows(wd / "metrics.jsonl", int(state.round))
                     wall_offset = rows[-1]["wall_time"] if rows else 0.0
         (wd / "config.json").write_text(c.to_json(indent=2))
