@@ -1,10 +1,17 @@
-"""Default experiment: decentralized SGD on digits over a 16-node ring.
+"""Default experiment: D-SGD on digits over a 16-node ring, 3 of whose nodes are Byzantine.
+
+The three Byzantine nodes (ids 0, 5, 10: spread out, so that every honest node keeps an
+honest neighbour; on a ring a node between two attackers hears only lies) run ALIE
+(Baruch et al. 2019) with factor z = 5 on the models they gossip. Three runs share one plot:
+plain gossip (aggregation.rule = "mean"), ClippedGossip (He, Karimireddy & Jaggi 2022), and
+the same ring without attackers (the reference).
 
 Run:      python -m redeem_jax --config configs/default.py --workdir runs/default
           (or `make run`)
-Expected: about 0.95 test accuracy of the averaged model after 300 rounds, in well under a
-          minute of rounds on a 2-core CPU; metrics.jsonl, config.json, metrics.png and
-          checkpoints/ in the workdir.
+Expected: in about 30 s on 2 CPU cores: without attackers ~0.97 test accuracy; under attack
+          plain gossip diverges to chance (~0.1) while ClippedGossip keeps ~0.95.
+          runs/default/comparison.png, comparison.json, and one folder per run with
+          metrics.jsonl, config.json, metrics.png, partition.png, checkpoints/.
 """
 
 from redeem_jax.config import base_config
@@ -28,4 +35,14 @@ def get_config():
     c.num_rounds = 300
     c.eval_every = 10
     c.checkpoint_every = 100
+
+    c.byzantine.num = 3
+    c.byzantine.placement = "given"
+    c.byzantine.ids = (0, 5, 10)
+    c.byzantine.attack = "alie"
+    c.byzantine.strength = 5.0
+
+    c.compare.key = "aggregation.rule"
+    c.compare.choices = ("mean", "clipped_gossip")
+    c.compare.reference = "byzantine.num=0"
     return c

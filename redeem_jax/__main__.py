@@ -27,15 +27,23 @@ def _main(argv):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results = result if isinstance(result, dict) else {"": result}
+    compared = isinstance(result, dict)
+    results = result if compared else {"": result}
     for label, r in results.items():
         row = r.final
-        acc = f"test accuracy {row['test_accuracy']:.4f}, " if "test_accuracy" in row else ""
-        print(f"{label + ': ' if label else ''}round {row['round']}: {acc}test loss {row['test_loss']:.4f}, "
+        acc = ""
+        if "test_accuracy" in row:
+            acc = (f"test accuracy {row['test_accuracy']:.4f} (averaged model), "
+                   f"{row['node_test_accuracy_mean']:.4f} (nodes' mean), ")
+        print(f"{label + ': ' if label else ''}round {row['round']}: {acc}test loss {row['test_loss']:.4g}, "
               f"consensus distance {row['consensus_distance']:.3g}, {row['wall_time']:.1f}s")
-    print(f"outputs in {workdir}/: config.json, metrics.jsonl, metrics.png, partition.png"
-          + (", checkpoints/" if next(iter(results.values())).config.checkpoint_every else "")
-          + (" (one folder per compared value, comparison.png)" if len(results) > 1 or "" not in results else ""))
+    per_run = "config.json, metrics.jsonl, metrics.png, partition.png" + (
+        ", checkpoints/" if next(iter(results.values())).config.checkpoint_every else "")
+    if compared:
+        folders = ", ".join(f"{r.workdir.name}/" for r in results.values())
+        print(f"outputs in {workdir}/: comparison.png, comparison.json; one folder per run ({folders}) with {per_run}")
+    else:
+        print(f"outputs in {workdir}/: {per_run}")
     return 0
 
 

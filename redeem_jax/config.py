@@ -27,6 +27,12 @@ ALGORITHMS = ("dsgd", "fedavg")
 ORDERS = ("atc", "cta")
 GOSSIP_METHODS = ("auto", "dense", "sparse")
 INITS = ("same", "independent")
+PLACEMENTS = ("random", "highest_degree", "given")
+VECTOR_ATTACKS = ("sign_flip", "gaussian", "huge", "inf", "nan", "alie", "ipm", "mimic", "alie_opt", "ipm_opt",
+                  "sign_flip_opt")
+EDGE_ATTACKS = ("dissensus", "spectral")
+ATTACK_NAMES = ("none", "label_flip") + VECTOR_ATTACKS + EDGE_ATTACKS
+DECENTRALIZED_RULES = ("clipped_gossip", "ios", "cs_plus")
 
 
 class ConfigError(ValueError):
@@ -94,6 +100,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.algorithm.local_steps = 1
     c.algorithm.gossip = "auto"
 
+    # Byzantine nodes: how many, where, and what they send (rj.attacks).
+    c.byzantine = ml_collections.ConfigDict()
+    c.byzantine.num = 0
+    c.byzantine.placement = "random"  # random | highest_degree | given
+    c.byzantine.ids = ()  # for placement = "given"
+    c.byzantine.attack = "none"
+    c.byzantine.strength = -1.0  # the attack's main factor (ALIE z, IPM ε, dissensus ε, ...); -1: its default
+    c.byzantine.view = "global"  # vector attacks in gossip: computed from all honest rows, or per target ("neighbourhood")
+
+    # How each node (or the server) combines what it receives.
+    c.aggregation = ml_collections.ConfigDict()
+    c.aggregation.rule = "mean"  # mean (plain gossip / FedAvg), an rj.aggregators rule or composition
+    #                              ("nnm+trimmed_mean"), or a decentralized rule: clipped_gossip, ios, cs_plus
+    c.aggregation.tolerance = -1  # f the rule assumes; -1: the true count (server) or the largest number of
+    #                               Byzantine neighbours of an honest node (gossip)
+
     c.eval = ml_collections.ConfigDict()
     c.eval.max_test_examples = 2000  # the test set is cut to this many examples
 
@@ -101,6 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.compare = ml_collections.ConfigDict()
     c.compare.key = ""  # e.g. "topology.name"
     c.compare.choices = ()
+    c.compare.reference = ""  # an extra run with these overrides, e.g. "byzantine.num=0" (no attackers)
     return c
 
 
@@ -206,9 +229,18 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "algorithm.order": _choice(ORDERS),
     "algorithm.local_steps": _int(1),
     "algorithm.gossip": _choice(GOSSIP_METHODS),
+    "byzantine.num": _int(0),
+    "byzantine.placement": _choice(PLACEMENTS),
+    "byzantine.ids": _any_tuple,
+    "byzantine.attack": _choice(ATTACK_NAMES),
+    "byzantine.strength": _float(),
+    "byzantine.view": _choice(("global", "neighbourhood")),
+    "aggregation.rule": _str,
+    "aggregation.tolerance": _int(-1),
     "eval.max_test_examples": _int(1),
     "compare.key": _str,
     "compare.choices": _any_tuple,
+    "compare.reference": _str,
 }
 
 
@@ -272,6 +304,7 @@ def _cross_checks(c: dict) -> None:
                           f"dataset {c['data.name']!r} allows iid, quantity, contiguous")
     if c["model.name"] == "logistic" and c["data.name"] != "logistic":
         raise ConfigError("config.model.name: 'logistic' (one logit) needs the binary data.name = 'logistic'")
+    _byzantine_checks(c)
     if c["compare.key"]:
         if c["compare.key"] not in SCHEMA or c["compare.key"].startswith("compare."):
             raise ConfigError(f"config.compare.key: {c['compare.key']!r} is not a config field")
@@ -281,3 +314,63 @@ def _cross_checks(c: dict) -> None:
             msg = SCHEMA[c["compare.key"]](v)
             if msg:
                 raise ConfigError(f"config.compare.choices: value for {c['compare.key']} {msg}")
+        for key, value in parse_overrides(c["compare.reference"]).items():
+            if key not in SCHEMA or key.startswith("compare."):
+                raise ConfigError(f"config.compare.reference: {key!r} is not a config field")
+            msg = SCHEMA[key](value)
+            if msg:
+                raise ConfigError(f"config.compare.reference: value for {key} {msg}")
+
+
+def _byzantine_checks(c: dict) -> None:
+    n, f = c["num_nodes"], c["byzantine.num"]
+    if f >= n:
+        raise ConfigError(f"config.byzantine.num: must be < num_nodes ({n}) so that an honest node remains, got {f}")
+    if f > 0 and c["byzantine.placement"] == "given":
+        ids = c["byzantine.ids"]
+        if len(ids) != f or len(set(ids)) != len(ids) or not all(isinstance(i, int) and 0 <= i < n for i in ids):
+            raise ConfigError(f"config.byzantine.ids: placement 'given' needs {f} distinct node ids in [0, {n}), "
+                              f"got {tuple(ids)!r}")
+    attack = c["byzantine.attack"]
+    if f > 0 and attack == "none":
+        raise ConfigError("config.byzantine.attack: byzantine.num > 0 needs an attack (e.g. alie, sign_flip, "
+                          "dissensus, label_flip)")
+    if c["algorithm.name"] == "fedavg":
+        if attack in EDGE_ATTACKS:
+            raise ConfigError(f"config.byzantine.attack: {attack!r} sends a different vector on every edge of a "
+                              "graph; the federated (fedavg) setting allows label_flip or "
+                              + ", ".join(VECTOR_ATTACKS))
+        if c["aggregation.rule"] in DECENTRALIZED_RULES:
+            raise ConfigError(f"config.aggregation.rule: {c['aggregation.rule']!r} is a decentralized rule; "
+                              "with algorithm.name = 'fedavg' use an rj.aggregators rule")
+        if c["algorithm.order"] != "atc":
+            raise ConfigError("config.algorithm.order: fedavg aggregates the nodes' updates, which is 'atc'")
+    tol = c["aggregation.tolerance"]
+    if tol >= n:
+        raise ConfigError(f"config.aggregation.tolerance: must be < num_nodes ({n}), got {tol}")
+
+
+def parse_overrides(spec: str) -> dict:
+    """``"byzantine.num=0,aggregation.rule=mean"`` -> ``{"byzantine.num": 0, "aggregation.rule": "mean"}``."""
+    import ast
+
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if "=" not in part:
+            raise ConfigError(f"config.compare.reference: {part!r} is not of the form field=value")
+        key, raw = (t.strip() for t in part.split("=", 1))
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out[key] = value
+    return out
+
+
+def set_field(config: ml_collections.ConfigDict, key: str, value) -> None:
+    """Set a dotted field (``"topology.name"``) on a ConfigDict."""
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value

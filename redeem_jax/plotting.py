@@ -67,21 +67,32 @@ def plot_history(rows: Sequence[dict], path: str | Path | None = None, title: st
 
 
 def plot_comparison(histories: Mapping[str, Sequence[dict]], path: str | Path | None = None, title: str = ""):
-    """One curve per run for accuracy (or loss), and consensus distance; runs keyed by label."""
+    """One curve per run (runs keyed by label): the honest nodes' own test accuracy (mean, with
+    the min–max band), the averaged model's accuracy, and the consensus distance. Falls back
+    to losses when the task has no accuracy."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     any_acc = any("test_accuracy" in r for rows in histories.values() for r in rows)
-    key = "test_accuracy" if any_acc else "test_loss"
+    metric = "accuracy" if any_acc else "loss"
     for i, (label, rows) in enumerate(histories.items()):
-        x, y = _col(rows, key)
-        axes[0].plot(x, y, label=label, color=f"C{i % 10}")
+        color = f"C{i % 10}"
+        x, mean = _col(rows, f"node_test_{metric}_mean")
+        _, lo = _col(rows, f"node_test_{metric}_min")
+        _, hi = _col(rows, f"node_test_{metric}_max")
+        axes[0].plot(x, mean, label=label, color=color)
+        if lo.size == x.size and x.size:
+            axes[0].fill_between(x, lo, hi, color=color, alpha=0.15)
+        x, y = _col(rows, f"test_{metric}")
+        axes[1].plot(x, y, label=label, color=color)
         x, y = _col(rows, "consensus_distance")
-        axes[1].plot(x[y > 0], y[y > 0], label=label, color=f"C{i % 10}")
-    axes[0].set(xlabel="round", ylabel=key.replace("_", " "), title=key.replace("_", " ") + " (averaged model)")
-    axes[1].set(xlabel="round", title="consensus distance", yscale="log")
+        keep = np.isfinite(y) & (y > 0)
+        axes[2].plot(x[keep], y[keep], label=label, color=color)
+    axes[0].set(xlabel="round", ylabel=f"test {metric}", title=f"honest nodes' own models (mean, min–max)")
+    axes[1].set(xlabel="round", title=f"averaged honest model")
+    axes[2].set(xlabel="round", title="consensus distance (honest)", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     if path is not None:

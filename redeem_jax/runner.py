@@ -105,6 +105,104 @@ def _dataset_from_config(c):
         raise _config.ConfigError(f"config.data.path: {e}") from e
 
 
+# The config's single `byzantine.strength` is each attack's main factor.
+_STRENGTH_OPTION = {"sign_flip": "scale", "sign_flip_opt": "scale", "gaussian": "sigma", "huge": "value",
+                    "alie": "z", "alie_opt": "z", "ipm": "epsilon", "ipm_opt": "epsilon",
+                    "dissensus": "epsilon", "spectral": "epsilon"}
+
+
+def _byzantine_from_config(c, topo) -> np.ndarray:
+    if c.byzantine.num == 0:
+        return np.zeros((c.num_nodes,), bool)
+    from redeem_jax import byzantine
+
+    seed = c.seed if c.topology.seed < 0 else c.topology.seed
+    ids = tuple(c.byzantine.ids) if c.byzantine.placement == "given" else None
+    try:
+        return byzantine.place(topo, c.byzantine.num, c.byzantine.placement, seed=seed, ids=ids)
+    except ValueError as e:
+        raise _config.ConfigError(f"config.byzantine.placement: {e}") from e
+
+
+def _attack_options(c, name: str) -> dict:
+    opt = _STRENGTH_OPTION.get(name)
+    return {opt: float(c.byzantine.strength)} if opt and c.byzantine.strength >= 0 else {}
+
+
+def _aggregator(name: str, n: int, f: int):
+    from redeem_jax import aggregators
+
+    try:
+        rule = aggregators.get(name)
+        aggregators.check_preconditions(name, n, f)
+    except ValueError as e:
+        raise _config.ConfigError(f"config.aggregation.rule: {e}") from e
+    return rule
+
+
+def max_byzantine_neighbours(topo, byz: np.ndarray) -> int:
+    """The largest number of Byzantine in-neighbours of an honest node over the topology's period."""
+    worst = 0
+    for t in range(topo.period):
+        A = topo.mixing_matrix(round=t) != 0
+        np.fill_diagonal(A, False)
+        if (~byz).any():
+            worst = max(worst, int((A[~byz][:, byz]).sum(1).max()))
+    return worst
+
+
+def _communication_from_config(c, topo, byz: np.ndarray):
+    from redeem_jax.algorithms import robust
+
+    attack, rule_name, f = c.byzantine.attack, c.aggregation.rule, int(byz.sum())
+    if f == 0:  # e.g. the attack-free reference of a comparison
+        attack = "none"
+    vector = attack in _config.VECTOR_ATTACKS
+    if c.algorithm.name == "fedavg":
+        tol = f if c.aggregation.tolerance < 0 else c.aggregation.tolerance
+        rule = None if rule_name == "mean" else _aggregator(rule_name, c.num_nodes, tol)
+        if rule is None and not vector:
+            return dsgd.server_communication()
+        atk = None
+        if vector:
+            from redeem_jax import attacks
+
+            opts = _attack_options(c, attack)
+            if attack.endswith("_opt"):
+                opts["aggregator"] = (lambda x, g: jnp.mean(x, axis=0)) if rule is None else rule
+                opts["agg_f"] = tol
+            atk = attacks.get(attack, **opts)
+        return robust.server_robust_communication(rule, tol, byz, atk)
+
+    b = max_byzantine_neighbours(topo, byz) if c.aggregation.tolerance < 0 else c.aggregation.tolerance
+    edge_attack = None
+    if vector or attack in _config.EDGE_ATTACKS:
+        from redeem_jax import attacks
+
+        opts = _attack_options(c, attack)
+        if attack == "spectral":
+            edge_attack = attacks.make_spectral_attack(topo, byz, **opts)
+        elif attack == "dissensus":
+            edge_attack = attacks.get_edge_attack("dissensus", **opts)
+        else:
+            if attack.endswith("_opt"):
+                raise _config.ConfigError(f"config.byzantine.attack: {attack!r} line-searches against a server's "
+                                          "rule; in gossip use alie, ipm, sign_flip, ... or dissensus/spectral")
+            if c.byzantine.view == "global":
+                edge_attack = robust.global_edge_attack(attacks.get(attack, **opts), byz)
+            else:
+                edge_attack = attacks.lift(attack, **opts)
+    if rule_name == "mean" and edge_attack is None:
+        return dsgd.gossip_communication(topo, c.algorithm.gossip)
+    if rule_name == "mean":
+        rule = "gossip"
+    elif rule_name in robust.DECENTRALIZED_RULES:
+        rule = rule_name
+    else:
+        rule = _aggregator(rule_name, topo.K + 1, b)
+    return robust.robust_gossip_communication(topo, rule, b, byz, edge_attack)
+
+
 def _partition_method(c, ds) -> str:
     # Whitened synthetic rows are generated node by node, so the split must keep the blocks.
     if c.data.name == "linear" and c.data.whiten:
@@ -165,11 +263,13 @@ def build(config) -> Experiment:
         weight_decay=c.optimizer.weight_decay, schedule=c.optimizer.schedule, total_steps=steps,
         warmup_steps=c.optimizer.warmup_rounds * c.algorithm.local_steps, decay_rate=c.optimizer.decay_rate,
         decay_every=c.optimizer.decay_every * c.algorithm.local_steps)
-    if c.algorithm.name == "fedavg":
-        communicate = dsgd.server_communication()
-    else:
-        communicate = dsgd.gossip_communication(topo, c.algorithm.gossip)
-    honest = np.ones((c.num_nodes,), bool)
+    byz = _byzantine_from_config(c, topo)
+    if c.byzantine.attack == "label_flip":
+        from redeem_jax import attacks
+
+        node_data = attacks.poison_node_data(node_data, byz, ds.num_classes)
+    communicate = _communication_from_config(c, topo, byz)
+    honest = ~byz
     counter: list = []
     round_fn = dsgd.make_round(model=model, optimizer=optimizer, node_data=node_data,
                                batch_size=c.data.batch_size, communicate=communicate,
@@ -266,7 +366,11 @@ def run(config, workdir: str | os.PathLike | None = None):
     c = _config.validate(config)
     if c.compare.key:
         return _run_compare(c, workdir)
-    exp = build(c)
+    return _run_experiment(build(c), workdir)
+
+
+def _run_experiment(exp: Experiment, workdir) -> RunResult:
+    c = exp.config
     wd = Path(workdir) if workdir is not None else None
     state = exp.init_state()
     rows: list[dict] = []
@@ -345,29 +449,42 @@ def run(config, workdir: str | os.PathLike | None = None):
 
 def _title(c) -> str:
     algo = "FedAvg" if c.algorithm.name == "fedavg" else f"D-SGD ({c.algorithm.order.upper()})"
-    return f"{algo} · {c.data.name}/{c.model.name} · {c.topology.name} n={c.num_nodes}"
+    title = f"{algo} · {c.data.name}/{c.model.name} · {c.topology.name} n={c.num_nodes}"
+    if c.byzantine.num:
+        title += f" · {c.byzantine.num} Byzantine ({c.byzantine.attack})"
+    return title
 
 
 def _run_compare(c, workdir):
     key = c.compare.key
-    results = {}
-    for value in c.compare.choices:
+    runs: list[tuple[str, dict]] = [(str(v), {key: v}) for v in c.compare.choices]
+    if c.compare.reference:
+        overrides = _config.parse_overrides(c.compare.reference)
+        runs.append(("reference (" + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")", overrides))
+    subs = []
+    for label, overrides in runs:
         sub = ml_collections.ConfigDict(c.to_dict())
-        node = sub
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        for k, v in overrides.items():
+            _config.set_field(sub, k, v)
         sub.compare.key = ""
         sub.compare.choices = ()
-        sub_dir = Path(workdir) / str(value) if workdir is not None else None
-        results[str(value)] = run(sub, sub_dir)
+        sub.compare.reference = ""
+        try:  # every run is built (names resolved, sizes checked) before the first one starts
+            subs.append((label, build(sub)))
+        except _config.ConfigError as e:
+            raise _config.ConfigError(f"{e} (in the compared run {label!r})") from e
+    results = {}
+    for label, exp in subs:
+        folder = "reference" if label.startswith("reference") else label
+        sub_dir = Path(workdir) / folder if workdir is not None else None
+        results[label] = _run_experiment(exp, sub_dir)
     if workdir is not None and c.plots:
         from redeem_jax import plotting
 
         Path(workdir).mkdir(parents=True, exist_ok=True)
         plotting.plot_comparison({k: r.rows for k, r in results.items()}, Path(workdir) / "comparison.png",
                                  title=f"{_title(c)} · by {key}")
+    if workdir is not None:
         summary = {k: r.final for k, r in results.items()}
         (Path(workdir) / "comparison.json").write_text(json.dumps(summary, indent=2))
     return results

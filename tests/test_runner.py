@@ -40,7 +40,7 @@ def _strip(rows):
     return [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]
 
 
-def test_default_config_reaches_90_percent_on_digits(tmp_path):
+def _default_config():
     sys.path.insert(0, str(ROOT / "configs"))
     try:
         import default
@@ -48,7 +48,15 @@ def test_default_config_reaches_90_percent_on_digits(tmp_path):
         sys.path.pop(0)
     c = default.get_config()
     c.progress = False
+    return c
+
+
+def test_dsgd_on_a_16_node_ring_reaches_90_percent_on_digits(tmp_path):
+    c = _default_config()  # the default's attack-free reference run
+    c.byzantine.num = 0
+    c.compare.key = ""
     res = rj.run(c, tmp_path)
+    assert c.topology.name == "ring" and c.num_nodes == 16
     assert res.final["round"] == c.num_rounds
     assert res.final["test_accuracy"] >= 0.90
     assert res.final["node_test_accuracy_mean"] >= 0.90
@@ -59,6 +67,18 @@ def test_default_config_reaches_90_percent_on_digits(tmp_path):
     assert [r["round"] for r in rows] == list(range(0, c.num_rounds + 1, c.eval_every))
     for key in ("test_loss", "test_accuracy", "node_test_accuracy_std", "consensus_distance", "wall_time"):
         assert key in rows[-1]
+
+
+def test_default_run_shows_plain_gossip_breaking_and_the_robust_rule_holding(tmp_path):
+    c = _default_config()
+    c.checkpoint_every = 0
+    res = rj.run(c, tmp_path)
+    ref = res["reference (byzantine.num=0)"].final["node_test_accuracy_mean"]
+    assert ref >= 0.90
+    assert res["mean"].final["node_test_accuracy_mean"] < 0.5  # ALIE breaks plain gossip
+    assert res["clipped_gossip"].final["node_test_accuracy_mean"] >= ref - 0.05
+    assert (tmp_path / "comparison.png").exists() and (tmp_path / "comparison.json").exists()
+    assert {p.name for p in tmp_path.iterdir() if p.is_dir()} == {"mean", "clipped_gossip", "reference"}
 
 
 def test_round_compiles_once_with_a_partial_last_chunk():
@@ -136,7 +156,8 @@ def test_invalid_config_fields_get_clear_errors(over, match):
 
 def test_cli_runs_writes_outputs_and_reports_bad_fields(tmp_path):
     cmd = [sys.executable, "-m", "redeem_jax", "--config", str(ROOT / "configs/default.py"),
-           "--config.num_nodes=4", "--config.num_rounds=4", "--config.eval_every=2",
+           "--config.num_nodes=4", "--config.num_rounds=4", "--config.eval_every=2", "--config.byzantine.num=0",
+           "--config.compare.key=",
            "--config.checkpoint_every=2", "--config.model.hidden=(8,)", "--workdir", str(tmp_path / "w")]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

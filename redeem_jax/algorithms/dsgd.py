@@ -53,7 +53,9 @@ class NetworkState(NamedTuple):
 
 
 GradientFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-CommunicateFn = Callable[[jax.Array, jax.Array], jax.Array]
+# communicate(x_local, x_prev, round, key) -> x_new: x_local after the local steps, x_prev at
+# the start of the round (server rules aggregate the updates x_local − x_prev).
+CommunicateFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def init_state(model: Model, optimizer: optax.GradientTransformation, num_nodes: int, key: jax.Array,
@@ -86,7 +88,8 @@ def make_gradient_fn(model: Model) -> GradientFn:
 def gossip_communication(topology, method: str = "auto") -> CommunicateFn:
     """Communication by one gossip step x ← W(t)·x (dense or sparse, see :func:`rj.gossip.mix`)."""
 
-    def communicate(x, round):
+    def communicate(x, x_prev, round, key):
+        del x_prev, key
         return _gossip.mix(topology, x, round=round, method=method)
 
     return communicate
@@ -98,8 +101,8 @@ def server_communication(weights: np.ndarray | None = None) -> CommunicateFn:
     ``weights`` (e.g. node dataset sizes) gives a weighted average; uniform by default.
     """
 
-    def communicate(x, round):
-        del round
+    def communicate(x, x_prev, round, key):
+        del x_prev, round, key
         if weights is None:
             mean = jnp.mean(x, axis=0)
         else:
@@ -170,14 +173,14 @@ def make_round(
     def round_fn(state: NetworkState):
         if trace_counter is not None:
             trace_counter.append(1)
-        node_keys = jax.random.split(jax.random.fold_in(state.key, state.round), num_nodes)
+        round_key, comm_key = jax.random.split(jax.random.fold_in(state.key, state.round))
+        node_keys = jax.random.split(round_key, num_nodes)
         x = state.params
+        x_local, opt_state, loss = local_steps_fn(x, state.opt_state, node_keys)
         if order == "atc":
-            x_local, opt_state, loss = local_steps_fn(x, state.opt_state, node_keys)
-            x_new = communicate(x_local, state.round)
+            x_new = communicate(x_local, x, state.round, comm_key)
         else:
-            x_local, opt_state, loss = local_steps_fn(x, state.opt_state, node_keys)
-            x_new = communicate(x, state.round) + (x_local - x)
+            x_new = communicate(x, x, state.round, comm_key) + (x_local - x)
         metrics = {
             "train_loss": honest_mean(loss, honest_arr),
             "consensus_distance": consensus_distance(x_new, honest_arr),
