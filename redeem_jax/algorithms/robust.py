@@ -125,7 +125,10 @@ def ios(x_i, messages, weights, self_weight, mask, b: int):
 
     def body(_, keep):
         centre = average(keep)
-        dist = jnp.sum((safe - centre) ** 2, axis=-1)
+        dev = safe - centre
+        # Scaled norm: 1e38 entries would overflow a plain sum of squares to inf for every row.
+        scale = jnp.max(jnp.abs(dev), axis=-1)
+        dist = scale * jnp.sqrt(jnp.sum((dev / jnp.where(scale > 0, scale, 1.0)[:, None]) ** 2, axis=-1))
         dist = jnp.where(keep, dist, -1.0)
         # A non-finite message is already out (ok False); the farthest kept one goes next.
         drop = jnp.argmax(dist)
