@@ -240,12 +240,18 @@ def evaluate_fn(model: _models.Model, x_test, y_test) -> Callable:
     return evaluate
 
 
-def build(config) -> Experiment:
-    """Validate ``config`` and build the network, data, model, optimizer and the jitted round."""
+def build(config, topology=None) -> Experiment:
+    """Validate ``config`` and build the network, data, model, optimizer and the jitted round.
+
+    ``topology`` (an ``rj.topology.Topology`` with ``num_nodes`` nodes) replaces the config's
+    ``topology`` section, for graphs no family describes (e.g. ``from_networkx``).
+    """
     c = _config.validate(config)
     if c.compare.key:
         raise _config.ConfigError("config.compare.key: build() makes one experiment; use rj.run for comparisons")
-    topo = _topology_from_config(c)
+    if topology is not None and topology.n != c.num_nodes:
+        raise _config.ConfigError(f"config.num_nodes: {c.num_nodes} but the given topology has {topology.n} nodes")
+    topo = _topology_from_config(c) if topology is None else topology
     ds = _dataset_from_config(c)
     method = _partition_method(c, ds)
     try:
@@ -355,18 +361,19 @@ def _fmt(row: dict) -> str:
 
 # --- the run -------------------------------------------------------------------------------
 
-def run(config, workdir: str | os.PathLike | None = None):
+def run(config, workdir: str | os.PathLike | None = None, topology=None):
     """Run one experiment (Lian et al. 2017 D-SGD over ``config.topology``) and return a :class:`RunResult`.
 
     With ``workdir``: writes ``config.json``, ``metrics.jsonl``, ``metrics.png`` and orbax
-    checkpoints there, and resumes from the latest checkpoint. With ``config.compare.key``
+    checkpoints there, and resumes from the latest checkpoint. ``topology`` replaces the config's
+    graph (see :func:`build`). With ``config.compare.key``
     set, runs once per value into ``workdir/<value>`` and returns ``{value: RunResult}``
     plus a joint ``comparison.png``.
     """
     c = _config.validate(config)
     if c.compare.key:
-        return _run_compare(c, workdir)
-    return _run_experiment(build(c), workdir)
+        return _run_compare(c, workdir, topology)
+    return _run_experiment(build(c, topology), workdir)
 
 
 def _run_experiment(exp: Experiment, workdir) -> RunResult:
@@ -455,7 +462,7 @@ def _title(c) -> str:
     return title
 
 
-def _run_compare(c, workdir):
+def _run_compare(c, workdir, topology=None):
     key = c.compare.key
     runs: list[tuple[str, dict]] = [(str(v), {key: v}) for v in c.compare.choices]
     if c.compare.reference:
@@ -470,7 +477,7 @@ def _run_compare(c, workdir):
         sub.compare.choices = ()
         sub.compare.reference = ""
         try:  # every run is built (names resolved, sizes checked) before the first one starts
-            subs.append((label, build(sub)))
+            subs.append((label, build(sub, topology)))
         except _config.ConfigError as e:
             raise _config.ConfigError(f"{e} (in the compared run {label!r})") from e
     results = {}
