@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from redeem_jax import theory as _theory
+
 __all__ = [
     "get", "RULES", "PRE_AGGREGATORS", "is_pre_aggregator", "check_preconditions",
     "kappa_bound", "kappa_lower_bound", "kappa_ratio", "empirical_kappa",
@@ -672,38 +674,9 @@ def get(name: str, **defaults) -> Callable:
 
 # ----------------------------------------------------------------------------- (f, kappa)-robustness
 
-def kappa_lower_bound(n: int, f: int) -> float:
-    """Universal lower bound kappa >= f / (n - 2f) (Allouah et al. 2023, "Fixing by mixing",
-    Prop. 6): n - 2f rows at 0, f at u and f at -u cannot be told apart from either labelling."""
-    return f / (n - 2 * f)
-
-
-def kappa_bound(name: str, n: int, f: int):
-    """Known upper bound on the (f, kappa)-robustness coefficient of rule ``name`` (Allouah et
-    al. 2023, "Fixing by mixing", Table 1 / Props. 2-5, constants marked (verify) in the field
-    notes): trimmed_mean 6f(n-f)/(n-2f)^2; median and geometric_median 4((n-f)/(n-2f))^2;
-    krum 6(n-f)/(n-2f); mean 0 if f = 0 else inf; "nnm+F" 8f/(n-f) (kappa_F + 1) (Thm. 1).
-    Returns None when no bound is recorded (multi_krum, bulyan, centered_clipping, mda, meamed,
-    monna, caf, smea, other compositions). All bounds are (verify): the tests only check that
-    measured ratios stay below them."""
-    stages = _split(name)
-    if n <= 2 * f:
-        return math.inf
-    if len(stages) == 2 and stages[0] == "nnm":
-        inner = kappa_bound(stages[1], n, f)
-        return None if inner is None else 8 * f / (n - f) * (inner + 1)
-    if len(stages) != 1:
-        return None
-    st, r = stages[0], (n - f) / (n - 2 * f)
-    if st == "mean":
-        return 0.0 if f == 0 else math.inf
-    if st == "trimmed_mean":
-        return 6 * f * (n - f) / (n - 2 * f) ** 2
-    if st in ("median", "geometric_median"):
-        return 4 * r * r
-    if st == "krum":
-        return 6 * r
-    return None
+# The coefficients are theory: they live in rj.theory, re-exported here for convenience.
+kappa_lower_bound = _theory.kappa_lower_bound
+kappa_bound = _theory.kappa_bound
 
 
 def kappa_ratio(out, honest):

@@ -1,4 +1,7 @@
-"""Closed-form consensus rates that experiments draw beside the measured curves.
+"""Closed forms that experiments draw beside the measured curves.
+
+Gossip: consensus rates of graph families. Byzantine robustness: the (f, κ)-robustness
+coefficients of aggregation rules and the breakdown point under heterogeneity.
 
 ``rho = ||W - 11^T/n||_2`` is the per-step contraction of gossip on the
 disagreement; the spectral gap is ``1 - rho`` (Koloskova et al. 2020 use
@@ -15,6 +18,7 @@ import numpy as np
 __all__ = [
     "rho_ring", "rho_torus", "rho_hypercube", "rho_exponential", "rho_complete",
     "spectral_gap", "consensus_bound", "one_peer_exact_rounds", "rho",
+    "kappa_lower_bound", "kappa_bound", "breakdown_point", "robust_error_lower_bound",
 ]
 
 
@@ -142,3 +146,60 @@ def rho(topology) -> float:
 def _uniform_offdiag(topology, value: float) -> bool:
     w = topology.weights[topology.edge_mask]
     return w.size == 0 or bool(np.allclose(w, value, rtol=0, atol=1e-6))
+
+
+# --------------------------------------------------------------------------- #
+# Byzantine robustness
+# --------------------------------------------------------------------------- #
+def kappa_lower_bound(n: int, f: int) -> float:
+    """Universal lower bound κ ≥ f/(n − 2f) on any (f, κ)-robust rule (Allouah et al. 2023,
+    "Fixing by mixing", Prop. 6): n − 2f rows at 0, f at u and f at −u cannot be told apart
+    from either labelling of who is honest."""
+    if n <= 2 * f:
+        return math.inf
+    return f / (n - 2 * f)
+
+
+def kappa_bound(name: str, n: int, f: int):
+    """Known upper bound on the (f, κ)-robustness coefficient of rule ``name`` (Allouah et al.
+    2023, "Fixing by mixing", Table 1 and Thm. 1; constants as in the field notes, marked
+    (verify) there): trimmed_mean 6f(n−f)/(n−2f)²; median and geometric_median 4((n−f)/(n−2f))²;
+    krum 6(n−f)/(n−2f); mean 0 if f = 0 else ∞; "nnm+F": 8f/(n−f)·(κ_F + 1). ``None`` where no
+    bound is recorded (multi_krum, bulyan, centered_clipping, mda, meamed, monna, caf, smea,
+    other compositions)."""
+    stages = [s.strip() for s in name.split("+") if s.strip()]
+    if n <= 2 * f:
+        return math.inf
+    if len(stages) == 2 and stages[0] == "nnm":
+        inner = kappa_bound(stages[1], n, f)
+        return None if inner is None else 8 * f / (n - f) * (inner + 1)
+    if len(stages) != 1:
+        return None
+    st, r = stages[0], (n - f) / (n - 2 * f)
+    if st == "mean":
+        return 0.0 if f == 0 else math.inf
+    if st == "trimmed_mean":
+        return 6 * f * (n - f) / (n - 2 * f) ** 2
+    if st in ("median", "geometric_median"):
+        return 4 * r * r
+    if st == "krum":
+        return 6 * r
+    return None
+
+
+def breakdown_point(B: float) -> float:
+    """Largest Byzantine fraction f/n any rule can tolerate under (G, B)-gradient dissimilarity:
+    1/(2 + B²) (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot & Stephan, NeurIPS 2023,
+    "Robust distributed learning: tight error bounds and breakdown point under data
+    heterogeneity"). B = 0 recovers the homogeneous 1/2."""
+    if B < 0:
+        raise ValueError(f"B must be >= 0, got {B}")
+    return 1.0 / (2.0 + B * B)
+
+
+def robust_error_lower_bound(n: int, f: int, G: float, B: float) -> float:
+    """Lower bound on the optimisation error any robust method reaches under (G, B)-gradient
+    dissimilarity: f/(n − (2 + B²)f) · G² (Allouah et al. NeurIPS 2023, Thm. 1 (verify)); ∞ at or
+    beyond the breakdown point."""
+    denom = n - (2.0 + B * B) * f
+    return math.inf if denom <= 0 else f / denom * G * G

@@ -77,3 +77,27 @@ def test_invalid():
         th.rho_torus(2)
     with pytest.raises(ValueError, match="n must be >= 1"):
         th.rho_ring(0)
+
+
+def test_kappa_bounds_sit_above_the_universal_lower_bound():
+    for n in (7, 10, 25, 50):
+        for f in range(1, (n - 1) // 2):
+            lo = th.kappa_lower_bound(n, f)
+            for rule in ("trimmed_mean", "median", "geometric_median", "krum"):
+                assert th.kappa_bound(rule, n, f) >= lo
+            assert th.kappa_bound("mean", n, f) == float("inf")
+    assert th.kappa_bound("mean", 10, 0) == 0.0
+    assert th.kappa_bound("nnm+krum", 10, 2) == 8 * 2 / 8 * (th.kappa_bound("krum", 10, 2) + 1)
+    assert th.kappa_bound("bulyan", 10, 1) is None
+
+
+def test_breakdown_point_and_error_bound():
+    assert th.breakdown_point(0.0) == 0.5
+    assert abs(th.breakdown_point(1.0) - 1 / 3) < 1e-12
+    # The error bound blows up exactly at the breakdown point f/n = 1/(2 + B²).
+    n, B = 30, 1.0
+    f_break = int(n * th.breakdown_point(B))
+    assert th.robust_error_lower_bound(n, f_break, 1.0, B) == float("inf")
+    assert th.robust_error_lower_bound(n, f_break - 1, 1.0, B) < float("inf")
+    with pytest.raises(ValueError):
+        th.breakdown_point(-1.0)
