@@ -216,7 +216,8 @@ def mimic(honest, f: int, key=None, *, mask=None, num_byzantine=None):
 # --------------------------------------------------------------------------- #
 def _default_grid(dtype):
     # Geometric: the damaging factor spans orders of magnitude across rules.
-    return jnp.geomspace(1e-2, 1e2, 48, dtype=dtype)
+    # 24 points (×1.5 apart) resolve the damage curve; each costs one aggregation per round.
+    return jnp.geomspace(1e-2, 1e2, 24, dtype=dtype)
 
 
 def _line_search(honest, f, mask, make_byz, default, grid, aggregator, agg_f):
@@ -242,7 +243,9 @@ def _line_search(honest, f, mask, make_byz, default, grid, aggregator, agg_f):
         # NaN damage means the aggregator failed loudly; never prefer it.
         return jnp.where(jnp.isnan(dmg), -jnp.inf, dmg)
 
-    best = g[jnp.argmax(jax.vmap(damage)(g))]
+    # lax.map, not vmap: the grid's aggregations run one after another in a fixed memory
+    # footprint (vmapping sort-heavy rules over the grid was 2x slower on CPU).
+    best = g[jnp.argmax(jax.lax.map(damage, g))]
     return make_byz(best)
 
 
@@ -253,8 +256,8 @@ def alie_opt(honest, f: int, key=None, *, aggregator=None, z=None, grid=None, ag
     Baruch et al. (2019)'s direction, with the factor chosen (as in ByzFL's
     "Optimal ALIE" / Allouah et al. 2023) to maximise
     ``||aggregator(honest ++ byz, f) - mean(honest)||`` over a static grid
-    (default ``geomspace(1e-2, 1e2, 48)`` plus the default factor ``z`` or
-    ``z_max``), vmapped over the grid. ``agg_f`` overrides the f passed to the
+    (default ``geomspace(1e-2, 1e2, 24)`` plus the default factor ``z`` or
+    ``z_max``), evaluated over the grid with ``lax.map``. ``agg_f`` overrides the f passed to the
     aggregator.
     """
     honest, f = _check(honest, f)
@@ -271,7 +274,7 @@ def ipm_opt(honest, f: int, key=None, *, aggregator=None, epsilon=0.1, grid=None
 
     Xie et al. (2020)'s direction; the factor maximises
     ``||aggregator(honest ++ byz, f) - mean(honest)||`` over a static grid
-    (default ``geomspace(1e-2, 1e2, 48)`` plus ``epsilon``), vmapped.
+    (default ``geomspace(1e-2, 1e2, 24)`` plus ``epsilon``), evaluated with ``lax.map``.
     """
     honest, f = _check(honest, f)
     mu = _mean(honest, mask)
