@@ -722,8 +722,11 @@ def empirical_kappa(rule, n: int, f: int, *, d: int = 5, trials: int = 4, steps:
         u = jnp.zeros((d,)).at[0].set(1.0)
         base = jnp.zeros((n - 2 * f, d))
         plus, minus = jnp.broadcast_to(u, (f, d)), jnp.broadcast_to(-u, (f, d))
-        r1 = ratio(minus, jnp.concatenate([base, plus]))
-        r2 = ratio(plus, jnp.concatenate([base, minus]))
+        # One input, two labellings: the rule cannot tell who is honest, so it must miss one.
+        # (Re-ordering the rows per labelling would let index tie-breaks "know" the answer.)
+        out = fn(jnp.concatenate([base, plus, minus]), f, **options)
+        r1 = kappa_ratio(out, jnp.concatenate([base, plus]))
+        r2 = kappa_ratio(out, jnp.concatenate([base, minus]))
         return jnp.maximum(r1, r2)
 
     if f == 0:

@@ -569,3 +569,11 @@ def test_wide_inputs_use_gram_paths_and_match_reference(name):
     x[3] = np.nan
     x[5] = 1e38
     assert np.all(np.isfinite(np.asarray(A.get(name)(x, 2))))
+
+
+@pytest.mark.parametrize("rule", ["nnm+krum", "nnm+trimmed_mean", "median", "krum"])
+def test_empirical_kappa_never_below_the_universal_lower_bound(rule):
+    # The lower-bound input (n−2f at 0, f at ±u) with both labellings must be in the search.
+    n, f = 9, 2
+    k = A.empirical_kappa(rule, n, f, d=3, trials=1, steps=2)
+    assert k >= A.kappa_lower_bound(n, f) * (1 - 1e-5)
