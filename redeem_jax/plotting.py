@@ -20,6 +20,14 @@ def _plt():
     return plt
 
 
+def _finish(fig, path, dpi: int = 110):
+    fig.tight_layout()
+    if path is not None:  # saved figures are closed; returned ones stay for notebooks
+        fig.savefig(path, dpi=dpi)
+        _plt().close(fig)
+    return fig
+
+
 def _col(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     pts = [(r["round"], r[key]) for r in rows if key in r and r[key] is not None]
     if not pts:
@@ -59,11 +67,7 @@ def plot_history(rows: Sequence[dict], path: str | Path | None = None, title: st
         ax.set(xlabel="round", title=label)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return fig
+    return _finish(fig, path)
 
 
 def plot_comparison(histories: Mapping[str, Sequence[dict]], path: str | Path | None = None, title: str = ""):
@@ -94,20 +98,10 @@ def plot_comparison(histories: Mapping[str, Sequence[dict]], path: str | Path | 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return fig
+    return _finish(fig, path)
 
 
 def plot_partition(summary, path: str | Path | None = None):
     """The label histogram per node of a partition (``rj.data.PartitionSummary``), saved to ``path``."""
-    plt = _plt()
-    ax = summary.plot()
-    fig = ax.figure
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-    return fig
+    _plt()
+    return _finish(summary.plot().figure, path, dpi=100)

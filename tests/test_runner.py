@@ -28,11 +28,7 @@ def small_config(**over):
     c.progress = False
     c.plots = False
     for k, v in over.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
+        rj.config.set_field(c, k, v)
     return c
 
 
