@@ -146,3 +146,31 @@ BAD = [
 def test_invalid_byzantine_fields_get_clear_errors(over, match):
     with pytest.raises(ConfigError, match=match):
         rj.config.validate(_byz_config(**over))
+
+
+PATHS = [
+    ("dsgd", "alie", "clipped_gossip", "global"),
+    ("dsgd", "sign_flip", "trimmed_mean", "neighbourhood"),
+    ("dsgd", "spectral", "ios", "global"),
+    ("dsgd", "dissensus", "cs_plus", "global"),
+    ("dsgd", "label_flip", "nnm+median", "global"),
+    ("fedavg", "alie_opt", "nnm+trimmed_mean", "global"),
+    ("fedavg", "gaussian", "krum", "global"),
+    ("fedavg", "label_flip", "median", "global"),
+]
+
+
+@pytest.mark.parametrize("algorithm,attack,rule,view", PATHS, ids=["-".join(p[:3]) for p in PATHS])
+def test_every_config_path_runs_in_one_compilation(algorithm, attack, rule, view):
+    c = _byz_config(**{"num_nodes": 9, "byzantine.num": 1, "byzantine.attack": attack, "aggregation.rule": rule,
+                       "algorithm.name": algorithm, "byzantine.view": view, "num_rounds": 6, "eval_every": 3,
+                       "model.hidden": (8,)})
+    res = rj.run(c)
+    assert res.compilations == 1
+    assert np.isfinite(res.final["node_test_loss_mean"])
+    assert res.final["round"] == 6
+
+
+def test_unknown_rule_name_is_a_config_error():
+    with pytest.raises(ConfigError, match="config.aggregation.rule"):
+        rj.run(_byz_config(**{"aggregation.rule": "krumm"}))
