@@ -174,3 +174,24 @@ def test_every_config_path_runs_in_one_compilation(algorithm, attack, rule, view
 def test_unknown_rule_name_is_a_config_error():
     with pytest.raises(ConfigError, match="config.aggregation.rule"):
         rj.run(_byz_config(**{"aggregation.rule": "krumm"}))
+
+
+def test_federated_nnm_trimmed_mean_holds_where_the_mean_breaks():
+    # f = n/5 workers run sign flipping with the factor line-searched against the rule in use.
+    def fed(rule, attack):
+        c = rj.config.base_config()
+        c.num_nodes, c.algorithm.name = 20, "fedavg"
+        c.data.batch_size, c.model.hidden = 16, (64,)  # as in experiments/byzantine_federated.py
+        c.optimizer.name, c.optimizer.learning_rate = "momentum", 0.05
+        c.num_rounds, c.eval_every, c.checkpoint_every, c.progress, c.plots = 150, 150, 0, False, False
+        c.aggregation.rule = rule
+        if attack != "none":
+            c.byzantine.num, c.byzantine.attack = 4, attack
+        else:
+            c.aggregation.tolerance = 4
+        return rj.run(c).final["test_accuracy"]
+
+    clean = fed("nnm+trimmed_mean", "none")
+    assert clean >= 0.9
+    assert fed("mean", "sign_flip_opt") < 0.5
+    assert fed("nnm+trimmed_mean", "sign_flip_opt") >= clean - 0.05
