@@ -102,7 +102,7 @@ def plot(records, alphas, rules, attacks, path):
             ax.text(k, i, "—" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if (np.isnan(v) or v < 0.5) else "black")
         ax.set_xticks(range(len(attacks)), attacks, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(rules)), rules, fontsize=8)
+        ax.set_yticks(range(len(rules)), rules if j == 0 else [], fontsize=8)  # shared rows: label once
         ax.set_title(f"Dirichlet α = {a}" if a > 0 else "iid")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="test accuracy")
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -121,7 +121,13 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="3 rules x 3 attacks, one alpha, 30 rounds")
+    ap.add_argument("--replot", action="store_true", help="redraw DIR/byzantine_federated.png from its JSON")
     args = ap.parse_args(argv)
+    if args.replot:
+        records = json.load(open(os.path.join(args.out, "byzantine_federated.json")))
+        order = lambda key: list(dict.fromkeys(r[key] for r in records))  # noqa: E731
+        plot(records, order("alpha"), order("rule"), order("attack"), os.path.join(args.out, "byzantine_federated.png"))
+        return records
     f = args.n // 5 if args.f < 0 else args.f
     rules, attacks = args.rules.split(","), args.attacks.split(",")
     alphas = [float(a) for a in args.alphas.split(",")]
