@@ -24,6 +24,9 @@ bench: $(STAMP)
 
 experiments: $(STAMP)
 	$(PY) experiments/consensus_rate.py --out runs/consensus_rate
+	$(PY) experiments/kappa.py --out runs/kappa
+	$(PY) experiments/robust_gossip.py --out runs/robust_gossip
+	$(PY) experiments/byzantine_federated.py --out runs/byzantine_federated
 
 clean:
 	rm -rf runs .pytest_cache
