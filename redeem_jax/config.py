@@ -116,6 +116,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.aggregation.tolerance = -1  # f the rule assumes; -1: the true count (server) or the largest number of
     #                               Byzantine neighbours of an honest node (gossip)
 
+    # Differential privacy of every node's data (rj.privacy).
+    c.privacy = ml_collections.ConfigDict()
+    c.privacy.mode = "none"  # none | dp_sgd (per-example clipping + Gaussian noise at every node)
+    c.privacy.clip_norm = 1.0
+    c.privacy.noise_multiplier = 1.0  # σ; ignored when target_epsilon > 0
+    c.privacy.target_epsilon = -1.0  # > 0: calibrate σ so that the run spends this ε
+    c.privacy.delta = 1e-5
+    c.privacy.sampling = "fixed"  # fixed (batch_size rows without replacement) | poisson
+    c.privacy.sample_rate = -1.0  # poisson: q; -1 means batch_size / (mean shard size)
+    c.privacy.accountant = "rdp"  # rdp | pld
+    c.privacy.microbatch = 0  # per-example gradients computed this many at a time (0: all)
+
     c.eval = ml_collections.ConfigDict()
     c.eval.max_test_examples = 2000  # the test set is cut to this many examples
 
@@ -174,6 +186,11 @@ def _int_tuple(min_len=0):
                 isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in v):
             return f"must be a tuple of positive integers (at least {min_len}), got {v!r}"
     return check
+
+
+def _positive_or_inf(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v <= 0:
+        return f"must be a positive number (or inf), got {v!r}"
 
 
 def _any_tuple(v):
@@ -237,6 +254,15 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "byzantine.view": _choice(("global", "neighbourhood")),
     "aggregation.rule": _str,
     "aggregation.tolerance": _int(-1),
+    "privacy.mode": _choice(("none", "dp_sgd")),
+    "privacy.clip_norm": _positive_or_inf,
+    "privacy.noise_multiplier": _float(0.0),
+    "privacy.target_epsilon": _float(),
+    "privacy.delta": _float(0.0, 1.0, lo_open=True, hi_open=True),
+    "privacy.sampling": _choice(("fixed", "poisson")),
+    "privacy.sample_rate": _float(),
+    "privacy.accountant": _choice(("rdp", "pld")),
+    "privacy.microbatch": _int(0),
     "eval.max_test_examples": _int(1),
     "compare.key": _str,
     "compare.choices": _any_tuple,
@@ -305,6 +331,7 @@ def _cross_checks(c: dict) -> None:
     if c["model.name"] == "logistic" and c["data.name"] != "logistic":
         raise ConfigError("config.model.name: 'logistic' (one logit) needs the binary data.name = 'logistic'")
     _byzantine_checks(c)
+    _privacy_checks(c)
     if c["compare.key"]:
         if c["compare.key"] not in SCHEMA or c["compare.key"].startswith("compare."):
             raise ConfigError(f"config.compare.key: {c['compare.key']!r} is not a config field")
@@ -374,3 +401,17 @@ def set_field(config: ml_collections.ConfigDict, key: str, value) -> None:
     for p in parents:
         node = node[p]
     node[leaf] = value
+
+
+def _privacy_checks(c: dict) -> None:
+    if c["privacy.mode"] == "none":
+        return
+    q = c["privacy.sample_rate"]
+    if c["privacy.sampling"] == "poisson" and q != -1.0 and not 0 < q <= 1:
+        raise ConfigError(f"config.privacy.sample_rate: must be in (0, 1] (or -1 for batch_size / shard size), got {q}")
+    if c["privacy.accountant"] == "pld" and c["privacy.sampling"] == "fixed":
+        raise ConfigError("config.privacy.accountant: fixed-size sampling is accounted with rdp only "
+                          "(or use privacy.sampling = 'poisson')")
+    if c["privacy.target_epsilon"] != -1.0 and c["privacy.target_epsilon"] <= 0:
+        raise ConfigError(f"config.privacy.target_epsilon: must be > 0 (or -1 to use noise_multiplier), "
+                          f"got {c['privacy.target_epsilon']}")

@@ -49,6 +49,7 @@ class Experiment(NamedTuple):
     evaluate: Callable
     honest: np.ndarray
     trace_counter: list
+    privacy: dict | None = None  # DP-SGD: noise_multiplier, sample_rate, delta, accountant, sampling
 
     def init_state(self) -> dsgd.NetworkState:
         return dsgd.init_state(self.model, self.optimizer, self.config.num_nodes,
@@ -203,6 +204,49 @@ def _communication_from_config(c, topo, byz: np.ndarray):
     return robust.robust_gossip_communication(topo, rule, b, byz, edge_attack)
 
 
+def _privacy_from_config(c, model, node_data):
+    """DP-SGD's gradient and sampling functions, and what the accountant needs (or Nones)."""
+    p = c.privacy
+    if p.mode == "none":
+        return None, None, None
+    from redeem_jax.privacy import accounting, dp_sgd
+
+    sizes = np.asarray(node_data.sizes)
+    m_max = int(node_data.x.shape[1])
+    steps = c.num_rounds * c.algorithm.local_steps
+    if p.sampling == "poisson":
+        q = p.sample_rate if p.sample_rate > 0 else min(1.0, c.data.batch_size / float(sizes.mean()))
+        expected = q * float(sizes.mean())
+
+        def sample_fn(key, node_x, node_y, size):
+            return node_x, node_y, dp_sgd.poisson_mask(key, size, m_max, q)
+    else:
+        # Accounting is per node; the smallest shard has the largest sampling rate: the worst case.
+        q = min(1.0, c.data.batch_size / float(sizes.min()))
+        expected = float(min(c.data.batch_size, m_max))
+        sample_fn = None
+    sigma = p.noise_multiplier
+    if p.target_epsilon > 0:
+        try:
+            sigma = accounting.noise_multiplier_for(p.target_epsilon, q, steps, p.delta, accountant=p.accountant,
+                                                    sampling=p.sampling)
+        except ValueError as e:
+            raise _config.ConfigError(f"config.privacy.target_epsilon: {e}") from e
+    gradient_fn = dp_sgd.make_dp_gradient_fn(model, p.clip_norm, sigma, expected, p.microbatch)
+    info = {"noise_multiplier": float(sigma), "sample_rate": float(q), "delta": p.delta,
+            "accountant": p.accountant, "sampling": p.sampling, "clip_norm": p.clip_norm}
+    return gradient_fn, sample_fn, info
+
+
+def _epsilon_spent(privacy: dict | None, steps: int) -> float | None:
+    if privacy is None or privacy["noise_multiplier"] <= 0:
+        return None if privacy is None else float("inf")
+    from redeem_jax.privacy import accounting
+
+    return float(accounting.epsilon(privacy["noise_multiplier"], privacy["sample_rate"], steps, privacy["delta"],
+                                    accountant=privacy["accountant"], sampling=privacy["sampling"]))
+
+
 def _partition_method(c, ds) -> str:
     # Whitened synthetic rows are generated node by node, so the split must keep the blocks.
     if c.data.name == "linear" and c.data.whiten:
@@ -276,14 +320,17 @@ def build(config, topology=None) -> Experiment:
         node_data = attacks.poison_node_data(node_data, byz, ds.num_classes)
     communicate = _communication_from_config(c, topo, byz)
     honest = ~byz
+    gradient_fn, sample_fn, privacy = _privacy_from_config(c, model, node_data)
     counter: list = []
     round_fn = dsgd.make_round(model=model, optimizer=optimizer, node_data=node_data,
                                batch_size=c.data.batch_size, communicate=communicate,
                                local_steps=c.algorithm.local_steps, order=c.algorithm.order,
-                               honest=honest, trace_counter=counter)
+                               honest=honest, trace_counter=counter, gradient_fn=gradient_fn,
+                               sample_fn=sample_fn)
     n_test = min(c.eval.max_test_examples, ds.x_test.shape[0])
     evaluate = evaluate_fn(model, ds.x_test[:n_test], ds.y_test[:n_test])
-    return Experiment(c, topo, ds, node_data, summary, model, optimizer, round_fn, evaluate, honest, counter)
+    return Experiment(c, topo, ds, node_data, summary, model, optimizer, round_fn, evaluate, honest, counter,
+                      privacy)
 
 
 def _make_chunk(round_fn: Callable, length: int) -> Callable:
@@ -432,6 +479,9 @@ def _run_experiment(exp: Experiment, workdir) -> RunResult:
                "train_loss": float(np.mean(per_round["train_loss"][:done])),
                "consensus_distance": float(per_round["consensus_distance"][done - 1]),
                "wall_time": time.perf_counter() - t0}
+        eps = _epsilon_spent(exp.privacy, r * c.algorithm.local_steps)
+        if eps is not None:
+            row["epsilon"] = eps
         log(row)
         bar.update(done)
         bar.set_postfix_str(_fmt(row))

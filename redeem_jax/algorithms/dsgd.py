@@ -137,12 +137,15 @@ def make_round(
     gradient_fn: GradientFn | None = None,
     honest: np.ndarray | None = None,
     trace_counter: list | None = None,
+    sample_fn: Callable | None = None,
 ) -> Callable[[NetworkState], tuple[NetworkState, dict]]:
     """Build ``round(state) -> (state, metrics)``: one pure round of decentralized SGD.
 
     Nothing loops over nodes: sampling, gradients and optimizer updates are vmapped over the
     node axis and the local steps run in a ``lax.scan``. ``trace_counter`` (a list) is
     appended to each time the round is traced, so callers can assert it compiles once.
+    ``sample_fn(key, node_x, node_y, size) -> (x, y, mask)`` replaces the default minibatch of
+    ``batch_size`` rows without replacement (e.g. Poisson subsampling for DP-SGD).
     """
     if order not in ("atc", "cta"):
         raise ValueError(f"algorithm.order: {order!r} is not one of atc, cta")
@@ -152,10 +155,12 @@ def make_round(
     num_nodes = int(node_data.sizes.shape[0])
     honest_arr = jnp.ones((num_nodes,), bool) if honest is None else jnp.asarray(honest, bool)
 
+    if sample_fn is None:
+        def sample_fn(key, node_x, node_y, size):
+            return _sampling.sample_batch(key, node_x, node_y, size, batch_size)
+
     def sample(keys):
-        return jax.vmap(_sampling.sample_batch, in_axes=(0, 0, 0, 0, None))(
-            keys, node_data.x, node_data.y, node_data.sizes, batch_size
-        )
+        return jax.vmap(sample_fn)(keys, node_data.x, node_data.y, node_data.sizes)
 
     def local_steps_fn(x, opt_state, node_keys):
         def step(carry, h):

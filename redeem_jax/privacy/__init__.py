@@ -1,0 +1,1 @@
+"""Privacy: DP-SGD inside the round, accounting, network DP, secure aggregation."""
