@@ -126,7 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.privacy.sampling = "fixed"  # fixed (batch_size rows without replacement) | poisson
     c.privacy.sample_rate = -1.0  # poisson: q; -1 means batch_size / (mean shard size)
     c.privacy.accountant = "rdp"  # rdp | pld
-    c.privacy.microbatch = 0  # per-example gradients computed this many at a time (0: all)
+    c.privacy.microbatch = 0  # vmap clipping: per-example gradients this many at a time (0: all)
+    c.privacy.clipping = "auto"  # ghost (dense models, no per-example gradients) | vmap | auto
 
     c.eval = ml_collections.ConfigDict()
     c.eval.max_test_examples = 2000  # the test set is cut to this many examples
@@ -263,6 +264,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "privacy.sample_rate": _float(),
     "privacy.accountant": _choice(("rdp", "pld")),
     "privacy.microbatch": _int(0),
+    "privacy.clipping": _choice(("auto", "ghost", "vmap")),
     "eval.max_test_examples": _int(1),
     "compare.key": _str,
     "compare.choices": _any_tuple,

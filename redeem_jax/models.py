@@ -7,7 +7,6 @@ Every model is a flax module wrapped into a :class:`Model`: ``init(key) -> f32[d
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -17,7 +16,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["Model", "get", "MODELS", "loss_and_metrics", "MLP", "CNN", "Linear", "TinyTransformerLM"]
+__all__ = ["Model", "get", "MODELS", "loss_and_metrics", "per_example_loss", "MLP", "CNN", "Linear", "TinyTransformerLM"]
 
 
 class Model(NamedTuple):
@@ -184,6 +183,20 @@ def get(
 def _masked_mean(v, mask):
     mask = mask.astype(v.dtype)
     return jnp.sum(v * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def per_example_loss(model: Model, out: jax.Array, y: jax.Array) -> jax.Array:
+    """The loss of each example from the model's outputs, ``[B]`` (no regulariser): the terms
+    whose masked mean :func:`loss_and_metrics` takes, for classification, binary and regression
+    tasks."""
+    if model.task == "regression":
+        return 0.5 * (out.reshape(y.shape) - y) ** 2
+    if model.task == "binary":
+        logit = out.reshape(y.shape)
+        return optax.sigmoid_binary_cross_entropy(logit, y.astype(logit.dtype))
+    if model.task == "classification":
+        return optax.softmax_cross_entropy_with_integer_labels(out, y)
+    raise ValueError(f"per_example_loss: task {model.task!r} has no one-number-per-example loss")
 
 
 def loss_and_metrics(model: Model, flat: jax.Array, x: jax.Array, y: jax.Array, mask: jax.Array):

@@ -232,7 +232,10 @@ def _privacy_from_config(c, model, node_data):
                                                     sampling=p.sampling)
         except ValueError as e:
             raise _config.ConfigError(f"config.privacy.target_epsilon: {e}") from e
-    gradient_fn = dp_sgd.make_dp_gradient_fn(model, p.clip_norm, sigma, expected, p.microbatch)
+    if p.clipping == "ghost" and not dp_sgd.supports_ghost_clipping(model):
+        raise _config.ConfigError(f"config.privacy.clipping: 'ghost' needs a dense model without l2 "
+                                  f"(linear, logistic, mlp), got {model.name!r}; use 'vmap' or 'auto'")
+    gradient_fn = dp_sgd.make_dp_gradient_fn(model, p.clip_norm, sigma, expected, p.microbatch, p.clipping)
     info = {"noise_multiplier": float(sigma), "sample_rate": float(q), "delta": p.delta,
             "accountant": p.accountant, "sampling": p.sampling, "clip_norm": p.clip_norm}
     return gradient_fn, sample_fn, info

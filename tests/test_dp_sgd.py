@@ -27,9 +27,10 @@ def _reference_clipped_sum(C):
     return total
 
 
+@pytest.mark.parametrize("method", ["vmap", "ghost"])
 @pytest.mark.parametrize("C", [0.1, 1.0, np.inf])
-def test_clipped_sum_matches_a_per_example_reference(C):
-    total, _ = dp_sgd.clipped_grad_sum(MODEL, P, X, Y, MASK, C)
+def test_clipped_sum_matches_a_per_example_reference(C, method):
+    total, _ = dp_sgd.clipped_grad_sum(MODEL, P, X, Y, MASK, C, method=method)
     np.testing.assert_allclose(total, _reference_clipped_sum(C), rtol=2e-5, atol=1e-6)
 
 
@@ -83,3 +84,28 @@ def test_invalid_parameters_are_refused():
         dp_sgd.make_dp_gradient_fn(MODEL, 0.0, 1.0)
     with pytest.raises(ValueError, match="noise_multiplier"):
         dp_sgd.make_dp_gradient_fn(MODEL, 1.0, -1.0)
+
+
+@pytest.mark.parametrize("name,shape,classes,task", [("linear", (4,), 1, "regression"),
+                                                     ("logistic", (4,), 2, "classification"),
+                                                     ("mlp", (2, 3), 5, "classification")])
+def test_ghost_clipping_equals_per_example_clipping(name, shape, classes, task):
+    m = models.get(name, shape, classes, task, hidden=(7, 5))
+    p = m.init(jax.random.PRNGKey(3)) + 0.1 * jax.random.normal(jax.random.PRNGKey(4), (m.num_params,))
+    x = jax.random.normal(jax.random.PRNGKey(5), (9, *shape))
+    y = (jax.random.normal(jax.random.PRNGKey(6), (9,)) if task == "regression"
+         else jax.random.randint(jax.random.PRNGKey(6), (9,), 0, classes))
+    mask = jnp.arange(9) < 7
+    assert dp_sgd.supports_ghost_clipping(m)
+    for C in (0.05, 0.5, np.inf):
+        a, _ = dp_sgd.clipped_grad_sum(m, p, x, y, mask, C, method="ghost")
+        b, _ = dp_sgd.clipped_grad_sum(m, p, x, y, mask, C, method="vmap")
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_ghost_clipping_refuses_models_it_cannot_handle():
+    cnn = models.get("cnn", (6, 6, 1), 3)
+    assert not dp_sgd.supports_ghost_clipping(cnn)
+    with pytest.raises(ValueError, match="ghost"):
+        dp_sgd.clipped_grad_sum(cnn, cnn.init(jax.random.PRNGKey(0)), jnp.zeros((2, 6, 6, 1)), jnp.zeros(2, int),
+                                jnp.ones(2, bool), 1.0, method="ghost")
