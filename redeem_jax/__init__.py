@@ -4,10 +4,11 @@ A whole network of N nodes is a handful of arrays with a leading node axis; one 
 whole network is one jitted pure function (see DESIGN.md).
 """
 
-from redeem_jax import aggregators, algorithms, attacks, byzantine, config, data, gossip, models, optim, plotting, theory, topology
+from redeem_jax import (aggregators, algorithms, attacks, byzantine, config, data, gossip, models, optim, plotting,
+                        privacy, theory, topology)
 from redeem_jax.runner import RunResult, build, run
 
 __version__ = "0.1.0"
 
-__all__ = ["aggregators", "algorithms", "attacks", "byzantine", "config", "data", "gossip", "models", "optim", "plotting", "theory", "topology",
+__all__ = ["aggregators", "algorithms", "attacks", "byzantine", "config", "data", "gossip", "models", "optim", "plotting", "privacy", "theory", "topology",
            "build", "run", "RunResult"]

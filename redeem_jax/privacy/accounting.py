@@ -1,0 +1,324 @@
+"""Privacy accounting for DP-SGD, computed by dp-accounting (never by hand).
+
+DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy", Alg. 1)
+releases, at every step, the sum of per-example gradients clipped to norm C on
+a random batch, plus Gaussian noise N(0, σ²C²).  One step is the *subsampled
+Gaussian mechanism*; a run is its ``steps``-fold self-composition.  We describe
+that run as a ``dp_accounting`` event and let one of Google's accountants turn
+it into ε at a given δ:
+
+* ``"rdp"`` — Rényi DP (Mironov 2017, "Rényi Differential Privacy", Prop. 3 for
+  composition and Prop. 6 / Thm. 8 of Balle et al. 2020 for the conversion to
+  (ε, δ)); the subsampled-Gaussian RDP curve is Mironov, Talwar & Zhang 2019.
+  Fast (tens of ms), slightly loose.
+* ``"pld"`` — privacy loss distributions (Koskela, Jälkö & Honkela 2020;
+  Google's PLD accountant, Doroshenko et al. 2022 "Connect the dots").
+  Numerically tight up to the discretization (``1e-4`` in the privacy loss),
+  slower (~0.4 s per call).  Always ε_PLD <= ε_RDP up to that discretization.
+
+Sampling: ``"poisson"`` (each example enters each batch independently with
+probability q; add/remove-one adjacency, what the ``PoissonSampledDpEvent``
+accountant assumes) or ``"fixed"`` (batches of exactly q·m examples drawn
+without replacement; only the replace-one adjacency is analysed, by the RDP
+accountant, Wang, Balle & Kasiviswanathan 2019), which costs roughly twice the
+ε of Poisson sampling at the same q.
+
+Public API::
+
+    epsilon(noise_multiplier, sample_rate, steps, delta, accountant="rdp", sampling="poisson")
+    noise_multiplier_for(target_epsilon, sample_rate, steps, delta, accountant="rdp", sampling="poisson")
+    spent(noise_multiplier, sample_rate, steps_array, delta, accountant="rdp", sampling="poisson")
+    dp_event(noise_multiplier, sample_rate, steps, sampling="poisson")
+    make_accountant(accountant="rdp", sampling="poisson")
+"""
+
+from __future__ import annotations
+
+import fractions
+import functools
+import math
+import numbers
+from typing import Sequence
+
+import numpy as np
+
+import dp_accounting
+from dp_accounting import pld as _pld
+from dp_accounting import rdp as _rdp
+
+__all__ = [
+    "ACCOUNTANTS",
+    "SAMPLINGS",
+    "PLD_DISCRETIZATION",
+    "dp_event",
+    "make_accountant",
+    "epsilon",
+    "noise_multiplier_for",
+    "spent",
+]
+
+ACCOUNTANTS = ("rdp", "pld")
+SAMPLINGS = ("poisson", "fixed")
+# The PLD accountant's grid on the privacy-loss axis; 1e-4 keeps ε within ~1e-4
+# of the exact value while a 1000-step composition still takes < 1 s.
+PLD_DISCRETIZATION = 1e-4
+# Fixed-size sampling is described to dp-accounting as `sample_size` out of
+# `source_dataset_size` records; only their ratio enters the RDP bound, so we
+# write q as a fraction with a denominator up to this bound.
+_MAX_DATASET_SIZE = 10**9
+# noise_multiplier_for never searches beyond this σ: past it a target ε is
+# treated as unreachable (no useful model trains at σ > 1e6 anyway).
+_MAX_NOISE_MULTIPLIER = 1e6
+_MIN_NOISE_MULTIPLIER = 1e-3
+
+
+# --------------------------------------------------------------------------
+# argument checks: every message names the offending argument
+# --------------------------------------------------------------------------
+def _check_real(name: str, value) -> float:
+  if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.generic)):
+    try:
+      value = float(np.asarray(value).item())
+    except Exception as err:  # noqa: BLE001 - re-raised with the name
+      raise TypeError(f"{name} must be a real number, got {value!r}") from err
+  value = float(value)
+  if math.isnan(value):
+    raise ValueError(f"{name} must not be NaN")
+  return value
+
+
+def _check_sample_rate(sample_rate) -> float:
+  q = _check_real("sample_rate", sample_rate)
+  if not 0.0 < q <= 1.0:
+    raise ValueError(f"sample_rate must be in (0, 1], got {q}")
+  return q
+
+
+def _check_delta(delta) -> float:
+  d = _check_real("delta", delta)
+  if not 0.0 < d < 1.0:
+    raise ValueError(f"delta must be in (0, 1), got {d}")
+  return d
+
+
+def _check_noise_multiplier(noise_multiplier) -> float:
+  s = _check_real("noise_multiplier", noise_multiplier)
+  if not s > 0.0:
+    raise ValueError(f"noise_multiplier must be > 0, got {s}")
+  if math.isinf(s):
+    raise ValueError("noise_multiplier must be finite, got inf")
+  return s
+
+
+def _check_steps(steps, name: str = "steps") -> int:
+  if isinstance(steps, bool):
+    raise TypeError(f"{name} must be an integer, got {steps!r}")
+  try:
+    as_float = float(np.asarray(steps).item())
+  except Exception as err:  # noqa: BLE001
+    raise TypeError(f"{name} must be an integer, got {steps!r}") from err
+  if math.isnan(as_float) or as_float != math.floor(as_float):
+    raise ValueError(f"{name} must be an integer, got {steps!r}")
+  t = int(as_float)
+  if t < 0:
+    raise ValueError(f"{name} must be >= 0, got {t}")
+  return t
+
+
+def _check_accountant(accountant: str) -> str:
+  if not isinstance(accountant, str) or accountant.lower() not in ACCOUNTANTS:
+    raise ValueError(
+        f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+  return accountant.lower()
+
+
+def _check_sampling(sampling: str, accountant: str) -> str:
+  if not isinstance(sampling, str) or sampling.lower() not in SAMPLINGS:
+    raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+  sampling = sampling.lower()
+  if sampling == "fixed" and accountant == "pld":
+    # dp-accounting's PLD accountant has no sampling-without-replacement event;
+    # silently falling back to Poisson would under-report ε.
+    raise ValueError(
+        "sampling='fixed' is only supported with accountant='rdp' "
+        "(dp-accounting's PLD accountant has no fixed-size-batch analysis); "
+        "use accountant='rdp' or sampling='poisson'")
+  return sampling
+
+
+# --------------------------------------------------------------------------
+# events and accountants
+# --------------------------------------------------------------------------
+def _one_step_event(noise_multiplier: float, q: float,
+                    sampling: str) -> dp_accounting.DpEvent:
+  gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+  if sampling == "poisson":
+    return dp_accounting.PoissonSampledDpEvent(q, gaussian)
+  frac = fractions.Fraction(q).limit_denominator(_MAX_DATASET_SIZE)
+  return dp_accounting.SampledWithoutReplacementDpEvent(
+      source_dataset_size=frac.denominator, sample_size=frac.numerator,
+      event=gaussian)
+
+
+def dp_event(noise_multiplier: float, sample_rate: float, steps: int,
+             sampling: str = "poisson") -> dp_accounting.DpEvent:
+  """The dp-accounting event of ``steps`` DP-SGD steps (Abadi et al. 2016, Alg. 1).
+
+  ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(σ)), steps)``
+  for Poisson batches; for fixed-size batches the inner event is
+  ``SampledWithoutReplacementDpEvent`` with q written as sample/dataset size.
+  """
+  s = _check_noise_multiplier(noise_multiplier)
+  q = _check_sample_rate(sample_rate)
+  t = _check_steps(steps)
+  sampling = _check_sampling(sampling, "rdp")
+  return dp_accounting.SelfComposedDpEvent(_one_step_event(s, q, sampling), t)
+
+
+def make_accountant(accountant: str = "rdp", sampling: str = "poisson"
+                    ) -> dp_accounting.PrivacyAccountant:
+  """A fresh dp-accounting accountant: RDP (Mironov 2017) or PLD (Koskela et al. 2020).
+
+  The neighbouring relation follows the sampling scheme: add/remove-one for
+  Poisson sampling, replace-one for fixed-size batches (the only relation
+  dp-accounting analyses for sampling without replacement).
+  """
+  accountant = _check_accountant(accountant)
+  sampling = _check_sampling(sampling, accountant)
+  if accountant == "pld":
+    return _pld.PLDAccountant(
+        value_discretization_interval=PLD_DISCRETIZATION)
+  if sampling == "fixed":
+    return _rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+  return _rdp.RdpAccountant()
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon_cached(s: float, q: float, t: int, d: float, accountant: str,
+                    sampling: str) -> float:
+  if t == 0:
+    return 0.0
+  event = dp_accounting.SelfComposedDpEvent(_one_step_event(s, q, sampling), t)
+  return float(make_accountant(accountant, sampling).compose(event)
+               .get_epsilon(d))
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+def epsilon(noise_multiplier: float, sample_rate: float, steps: int,
+            delta: float, accountant: str = "rdp",
+            sampling: str = "poisson") -> float:
+  """ε of ``steps`` DP-SGD steps at the given δ (Abadi et al. 2016, Thm. 1).
+
+  One step is the subsampled Gaussian mechanism with noise multiplier σ and
+  sampling rate q; ``steps`` steps are its self-composition.  Accounted by
+  dp-accounting's RDP accountant (Mironov 2017, Prop. 1 & 3; Mironov, Talwar &
+  Zhang 2019 for subsampling) or PLD accountant (Koskela et al. 2020; Google's
+  ``PLDAccountant`` with a 1e-4 discretization).  ``steps = 0`` gives 0.
+
+  Raises ``ValueError`` naming the argument when q ∉ (0, 1], δ ∉ (0, 1),
+  σ <= 0, steps < 0, or ``accountant`` / ``sampling`` is unknown, and when
+  ``sampling="fixed"`` is combined with ``accountant="pld"``.
+  """
+  s = _check_noise_multiplier(noise_multiplier)
+  q = _check_sample_rate(sample_rate)
+  t = _check_steps(steps)
+  d = _check_delta(delta)
+  acc = _check_accountant(accountant)
+  smp = _check_sampling(sampling, acc)
+  return _epsilon_cached(s, q, t, d, acc, smp)
+
+
+def noise_multiplier_for(target_epsilon: float, sample_rate: float,
+                         steps: int, delta: float, accountant: str = "rdp",
+                         sampling: str = "poisson") -> float:
+  """Smallest σ whose ``steps`` DP-SGD steps are (target_epsilon, δ)-DP.
+
+  Inverse of :func:`epsilon` (Abadi et al. 2016 accounting, RDP of Mironov
+  2017 or PLD of Koskela et al. 2020) by dp-accounting's
+  ``calibrate_dp_mechanism`` (Brent's method in σ, result on the private side:
+  ``epsilon(noise_multiplier_for(e, ...), ...) <= e``, and within ~1e-3 of e
+  for continuous accountants).  We find the bracket ourselves, geometrically in
+  σ, because ε is convex-ish in log σ and dp-accounting's default bracket
+  search starts at σ = 0 where the accountant returns inf.
+
+  Raises ``ValueError`` naming the argument for invalid inputs, for
+  ``steps = 0`` (no privacy is spent, so no σ is implied), and when the target
+  ε needs σ > 1e6 (target_epsilon unreachable).
+  """
+  e = _check_real("target_epsilon", target_epsilon)
+  if not e > 0.0 or math.isinf(e):
+    raise ValueError(
+        f"target_epsilon must be a finite number > 0, got {e}")
+  q = _check_sample_rate(sample_rate)
+  t = _check_steps(steps)
+  d = _check_delta(delta)
+  acc = _check_accountant(accountant)
+  smp = _check_sampling(sampling, acc)
+  if t == 0:
+    raise ValueError(
+        "steps must be > 0 for noise_multiplier_for: 0 steps spend no privacy, "
+        "so every noise_multiplier meets any target_epsilon")
+
+  def eps_at(s: float) -> float:
+    return _epsilon_cached(s, q, t, d, acc, smp)
+
+  # Geometric bracket [lo, hi] with eps(lo) > target >= eps(hi).
+  hi = 1.0
+  while eps_at(hi) > e:
+    hi *= 2.0
+    if hi > _MAX_NOISE_MULTIPLIER:
+      raise ValueError(
+          f"target_epsilon={e} is unreachable: even noise_multiplier="
+          f"{_MAX_NOISE_MULTIPLIER:g} gives epsilon="
+          f"{eps_at(_MAX_NOISE_MULTIPLIER):.3g} at sample_rate={q}, "
+          f"steps={t}, delta={d}")
+  lo = hi / 2.0
+  while eps_at(lo) <= e:
+    hi = lo
+    lo /= 2.0
+    if lo < _MIN_NOISE_MULTIPLIER:
+      # So large a target is met by almost no noise; say so rather than
+      # returning a σ at which the accountants are numerically unreliable.
+      raise ValueError(
+          f"target_epsilon={e} is unreachable in a meaningful way: it is met "
+          f"by noise_multiplier < {_MIN_NOISE_MULTIPLIER:g}")
+
+  sigma = dp_accounting.calibrate_dp_mechanism(
+      make_fresh_accountant=lambda: make_accountant(acc, smp),
+      make_event_from_param=lambda s: dp_accounting.SelfComposedDpEvent(
+          _one_step_event(float(s), q, smp), t),
+      target_epsilon=e,
+      target_delta=d,
+      bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),
+      # 1e-5 relative in σ moves ε by ~1e-5·ε: far inside the 1e-3 promise,
+      # and saves PLD evaluations (~0.5 s each).
+      tol=1e-5 * hi,
+  )
+  return float(sigma)
+
+
+def spent(noise_multiplier: float, sample_rate: float,
+          steps: Sequence[int] | np.ndarray, delta: float,
+          accountant: str = "rdp", sampling: str = "poisson") -> np.ndarray:
+  """ε spent after each of several step counts (Abadi et al. 2016 accounting).
+
+  For the runner's metrics: ``spent(σ, q, [100, 200, ...], δ)[i]`` equals
+  ``epsilon(σ, q, steps[i], δ)``.  Each distinct step count is accounted once
+  and cached (RDP: ~30 ms each; PLD: ~0.4 s each), so calling it again as the
+  run progresses only pays for the new counts.  Returns ``float64[len(steps)]``.
+  """
+  s = _check_noise_multiplier(noise_multiplier)
+  q = _check_sample_rate(sample_rate)
+  d = _check_delta(delta)
+  acc = _check_accountant(accountant)
+  smp = _check_sampling(sampling, acc)
+  arr = np.asarray(steps)
+  if arr.ndim > 1:
+    raise ValueError(f"steps must be a scalar or 1-D, got shape {arr.shape}")
+  ts = [_check_steps(x) for x in np.atleast_1d(arr).tolist()]
+  out = np.array([_epsilon_cached(s, q, t, d, acc, smp) for t in ts],
+                 dtype=np.float64)
+  return out.reshape(arr.shape)

@@ -1,0 +1,173 @@
+"""DP-SGD accounting: agreement with dp-accounting, inversion, invariants, errors."""
+
+import numpy as np
+import pytest
+
+import dp_accounting
+from dp_accounting import pld, rdp
+
+from redeem_jax.privacy import accounting
+
+# (sigma, q, steps, delta): a small grid, since each PLD call costs ~0.4 s.
+GRID = [
+    (1.1, 0.01, 1000, 1e-5),
+    (0.8, 0.05, 100, 1e-6),
+    (2.0, 0.001, 10000, 1e-5),
+    (1.0, 1.0, 10, 1e-5),
+    (4.0, 0.2, 50, 1e-3),
+    (0.6, 0.003, 3000, 1e-7),
+]
+
+
+def _direct(sigma, q, steps, delta, which):
+  """dp-accounting called by hand, as the docs of dp-accounting show it."""
+  event = dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(
+          q, dp_accounting.GaussianDpEvent(sigma)), steps)
+  acc = (rdp.RdpAccountant() if which == "rdp" else
+         pld.PLDAccountant(value_discretization_interval=1e-4))
+  return acc.compose(event).get_epsilon(delta)
+
+
+@pytest.mark.parametrize("which", ["rdp", "pld"])
+def test_epsilon_matches_dp_accounting(which):
+  for sigma, q, steps, delta in GRID:
+    ours = accounting.epsilon(sigma, q, steps, delta, accountant=which)
+    ref = _direct(sigma, q, steps, delta, which)
+    assert abs(ours - ref) <= 1e-6, (which, sigma, q, steps, delta, ours, ref)
+
+
+def test_fixed_matches_dp_accounting_and_costs_more_than_poisson():
+  for sigma, q, steps, delta in [(1.1, 0.01, 1000, 1e-5), (0.9, 0.25, 40, 1e-6)]:
+    acc = rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    n = 100_000
+    ref = acc.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.SampledWithoutReplacementDpEvent(
+            n, int(round(q * n)), dp_accounting.GaussianDpEvent(sigma)),
+        steps)).get_epsilon(delta)
+    fixed = accounting.epsilon(sigma, q, steps, delta, sampling="fixed")
+    poisson = accounting.epsilon(sigma, q, steps, delta, sampling="poisson")
+    assert abs(fixed - ref) <= 1e-6
+    assert fixed > poisson
+
+
+def test_pld_not_above_rdp():
+  for sigma, q, steps, delta in GRID:
+    e_pld = accounting.epsilon(sigma, q, steps, delta, accountant="pld")
+    e_rdp = accounting.epsilon(sigma, q, steps, delta, accountant="rdp")
+    assert e_pld <= e_rdp + 1e-3, (sigma, q, steps, delta, e_pld, e_rdp)
+
+
+def test_monotonicity():
+  base = dict(sample_rate=0.02, steps=500, delta=1e-5)
+  eps_sigma = [accounting.epsilon(s, **base) for s in (0.6, 0.8, 1.0, 1.5, 3.0)]
+  assert np.all(np.diff(eps_sigma) < 0)
+  eps_steps = [accounting.epsilon(1.0, 0.02, t, 1e-5) for t in (1, 10, 100, 1000)]
+  assert np.all(np.diff(eps_steps) > 0)
+  eps_q = [accounting.epsilon(1.0, q, 500, 1e-5) for q in (0.001, 0.01, 0.1, 1.0)]
+  assert np.all(np.diff(eps_q) > 0)
+  eps_delta = [accounting.epsilon(1.0, 0.02, 500, d) for d in (1e-7, 1e-5, 1e-3)]
+  assert np.all(np.diff(eps_delta) < 0)
+
+
+def test_zero_steps_spend_nothing():
+  assert accounting.epsilon(1.0, 0.1, 0, 1e-5) == 0.0
+  assert accounting.epsilon(1.0, 0.1, 0, 1e-5, accountant="pld") == 0.0
+
+
+@pytest.mark.parametrize("target,q,steps,delta", [
+    (1.0, 0.01, 1000, 1e-5),
+    (8.0, 0.1, 200, 1e-5),
+    (0.3, 0.004, 2000, 1e-6),
+])
+def test_noise_multiplier_for_inverts_rdp(target, q, steps, delta):
+  sigma = accounting.noise_multiplier_for(target, q, steps, delta)
+  eps = accounting.epsilon(sigma, q, steps, delta)
+  assert abs(eps - target) <= 1e-3
+  assert eps <= target + 1e-9  # on the private side
+
+
+def test_noise_multiplier_for_inverts_pld():
+  sigma = accounting.noise_multiplier_for(1.0, 0.01, 100, 1e-5, accountant="pld")
+  eps = accounting.epsilon(sigma, 0.01, 100, 1e-5, accountant="pld")
+  assert abs(eps - 1.0) <= 1e-3
+  # PLD is tighter, so it needs less noise for the same target.
+  assert sigma <= accounting.noise_multiplier_for(1.0, 0.01, 100, 1e-5) + 1e-6
+
+
+def test_noise_multiplier_for_inverts_fixed():
+  sigma_f = accounting.noise_multiplier_for(2.0, 0.02, 100, 1e-5, sampling="fixed")
+  eps_f = accounting.epsilon(sigma_f, 0.02, 100, 1e-5, sampling="fixed")
+  assert abs(eps_f - 2.0) <= 1e-3
+  assert sigma_f > accounting.noise_multiplier_for(2.0, 0.02, 100, 1e-5)
+
+
+def test_spent_matches_epsilon():
+  steps = np.array([0, 1, 10, 100, 1000])
+  out = accounting.spent(1.1, 0.01, steps, 1e-5)
+  assert out.shape == steps.shape
+  for t, e in zip(steps, out):
+    assert e == accounting.epsilon(1.1, 0.01, int(t), 1e-5)
+  assert np.all(np.diff(out) > 0)
+  assert accounting.spent(1.1, 0.01, 100, 1e-5).shape == ()
+
+
+def test_event_and_accountant_helpers():
+  event = accounting.dp_event(1.1, 0.01, 1000)
+  acc = accounting.make_accountant("rdp")
+  assert acc.compose(event).get_epsilon(1e-5) == accounting.epsilon(
+      1.1, 0.01, 1000, 1e-5)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(sample_rate=0.0), "sample_rate"),
+    (dict(sample_rate=1.5), "sample_rate"),
+    (dict(sample_rate=-0.1), "sample_rate"),
+    (dict(delta=0.0), "delta"),
+    (dict(delta=1.0), "delta"),
+    (dict(delta=-1e-5), "delta"),
+    (dict(noise_multiplier=0.0), "noise_multiplier"),
+    (dict(noise_multiplier=-1.0), "noise_multiplier"),
+    (dict(noise_multiplier=float("nan")), "noise_multiplier"),
+    (dict(steps=-1), "steps"),
+    (dict(steps=2.5), "steps"),
+    (dict(accountant="moments"), "accountant"),
+    (dict(sampling="shuffle"), "sampling"),
+    (dict(sampling="fixed", accountant="pld"), "sampling"),
+])
+def test_epsilon_invalid_arguments(kwargs, name):
+  args = dict(noise_multiplier=1.0, sample_rate=0.01, steps=100, delta=1e-5)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=name):
+    accounting.epsilon(**args)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(target_epsilon=0.0), "target_epsilon"),
+    (dict(target_epsilon=-1.0), "target_epsilon"),
+    (dict(sample_rate=2.0), "sample_rate"),
+    (dict(delta=1.0), "delta"),
+    (dict(steps=-3), "steps"),
+    (dict(steps=0), "steps"),
+    (dict(accountant="gdp"), "accountant"),
+    (dict(sampling="fixed", accountant="pld"), "sampling"),
+])
+def test_noise_multiplier_for_invalid_arguments(kwargs, name):
+  args = dict(target_epsilon=1.0, sample_rate=0.01, steps=100, delta=1e-5)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=name):
+    accounting.noise_multiplier_for(**args)
+
+
+def test_unreachable_target_epsilon(monkeypatch):
+  # RDP reaches any target > 0 at some finite sigma, so shrink the search cap
+  # to exercise the "unreachable" path.
+  monkeypatch.setattr(accounting, "_MAX_NOISE_MULTIPLIER", 2.0)
+  with pytest.raises(ValueError, match="target_epsilon.*unreachable"):
+    accounting.noise_multiplier_for(0.01, 0.5, 1000, 1e-5)
+
+
+def test_spent_invalid_steps():
+  with pytest.raises(ValueError, match="steps"):
+    accounting.spent(1.0, 0.01, [10, -1], 1e-5)
