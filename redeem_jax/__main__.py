@@ -35,7 +35,12 @@ def _main(argv):
         if "test_accuracy" in row:
             acc = (f"test accuracy {row['test_accuracy']:.4f} (averaged model), "
                    f"{row['node_test_accuracy_mean']:.4f} (nodes' mean), ")
-        print(f"{label + ': ' if label else ''}round {row['round']}: {acc}test loss {row['test_loss']:.4g}, "
+        eps = ""
+        if "epsilon" in row:
+            p = r.experiment.privacy
+            eps = (f"privacy spent ε = {row['epsilon']:.3f} at δ = {p['delta']:g} "
+                   f"(σ = {p['noise_multiplier']:.3f}, q = {p['sample_rate']:.3g}), ")
+        print(f"{label + ': ' if label else ''}round {row['round']}: {acc}{eps}test loss {row['test_loss']:.4g}, "
               f"consensus distance {row['consensus_distance']:.3g}, {row['wall_time']:.1f}s")
     per_run = "config.json, metrics.jsonl, metrics.png, partition.png" + (
         ", checkpoints/" if next(iter(results.values())).config.checkpoint_every else "")
