@@ -6,22 +6,12 @@ import pytest
 import redeem_jax as rj
 from redeem_jax.config import ConfigError
 
+from _configs import small_config
+
 
 def _config(**over):
-    c = rj.config.base_config()
-    c.num_nodes = 8
-    c.data.batch_size = 16
-    c.model.hidden = (16,)
-    c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = 0.1
-    c.num_rounds = 20
-    c.eval_every = 10
-    c.checkpoint_every = 0
-    c.progress = False
-    c.plots = False
-    for k, v in over.items():
-        rj.config.set_field(c, k, v)
-    return c
+    return small_config(**{"data.batch_size": 16, "optimizer.name": "sgd", "optimizer.learning_rate": 0.1,
+                           "num_rounds": 20, **over})
 
 
 @pytest.mark.parametrize("clipping", ["ghost", "vmap"])

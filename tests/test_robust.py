@@ -9,6 +9,8 @@ import redeem_jax as rj
 from redeem_jax.algorithms import robust
 from redeem_jax.config import ConfigError
 
+from _configs import small_config
+
 
 def _setup(topo, d=5, seed=0):
     x = jax.random.normal(jax.random.PRNGKey(seed), (topo.n, d))
@@ -95,24 +97,8 @@ def test_server_rule_free_and_attack_free_is_fedavg():
 
 
 def _byz_config(**over):
-    c = rj.config.base_config()
-    c.num_nodes = 16
-    c.topology.name = "torus"
-    c.data.batch_size = 8
-    c.model.hidden = (16,)
-    c.optimizer.name = "momentum"
-    c.optimizer.learning_rate = 0.05
-    c.num_rounds = 20
-    c.eval_every = 10
-    c.checkpoint_every = 0
-    c.progress = False
-    c.plots = False
-    c.byzantine.num = 3
-    c.byzantine.attack = "nan"
-    c.aggregation.rule = "clipped_gossip"
-    for k, v in over.items():
-        rj.config.set_field(c, k, v)
-    return c
+    return small_config(**{"num_nodes": 16, "topology.name": "torus", "num_rounds": 20, "byzantine.num": 3,
+                           "byzantine.attack": "nan", "aggregation.rule": "clipped_gossip", **over})
 
 
 def test_nan_attackers_leave_honest_metrics_finite_and_compile_once():

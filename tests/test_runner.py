@@ -11,25 +11,9 @@ import pytest
 import redeem_jax as rj
 from redeem_jax.config import ConfigError
 
+from _configs import small_config
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def small_config(**over):
-    c = rj.config.base_config()
-    c.num_nodes = 8
-    c.data.name = "digits"
-    c.data.batch_size = 8
-    c.model.hidden = (16,)
-    c.optimizer.name = "momentum"
-    c.optimizer.learning_rate = 0.05
-    c.num_rounds = 25
-    c.eval_every = 10
-    c.checkpoint_every = 0
-    c.progress = False
-    c.plots = False
-    for k, v in over.items():
-        rj.config.set_field(c, k, v)
-    return c
 
 
 def _strip(rows):
