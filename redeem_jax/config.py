@@ -118,7 +118,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Differential privacy of every node's data (rj.privacy).
     c.privacy = ml_collections.ConfigDict()
-    c.privacy.mode = "none"  # none | dp_sgd (per-example clipping + Gaussian noise at every node)
+    c.privacy.mode = "none"  # none | dp_sgd (example-level DP at every node) | central (node-level
+    #                          DP-FedAvg: clipped updates, secure aggregation, noise once at the server)
     c.privacy.clip_norm = 1.0
     c.privacy.noise_multiplier = 1.0  # σ; ignored when target_epsilon > 0
     c.privacy.target_epsilon = -1.0  # > 0: calibrate σ so that the run spends this ε
@@ -255,7 +256,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "byzantine.view": _choice(("global", "neighbourhood")),
     "aggregation.rule": _str,
     "aggregation.tolerance": _int(-1),
-    "privacy.mode": _choice(("none", "dp_sgd")),
+    "privacy.mode": _choice(("none", "dp_sgd", "central")),
     "privacy.clip_norm": _positive_or_inf,
     "privacy.noise_multiplier": _float(0.0),
     "privacy.target_epsilon": _float(),
@@ -407,6 +408,15 @@ def set_field(config: ml_collections.ConfigDict, key: str, value) -> None:
 
 def _privacy_checks(c: dict) -> None:
     if c["privacy.mode"] == "none":
+        return
+    if c["privacy.mode"] == "central":
+        if c["algorithm.name"] != "fedavg":
+            raise ConfigError("config.privacy.mode: 'central' adds noise at a server; it needs algorithm.name = 'fedavg'")
+        if c["byzantine.num"] or c["aggregation.rule"] != "mean":
+            raise ConfigError("config.privacy.mode: 'central' sums updates through secure aggregation, so the server "
+                              "sees only the sum: use aggregation.rule = 'mean' and no Byzantine nodes")
+        if not math.isfinite(c["privacy.clip_norm"]):
+            raise ConfigError("config.privacy.clip_norm: central DP needs a finite clip norm")
         return
     q = c["privacy.sample_rate"]
     if c["privacy.sampling"] == "poisson" and q != -1.0 and not 0 < q <= 1:

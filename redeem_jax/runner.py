@@ -207,7 +207,7 @@ def _communication_from_config(c, topo, byz: np.ndarray):
 def _privacy_from_config(c, model, node_data):
     """DP-SGD's gradient and sampling functions, and what the accountant needs (or Nones)."""
     p = c.privacy
-    if p.mode == "none":
+    if p.mode in ("none", "central"):
         return None, None, None
     from redeem_jax.privacy import accounting, dp_sgd
 
@@ -237,8 +237,31 @@ def _privacy_from_config(c, model, node_data):
                                   f"(linear, logistic, mlp), got {model.name!r}; use 'vmap' or 'auto'")
     gradient_fn = dp_sgd.make_dp_gradient_fn(model, p.clip_norm, sigma, expected, p.microbatch, p.clipping)
     info = {"noise_multiplier": float(sigma), "sample_rate": float(q), "delta": p.delta,
-            "accountant": p.accountant, "sampling": p.sampling, "clip_norm": p.clip_norm}
+            "accountant": p.accountant, "sampling": p.sampling, "clip_norm": p.clip_norm,
+            "steps_per_round": c.algorithm.local_steps}
     return gradient_fn, sample_fn, info
+
+
+def _central_privacy(c):
+    """DP-FedAvg's server communication and what the accountant needs: one Gaussian mechanism
+    per round on the sum of clipped updates, every node participating (sampling rate 1)."""
+    from redeem_jax.privacy import accounting, central
+
+    p = c.privacy
+    sigma = p.noise_multiplier
+    if p.target_epsilon > 0:
+        try:
+            sigma = accounting.noise_multiplier_for(p.target_epsilon, 1.0, c.num_rounds, p.delta,
+                                                    accountant=p.accountant, sampling="poisson")
+        except ValueError as e:
+            raise _config.ConfigError(f"config.privacy.target_epsilon: {e}") from e
+    try:
+        communicate = central.central_dp_communication(p.clip_norm, sigma, c.num_nodes)
+    except ValueError as e:
+        raise _config.ConfigError(f"config.privacy.clip_norm: {e}") from e
+    info = {"noise_multiplier": float(sigma), "sample_rate": 1.0, "delta": p.delta, "accountant": p.accountant,
+            "sampling": "poisson", "clip_norm": p.clip_norm, "steps_per_round": 1}
+    return communicate, info
 
 
 def _epsilon_spent(privacy: dict | None, steps: int) -> float | None:
@@ -324,6 +347,8 @@ def build(config, topology=None) -> Experiment:
     communicate = _communication_from_config(c, topo, byz)
     honest = ~byz
     gradient_fn, sample_fn, privacy = _privacy_from_config(c, model, node_data)
+    if c.privacy.mode == "central":
+        communicate, privacy = _central_privacy(c)
     counter: list = []
     round_fn = dsgd.make_round(model=model, optimizer=optimizer, node_data=node_data,
                                batch_size=c.data.batch_size, communicate=communicate,
@@ -482,7 +507,7 @@ def _run_experiment(exp: Experiment, workdir) -> RunResult:
                "train_loss": float(np.mean(per_round["train_loss"][:done])),
                "consensus_distance": float(per_round["consensus_distance"][done - 1]),
                "wall_time": time.perf_counter() - t0}
-        eps = _epsilon_spent(exp.privacy, r * c.algorithm.local_steps)
+        eps = _epsilon_spent(exp.privacy, r * exp.privacy["steps_per_round"]) if exp.privacy else None
         if eps is not None:
             row["epsilon"] = eps
         log(row)
