@@ -25,7 +25,7 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 ALGORITHMS = ("dsgd", "fedavg")
 ORDERS = ("atc", "cta")
-GOSSIP_METHODS = ("auto", "dense", "sparse")
+GOSSIP_METHODS = ("auto", "dense", "sparse", "roll")
 INITS = ("same", "independent")
 PLACEMENTS = ("random", "highest_degree", "given")
 VECTOR_ATTACKS = ("sign_flip", "gaussian", "huge", "inf", "nan", "alie", "ipm", "mimic", "alie_opt", "ipm_opt",
@@ -98,7 +98,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.algorithm.name = "dsgd"  # or "fedavg" (server averaging)
     c.algorithm.order = "atc"
     c.algorithm.local_steps = 1
-    c.algorithm.gossip = "auto"
 
     # Byzantine nodes: how many, where, and what they send (rj.attacks).
     c.byzantine = ml_collections.ConfigDict()
@@ -127,8 +126,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.privacy.sampling = "fixed"  # fixed (batch_size rows without replacement) | poisson
     c.privacy.sample_rate = -1.0  # poisson: q; -1 means batch_size / (mean shard size)
     c.privacy.accountant = "rdp"  # rdp | pld
-    c.privacy.microbatch = 0  # vmap clipping: per-example gradients this many at a time (0: all)
     c.privacy.clipping = "auto"  # ghost (dense models, no per-example gradients) | vmap | auto
+
+    # Performance knobs: how a run is computed, never what it computes (beyond dtype rounding).
+    c.perf = ml_collections.ConfigDict()
+    c.perf.gossip = "auto"  # auto | dense (W @ x) | sparse (gather) | roll (circulant graphs)
+    c.perf.message_dtype = "float32"  # float32 | bfloat16 | float16: what nodes send to each other
+    c.perf.donate = True  # donate the network state's buffers to each scanned chunk (halves peak memory)
+    c.perf.microbatch = 0  # DP vmap clipping: per-example gradients this many at a time (0: all)
+    c.perf.mesh = ()  # () one device; (k,) nodes over k devices; (k, m) nodes x model; -1 entries: all devices
+
+    # Several hosts (jax.distributed.initialize); empty: read JAX's environment variables, or one process.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator = ""  # "host:port" of process 0
+    c.distributed.num_processes = 1
+    c.distributed.process_id = -1  # -1: from the environment
 
     c.eval = ml_collections.ConfigDict()
     c.eval.max_test_examples = 2000  # the test set is cut to this many examples
@@ -195,6 +207,12 @@ def _positive_or_inf(v):
         return f"must be a positive number (or inf), got {v!r}"
 
 
+def _mesh_shape(v):
+    if not isinstance(v, (tuple, list)) or len(v) > 2 or not all(
+            isinstance(h, int) and not isinstance(h, bool) and (h >= 1 or h == -1) for h in v):
+        return f"must be (), (nodes,) or (nodes, model) with positive sizes or -1 (all devices), got {v!r}"
+
+
 def _any_tuple(v):
     if not isinstance(v, (tuple, list)):
         return f"must be a tuple of values, got {v!r}"
@@ -247,7 +265,6 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "algorithm.name": _choice(ALGORITHMS),
     "algorithm.order": _choice(ORDERS),
     "algorithm.local_steps": _int(1),
-    "algorithm.gossip": _choice(GOSSIP_METHODS),
     "byzantine.num": _int(0),
     "byzantine.placement": _choice(PLACEMENTS),
     "byzantine.ids": _any_tuple,
@@ -264,8 +281,15 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "privacy.sampling": _choice(("fixed", "poisson")),
     "privacy.sample_rate": _float(),
     "privacy.accountant": _choice(("rdp", "pld")),
-    "privacy.microbatch": _int(0),
     "privacy.clipping": _choice(("auto", "ghost", "vmap")),
+    "perf.gossip": _choice(GOSSIP_METHODS),
+    "perf.message_dtype": _choice(("float32", "bfloat16", "float16")),
+    "perf.donate": _bool,
+    "perf.microbatch": _int(0),
+    "perf.mesh": _mesh_shape,
+    "distributed.coordinator": _str,
+    "distributed.num_processes": _int(1),
+    "distributed.process_id": _int(-1),
     "eval.max_test_examples": _int(1),
     "compare.key": _str,
     "compare.choices": _any_tuple,

@@ -194,7 +194,7 @@ def _communication_from_config(c, topo, byz: np.ndarray):
             else:
                 edge_attack = attacks.lift(attack, **opts)
     if rule_name == "mean" and edge_attack is None:
-        return dsgd.gossip_communication(topo, c.algorithm.gossip)
+        return dsgd.gossip_communication(topo, c.perf.gossip)
     if rule_name == "mean":
         rule = "gossip"
     elif rule_name in robust.DECENTRALIZED_RULES:
@@ -235,7 +235,7 @@ def _privacy_from_config(c, model, node_data):
     if p.clipping == "ghost" and not dp_sgd.supports_ghost_clipping(model):
         raise _config.ConfigError(f"config.privacy.clipping: 'ghost' needs a dense model without l2 "
                                   f"(linear, logistic, mlp), got {model.name!r}; use 'vmap' or 'auto'")
-    gradient_fn = dp_sgd.make_dp_gradient_fn(model, p.clip_norm, sigma, expected, p.microbatch, p.clipping)
+    gradient_fn = dp_sgd.make_dp_gradient_fn(model, p.clip_norm, sigma, expected, c.perf.microbatch, p.clipping)
     info = {"noise_multiplier": float(sigma), "sample_rate": float(q), "delta": p.delta,
             "accountant": p.accountant, "sampling": p.sampling, "clip_norm": p.clip_norm,
             "steps_per_round": c.algorithm.local_steps}

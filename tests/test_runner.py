@@ -111,7 +111,7 @@ BAD = [
     ({"model.name": "transformer"}, "config.model.name: 'transformer' needs data.name = 'text'"),
     ({"algorithm.order": "both"}, "config.algorithm.order: 'both' is not one of atc, cta"),
     ({"algorithm.local_steps": 0}, "config.algorithm.local_steps: must be >= 1"),
-    ({"algorithm.gossip": "fast"}, "config.algorithm.gossip: 'fast' is not one of auto, dense, sparse"),
+    ({"perf.gossip": "fast"}, "config.perf.gossip: 'fast' is not one of auto, dense, sparse, roll"),
     ({"checkpoint_every": 15}, "config.checkpoint_every: must be 0 or a multiple of eval_every"),
     ({"plots": "yes"}, "config.plots: must be True or False"),
     ({"compare.key": "topology.nam", "compare.choices": ("ring",)}, "config.compare.key"),
