@@ -7,6 +7,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from redeem_jax import config as _config
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl, config.json, plots and checkpoints.")
@@ -21,7 +23,7 @@ def _main(argv):
 
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config configs/default.py")
-    workdir = _WORKDIR.value or "runs/" + _config_stem()
+    workdir = _WORKDIR.value or "runs/" + _config.config_stem(sys.argv)
     try:
         result = run(_CONFIG.value, workdir)
     except ConfigError as e:
@@ -50,18 +52,6 @@ def _main(argv):
     else:
         print(f"outputs in {workdir}/: {per_run}")
     return 0
-
-
-def _config_stem() -> str:
-    for i, a in enumerate(sys.argv):
-        if a.startswith("--config="):
-            path = a.split("=", 1)[1]
-        elif a == "--config" and i + 1 < len(sys.argv):
-            path = sys.argv[i + 1]
-        else:
-            continue
-        return path.rsplit("/", 1)[-1].removesuffix(".py")
-    return "run"
 
 
 def main():

@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.heterogeneity = 0.0  # synthetic linear: spread of the nodes' optima
     c.data.whiten = False  # synthetic linear: (1/m)AᵢᵀAᵢ = I on every node
     c.data.seq_len = 64  # text
+    c.data.seed = -1  # the data draw and partition; -1: use the run's seed
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"
@@ -247,6 +248,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "data.heterogeneity": _float(0.0),
     "data.whiten": _bool,
     "data.seq_len": _int(2),
+    "data.seed": _int(-1),
     "model.name": _choice(MODEL_NAMES),
     "model.hidden": _int_tuple(0),
     "model.channels": _int_tuple(1),
@@ -451,3 +453,16 @@ def _privacy_checks(c: dict) -> None:
     if c["privacy.target_epsilon"] != -1.0 and c["privacy.target_epsilon"] <= 0:
         raise ConfigError(f"config.privacy.target_epsilon: must be > 0 (or -1 to use noise_multiplier), "
                           f"got {c['privacy.target_epsilon']}")
+
+
+def config_stem(argv: list[str]) -> str:
+    """The config file's name without ``.py`` from a command line's ``--config`` (for default workdirs)."""
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        else:
+            continue
+        return path.rsplit("/", 1)[-1].removesuffix(".py")
+    return "run"

@@ -32,7 +32,7 @@ from redeem_jax import topology as _topology
 from redeem_jax.algorithms import dsgd
 from redeem_jax.optim import make_optimizer
 
-__all__ = ["Experiment", "RunResult", "build", "run", "evaluate_fn"]
+__all__ = ["Experiment", "RunResult", "build", "run", "evaluate_fn", "scan_rounds", "data_seed"]
 
 
 class Experiment(NamedTuple):
@@ -50,10 +50,13 @@ class Experiment(NamedTuple):
     honest: np.ndarray
     trace_counter: list
     privacy: dict | None = None  # DP-SGD: noise_multiplier, sample_rate, delta, accountant, sampling
+    assemble: Callable | None = None  # assemble(dynamic) -> (optimizer, round_fn, privacy); see rj.sweep
 
-    def init_state(self) -> dsgd.NetworkState:
+    def init_state(self, seed: int | jax.Array | None = None) -> dsgd.NetworkState:
+        """The network at round 0 for ``seed`` (default ``config.seed``; may be traced, e.g. vmapped)."""
+        seed = self.config.seed if seed is None else seed
         return dsgd.init_state(self.model, self.optimizer, self.config.num_nodes,
-                               jax.random.PRNGKey(self.config.seed), same_init=self.config.init == "same")
+                               jax.random.PRNGKey(seed), same_init=self.config.init == "same")
 
 
 @dataclasses.dataclass
@@ -87,6 +90,11 @@ def _topology_from_config(c) -> Any:
         raise _config.ConfigError(f"config.topology.name: {t.name!r} with num_nodes={n}: {e}") from e
 
 
+def data_seed(c) -> int:
+    """The seed of the data draw and partition: ``data.seed``, or the run's seed when it is -1."""
+    return c.seed if c.data.seed < 0 else c.data.seed
+
+
 def _dataset_from_config(c):
     d = c.data
     options: dict[str, Any] = {}
@@ -101,7 +109,7 @@ def _dataset_from_config(c):
     elif d.name in ("mnist", "fashion_mnist", "cifar10"):
         options = dict(path=d.path)
     try:
-        return _data.load(d.name, seed=c.seed, **options)
+        return _data.load(d.name, seed=data_seed(c), **options)
     except FileNotFoundError as e:
         raise _config.ConfigError(f"config.data.path: {e}") from e
 
@@ -125,8 +133,10 @@ def _byzantine_from_config(c, topo) -> np.ndarray:
         raise _config.ConfigError(f"config.byzantine.placement: {e}") from e
 
 
-def _attack_options(c, name: str) -> dict:
+def _attack_options(c, name: str, dynamic: dict | None = None) -> dict:
     opt = _STRENGTH_OPTION.get(name)
+    if opt and dynamic and "byzantine.strength" in dynamic:
+        return {opt: dynamic["byzantine.strength"]}
     return {opt: float(c.byzantine.strength)} if opt and c.byzantine.strength >= 0 else {}
 
 
@@ -152,7 +162,7 @@ def max_byzantine_neighbours(topo, byz: np.ndarray) -> int:
     return worst
 
 
-def _communication_from_config(c, topo, byz: np.ndarray):
+def _communication_from_config(c, topo, byz: np.ndarray, dynamic: dict | None = None):
     from redeem_jax.algorithms import robust
 
     attack, rule_name, f = c.byzantine.attack, c.aggregation.rule, int(byz.sum())
@@ -168,7 +178,7 @@ def _communication_from_config(c, topo, byz: np.ndarray):
         if vector:
             from redeem_jax import attacks
 
-            opts = _attack_options(c, attack)
+            opts = _attack_options(c, attack, dynamic)
             if attack.endswith("_opt"):
                 opts["aggregator"] = (lambda x, g: jnp.mean(x, axis=0)) if rule is None else rule
                 opts["agg_f"] = tol
@@ -180,7 +190,7 @@ def _communication_from_config(c, topo, byz: np.ndarray):
     if vector or attack in _config.EDGE_ATTACKS:
         from redeem_jax import attacks
 
-        opts = _attack_options(c, attack)
+        opts = _attack_options(c, attack, dynamic)
         if attack == "spectral":
             edge_attack = attacks.make_spectral_attack(topo, byz, **opts)
         elif attack == "dissensus":
@@ -194,6 +204,14 @@ def _communication_from_config(c, topo, byz: np.ndarray):
             else:
                 edge_attack = attacks.lift(attack, **opts)
     if rule_name == "mean" and edge_attack is None:
+        if c.perf.mesh:  # nodes sharded over devices: ppermute gossip on circulant graphs (docs/scale.md)
+            from redeem_jax import sharding
+
+            try:
+                mesh = sharding.make_mesh(c.perf.mesh, num_nodes=c.num_nodes)
+            except ValueError as e:
+                raise _config.ConfigError(f"config.perf.mesh: {e}") from e
+            return sharding.sharded_gossip_communication(topo, mesh, c.perf.gossip)
         return dsgd.gossip_communication(topo, c.perf.gossip)
     if rule_name == "mean":
         rule = "gossip"
@@ -204,7 +222,7 @@ def _communication_from_config(c, topo, byz: np.ndarray):
     return robust.robust_gossip_communication(topo, rule, b, byz, edge_attack)
 
 
-def _privacy_from_config(c, model, node_data):
+def _privacy_from_config(c, model, node_data, dynamic: dict | None = None):
     """DP-SGD's gradient and sampling functions, and what the accountant needs (or Nones)."""
     p = c.privacy
     if p.mode in ("none", "central"):
@@ -235,14 +253,15 @@ def _privacy_from_config(c, model, node_data):
     if p.clipping == "ghost" and not dp_sgd.supports_ghost_clipping(model):
         raise _config.ConfigError(f"config.privacy.clipping: 'ghost' needs a dense model without l2 "
                                   f"(linear, logistic, mlp), got {model.name!r}; use 'vmap' or 'auto'")
-    gradient_fn = dp_sgd.make_dp_gradient_fn(model, p.clip_norm, sigma, expected, c.perf.microbatch, p.clipping)
+    sigma_used = dynamic["privacy.noise_multiplier"] if dynamic and "privacy.noise_multiplier" in dynamic else sigma
+    gradient_fn = dp_sgd.make_dp_gradient_fn(model, p.clip_norm, sigma_used, expected, c.perf.microbatch, p.clipping)
     info = {"noise_multiplier": float(sigma), "sample_rate": float(q), "delta": p.delta,
             "accountant": p.accountant, "sampling": p.sampling, "clip_norm": p.clip_norm,
             "steps_per_round": c.algorithm.local_steps}
     return gradient_fn, sample_fn, info
 
 
-def _central_privacy(c):
+def _central_privacy(c, dynamic: dict | None = None):
     """DP-FedAvg's server communication and what the accountant needs: one Gaussian mechanism
     per round on the sum of clipped updates, every node participating (sampling rate 1)."""
     from redeem_jax.privacy import accounting, central
@@ -256,7 +275,8 @@ def _central_privacy(c):
         except ValueError as e:
             raise _config.ConfigError(f"config.privacy.target_epsilon: {e}") from e
     try:
-        communicate = central.central_dp_communication(p.clip_norm, sigma, c.num_nodes)
+        sigma_used = dynamic["privacy.noise_multiplier"] if dynamic and "privacy.noise_multiplier" in dynamic else sigma
+        communicate = central.central_dp_communication(p.clip_norm, sigma_used, c.num_nodes)
     except ValueError as e:
         raise _config.ConfigError(f"config.privacy.clip_norm: {e}") from e
     info = {"noise_multiplier": float(sigma), "sample_rate": 1.0, "delta": p.delta, "accountant": p.accountant,
@@ -326,55 +346,67 @@ def build(config, topology=None) -> Experiment:
     method = _partition_method(c, ds)
     try:
         node_data, summary = _data.distribute_with_summary(
-            ds, c.num_nodes, method=method, seed=c.seed, alpha=c.data.alpha,
+            ds, c.num_nodes, method=method, seed=data_seed(c), alpha=c.data.alpha,
             shards_per_node=c.data.shards_per_node, quantity_alpha=c.data.quantity_alpha)
     except ValueError as e:
         raise _config.ConfigError(f"config.data.partition: {e}") from e
     model = _models.get(c.model.name, ds.input_shape, ds.num_classes, ds.task, hidden=tuple(c.model.hidden),
                         channels=tuple(c.model.channels), d_model=c.model.d_model, num_heads=c.model.num_heads,
                         num_layers=c.model.num_layers, l2=c.model.l2)
-    steps = c.num_rounds * c.algorithm.local_steps
-    optimizer = make_optimizer(
-        c.optimizer.name, c.optimizer.learning_rate, momentum=c.optimizer.momentum,
-        weight_decay=c.optimizer.weight_decay, schedule=c.optimizer.schedule, total_steps=steps,
-        warmup_steps=c.optimizer.warmup_rounds * c.algorithm.local_steps, decay_rate=c.optimizer.decay_rate,
-        decay_every=c.optimizer.decay_every * c.algorithm.local_steps)
     byz = _byzantine_from_config(c, topo)
     if c.byzantine.attack == "label_flip":
         from redeem_jax import attacks
 
         node_data = attacks.poison_node_data(node_data, byz, ds.num_classes)
-    communicate = _communication_from_config(c, topo, byz)
     honest = ~byz
-    gradient_fn, sample_fn, privacy = _privacy_from_config(c, model, node_data)
-    if c.privacy.mode == "central":
-        communicate, privacy = _central_privacy(c)
     counter: list = []
-    round_fn = dsgd.make_round(model=model, optimizer=optimizer, node_data=node_data,
-                               batch_size=c.data.batch_size, communicate=communicate,
-                               local_steps=c.algorithm.local_steps, order=c.algorithm.order,
-                               honest=honest, trace_counter=counter, gradient_fn=gradient_fn,
-                               sample_fn=sample_fn)
+
+    def assemble(dynamic: dict | None = None):
+        """The optimizer, the round function and the privacy record, with ``dynamic`` values
+        (possibly traced scalars, see :data:`SWEEPABLE`) in place of the config's."""
+        dyn = dynamic or {}
+        steps = c.num_rounds * c.algorithm.local_steps
+        optimizer = make_optimizer(
+            c.optimizer.name, dyn.get("optimizer.learning_rate", c.optimizer.learning_rate),
+            momentum=dyn.get("optimizer.momentum", c.optimizer.momentum),
+            weight_decay=c.optimizer.weight_decay, schedule=c.optimizer.schedule, total_steps=steps,
+            warmup_steps=c.optimizer.warmup_rounds * c.algorithm.local_steps, decay_rate=c.optimizer.decay_rate,
+            decay_every=c.optimizer.decay_every * c.algorithm.local_steps)
+        communicate = _communication_from_config(c, topo, byz, dyn)
+        gradient_fn, sample_fn, privacy = _privacy_from_config(c, model, node_data, dyn)
+        if c.privacy.mode == "central":
+            communicate, privacy = _central_privacy(c, dyn)
+        round_fn = dsgd.make_round(model=model, optimizer=optimizer, node_data=node_data,
+                                   batch_size=c.data.batch_size, communicate=communicate,
+                                   local_steps=c.algorithm.local_steps, order=c.algorithm.order,
+                                   honest=honest, trace_counter=counter, gradient_fn=gradient_fn,
+                                   sample_fn=sample_fn, message_dtype=c.perf.message_dtype,
+                                   messages_are_updates=c.algorithm.name == "fedavg")
+        return optimizer, round_fn, privacy
+
+    optimizer, round_fn, privacy = assemble()
     n_test = min(c.eval.max_test_examples, ds.x_test.shape[0])
     evaluate = evaluate_fn(model, ds.x_test[:n_test], ds.y_test[:n_test])
     return Experiment(c, topo, ds, node_data, summary, model, optimizer, round_fn, evaluate, honest, counter,
-                      privacy)
+                      privacy, assemble)
 
 
-def _make_chunk(round_fn: Callable, length: int) -> Callable:
-    """``chunk(state, limit)``: ``length`` rounds in one ``lax.scan``; rounds ≥ limit are no-ops,
-    so the last, shorter chunk reuses the same compiled program."""
+def scan_rounds(round_fn: Callable, state: dsgd.NetworkState, limit, length: int):
+    """``length`` rounds of ``round_fn`` in one ``lax.scan``; rounds ≥ ``limit`` leave the state
+    unchanged, so a last, shorter chunk reuses the same compiled program."""
 
-    def chunk(state, limit):
-        def body(s, _):
-            new, metrics = round_fn(s)
-            active = s.round < limit
-            s = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, s)
-            return s, metrics
+    def body(s, _):
+        new, metrics = round_fn(s)
+        active = s.round < limit
+        return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, s), metrics
 
-        return jax.lax.scan(body, state, None, length=length)
+    return jax.lax.scan(body, state, None, length=length)
 
-    return jax.jit(chunk, donate_argnums=0)
+
+def _make_chunk(round_fn: Callable, length: int, donate: bool = True) -> Callable:
+    """``chunk(state, limit)``: :func:`scan_rounds`, jitted (donating the state's buffers)."""
+    return jax.jit(lambda state, limit: scan_rounds(round_fn, state, limit, length),
+                   donate_argnums=0 if donate else ())
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -475,8 +507,13 @@ def _run_experiment(exp: Experiment, workdir) -> RunResult:
         with open(wd / "metrics.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
-    chunk = _make_chunk(exp.round_fn, c.eval_every)
+    chunk = _make_chunk(exp.round_fn, c.eval_every, c.perf.donate)
     honest = jnp.asarray(exp.honest)
+    if c.perf.mesh:  # node-axis leaves over the mesh; node data stays replicated (docs/scale.md)
+        from redeem_jax import sharding
+
+        mesh = sharding.make_mesh(c.perf.mesh, num_nodes=c.num_nodes)
+        state, honest = sharding.shard_nodes(state, mesh), sharding.replicate(honest, mesh)
     t0 = time.perf_counter() - wall_offset
     start = int(state.round)
 

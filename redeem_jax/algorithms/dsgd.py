@@ -125,6 +125,19 @@ def consensus_distance(x: jax.Array, honest: jax.Array) -> jax.Array:
     return honest_mean(jnp.sum((x - xbar) ** 2, axis=-1), honest)
 
 
+def _rounded_messages(communicate: CommunicateFn, dtype, updates: bool) -> CommunicateFn:
+    # Gossip nodes send their parameters; server rules receive updates x_local - x_prev, which
+    # the server adds back to the x_prev it already holds.
+    def rounded(x, x_prev, round, key):
+        def cast(v):
+            return v.astype(dtype).astype(v.dtype)
+
+        sent = x_prev + cast(x - x_prev) if updates else cast(x)
+        return communicate(sent, x_prev, round, key)
+
+    return rounded
+
+
 def make_round(
     *,
     model: Model,
@@ -138,6 +151,8 @@ def make_round(
     honest: np.ndarray | None = None,
     trace_counter: list | None = None,
     sample_fn: Callable | None = None,
+    message_dtype: str | None = None,
+    messages_are_updates: bool = False,
 ) -> Callable[[NetworkState], tuple[NetworkState, dict]]:
     """Build ``round(state) -> (state, metrics)``: one pure round of decentralized SGD.
 
@@ -146,12 +161,17 @@ def make_round(
     appended to each time the round is traced, so callers can assert it compiles once.
     ``sample_fn(key, node_x, node_y, size) -> (x, y, mask)`` replaces the default minibatch of
     ``batch_size`` rows without replacement (e.g. Poisson subsampling for DP-SGD).
+    ``message_dtype`` (e.g. ``"bfloat16"``) rounds what nodes send to that dtype (their parameters,
+    or their updates when ``messages_are_updates``, as in FedAvg); the receiver combines in
+    float32, so the result differs from float32 messages only by that rounding.
     """
     if order not in ("atc", "cta"):
         raise ValueError(f"algorithm.order: {order!r} is not one of atc, cta")
     if local_steps < 1:
         raise ValueError(f"algorithm.local_steps: must be >= 1, got {local_steps}")
     gradient_fn = gradient_fn or make_gradient_fn(model)
+    if message_dtype not in (None, "float32"):
+        communicate = _rounded_messages(communicate, jnp.dtype(message_dtype), messages_are_updates)
     num_nodes = int(node_data.sizes.shape[0])
     honest_arr = jnp.ones((num_nodes,), bool) if honest is None else jnp.asarray(honest, bool)
 

@@ -143,12 +143,14 @@ def make_dp_gradient_fn(model: Model, clip_norm: float, noise_multiplier: float,
     """
     if clip_norm <= 0:
         raise ValueError(f"privacy.clip_norm: must be > 0, got {clip_norm}")
-    if noise_multiplier < 0:
+    # σ may be a traced scalar (rj.sweep vmaps whole runs over it); then the noise is always drawn.
+    static_sigma = isinstance(noise_multiplier, (int, float))
+    if static_sigma and noise_multiplier < 0:
         raise ValueError(f"privacy.noise_multiplier: must be >= 0, got {noise_multiplier}")
 
     def fn(flat, x, y, mask, key):
         total, loss = clipped_grad_sum(model, flat, x, y, mask, clip_norm, microbatch, method)
-        if noise_multiplier > 0:
+        if not static_sigma or noise_multiplier > 0:
             total = total + noise_multiplier * clip_norm * jax.random.normal(key, total.shape, total.dtype)
         if expected_batch_size is None:
             b = x.shape[0]
