@@ -1,5 +1,6 @@
 """DP-SGD through the runner: the non-private limit, the ε it reports, calibration, errors."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -83,3 +84,37 @@ def test_central_dp_calibrates_to_the_target_and_learns():
 def test_central_dp_needs_a_server():
     with pytest.raises(ConfigError, match="config.privacy.mode: 'central'"):
         rj.build(_config(**{"privacy.mode": "central"}))
+
+
+ROBUST = [(r, "fedavg") for r in rj.aggregators.RULES if r != "mean"] + [
+    ("nnm+trimmed_mean", "fedavg"), ("clipped_gossip", "dsgd"), ("ios", "dsgd"), ("cs_plus", "dsgd"),
+    ("trimmed_mean", "dsgd")]
+
+
+def _robust_dp(rule, algorithm, **over):
+    return small_config(**{"num_nodes": 9, "topology.name": "complete", "model.hidden": (4,), "num_rounds": 2,
+                           "eval_every": 1, "byzantine.num": 1, "byzantine.attack": "alie",
+                           "byzantine.placement": "given", "byzantine.ids": (4,), "aggregation.rule": rule,
+                           "algorithm.name": algorithm, "privacy.mode": "dp_sgd", "privacy.noise_multiplier": 1.0,
+                           **over})
+
+
+@pytest.mark.parametrize("rule, algorithm", ROBUST)
+def test_dp_sgd_runs_under_every_robust_rule_on_noisy_messages(rule, algorithm):
+    exp = rj.build(_robust_dp(rule, algorithm))
+    state, metrics = jax.jit(exp.round_fn)(exp.init_state())
+    honest = np.asarray(state.params)[exp.honest]
+    assert np.isfinite(honest).all() and np.isfinite(float(metrics["train_loss"]))
+    # The noise really reaches the messages: another noise draw moves the honest nodes.
+    other, _ = jax.jit(exp.round_fn)(exp.init_state(seed=1))
+    assert not np.allclose(np.asarray(other.params)[exp.honest], honest)
+
+
+@pytest.mark.parametrize("rule, algorithm", [("trimmed_mean", "fedavg"), ("clipped_gossip", "dsgd")])
+def test_dp_without_noise_or_clipping_under_a_robust_rule_is_the_robust_run(rule, algorithm):
+    exp = rj.build(_robust_dp(rule, algorithm, **{"privacy.noise_multiplier": 0.0,
+                                                  "privacy.clip_norm": float("inf")}))
+    ref = rj.build(_robust_dp(rule, algorithm, **{"privacy.mode": "none"}))
+    dp_state, _ = jax.jit(exp.round_fn)(exp.init_state())
+    ref_state, _ = jax.jit(ref.round_fn)(ref.init_state())
+    np.testing.assert_allclose(np.asarray(dp_state.params), np.asarray(ref_state.params), rtol=1e-4, atol=1e-5)
