@@ -4,12 +4,13 @@ A whole network of N nodes is a handful of arrays with a leading node axis; one 
 whole network is one jitted pure function (see DESIGN.md).
 """
 
-from redeem_jax import (aggregators, algorithms, attacks, byzantine, config, data, gossip, models, optim, plotting,
-                        privacy, theory, topology)
+from redeem_jax import (aggregators, algorithms, attacks, byzantine, config, data, distributed, gossip, models,
+                        optim, plotting, privacy, sharding, theory, topology)
 from redeem_jax.runner import RunResult, build, run
 from redeem_jax.sweep import sweep  # the function; the module is redeem_jax.sweep (python -m redeem_jax.sweep)
 
 __version__ = "0.1.0"
 
-__all__ = ["aggregators", "algorithms", "attacks", "byzantine", "config", "data", "gossip", "models", "optim", "plotting", "privacy", "theory", "topology",
+__all__ = ["aggregators", "algorithms", "attacks", "byzantine", "config", "data", "distributed", "gossip", "models",
+           "optim", "plotting", "privacy", "sharding", "theory", "topology",
            "build", "run", "RunResult", "sweep"]

@@ -18,6 +18,10 @@ def _main(argv):
     del argv
     # Orbax logs every checkpoint step at INFO; the progress bar already says where we are.
     logging.set_verbosity(logging.WARNING)
+    if _CONFIG.value is not None:  # several hosts: must precede any JAX computation (docs/scale.md)
+        from redeem_jax import distributed
+
+        distributed.initialize(_CONFIG.value)
     from redeem_jax.config import ConfigError
     from redeem_jax.runner import run
 

@@ -146,3 +146,27 @@ def test_command_line(tmp_path):
     last = pd.read_csv(tmp_path / "final.csv")
     assert len(last) == 4 and {"seed", "optimizer.learning_rate", "test_accuracy"} <= set(last.columns)
     assert (tmp_path / "sweep_test_loss.png").exists()
+
+
+@pytest.mark.parametrize("where", [{"perf.mesh": (4,)}, {"sweep_devices": 4}])
+def test_sharded_sweeps_equal_the_single_device_sweep(where):
+    import jax
+
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices (tests/conftest.py asks for 8 CPU devices)")
+    axes = {"seed": [0, 1], "optimizer.learning_rate": [0.05, 0.2]}
+    c = tiny(**{k: v for k, v in where.items() if k.startswith("perf.")})
+    sharded = rj.sweep(c, axes, sweep_devices=where.get("sweep_devices", 0))
+    single = rj.sweep(tiny(), axes)
+    assert sharded.attrs["traces"] == [1]
+    for m in METRICS:  # the same float ops, partitioned: reassociation at most
+        np.testing.assert_allclose(sharded[m], single[m], rtol=2e-6, atol=1e-7, err_msg=m)
+
+
+def test_sweep_devices_must_divide_the_grid():
+    import jax
+
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices")
+    with pytest.raises(rj.config.ConfigError, match="3 points cannot be split evenly over 4 devices"):
+        rj.sweep(tiny(**{"num_rounds": 2}), {"seed": [0, 1, 2]}, sweep_devices=4)

@@ -112,7 +112,7 @@ def _noise_for_targets(exp, targets: Sequence[float]) -> dict[float, float]:
 
 
 def sweep(config, axes: Mapping[str, Sequence], workdir: str | Path | None = None, *, topology=None,
-          progress: bool | None = None):
+          progress: bool | None = None, sweep_devices: int = 0):
     """Run ``config`` on every point of the grid ``axes`` and return one tidy ``pandas.DataFrame``.
 
     ``axes`` maps config fields to values, e.g. ``{"seed": range(8), "optimizer.learning_rate":
@@ -122,6 +122,10 @@ def sweep(config, axes: Mapping[str, Sequence], workdir: str | Path | None = Non
     ``final.csv`` (last round of each point), one ``sweep_<metric>.png`` per metric (mean and
     spread over seeds) and checkpoints; an interrupted sweep started again resumes.
     ``df.attrs["traces"]`` counts the traces of each group's round (1: compiled once).
+
+    Devices: ``config.perf.mesh`` shards every point's node axis as in ``rj.run``;
+    ``sweep_devices=k`` (-1: all) instead splits the grid's points over ``k`` devices
+    (each group's point count must be divisible by ``k``).
     """
     import pandas as pd
 
@@ -157,7 +161,7 @@ def sweep(config, axes: Mapping[str, Sequence], workdir: str | Path | None = Non
     for overrides, exp in built:
         gdir = None if wd is None else wd / _group_dir(overrides)
         label = ", ".join(f"{k}={v}" for k, v in overrides.items())
-        rows = _run_group(exp, points, gdir, show, label)
+        rows = _run_group(exp, points, gdir, show, label, sweep_devices)
         traces.append(len(exp.trace_counter))
         for r in rows:
             r.update({k: v for k, v in overrides.items()})
@@ -182,10 +186,32 @@ def final(df):
     return df.sort_values("round").groupby(keys, sort=False, dropna=False).tail(1).sort_values(keys).reset_index(drop=True)
 
 
-def _run_group(exp, points: list[dict], gdir: Path | None, show: bool, label: str) -> list[dict]:
+def _mesh(c, G: int, sweep_devices: int):
+    """The devices of a group: none, the config's node mesh, or a ``("sweep",)`` mesh over points."""
+    from redeem_jax import sharding
+
+    if tuple(c.perf.mesh) and sweep_devices:
+        raise _config.ConfigError("sweep_devices: shard either the nodes (config.perf.mesh) or the sweep points, "
+                                  "not both")
+    try:
+        if tuple(c.perf.mesh):
+            return sharding.make_mesh(c.perf.mesh, num_nodes=c.num_nodes)
+        if sweep_devices:
+            mesh = sharding.make_mesh((sweep_devices,), axis_names=(sharding.SWEEP,))
+            if G % mesh.size:
+                raise ValueError(f"{G} points cannot be split evenly over {mesh.size} devices")
+            return mesh
+    except ValueError as e:
+        raise _config.ConfigError(f"sweep_devices / config.perf.mesh: {e}") from e
+    return None
+
+
+def _run_group(exp, points: list[dict], gdir: Path | None, show: bool, label: str,
+               sweep_devices: int = 0) -> list[dict]:
     """One compiled program for every point of ``points`` (same shapes, different scalars)."""
     c = exp.config
     G = len(points)
+    mesh = _mesh(c, G, sweep_devices)
     seeds = np.array([p.get("seed", c.seed) for p in points], np.int64)
     dynamic: dict[str, np.ndarray] = {}
     for key in points[0]:
@@ -207,11 +233,21 @@ def _run_group(exp, points: list[dict], gdir: Path | None, show: bool, label: st
         _, round_fn, _ = exp.assemble(dyn_point)
         return _runner.scan_rounds(round_fn, state, limit, c.eval_every)
 
-    vchunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, None)), donate_argnums=1 if c.perf.donate else ())
+    # spmd_axis_name keeps each point's work on its own devices when the points are split.
+    by_point = mesh is not None and "sweep" in mesh.axis_names
+    vchunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, None), spmd_axis_name="sweep" if by_point else None),
+                     donate_argnums=1 if c.perf.donate else ())
     veval = jax.jit(jax.vmap(exp.evaluate, in_axes=(0, None)))
     vconsensus = jax.jit(jax.vmap(dsgd.consensus_distance, in_axes=(0, None)))
     state = jax.jit(jax.vmap(exp.init_state))(jnp.asarray(seeds, jnp.uint32))
     honest = jnp.asarray(exp.honest)
+    if mesh is not None:
+        from redeem_jax import sharding
+
+        state = sharding.shard_sweep(state, mesh, num_nodes=c.num_nodes)
+        if by_point:
+            dyn = sharding.shard_sweep(dyn, mesh, num_nodes=c.num_nodes)
+        honest = sharding.replicate(honest, mesh)
 
     rows: list[dict] = []
     mgr = None

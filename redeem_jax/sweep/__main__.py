@@ -54,6 +54,10 @@ def _split_argv(argv: list[str]) -> list[str]:
 def _main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    if _CONFIG.value is not None:  # several hosts: must precede any JAX computation (docs/scale.md)
+        from redeem_jax import distributed
+
+        distributed.initialize(_CONFIG.value)
     from redeem_jax.config import ConfigError
     from redeem_jax.sweep import final, sweep
 
