@@ -21,12 +21,18 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/round_throughput.py
 	$(PY) benchmarks/gossip_cost.py
+	$(PY) benchmarks/dp_overhead.py
+	$(PY) benchmarks/sweep.py
+	$(PY) benchmarks/scale.py
 
 experiments: $(STAMP)
 	$(PY) experiments/consensus_rate.py --out runs/consensus_rate
 	$(PY) experiments/kappa.py --out runs/kappa
 	$(PY) experiments/robust_gossip.py --out runs/robust_gossip
 	$(PY) experiments/byzantine_federated.py --out runs/byzantine_federated
+	$(PY) experiments/network_dp.py --out runs/network_dp
+	$(PY) experiments/privacy_utility.py --out runs/privacy_utility
+	$(PY) experiments/trilemma.py --out runs/trilemma
 
 clean:
 	rm -rf runs .pytest_cache
