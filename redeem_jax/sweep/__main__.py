@@ -18,6 +18,8 @@ from redeem_jax import config as _config
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/sweep_<config name>).")
+_SWEEP_DEVICES = flags.DEFINE_integer("sweep_devices", 0, "Split the grid's points over this many devices "
+                                      "(-1: all); the node axis is sharded by --config.perf.mesh instead.")
 _AXES: dict[str, list] = {}
 
 
@@ -67,7 +69,7 @@ def _main(argv):
         raise app.UsageError("give at least one axis, e.g. --sweep.seed=0,1,2 --sweep.optimizer.learning_rate=0.03,0.1")
     workdir = _WORKDIR.value or "runs/sweep_" + _config.config_stem(sys.argv)
     try:
-        df = sweep(_CONFIG.value, _AXES, workdir)
+        df = sweep(_CONFIG.value, _AXES, workdir, sweep_devices=_SWEEP_DEVICES.value)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
