@@ -145,6 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.max_test_examples = 2000  # the test set is cut to this many examples
+    c.eval.max_nodes = 0  # > 0: per-node test statistics over this many evenly spaced nodes (huge networks)
 
     # Run the same config for several values of one field (shapes may change, so this loops).
     c.compare = ml_collections.ConfigDict()
@@ -293,6 +294,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "distributed.num_processes": _int(1),
     "distributed.process_id": _int(-1),
     "eval.max_test_examples": _int(1),
+    "eval.max_nodes": _int(0),
     "compare.key": _str,
     "compare.choices": _any_tuple,
     "compare.reference": _str,

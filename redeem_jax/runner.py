@@ -153,13 +153,13 @@ def _aggregator(name: str, n: int, f: int):
 
 def max_byzantine_neighbours(topo, byz: np.ndarray) -> int:
     """The largest number of Byzantine in-neighbours of an honest node over the topology's period."""
-    worst = 0
-    for t in range(topo.period):
-        A = topo.mixing_matrix(round=t) != 0
-        np.fill_diagonal(A, False)
-        if (~byz).any():
-            worst = max(worst, int((A[~byz][:, byz]).sum(1).max()))
-    return worst
+    byz = np.asarray(byz, bool)
+    if not byz.any() or byz.all():
+        return 0
+    # From the padded neighbour lists, O(N·K): a dense [N, N] W per round is 8 TB at N = 10^6.
+    nbr = topo.neighbors.reshape(topo.period, topo.n, -1)
+    live = (topo.edge_mask & (topo.weights != 0)).reshape(nbr.shape)
+    return int((byz[nbr] & live).sum(-1)[:, ~byz].max())
 
 
 def _communication_from_config(c, topo, byz: np.ndarray, dynamic: dict | None = None):
@@ -300,11 +300,13 @@ def _partition_method(c, ds) -> str:
     return c.data.partition
 
 
-def evaluate_fn(model: _models.Model, x_test, y_test) -> Callable:
+def evaluate_fn(model: _models.Model, x_test, y_test, max_nodes: int = 0) -> Callable:
     """``evaluate(params[N, d], honest[N]) -> dict`` of test metrics.
 
     The model averaged over honest nodes (what D-SGD theory bounds) and every node's own
-    model, summarised over honest nodes as mean / std / min / max.
+    model, summarised over honest nodes as mean / std / min / max. ``max_nodes > 0`` takes
+    the per-node statistics over that many evenly spaced nodes (scoring 10^6 models on the
+    whole test set costs more than the rounds); the averaged model still uses every node.
     """
     x_test = jnp.asarray(x_test)
     y_test = jnp.asarray(y_test)
@@ -317,6 +319,9 @@ def evaluate_fn(model: _models.Model, x_test, y_test) -> Callable:
     def evaluate(params, honest):
         xbar = dsgd.honest_mean(params, honest)
         out = {f"test_{k}": v for k, v in node_metrics(xbar).items()}
+        if 0 < max_nodes < params.shape[0]:
+            idx = np.linspace(0, params.shape[0] - 1, max_nodes).round().astype(np.int64)
+            params, honest = params[idx], honest[idx]
         per_node = jax.lax.map(node_metrics, params, batch_size=min(64, params.shape[0]))
         w = honest.astype(jnp.float32)
         for k, v in per_node.items():
@@ -386,7 +391,7 @@ def build(config, topology=None) -> Experiment:
 
     optimizer, round_fn, privacy = assemble()
     n_test = min(c.eval.max_test_examples, ds.x_test.shape[0])
-    evaluate = evaluate_fn(model, ds.x_test[:n_test], ds.y_test[:n_test])
+    evaluate = evaluate_fn(model, ds.x_test[:n_test], ds.y_test[:n_test], c.eval.max_nodes)
     return Experiment(c, topo, ds, node_data, summary, model, optimizer, round_fn, evaluate, honest, counter,
                       privacy, assemble)
 
@@ -403,10 +408,18 @@ def scan_rounds(round_fn: Callable, state: dsgd.NetworkState, limit, length: int
     return jax.lax.scan(body, state, None, length=length)
 
 
-def _make_chunk(round_fn: Callable, length: int, donate: bool = True) -> Callable:
-    """``chunk(state, limit)``: :func:`scan_rounds`, jitted (donating the state's buffers)."""
-    return jax.jit(lambda state, limit: scan_rounds(round_fn, state, limit, length),
-                   donate_argnums=0 if donate else ())
+def _make_chunk(round_fn: Callable, length: int, donate: bool = True, node_data=None) -> Callable:
+    """``chunk(state, limit)``: :func:`scan_rounds`, jitted (donating the state's buffers).
+
+    With ``node_data``, the data is an argument of the compiled chunk rather than a constant
+    baked into it (``round_fn.with_data``): ~5x faster compilation at 10^6 nodes, one copy less.
+    """
+    if node_data is None:
+        return jax.jit(lambda state, limit: scan_rounds(round_fn, state, limit, length),
+                       donate_argnums=0 if donate else ())
+    step = jax.jit(lambda state, limit, data: scan_rounds(lambda s: round_fn.with_data(s, data), state, limit,
+                                                          length), donate_argnums=0 if donate else ())
+    return lambda state, limit: step(state, limit, node_data)
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -507,7 +520,7 @@ def _run_experiment(exp: Experiment, workdir) -> RunResult:
         with open(wd / "metrics.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
-    chunk = _make_chunk(exp.round_fn, c.eval_every, c.perf.donate)
+    chunk = _make_chunk(exp.round_fn, c.eval_every, c.perf.donate, exp.node_data)
     honest = jnp.asarray(exp.honest)
     if c.perf.mesh:  # node-axis leaves over the mesh; node data stays replicated (docs/scale.md)
         from redeem_jax import sharding

@@ -1,0 +1,142 @@
+"""Large networks stay cheap: no dense [N, N] array, no Python loop over nodes.
+
+The 10^6-node run itself is benchmarks/scale.py (docs/performance.md); these
+checks take seconds.
+"""
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import redeem_jax as rj
+from redeem_jax.algorithms import dsgd
+
+# rj.data.partition is the function; the module holds node_assignment / group_by_node.
+_partition = sys.modules["redeem_jax.data.partition"]
+
+N = 20_000
+
+
+def _config(**overrides):
+    c = rj.config.base_config()
+    fields = {
+        "num_nodes": N, "topology.name": "random_regular", "topology.k": 8,
+        "data.name": "linear", "model.name": "linear", "data.dim": 5,
+        "data.num_examples": N * 5, "data.batch_size": 2, "optimizer.learning_rate": 0.05,
+        "progress": False, "plots": False, "checkpoint_every": 0,
+    }
+    for k, v in {**fields, **overrides}.items():
+        rj.config.set_field(c, k, v)
+    return c
+
+
+def _rounds(round_fn, state, length):
+    return jax.jit(lambda s: jax.lax.scan(lambda s, _: round_fn(s), s, None, length=length))(state)
+
+
+def test_build_and_gossip_rounds_at_scale_match_sparse_w():
+    """Two D-SGD rounds with zero step size on a built 2·10^4-node network (K = 8) equal
+    W²x from scipy and keep the node mean (benchmarks/scale.py runs the real round at 10^6)."""
+    exp = rj.build(_config())
+    topo = exp.topology
+    assert topo.n == N and topo.K == 8
+    assert exp.node_data.x.shape == (N, 4, 5)        # 4 train examples per node, no padding
+
+    # Zero learning rate: the round is x <- W x exactly (Lian et al. 2017, ATC).
+    opt = optax.sgd(0.0)
+    gossip_round = dsgd.make_round(model=exp.model, optimizer=opt, node_data=exp.node_data, batch_size=2,
+                                   communicate=dsgd.gossip_communication(topo, "sparse"))
+    s0 = dsgd.init_state(exp.model, opt, N, jax.random.PRNGKey(1))
+    # The linear model starts at 0 on every node; disagree, so that gossip has work to do.
+    s0 = s0._replace(params=jax.random.normal(jax.random.PRNGKey(2), s0.params.shape))
+    x0 = np.asarray(s0.params, np.float64)
+    s2, metrics = _rounds(gossip_round, s0, 2)
+    W = topo.sparse_mixing_matrix()
+    ref = W @ (W @ x0)
+    x2 = np.asarray(s2.params, np.float64)
+    np.testing.assert_allclose(x2, ref, atol=1e-5)
+    np.testing.assert_allclose(x2.mean(0), x0.mean(0), atol=1e-6)   # W doubly stochastic
+    cd0 = float(dsgd.consensus_distance(s0.params, jnp.ones(N, bool)))
+    assert 0 < float(metrics["consensus_distance"][1]) < float(metrics["consensus_distance"][0]) < cd0
+    assert int(s2.round) == 2 and np.all(np.isfinite(np.asarray(metrics["train_loss"])))
+
+
+def test_million_node_topologies_are_sparse_and_fast():
+    """Degree <= 8 families on 10^6 nodes build in seconds, without a dense matrix."""
+    n = 10**6
+    for name, K in (("ring", 2), ("torus", 4)):
+        t0 = time.perf_counter()
+        topo = rj.topology.get(name, n)
+        elapsed = time.perf_counter() - t0
+        assert elapsed < 10, (name, elapsed)
+        assert topo.neighbors.shape == (n, K) and topo.weights.shape == (n, K)
+        assert "adjacency" not in topo._cache           # nothing dense was built
+        repr(topo)                                      # stays instant (no O(n^3) norm)
+    ring = rj.topology.ring(n)
+    rho = 1 / 3 + 2 / 3 * np.cos(2 * np.pi / n)         # Xiao & Boyd 2004; FFT path, not eigsh
+    assert abs(ring.rho() - rho) < 1e-12
+
+
+def test_million_node_partition_is_vectorized():
+    """Splitting 2·10^6 examples over 10^6 nodes is array work, and equals ``partition``."""
+    n = 10**6
+    y = np.zeros(2 * n, np.float32)
+    t0 = time.perf_counter()
+    order, sizes = _partition.group_by_node(_partition.node_assignment(y, n, "iid", seed=0), n)
+    assert time.perf_counter() - t0 < 10
+    assert np.all(sizes == 2) and np.array_equal(np.sort(order), np.arange(2 * n))
+    small = np.arange(103) % 3
+    parts = rj.data.partition(small, 10, "iid", seed=4)
+    o, s = _partition.group_by_node(_partition.node_assignment(small, 10, "iid", seed=4), 10)
+    assert np.array_equal(np.concatenate(parts), o) and [len(p) for p in parts] == s.tolist()
+
+
+def test_partition_plot_of_many_nodes_is_a_histogram():
+    """A bar per node of a 10^6-node network would take minutes; above 512 nodes, a histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y = np.arange(3000) % 4
+    o, s = _partition.group_by_node(_partition.node_assignment(y, 1000, "iid"), 1000)
+    ax = _partition.grouped_summary(y, o, s, 4).plot()
+    assert len(ax.patches) < 100 and ax.get_xlabel() == "examples per node"
+    plt.close(ax.figure)
+
+
+def test_max_byzantine_neighbours_needs_no_dense_matrix():
+    from redeem_jax.runner import max_byzantine_neighbours
+
+    topo = rj.topology.ring(1_000_000)
+    byz = np.zeros(topo.n, bool)
+    byz[[10, 12, 500]] = True
+    assert max_byzantine_neighbours(topo, byz) == 2  # node 11 sits between two attackers
+    small = rj.topology.get("torus", 16)
+    b = np.zeros(16, bool)
+    b[[0, 5]] = True
+    A = small.mixing_matrix() != 0
+    np.fill_diagonal(A, False)
+    assert max_byzantine_neighbours(small, b) == int(A[~b][:, b].sum(1).max())
+
+
+def test_per_node_evaluation_on_a_subset_of_nodes():
+    from redeem_jax.runner import evaluate_fn
+
+    model = rj.models.get("linear", (3,), 1, "regression")
+    x = jax.random.normal(jax.random.PRNGKey(0), (50, 3))
+    y = x @ jnp.array([1.0, -2.0, 0.5])
+    params = jax.random.normal(jax.random.PRNGKey(1), (10, model.num_params))
+    honest = jnp.ones(10, bool)
+    full = evaluate_fn(model, x, y)(params, honest)
+    sub = evaluate_fn(model, x, y, max_nodes=4)(params, honest)
+    idx = np.linspace(0, 9, 4).round().astype(int)
+    ref = evaluate_fn(model, x, y)(params[idx], honest[idx])
+    assert float(sub["test_loss"]) == float(full["test_loss"])  # averaged model: every node
+    for k in ("node_test_loss_mean", "node_test_loss_min", "node_test_loss_max"):
+        np.testing.assert_allclose(float(sub[k]), float(ref[k]), rtol=1e-6)
+    assert float(evaluate_fn(model, x, y, max_nodes=10)(params, honest)["node_test_loss_mean"]) == float(
+        full["node_test_loss_mean"])
