@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
 import numpy as np
+from _machine import cpu_name  # benchmarks/ is the script directory
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,16 +53,6 @@ def timeit(f, x, reps: int) -> float:
         f(x).block_until_ready()
         ts.append(time.perf_counter() - t0)
     return float(np.median(ts))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run(sizes, families=("ring", "exponential")):
@@ -109,7 +99,7 @@ def _line(r):
 
 
 def markdown(rows, argv, total_s):
-    env = (f"{_cpu_name()}, {os.cpu_count()} cores visible, jax {jax.__version__} "
+    env = (f"{cpu_name()}, {os.cpu_count()} cores visible, jax {jax.__version__} "
            f"({jax.default_backend()}), d = {D}, float32")
     out = [
         "# Gossip cost (benchmarks/gossip_cost.py)",

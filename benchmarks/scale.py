@@ -36,26 +36,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
+from _machine import cpu_name  # benchmarks/ is the script directory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _mem_total_gib() -> float:
@@ -266,7 +256,7 @@ def main(argv=None):
 
     base = sub(-1)
     copy_gbs = base["copy_gbs"]
-    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores, {_mem_total_gib():.1f} GiB RAM, "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {_mem_total_gib():.1f} GiB RAM, "
           f"jax {base['jax']} ({base['backend']})")
     print(f"baseline: jitted, donated x + 1 over 1 GiB float32 -> {copy_gbs:.1f} GB/s")
     rows = []

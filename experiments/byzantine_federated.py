@@ -89,6 +89,8 @@ def plot(records, alphas, rules, attacks, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from redeem_jax.plotting import annotated_heatmap
+
     fig, axes = plt.subplots(1, len(alphas), figsize=(1.0 + 0.9 * len(attacks) * len(alphas), 0.45 * len(rules) + 2),
                              squeeze=False)
     for j, a in enumerate(alphas):
@@ -97,10 +99,7 @@ def plot(records, alphas, rules, attacks, path):
             if r["alpha"] == a:
                 M[rules.index(r["rule"]), attacks.index(r["attack"])] = r["accuracy"]
         ax = axes[0, j]
-        im = ax.imshow(np.nan_to_num(M, nan=0.0), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        for (i, k), v in np.ndenumerate(M):
-            ax.text(k, i, "—" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if (np.isnan(v) or v < 0.5) else "black")
+        im = annotated_heatmap(ax, M, fontsize=7)
         ax.set_xticks(range(len(attacks)), attacks, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(rules)), rules if j == 0 else [], fontsize=8)  # shared rows: label once
         ax.set_title(f"Dirichlet α = {a}" if a > 0 else "iid")

@@ -132,6 +132,8 @@ def plot(rows, path, title=""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from redeem_jax.plotting import annotated_heatmap
+
     rules = list(dict.fromkeys(r["rule"] for r in rows))
     eps = list(dict.fromkeys(r["epsilon"] for r in rows))
     fs = list(dict.fromkeys(r["f"] for r in rows))
@@ -143,10 +145,7 @@ def plot(rows, path, title=""):
             if r["rule"] == rule:
                 M[eps.index(r["epsilon"]), fs.index(r["f"])] = r["test_accuracy"]
         ax = axes[0, j]
-        im = ax.imshow(np.nan_to_num(M, nan=0.0), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        for (i, k), v in np.ndenumerate(M):
-            ax.text(k, i, "—" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if (np.isnan(v) or v < 0.5) else "black")
+        im = annotated_heatmap(ax, M, fontsize=8)
         ax.set_xticks(range(len(fs)), [str(f) for f in fs])
         ax.set_xlabel("f (Byzantine nodes)")
         ax.set_yticks(range(len(eps)), [_eps_str(e) for e in eps] if j == 0 else [])

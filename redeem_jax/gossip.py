@@ -185,17 +185,21 @@ def _mix_sparse(topo, x, round, ct):
     return _accumulate(sw[:, None] * x, topo.K, slot)
 
 
-def _roll_branch(shifts, weights, selfw, ct):
+def _roll_branch(shifts, weights, selfw, ct, roll=None):
+    """``x -> selfw·x + Σ_s w_s·roll(x, s)`` (``roll(x, s)[i] = x[i - s]``) for one round of a
+    circulant graph. ``roll`` defaults to ``jnp.roll`` on the node axis; sharded gossip passes
+    its ppermute block roll, so both compute in the same order (bit-identical results)."""
     shifts = [int(s) for s in shifts]
     weights = [float(w) for w in weights]
     selfw = float(selfw)
+    roll = roll or (lambda x, s: jnp.roll(x, s, axis=0))
 
     def f(x):
         x = x.astype(ct)
         y = selfw * x
         for s, w in zip(shifts, weights):
             if w != 0.0:
-                y = y + w * jnp.roll(x, s, axis=0)   # roll(x, s)[i] = x[i - s]
+                y = y + w * roll(x, s)
         return y
     return f
 

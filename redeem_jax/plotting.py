@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["plot_history", "plot_comparison", "plot_partition"]
+__all__ = ["plot_history", "plot_comparison", "plot_partition", "annotated_heatmap"]
 
 
 def _plt():
@@ -91,8 +91,8 @@ def plot_comparison(histories: Mapping[str, Sequence[dict]], path: str | Path | 
         x, y = _col(rows, "consensus_distance")
         keep = np.isfinite(y) & (y > 0)
         axes[2].plot(x[keep], y[keep], label=label, color=color)
-    axes[0].set(xlabel="round", ylabel=f"test {metric}", title=f"honest nodes' own models (mean, min–max)")
-    axes[1].set(xlabel="round", title=f"averaged honest model")
+    axes[0].set(xlabel="round", ylabel=f"test {metric}", title="honest nodes' own models (mean, min–max)")
+    axes[1].set(xlabel="round", title="averaged honest model")
     axes[2].set(xlabel="round", title="consensus distance (honest)", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -105,3 +105,14 @@ def plot_partition(summary, path: str | Path | None = None):
     """The label histogram per node of a partition (``rj.data.PartitionSummary``), saved to ``path``."""
     _plt()
     return _finish(summary.plot().figure, path, dpi=100)
+
+
+def annotated_heatmap(ax, values: np.ndarray, fontsize: int = 8):
+    """Accuracy-style heatmap on ``ax`` (0 to 1, viridis) with each cell's value written in it;
+    NaN cells (not run) are drawn as 0 and marked "—". Returns the image for a colorbar."""
+    values = np.asarray(values, float)
+    im = ax.imshow(np.nan_to_num(values, nan=0.0), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for (i, k), v in np.ndenumerate(values):
+        ax.text(k, i, "—" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=fontsize,
+                color="white" if (np.isnan(v) or v < 0.5) else "black")
+    return im

@@ -228,19 +228,8 @@ def _block_roll(xb, s: int, n: int, D: int):
 
 
 def _branch(shifts, weights, selfw, n: int, D: int, ct):
-    shifts = [int(s) for s in shifts]
-    weights = [float(w) for w in weights]
-    selfw = float(selfw)
-
-    def f(xb):
-        # Same operation order as gossip's roll branch: bit-identical results.
-        xb = xb.astype(ct)
-        y = selfw * xb
-        for s, w in zip(shifts, weights):
-            if w != 0.0:
-                y = y + w * _block_roll(xb, s, n, D)
-        return y
-    return f
+    # gossip's roll branch with the block roll: the same operation order as the unsharded one.
+    return _gossip._roll_branch(shifts, weights, selfw, ct, roll=lambda xb, s: _block_roll(xb, s, n, D))
 
 
 def ppermute_mix(topology: Topology, x, mesh: Mesh, round=None):

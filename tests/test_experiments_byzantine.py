@@ -1,21 +1,12 @@
 """The Byzantine experiments in --quick mode: they run, write their files, and show the effect."""
 
-import importlib.util
 import json
-import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _configs import load_experiment
 
 
 def test_robust_gossip_quick(tmp_path):
-    records = _load("robust_gossip").main(["--quick", "--out", str(tmp_path)])
+    records = load_experiment("robust_gossip").main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "robust_gossip.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "robust_gossip.json").read_text()) == json.loads(json.dumps(records))
     by = {(r["rule"], r["f"]): r for r in records}
@@ -25,7 +16,7 @@ def test_robust_gossip_quick(tmp_path):
 
 
 def test_kappa_quick(tmp_path):
-    records = _load("kappa").main(["--quick", "--out", str(tmp_path)])
+    records = load_experiment("kappa").main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "kappa.png").exists()
     for r in records:
         assert r["measured"] >= r["lower_bound"] * (1 - 1e-5)
@@ -33,7 +24,7 @@ def test_kappa_quick(tmp_path):
 
 
 def test_byzantine_federated_quick(tmp_path):
-    records = _load("byzantine_federated").main(["--quick", "--out", str(tmp_path)])
+    records = load_experiment("byzantine_federated").main(["--quick", "--out", str(tmp_path)])
     for suffix in ("json", "md", "png"):
         assert (tmp_path / f"byzantine_federated.{suffix}").exists()
     assert len(records) == 9

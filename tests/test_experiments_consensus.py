@@ -1,21 +1,11 @@
 """Smoke + correctness of experiments/consensus_rate.py in --quick mode."""
-import importlib.util
 import json
-import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("consensus_rate",
-                                                  ROOT / "experiments" / "consensus_rate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _configs import load_experiment
 
 
 def test_consensus_rate_quick(tmp_path):
-    _load().main(["--quick", "--out", str(tmp_path)])
+    load_experiment("consensus_rate").main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "consensus_rate.png").stat().st_size > 10_000
     res = json.loads((tmp_path / "consensus_rate.json").read_text())["results"]
     assert {r["family"] for r in res} >= {"ring", "torus", "hypercube", "exponential",

@@ -1,25 +1,16 @@
 """The privacy experiments in --quick mode: they run, write their files, and show the effect."""
 
 import csv
-import importlib.util
 import json
 import math
-import pathlib
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _configs import load_experiment
 
 
 def test_privacy_utility_quick(tmp_path):
-    rows = _load("privacy_utility").main(["--quick", "--out", str(tmp_path)])
+    rows = load_experiment("privacy_utility").main(["--quick", "--out", str(tmp_path)])
     for suffix in ("csv", "json", "png"):
         assert (tmp_path / f"privacy_utility.{suffix}").stat().st_size > 0
     assert len(list(csv.DictReader(open(tmp_path / "privacy_utility.csv")))) == len(rows)
@@ -49,7 +40,7 @@ def test_network_leakage_bounds_complete_graph_is_local_dp():
     """On the complete graph an observer sees every message: each node's every step is fully exposed."""
     import redeem_jax as rj
 
-    mod = _load("privacy_utility")
+    mod = load_experiment("privacy_utility")
     B = mod.step_leakage_bounds(rj.topology.complete(4), 6)
     assert len(B) == 12
     for ds in B.values():
@@ -61,7 +52,7 @@ def test_network_leakage_bounds_complete_graph_is_local_dp():
 
 
 def test_trilemma_quick(tmp_path):
-    rows = _load("trilemma").main(["--quick", "--out", str(tmp_path)])
+    rows = load_experiment("trilemma").main(["--quick", "--out", str(tmp_path)])
     for suffix in ("csv", "json", "png"):
         assert (tmp_path / f"trilemma.{suffix}").stat().st_size > 0
     acc = {(r["rule"], r["epsilon"], r["f"]): r["test_accuracy"] for r in rows}

@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import json
-import math
-import os
-import sys
 
 import numpy as np
 import pytest
 
 from redeem_jax import topology
 from redeem_jax.privacy import network_dp as nd
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _configs import load_experiment
 
 
 @pytest.fixture(scope="module")
@@ -195,13 +191,7 @@ def test_invalid_arguments():
 
 
 def test_experiment_quick(tmp_path):
-    import importlib.util
-    # load by path: the bare name "network_dp" would be ambiguous with the library module
-    spec = importlib.util.spec_from_file_location(
-        "_experiment_network_dp", os.path.join(ROOT, "experiments", "network_dp.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main(["--quick", "--out", str(tmp_path)])
+    load_experiment("network_dp").main(["--quick", "--out", str(tmp_path)])
     js = tmp_path / "network_dp.json"
     png = tmp_path / "network_dp.png"
     assert js.exists() and png.exists() and png.stat().st_size > 10_000

@@ -44,7 +44,6 @@ is set to 1 (a node knows its own value).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
 
 import numpy as np
 
