@@ -519,13 +519,15 @@ def _run_experiment(exp: Experiment, workdir) -> RunResult:
         with open(wd / "metrics.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
-    chunk = _make_chunk(exp.round_fn, c.eval_every, c.perf.donate, exp.node_data)
     honest = jnp.asarray(exp.honest)
-    if c.perf.mesh:  # node-axis leaves over the mesh; node data stays replicated (docs/scale.md)
+    node_data = exp.node_data
+    if c.perf.mesh:  # state and node data over the mesh, each device holding its nodes' rows (docs/scale.md)
         from redeem_jax import sharding
 
         mesh = sharding.make_mesh(c.perf.mesh, num_nodes=c.num_nodes)
         state, honest = sharding.shard_nodes(state, mesh), sharding.replicate(honest, mesh)
+        node_data = sharding.shard_nodes(node_data, mesh, num_nodes=c.num_nodes)
+    chunk = _make_chunk(exp.round_fn, c.eval_every, c.perf.donate, node_data)
     t0 = time.perf_counter() - wall_offset
     start = int(state.round)
 

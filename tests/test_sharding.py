@@ -195,3 +195,13 @@ def test_distributed_initialize_is_a_no_op_for_one_process(monkeypatch):
     c = rj.config.base_config()
     c.distributed.coordinator, c.distributed.num_processes, c.distributed.process_id = "a:1", 2, 0
     assert distributed.settings(c, env) == {"coordinator_address": "a:1", "num_processes": 2, "process_id": 0}
+
+
+def test_node_data_is_split_over_the_mesh_not_copied():
+    exp = rj.build(small_config())
+    mesh = sharding.make_mesh((8,), num_nodes=exp.config.num_nodes)
+    data = sharding.shard_nodes(exp.node_data, mesh, num_nodes=exp.config.num_nodes)
+    for leaf in (data.x, data.y, data.sizes):
+        assert leaf.sharding.spec[0] == "nodes"
+        shard = leaf.addressable_shards[0].data
+        assert shard.shape[0] == exp.config.num_nodes // 8  # each device holds only its nodes' rows
