@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_rounds = 200
     c.eval_every = 10
     c.checkpoint_every = 50  # rounds; 0 disables checkpoints; a multiple of eval_every
-    c.resume = True  # continue from the latest checkpoint in workdir
+    c.resume = True  # continue from the latest checkpoint in workdir; False clears its checkpoints and metrics
     c.progress = True
     c.plots = True
     c.init = "same"  # all nodes start from one draw, or "independent"
@@ -124,7 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.privacy.noise_multiplier = 1.0  # σ; ignored when target_epsilon > 0
     c.privacy.target_epsilon = -1.0  # > 0: calibrate σ so that the run spends this ε
     c.privacy.delta = 1e-5
-    c.privacy.sampling = "fixed"  # fixed (batch_size rows without replacement) | poisson
+    c.privacy.sampling = "fixed"  # fixed (batch_size rows without replacement; replace-one, sensitivity 2C) | poisson
+    #                               (add/remove-one, sensitivity C: the tight accounting; see docs/privacy_accounting.md)
     c.privacy.sample_rate = -1.0  # poisson: q; -1 means batch_size / (mean shard size)
     c.privacy.accountant = "rdp"  # rdp | pld
     c.privacy.clipping = "auto"  # ghost (dense models, no per-example gradients) | vmap | auto

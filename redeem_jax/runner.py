@@ -448,17 +448,51 @@ def _restore(mgr, template: dsgd.NetworkState) -> dsgd.NetworkState | None:
     return dsgd.NetworkState(restored["params"], restored["opt_state"], restored["round"], restored["key"])
 
 
-def _check_same_config(workdir: Path, c) -> None:
-    path = workdir / "config.json"
-    if not path.exists():
-        return
-    old = json.loads(path.read_text())
-    new = json.loads(c.to_json())
+def horizon_dependents(c) -> list[str]:
+    """Fields whose effect depends on ``num_rounds`` (so a resume must not change it): a σ
+    calibrated to ``target_epsilon`` over the whole run, and schedules decaying over it."""
+    out = []
+    if c.privacy.mode != "none" and c.privacy.target_epsilon > 0:
+        out.append("privacy.target_epsilon (σ is calibrated over num_rounds)")
+    if c.optimizer.schedule in ("cosine", "warmup_cosine"):
+        out.append(f"optimizer.schedule = {c.optimizer.schedule!r} (it decays over num_rounds)")
+    return out
+
+
+def check_resumable(old: dict, c, where: str, prefix: str = "config") -> None:
+    """Refuse to resume ``where`` (a workdir made with the flat config ``old``) under ``c`` when
+    any field its past depended on differs; one line naming the field."""
+    old, new = _config._flatten(old), _config._flatten(json.loads(c.to_json()))
     diff = sorted(k for k in set(old) | set(new) if k not in _RESUME_FREE and old.get(k) != new.get(k))
+    hint = "use a new --workdir or set config.resume=False (which clears it)"
     if diff:
         raise _config.ConfigError(
-            f"config.{diff[0]}: the checkpoint in {workdir} was made with a different value "
-            f"({old.get(diff[0])!r} != {new.get(diff[0])!r}); use a new --workdir or set config.resume=False")
+            f"{prefix}.{diff[0]}: the checkpoint in {where} was made with a different value "
+            f"({old.get(diff[0])!r} != {new.get(diff[0])!r}); {hint}")
+    if old.get("num_rounds") != new.get("num_rounds") and horizon_dependents(c):
+        raise _config.ConfigError(
+            f"{prefix}.num_rounds: the checkpoint in {where} was made for num_rounds={old.get('num_rounds')} and "
+            f"{horizon_dependents(c)[0]}, so resuming with num_rounds={new.get('num_rounds')} would change its past; "
+            f"{hint}")
+
+
+def _check_same_config(workdir: Path, c) -> None:
+    path = workdir / "config.json"
+    if path.exists():
+        check_resumable(json.loads(path.read_text()), c, str(workdir))
+
+
+def clear_run_outputs(workdir: Path, names=("checkpoints", "metrics.jsonl", "config.json")) -> None:
+    """Remove a previous run's checkpoints and metrics from ``workdir``, together, so that the
+    next run in it can never resume from (or stitch rows onto) a run it did not continue."""
+    import shutil
+
+    for name in names:
+        p = workdir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
 
 
 def _read_rows(path: Path, upto: int) -> list[dict]:
@@ -504,10 +538,13 @@ def _run_experiment(exp: Experiment, workdir) -> RunResult:
     wall_offset = 0.0
     if wd is not None:
         wd.mkdir(parents=True, exist_ok=True)
+        if c.resume and c.checkpoint_every:
+            _check_same_config(wd, c)
+        else:  # this run starts afresh: nothing of an older run may stay to be resumed later
+            clear_run_outputs(wd)
         if c.checkpoint_every:
             mgr = _checkpoint_manager(wd)
             if c.resume:
-                _check_same_config(wd, c)
                 restored = _restore(mgr, state)
                 if restored is not None:
                     state = restored

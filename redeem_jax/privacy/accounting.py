@@ -16,12 +16,24 @@ it into ε at a given δ:
   Numerically tight up to the discretization (``1e-4`` in the privacy loss),
   slower (~0.4 s per call).  Always ε_PLD <= ε_RDP up to that discretization.
 
-Sampling: ``"poisson"`` (each example enters each batch independently with
-probability q; add/remove-one adjacency, what the ``PoissonSampledDpEvent``
-accountant assumes) or ``"fixed"`` (batches of exactly q·m examples drawn
-without replacement; only the replace-one adjacency is analysed, by the RDP
-accountant, Wang, Balle & Kasiviswanathan 2019), which costs roughly twice the
-ε of Poisson sampling at the same q.
+Sampling and adjacency:
+
+* ``"poisson"`` (each example enters each batch independently with probability
+  q): add/remove-one adjacency, under which the clipped sum moves by at most C,
+  so the Gaussian event gets σ as is (``PoissonSampledDpEvent``).
+* ``"fixed"`` (batches of exactly q·m examples drawn without replacement):
+  replace-one adjacency, the only one dp-accounting analyses for sampling
+  without replacement (RDP bound of Wang, Balle & Kasiviswanathan 2019). Under
+  replace-one the clipped sum moves by up to 2C, and that bound takes the noise
+  standard deviation *in units of the sensitivity*: the event gets σ/2. Passing
+  σ unchanged (dp-accounting issue #378, open) under-reports ε: 19.05 instead of
+  the exact 46.21 for ten full-batch steps at σ = 1, δ = 1e-5. With q = 1 there
+  is no subsampling and the step is a Gaussian mechanism of sensitivity 2C,
+  ``GaussianDpEvent(σ/2)``, which both accountants account (PLD exactly).
+
+The replace-one bound for q < 1 is valid but loose (ε = 15.6 at q = 0.01,
+σ = 1.1, 1000 steps, where a realisable pair of neighbouring datasets gives
+2.4–2.5 and Poisson sampling 1.7): prefer Poisson sampling for tight ε.
 
 Public API::
 
@@ -50,6 +62,7 @@ __all__ = [
     "ACCOUNTANTS",
     "SAMPLINGS",
     "PLD_DISCRETIZATION",
+    "SENSITIVITY",
     "dp_event",
     "make_accountant",
     "epsilon",
@@ -132,28 +145,39 @@ def _check_accountant(accountant: str) -> str:
   return accountant.lower()
 
 
-def _check_sampling(sampling: str, accountant: str) -> str:
+def _check_sampling(sampling: str, accountant: str, q: float = 0.0) -> str:
   if not isinstance(sampling, str) or sampling.lower() not in SAMPLINGS:
     raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
   sampling = sampling.lower()
-  if sampling == "fixed" and accountant == "pld":
+  if sampling == "fixed" and accountant == "pld" and q != 1.0:
     # dp-accounting's PLD accountant has no sampling-without-replacement event;
     # silently falling back to Poisson would under-report ε.
     raise ValueError(
-        "sampling='fixed' is only supported with accountant='rdp' "
-        "(dp-accounting's PLD accountant has no fixed-size-batch analysis); "
-        "use accountant='rdp' or sampling='poisson'")
+        "sampling='fixed' with sample_rate < 1 is only supported with "
+        "accountant='rdp' (dp-accounting's PLD accountant has no analysis of "
+        "sampling without replacement); use accountant='rdp' or "
+        "sampling='poisson'")
   return sampling
 
 
 # --------------------------------------------------------------------------
 # events and accountants
 # --------------------------------------------------------------------------
+# L2 sensitivity of the sum of per-example gradients clipped to norm C, in units
+# of C, for each sampling scheme's neighbouring relation (see the module doc).
+SENSITIVITY = {"poisson": 1.0, "fixed": 2.0}
+
+
 def _one_step_event(noise_multiplier: float, q: float,
                     sampling: str) -> dp_accounting.DpEvent:
-  gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+  # dp-accounting's Gaussian event is N(0, σ²) on a query of sensitivity 1:
+  # noise σC on a sum of sensitivity ΔC is the event GaussianDpEvent(σ/Δ).
+  gaussian = dp_accounting.GaussianDpEvent(noise_multiplier
+                                           / SENSITIVITY[sampling])
   if sampling == "poisson":
     return dp_accounting.PoissonSampledDpEvent(q, gaussian)
+  if q == 1.0:  # the whole shard every step: no subsampling to amplify
+    return gaussian
   frac = fractions.Fraction(q).limit_denominator(_MAX_DATASET_SIZE)
   return dp_accounting.SampledWithoutReplacementDpEvent(
       source_dataset_size=frac.denominator, sample_size=frac.numerator,
@@ -165,30 +189,33 @@ def dp_event(noise_multiplier: float, sample_rate: float, steps: int,
   """The dp-accounting event of ``steps`` DP-SGD steps (Abadi et al. 2016, Alg. 1).
 
   ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(σ)), steps)``
-  for Poisson batches; for fixed-size batches the inner event is
-  ``SampledWithoutReplacementDpEvent`` with q written as sample/dataset size.
+  for Poisson batches; for fixed-size batches (replace-one, sensitivity 2C) the
+  inner event is ``SampledWithoutReplacementDpEvent(GaussianDpEvent(σ/2))``
+  with q written as sample/dataset size, or ``GaussianDpEvent(σ/2)`` at q = 1.
   """
   s = _check_noise_multiplier(noise_multiplier)
   q = _check_sample_rate(sample_rate)
   t = _check_steps(steps)
-  sampling = _check_sampling(sampling, "rdp")
+  sampling = _check_sampling(sampling, "rdp", q)
   return dp_accounting.SelfComposedDpEvent(_one_step_event(s, q, sampling), t)
 
 
-def make_accountant(accountant: str = "rdp", sampling: str = "poisson"
+def make_accountant(accountant: str = "rdp", sampling: str = "poisson",
+                    sample_rate: float = 0.0
                     ) -> dp_accounting.PrivacyAccountant:
   """A fresh dp-accounting accountant: RDP (Mironov 2017) or PLD (Koskela et al. 2020).
 
   The neighbouring relation follows the sampling scheme: add/remove-one for
   Poisson sampling, replace-one for fixed-size batches (the only relation
-  dp-accounting analyses for sampling without replacement).
+  dp-accounting analyses for sampling without replacement). A full batch
+  (``sample_rate=1``) is a plain Gaussian event, accounted under either.
   """
   accountant = _check_accountant(accountant)
-  sampling = _check_sampling(sampling, accountant)
+  sampling = _check_sampling(sampling, accountant, sample_rate)
   if accountant == "pld":
     return _pld.PLDAccountant(
         value_discretization_interval=PLD_DISCRETIZATION)
-  if sampling == "fixed":
+  if sampling == "fixed" and sample_rate != 1.0:
     return _rdp.RdpAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
   return _rdp.RdpAccountant()
@@ -200,7 +227,7 @@ def _epsilon_cached(s: float, q: float, t: int, d: float, accountant: str,
   if t == 0:
     return 0.0
   event = dp_accounting.SelfComposedDpEvent(_one_step_event(s, q, sampling), t)
-  return float(make_accountant(accountant, sampling).compose(event)
+  return float(make_accountant(accountant, sampling, q).compose(event)
                .get_epsilon(d))
 
 
@@ -220,14 +247,14 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int,
 
   Raises ``ValueError`` naming the argument when q ∉ (0, 1], δ ∉ (0, 1),
   σ <= 0, steps < 0, or ``accountant`` / ``sampling`` is unknown, and when
-  ``sampling="fixed"`` is combined with ``accountant="pld"``.
+  ``sampling="fixed"`` with q < 1 is combined with ``accountant="pld"``.
   """
   s = _check_noise_multiplier(noise_multiplier)
   q = _check_sample_rate(sample_rate)
   t = _check_steps(steps)
   d = _check_delta(delta)
   acc = _check_accountant(accountant)
-  smp = _check_sampling(sampling, acc)
+  smp = _check_sampling(sampling, acc, q)
   return _epsilon_cached(s, q, t, d, acc, smp)
 
 
@@ -256,7 +283,7 @@ def noise_multiplier_for(target_epsilon: float, sample_rate: float,
   t = _check_steps(steps)
   d = _check_delta(delta)
   acc = _check_accountant(accountant)
-  smp = _check_sampling(sampling, acc)
+  smp = _check_sampling(sampling, acc, q)
   if t == 0:
     raise ValueError(
         "steps must be > 0 for noise_multiplier_for: 0 steps spend no privacy, "
@@ -287,7 +314,7 @@ def noise_multiplier_for(target_epsilon: float, sample_rate: float,
           f"by noise_multiplier < {_MIN_NOISE_MULTIPLIER:g}")
 
   sigma = dp_accounting.calibrate_dp_mechanism(
-      make_fresh_accountant=lambda: make_accountant(acc, smp),
+      make_fresh_accountant=lambda: make_accountant(acc, smp, q),
       make_event_from_param=lambda s: dp_accounting.SelfComposedDpEvent(
           _one_step_event(float(s), q, smp), t),
       target_epsilon=e,
@@ -314,7 +341,7 @@ def spent(noise_multiplier: float, sample_rate: float,
   q = _check_sample_rate(sample_rate)
   d = _check_delta(delta)
   acc = _check_accountant(accountant)
-  smp = _check_sampling(sampling, acc)
+  smp = _check_sampling(sampling, acc, q)
   arr = np.asarray(steps)
   if arr.ndim > 1:
     raise ValueError(f"steps must be a scalar or 1-D, got shape {arr.shape}")

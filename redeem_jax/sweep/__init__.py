@@ -154,9 +154,7 @@ def sweep(config, axes: Mapping[str, Sequence], workdir: str | Path | None = Non
         built.append((overrides, exp))
 
     if wd is not None:
-        wd.mkdir(parents=True, exist_ok=True)
-        (wd / "sweep.json").write_text(json.dumps({"config": json.loads(c.to_json()),
-                                                   "axes": {k: list(v) for k, v in axes.items()}}, indent=2))
+        _prepare_workdir(wd, c, axes)
     frames, traces = [], []
     for overrides, exp in built:
         gdir = None if wd is None else wd / _group_dir(overrides)
@@ -178,6 +176,35 @@ def sweep(config, axes: Mapping[str, Sequence], workdir: str | Path | None = Non
                 if metric in df.columns:
                     plot_sweep(df, metric, [k for k in axes if k != "seed"], wd / f"sweep_{metric}.png")
     return df
+
+
+def _prepare_workdir(wd: Path, c, axes: Mapping[str, Sequence]) -> None:
+    """Check that a sweep workdir holds this very sweep before resuming it, or clear it.
+
+    Resuming needs the same config (up to the fields a resume may change, as for ``rj.run``)
+    and the same axes, values and order: a different grid would silently return the old
+    table, or fail inside orbax on other shapes."""
+    wd.mkdir(parents=True, exist_ok=True)
+    record = {"config": json.loads(c.to_json()), "axes": json.loads(json.dumps({k: list(v) for k, v in axes.items()}))}
+    path = wd / "sweep.json"
+    if c.resume and c.checkpoint_every and path.exists():
+        old = json.loads(path.read_text())
+        hint = "use a new workdir or set config.resume=False (which clears it)"
+        old_axes, new_axes = old.get("axes", {}), record["axes"]
+        for key in list(dict.fromkeys([*old_axes, *new_axes])):
+            if old_axes.get(key) != new_axes.get(key):
+                raise _config.ConfigError(f"sweep.{key}: the sweep in {wd} was run with values "
+                                          f"{old_axes.get(key)!r}, not {new_axes.get(key)!r}; {hint}")
+        if list(old_axes) != list(new_axes):
+            raise _config.ConfigError(f"sweep: the sweep in {wd} had its axes in the order {list(old_axes)}, "
+                                      f"not {list(new_axes)}; {hint}")
+        _runner.check_resumable(old.get("config", {}), c, str(wd))
+    else:
+        for child in wd.iterdir() if wd.exists() else ():
+            if child.is_dir() and ((child / "rows.jsonl").exists() or (child / "checkpoints").exists()):
+                _runner.clear_run_outputs(child, ("checkpoints", "rows.jsonl"))
+        _runner.clear_run_outputs(wd, ("sweep.json", "sweep.csv", "final.csv"))
+    path.write_text(json.dumps(record, indent=2))
 
 
 def final(df):
