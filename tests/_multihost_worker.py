@@ -23,7 +23,7 @@ assert distributed.initialize(c, initialization_timeout=30)
 assert distributed.initialize(c)  # idempotent
 assert jax.process_count() == nproc and len(jax.devices()) == 4 * nproc, jax.devices()
 result = rj.run(c)
-params = result.state.params
+params = result.params
 assert params.sharding.spec == jax.sharding.PartitionSpec("nodes"), params.sharding
 assert not params.is_fully_addressable  # half of the rows live in the other process
 from jax.experimental import multihost_utils  # noqa: E402

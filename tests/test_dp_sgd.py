@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from redeem_jax import models
-from redeem_jax.algorithms import dsgd
+import redeem_jax as rj
 from redeem_jax.privacy import dp_sgd
 
 MODEL = models.get("mlp", (6,), 3, hidden=(8,))
@@ -66,7 +66,7 @@ def test_added_noise_is_gaussian_with_std_sigma_c():
 
 def test_no_noise_and_no_clipping_is_the_plain_gradient():
     dp = dp_sgd.make_dp_gradient_fn(MODEL, np.inf, 0.0, expected_batch_size=8.0)
-    plain = dsgd.make_gradient_fn(MODEL)
+    plain = rj.oracles.gradient_fn(MODEL)
     np.testing.assert_allclose(dp(P, X, Y, MASK, None)[1], plain(P, X, Y, MASK, None)[1], rtol=1e-5, atol=1e-7)
 
 

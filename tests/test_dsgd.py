@@ -45,7 +45,7 @@ def test_average_follows_exact_gradient_descent(order):
     res = rj.run(_config(order, rounds, lr))
     ds = res.experiment.dataset
     x_star = np.asarray(ds.optimum).reshape(-1)
-    xbar = np.asarray(res.state.params).mean(0)
+    xbar = np.asarray(res.params).mean(0)
     # x̄₀ = 0 (zero init), so x̄_T − x* = −(1 − η)^T x*.
     np.testing.assert_allclose(xbar - x_star, -(1 - lr) ** rounds * x_star, atol=1e-5)
 
@@ -62,7 +62,7 @@ def test_atc_reaches_optimum_within_derived_bound():
     beta = lr * rho / (1 - (1 - lr) * rho) * np.linalg.norm(B - B.mean(0))
     err0 = np.linalg.norm(np.zeros((N, DIM)) - x_star)
     bound = (1 - lr) ** rounds * (err0 + beta) + beta
-    err = np.linalg.norm(np.asarray(res.state.params) - x_star)
+    err = np.linalg.norm(np.asarray(res.params) - x_star)
     assert err <= bound * (1 + 1e-4) + 1e-5
     # The bound is not vacuous: the consensus bias is a real, visible fraction of it.
     assert err > 0.3 * beta
@@ -75,8 +75,8 @@ def test_fedavg_equals_complete_graph_gossip():
     b = _config(rounds=20, topology="complete")
     b.topology.weights = "uniform"
     b.algorithm.local_steps = 3
-    xa = np.asarray(rj.run(a).state.params)
-    xb = np.asarray(rj.run(b).state.params)
+    xa = np.asarray(rj.run(a).params)
+    xb = np.asarray(rj.run(b).params)
     np.testing.assert_allclose(xa, xb, atol=1e-5)
     assert np.allclose(xa, xa[0])  # server averaging leaves every node on the same model
 

@@ -59,5 +59,5 @@ def test_two_processes_equal_one_process(tmp_path):
         assert p.returncode == 0, f"process {i} failed:\n{log[-4000:]}"
         assert f"process {i}: ok" in log
     got = np.load(out)
-    np.testing.assert_allclose(got["params"], np.asarray(ref.state.params), rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(got["params"], np.asarray(ref.params), rtol=2e-6, atol=2e-6)
     np.testing.assert_allclose(got["test_loss"], ref.metrics["test_loss"], rtol=2e-6, atol=2e-6)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import redeem_jax as rj
-from redeem_jax.algorithms import dsgd
 from _configs import small_config
 
 TINY = {"num_nodes": 6, "model.hidden": (8,), "num_rounds": 6, "eval_every": 3, "eval.max_test_examples": 200}
@@ -14,7 +13,7 @@ TINY = {"num_nodes": 6, "model.hidden": (8,), "num_rounds": 6, "eval_every": 3, 
 
 def final_params(**overrides):
     res = rj.run(small_config(**{**TINY, **overrides}))
-    return np.asarray(res.state.params), res.final
+    return np.asarray(res.params), res.final
 
 
 def test_buffer_donation_does_not_change_results():
@@ -39,16 +38,20 @@ def test_dp_microbatch_size_does_not_change_results():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _exchange(channel, x, topo):
+    ctx = rj.core.Ctx(jnp.int32(0), jax.random.PRNGKey(1), rj.core.Edges.of(topo, 0), jnp.ones(8, bool), {})
+    return channel.update(x, channel.init(x), ctx)[0]
+
+
 def test_bfloat16_messages_are_float32_gossip_of_rounded_rows():
     topo = rj.topology.ring(8)
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 33))
-    exact = dsgd.gossip_communication(topo)
-    rounded = dsgd._rounded_messages(exact, jnp.bfloat16, updates=False)
-    key, r = jax.random.PRNGKey(1), jnp.int32(0)
-    got = rounded(x, x, r, key)
+    exact = rj.channels.gossip(topo)
+    rounded = rj.core.chain(rj.channels.round_messages(jnp.bfloat16), exact)
+    got = _exchange(rounded, x, topo)
     want = topo.mixing_matrix() @ np.asarray(x.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    err = np.abs(np.asarray(got) - np.asarray(exact(x, x, r, key)))
+    err = np.abs(np.asarray(got) - np.asarray(_exchange(exact, x, topo)))
     assert 0 < err.max() <= 2 ** -8 * np.abs(np.asarray(x)).max()  # bf16 keeps 8 significant bits
 
 

@@ -20,7 +20,7 @@ def test_dp_without_noise_or_clipping_equals_the_non_private_run(clipping):
     plain = rj.run(_config())
     dp = rj.run(_config(**{"privacy.mode": "dp_sgd", "privacy.noise_multiplier": 0.0,
                            "privacy.clip_norm": float("inf"), "privacy.clipping": clipping}))
-    np.testing.assert_allclose(np.asarray(dp.state.params), np.asarray(plain.state.params), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dp.params), np.asarray(plain.params), rtol=1e-4, atol=1e-5)
 
 
 def test_reported_epsilon_is_the_accountants_and_grows():
@@ -68,7 +68,7 @@ def test_central_dp_without_noise_is_fedavg_of_clipped_updates_through_secure_ag
     # quantisation of secure aggregation (n·2^-21 per coordinate per round).
     plain = rj.run(_config(**{"algorithm.name": "fedavg", "num_nodes": 16, "num_rounds": 40, "eval_every": 20}))
     dp = rj.run(_central(**{"privacy.noise_multiplier": 0.0, "privacy.clip_norm": 100.0}))
-    np.testing.assert_allclose(np.asarray(dp.state.params), np.asarray(plain.state.params), atol=2e-3)
+    np.testing.assert_allclose(np.asarray(dp.params), np.asarray(plain.params), atol=2e-3)
 
 
 def test_central_dp_calibrates_to_the_target_and_learns():
@@ -103,11 +103,11 @@ def _robust_dp(rule, algorithm, **over):
 def test_dp_sgd_runs_under_every_robust_rule_on_noisy_messages(rule, algorithm):
     exp = rj.build(_robust_dp(rule, algorithm))
     state, metrics = jax.jit(exp.round_fn)(exp.init_state())
-    honest = np.asarray(state.params)[exp.honest]
+    honest = np.asarray(exp.models(state))[exp.honest]
     assert np.isfinite(honest).all() and np.isfinite(float(metrics["train_loss"]))
     # The noise really reaches the messages: another noise draw moves the honest nodes.
     other, _ = jax.jit(exp.round_fn)(exp.init_state(seed=1))
-    assert not np.allclose(np.asarray(other.params)[exp.honest], honest)
+    assert not np.allclose(np.asarray(exp.models(other))[exp.honest], honest)
 
 
 @pytest.mark.parametrize("rule, algorithm", [("trimmed_mean", "fedavg"), ("clipped_gossip", "dsgd")])
@@ -117,4 +117,5 @@ def test_dp_without_noise_or_clipping_under_a_robust_rule_is_the_robust_run(rule
     ref = rj.build(_robust_dp(rule, algorithm, **{"privacy.mode": "none"}))
     dp_state, _ = jax.jit(exp.round_fn)(exp.init_state())
     ref_state, _ = jax.jit(ref.round_fn)(ref.init_state())
-    np.testing.assert_allclose(np.asarray(dp_state.params), np.asarray(ref_state.params), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(exp.models(dp_state)), np.asarray(ref.models(ref_state)), rtol=1e-4,
+                               atol=1e-5)

@@ -53,7 +53,7 @@ def test_resume_that_would_recalibrate_sigma_or_reshape_a_schedule_is_refused(tm
     rj.run(small_config(**base, **fixed, num_rounds=10), tmp_path / "ext")
     ext = rj.run(small_config(**base, **fixed, num_rounds=20), tmp_path / "ext")
     whole = rj.run(small_config(**base, **fixed, num_rounds=20), tmp_path / "whole")
-    np.testing.assert_array_equal(np.asarray(ext.state.params), np.asarray(whole.state.params))
+    np.testing.assert_array_equal(np.asarray(ext.params), np.asarray(whole.params))
     assert ext.final["epsilon"] == whole.final["epsilon"]
 
 
@@ -66,7 +66,7 @@ def test_resume_false_clears_the_older_run_so_it_is_never_resumed(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 5, 10, 15, 20, 25, 30]
     reference = rj.run(small_config(**base, num_rounds=30), tmp_path / "ref")
-    np.testing.assert_array_equal(np.asarray(longer.state.params), np.asarray(reference.state.params))
+    np.testing.assert_array_equal(np.asarray(longer.params), np.asarray(reference.params))
     assert [r["test_loss"] for r in longer.rows] == [r["test_loss"] for r in reference.rows]
     assert fresh.final["round"] == 10
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import redeem_jax as rj
-from redeem_jax.algorithms import robust
+from redeem_jax.byzantine import rules as robust
 from redeem_jax.config import ConfigError
 
 from _configs import small_config
@@ -81,8 +81,9 @@ def test_global_edge_attack_overwrites_exactly_the_byzantine_senders():
     byz = np.zeros(16, bool)
     byz[[2, 7, 11]] = True
     x, msgs, nbr, w, sw, em = _setup(topo)
-    atk = robust.global_edge_attack(rj.attacks.get("sign_flip"), byz)
-    out = atk(msgs, x, nbr, w, sw, em, jnp.asarray(byz), jax.random.PRNGKey(0))
+    atk = rj.channels.global_view(rj.channels.vector_tamper(rj.attacks.get("sign_flip")), byz)
+    ctx = rj.core.Ctx(jnp.int32(0), jax.random.PRNGKey(0), rj.core.Edges.of(topo, 0), jnp.asarray(~byz), {})
+    out, _ = atk.update(msgs, x, ctx.edges, jnp.asarray(byz), atk.init(5), ctx)
     from_byz = np.asarray(jnp.asarray(byz)[nbr] & em)
     np.testing.assert_array_equal(np.asarray(out)[~from_byz], np.asarray(msgs)[~from_byz])
     expected = -np.asarray(x)[~byz].mean(0)
@@ -92,8 +93,11 @@ def test_global_edge_attack_overwrites_exactly_the_byzantine_senders():
 def test_server_rule_free_and_attack_free_is_fedavg():
     x_prev = jnp.broadcast_to(jnp.arange(4.0), (6, 4))
     x_local = x_prev + jax.random.normal(jax.random.PRNGKey(0), (6, 4))
-    comm = robust.server_robust_communication(None, 0, np.zeros(6, bool))
-    np.testing.assert_allclose(comm(x_local, x_prev, 0, None), jnp.broadcast_to(x_local.mean(0), (6, 4)), atol=1e-6)
+    ctx = rj.core.Ctx(jnp.int32(0), jax.random.PRNGKey(0), None, jnp.ones(6, bool), {})
+    for comm in (rj.channels.server(), rj.channels.server(byzantine=np.zeros(6, bool), message_dtype="float32",
+                                                          rule=rj.aggregators.get("mean"))):
+        out, _ = comm.update(x_local, comm.init(x_prev), ctx)  # the server holds x_prev's model
+        np.testing.assert_allclose(out, jnp.broadcast_to(x_local.mean(0), (6, 4)), atol=1e-6)
 
 
 def _byz_config(**over):

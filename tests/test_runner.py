@@ -71,7 +71,7 @@ def test_round_compiles_once_with_a_partial_last_chunk():
 def test_same_seed_gives_identical_metrics_and_other_seed_differs():
     a, b = rj.run(small_config()), rj.run(small_config())
     assert _strip(a.rows) == _strip(b.rows)
-    np.testing.assert_array_equal(np.asarray(a.state.params), np.asarray(b.state.params))
+    np.testing.assert_array_equal(np.asarray(a.params), np.asarray(b.params))
     c = rj.run(small_config(seed=1))
     assert _strip(c.rows) != _strip(a.rows)
 
@@ -81,7 +81,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
     part = rj.run(small_config(num_rounds=20, checkpoint_every=20), tmp_path / "resumed")
     assert int(part.state.round) == 20
     resumed = rj.run(small_config(num_rounds=40, checkpoint_every=20), tmp_path / "resumed")
-    np.testing.assert_array_equal(np.asarray(resumed.state.params), np.asarray(full.state.params))
+    np.testing.assert_array_equal(np.asarray(resumed.params), np.asarray(full.params))
     assert _strip(resumed.rows) == _strip(full.rows)
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in lines] == [0, 10, 20, 30, 40]

@@ -9,10 +9,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-
 import redeem_jax as rj
-from redeem_jax.algorithms import dsgd
 
 # rj.data.partition is the function; the module holds node_assignment / group_by_node.
 _partition = sys.modules["redeem_jax.data.partition"]
@@ -33,33 +30,28 @@ def _config(**overrides):
     return c
 
 
-def _rounds(round_fn, state, length):
-    return jax.jit(lambda s: jax.lax.scan(lambda s, _: round_fn(s), s, None, length=length))(state)
-
-
 def test_build_and_gossip_rounds_at_scale_match_sparse_w():
     """Two D-SGD rounds with zero step size on a built 2·10^4-node network (K = 8) equal
     W²x from scipy and keep the node mean (benchmarks/scale.py runs the real round at 10^6)."""
-    exp = rj.build(_config())
+    # Zero learning rate (a hyper-parameter: an argument of the step): the round is x <- W x
+    # exactly (Lian et al. 2017, ATC).
+    exp = rj.build(_config(**{"perf.gossip": "sparse"}))
     topo = exp.topology
     assert topo.n == N and topo.K == 8
     assert exp.node_data.x.shape == (N, 4, 5)        # 4 train examples per node, no padding
-
-    # Zero learning rate: the round is x <- W x exactly (Lian et al. 2017, ATC).
-    opt = optax.sgd(0.0)
-    gossip_round = dsgd.make_round(model=exp.model, optimizer=opt, node_data=exp.node_data, batch_size=2,
-                                   communicate=dsgd.gossip_communication(topo, "sparse"))
-    s0 = dsgd.init_state(exp.model, opt, N, jax.random.PRNGKey(1))
+    hp = exp.hp_values(**{"optimizer.learning_rate": 0.0})
+    s0 = exp.init_state(hp=hp)
     # The linear model starts at 0 on every node; disagree, so that gossip has work to do.
-    s0 = s0._replace(params=jax.random.normal(jax.random.PRNGKey(2), s0.params.shape))
-    x0 = np.asarray(s0.params, np.float64)
-    s2, metrics = _rounds(gossip_round, s0, 2)
+    x0 = jax.random.normal(jax.random.PRNGKey(2), (N, exp.model.num_params))
+    s0 = s0._replace(algorithm=s0.algorithm._replace(x=x0))
+    run = jax.jit(lambda s, d, h: rj.round.scan_rounds(exp.step, s, d, h, 2, 2))
+    s2, metrics = run(s0, exp.node_data, hp)
     W = topo.sparse_mixing_matrix()
-    ref = W @ (W @ x0)
-    x2 = np.asarray(s2.params, np.float64)
+    ref = W @ (W @ np.asarray(x0, np.float64))
+    x2 = np.asarray(exp.models(s2), np.float64)
     np.testing.assert_allclose(x2, ref, atol=1e-5)
-    np.testing.assert_allclose(x2.mean(0), x0.mean(0), atol=1e-6)   # W doubly stochastic
-    cd0 = float(dsgd.consensus_distance(s0.params, jnp.ones(N, bool)))
+    np.testing.assert_allclose(x2.mean(0), np.asarray(x0, np.float64).mean(0), atol=1e-6)   # W doubly stochastic
+    cd0 = float(rj.metrics.consensus_distance(x0, jnp.ones(N, bool)))
     assert 0 < float(metrics["consensus_distance"][1]) < float(metrics["consensus_distance"][0]) < cd0
     assert int(s2.round) == 2 and np.all(np.isfinite(np.asarray(metrics["train_loss"])))
 
@@ -109,7 +101,7 @@ def test_partition_plot_of_many_nodes_is_a_histogram():
 
 
 def test_max_byzantine_neighbours_needs_no_dense_matrix():
-    from redeem_jax.runner import max_byzantine_neighbours
+    from redeem_jax.experiment.build import max_byzantine_neighbours
 
     topo = rj.topology.ring(1_000_000)
     byz = np.zeros(topo.n, bool)
@@ -124,7 +116,7 @@ def test_max_byzantine_neighbours_needs_no_dense_matrix():
 
 
 def test_per_node_evaluation_on_a_subset_of_nodes():
-    from redeem_jax.runner import evaluate_fn
+    from redeem_jax.experiment.build import evaluate_fn
 
     model = rj.models.get("linear", (3,), 1, "regression")
     x = jax.random.normal(jax.random.PRNGKey(0), (50, 3))

@@ -18,7 +18,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import redeem_jax as rj
 from redeem_jax import distributed, sharding
-from redeem_jax.algorithms import dsgd
 
 from _configs import small_config
 
@@ -50,20 +49,21 @@ def test_make_mesh_shapes_and_errors():
 
 
 def test_shard_nodes_places_node_leaves_and_replicates_the_rest():
-    model = rj.models.get("mlp", (5,), 3, "classification", hidden=(4,))   # d = 5*4+4+4*3+3 = 39
-    opt = rj.optim.make_optimizer("momentum", 0.1, momentum=0.9)
-    state = dsgd.init_state(model, opt, 16, jax.random.PRNGKey(0))
+    exp = rj.build(small_config(num_nodes=16, **{"data.name": "logistic", "model.name": "mlp", "model.hidden": (3,),
+                                                 "data.dim": 4, "optimizer.name": "momentum"}))
+    model = exp.model   # d = 4*3+3+3*2+2 = 23 (odd)
+    state = exp.init_state()
     mesh = sharding.make_mesh((8,))
     s = sharding.shard_nodes(state, mesh)
-    assert s.params.sharding == NamedSharding(mesh, P("nodes"))
-    assert all(leaf.sharding.spec == P("nodes") for leaf in jax.tree.leaves(s.opt_state) if leaf.ndim)
+    assert exp.models(s).sharding == NamedSharding(mesh, P("nodes"))
+    assert all(leaf.sharding.spec == P("nodes") for leaf in jax.tree.leaves(s.algorithm.opt) if leaf.ndim)
     assert s.round.sharding.spec == P() and s.key.sharding.spec == P()
-    assert s.params.addressable_shards[0].data.shape == (2, model.num_params)
-    np.testing.assert_array_equal(s.params, state.params)
+    assert exp.models(s).addressable_shards[0].data.shape == (2, model.num_params)
+    np.testing.assert_array_equal(exp.models(s), exp.models(state))
     # 2-D mesh: the model axis splits d when it divides, else that leaf is replicated along it.
     mesh2 = sharding.make_mesh((4, 2))
     assert model.num_params % 2 == 1
-    assert sharding.shard_nodes(state, mesh2).params.sharding.spec == P("nodes")
+    assert exp.models(sharding.shard_nodes(state, mesh2)).sharding.spec == P("nodes")
     even = sharding.shard_nodes(_x(16, 6), mesh2)
     assert even.sharding.spec == P("nodes", "model") and even.addressable_shards[0].data.shape == (4, 3)
 
@@ -144,12 +144,18 @@ def test_non_circulant_graphs_gather_on_sharded_rows(topo):
     with pytest.raises(ValueError, match="circulant"):
         sharding.ppermute_mix(topo, _x(16), mesh)
     x = _x(16)
-    comm = sharding.sharded_gossip_communication(topo, mesh, "auto")
-    ref = dsgd.gossip_communication(topo, "sparse")
-    got = jax.jit(comm)(sharding.shard_nodes(x, mesh), x, jnp.int32(3), jax.random.PRNGKey(0))
-    np.testing.assert_allclose(got, ref(x, x, 3, None), **TOL)
+    comm = rj.channels.gossip(topo, "auto", mesh)
+    ref = rj.channels.gossip(topo, "sparse")
+
+    def exchange(channel, x):
+        ctx = rj.core.Ctx(jnp.int32(3), jax.random.PRNGKey(0), rj.core.Edges.of(topo, jnp.int32(3)),
+                          jnp.ones(16, bool), {})
+        return channel.update(x, (), ctx)[0]
+
+    got = jax.jit(lambda x: exchange(comm, x))(sharding.shard_nodes(x, mesh))
+    np.testing.assert_allclose(got, exchange(ref, x), **TOL)
     with pytest.raises(ValueError, match="circulant"):
-        sharding.sharded_gossip_communication(topo, mesh, "roll")
+        rj.channels.gossip(topo, "roll", mesh)
 
 
 # --------------------------------------------------------------------------- whole runs
@@ -167,10 +173,10 @@ def test_sharded_run_equals_unsharded_run(name):
     over, mesh = RUNS[name]
     ref = rj.run(small_config(num_rounds=12, eval_every=6, **over))
     got = rj.run(small_config(num_rounds=12, eval_every=6, **{"perf.mesh": mesh}, **over))
-    assert got.state.params.sharding.spec[0] == "nodes"
-    assert len(got.state.params.sharding.device_set) == 8
+    assert got.params.sharding.spec[0] == "nodes"
+    assert len(got.params.sharding.device_set) == 8
     assert got.compilations == 1
-    np.testing.assert_allclose(got.state.params, ref.state.params, **RUN_TOL)
+    np.testing.assert_allclose(got.params, ref.params, **RUN_TOL)
     assert set(got.metrics) == set(ref.metrics)
     for k in ref.metrics:
         if k != "wall_time":

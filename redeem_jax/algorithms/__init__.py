@@ -1,6 +1,53 @@
-"""Learning algorithms as pure round functions over the whole network."""
+"""Algorithms: one file per family, each only an :class:`~redeem_jax.core.Algorithm`.
 
-from redeem_jax.algorithms import dsgd
-from redeem_jax.algorithms.dsgd import NetworkState, init_state, make_round
+``REGISTRY`` maps the names of ``config.algorithm.name`` to factories ``factory(optimizer,
+**options) -> Algorithm``; the factory's keyword options are the ``config.algorithm`` fields
+that algorithm accepts. :func:`register` adds one (a new algorithm is its own file plus one
+``register`` call; nothing else in the library changes).
+"""
 
-__all__ = ["dsgd", "NetworkState", "init_state", "make_round"]
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from redeem_jax.algorithms import dsgd, exact_diffusion, gradient_tracking
+
+__all__ = ["REGISTRY", "register", "get", "options", "dsgd", "exact_diffusion", "gradient_tracking"]
+
+REGISTRY: dict[str, Callable] = {}
+
+
+def register(name: str, factory: Callable, *, overwrite: bool = False) -> Callable:
+    """Register ``factory(optimizer, **options) -> Algorithm`` under ``name``."""
+    if name in REGISTRY and not overwrite and REGISTRY[name] is not factory:
+        raise ValueError(f"algorithm {name!r} is already registered")
+    REGISTRY[name] = factory
+    return factory
+
+
+def get(name: str) -> Callable:
+    if name not in REGISTRY:
+        raise ValueError(f"{name!r} is not one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def options(name: str) -> dict:
+    """The config options of algorithm ``name``: ``{option: default}`` from its factory's signature."""
+    sig = inspect.signature(get(name))
+    return {k: p.default for k, p in list(sig.parameters.items())[1:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not inspect.Parameter.empty
+            and not k.startswith("_")}
+
+
+def _dsgd(optimizer, order: str = "atc", local_steps: int = 1):
+    return dsgd.dsgd(optimizer, order, local_steps)
+
+
+register("dsgd", _dsgd)
+register("fedavg", dsgd.fedavg)
+register("diging", gradient_tracking.diging)
+register("exact_diffusion", exact_diffusion.exact_diffusion)
+register("d2", exact_diffusion.d2)
+register("choco_sgd", dsgd.choco_sgd)
+register("deepsqueeze", dsgd.deepsqueeze)

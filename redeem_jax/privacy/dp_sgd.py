@@ -141,7 +141,7 @@ def make_dp_gradient_fn(model: Model, clip_norm: float, noise_multiplier: float,
     the plain minibatch mean gradient (up to float summation order). ``method`` picks ghost
     clipping or explicit per-example gradients (:func:`clipped_grad_sum`).
     """
-    if clip_norm <= 0:
+    if isinstance(clip_norm, (int, float)) and clip_norm <= 0:
         raise ValueError(f"privacy.clip_norm: must be > 0, got {clip_norm}")
     # σ may be a traced scalar (rj.sweep vmaps whole runs over it); then the noise is always drawn.
     static_sigma = isinstance(noise_multiplier, (int, float))
@@ -150,8 +150,12 @@ def make_dp_gradient_fn(model: Model, clip_norm: float, noise_multiplier: float,
 
     def fn(flat, x, y, mask, key):
         total, loss = clipped_grad_sum(model, flat, x, y, mask, clip_norm, microbatch, method)
-        if not static_sigma or noise_multiplier > 0:
+        if static_sigma and noise_multiplier > 0:
             total = total + noise_multiplier * clip_norm * jax.random.normal(key, total.shape, total.dtype)
+        elif not static_sigma:
+            # σ = 0 with C = inf (the non-private limit) must add 0, not 0·inf = NaN.
+            std = jnp.where(noise_multiplier > 0, noise_multiplier * clip_norm, 0.0)
+            total = total + std * jax.random.normal(key, total.shape, total.dtype)
         if expected_batch_size is None:
             b = x.shape[0]
         elif callable(expected_batch_size):

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from redeem_jax import config as _config
+from redeem_jax.experiment import config as _config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
                                           lock_config=False)
@@ -60,8 +60,8 @@ def _main(argv):
         from redeem_jax import distributed
 
         distributed.initialize(_CONFIG.value)
-    from redeem_jax.config import ConfigError
-    from redeem_jax.sweep import final, sweep
+    from redeem_jax.experiment.config import ConfigError
+    from redeem_jax.experiment.sweep import final, sweep
 
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config configs/sweep.py")

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from redeem_jax.topology import Topology
+from redeem_jax.network.topology import Topology
 
 __all__ = ["place", "PLACEMENTS", "byzantine_weight", "honest_subgraph_weights",
            "honest_laplacian", "fiedler_vector"]

@@ -12,27 +12,41 @@ from typing import Any, Callable
 
 import ml_collections
 
-__all__ = ["base_config", "validate", "ConfigError", "TOPOLOGIES", "DATASETS", "PARTITIONS", "OPTIMIZERS",
-           "SCHEDULES", "ALGORITHMS"]
+__all__ = ["base_config", "validate", "ConfigError", "set_field", "parse_overrides", "SCHEMA", "HOST_SECTIONS"]
 
-TOPOLOGIES = ("ring", "path", "torus", "complete", "star", "hypercube", "erdos_renyi", "random_regular",
-              "exponential", "one_peer_exponential", "small_world", "random_geometric", "two_cliques")
-MIXING = ("metropolis_hastings", "max_degree", "uniform")
-DATASETS = ("digits", "mnist1d", "linear", "logistic", "text", "mnist", "fashion_mnist", "cifar10")
+# Names come from the registries of the modules that own them; nothing here mirrors a list.
+def _registry_names():
+    from redeem_jax import algorithms, models
+    from redeem_jax.byzantine import attacks, rules
+    from redeem_jax.data import datasets
+    from redeem_jax.local import optim
+    from redeem_jax.network import compress, gossip, topology
+
+    vector = tuple(attacks.ATTACKS)
+    edge = ("dissensus", "spectral")
+    return {
+        "TOPOLOGIES": tuple(topology.FAMILIES), "MIXING": tuple(topology.WEIGHT_RULES),
+        "DATASETS": tuple(datasets.list_datasets()), "MODEL_NAMES": tuple(models.MODELS),
+        "OPTIMIZERS": tuple(optim.OPTIMIZERS), "ALGORITHMS": tuple(algorithms.REGISTRY),
+        "GOSSIP_METHODS": tuple(gossip.METHODS), "VECTOR_ATTACKS": vector, "EDGE_ATTACKS": edge,
+        "ATTACK_NAMES": ("none", "label_flip") + vector + edge,
+        "DECENTRALIZED_RULES": tuple(r for r in rules.DECENTRALIZED_RULES if r != "gossip"),
+        "COMPRESSORS": tuple(compress.COMPRESSORS),
+    }
+
+
+def __getattr__(name):  # TOPOLOGIES, ALGORITHMS, ...: always the registries' current names
+    names = _registry_names()
+    if name in names:
+        return names[name]
+    raise AttributeError(name)
+
+
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "contiguous")
-MODEL_NAMES = ("linear", "logistic", "mlp", "cnn", "transformer")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
-ALGORITHMS = ("dsgd", "fedavg")
 ORDERS = ("atc", "cta")
-GOSSIP_METHODS = ("auto", "dense", "sparse", "roll")
 INITS = ("same", "independent")
 PLACEMENTS = ("random", "highest_degree", "given")
-VECTOR_ATTACKS = ("sign_flip", "gaussian", "huge", "inf", "nan", "alie", "ipm", "mimic", "alie_opt", "ipm_opt",
-                  "sign_flip_opt")
-EDGE_ATTACKS = ("dissensus", "spectral")
-ATTACK_NAMES = ("none", "label_flip") + VECTOR_ATTACKS + EDGE_ATTACKS
-DECENTRALIZED_RULES = ("clipped_gossip", "ios", "cs_plus")
 
 
 class ConfigError(ValueError):
@@ -95,10 +109,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.decay_rate = 0.1  # step schedule
     c.optimizer.decay_every = 100  # step schedule, rounds
 
+    # The algorithm (rj.algorithms.REGISTRY) and its options: the keyword options of its factory,
+    # e.g. dsgd(order, local_steps), diging(order), fedavg(local_steps). A field the chosen
+    # algorithm does not take must keep its default.
     c.algorithm = ml_collections.ConfigDict()
-    c.algorithm.name = "dsgd"  # or "fedavg" (server averaging)
+    c.algorithm.name = "dsgd"  # dsgd | fedavg | diging | exact_diffusion | d2 | choco_sgd | deepsqueeze | ...
     c.algorithm.order = "atc"
     c.algorithm.local_steps = 1
+
+    # Compressed messages (rj.network.compress) for algorithms whose model exchange is compressed
+    # (choco_sgd: Choco-Gossip public copies; deepsqueeze: error feedback).
+    c.compression = ml_collections.ConfigDict()
+    c.compression.name = "identity"  # identity | top_k | random_k | qsgd | sign
+    c.compression.ratio = 0.1  # top_k / random_k: k = ratio · d coordinates
+    c.compression.levels = 16  # qsgd: s quantization levels
+    c.compression.gamma = 1.0  # the consensus step γ of Choco-Gossip / DeepSqueeze
 
     # Byzantine nodes: how many, where, and what they send (rj.attacks).
     c.byzantine = ml_collections.ConfigDict()
@@ -159,9 +184,11 @@ def base_config() -> ml_collections.ConfigDict:
 # --- validation ----------------------------------------------------------------------------
 
 def _choice(allowed):
+    """``allowed``: a tuple, or the name of a registry list (looked up when checked)."""
     def check(v):
-        if v not in allowed:
-            return f"{v!r} is not one of {', '.join(map(str, allowed))}"
+        names = _registry_names()[allowed] if isinstance(allowed, str) else allowed
+        if v not in names:
+            return f"{v!r} is not one of {', '.join(map(str, names))}"
     return check
 
 
@@ -231,13 +258,13 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "progress": _bool,
     "plots": _bool,
     "init": _choice(INITS),
-    "topology.name": _choice(TOPOLOGIES),
-    "topology.weights": _choice(MIXING),
+    "topology.name": _choice("TOPOLOGIES"),
+    "topology.weights": _choice("MIXING"),
     "topology.p": _float(0.0, 1.0, lo_open=True),
     "topology.k": _int(1),
     "topology.radius": _float(0.0, lo_open=True),
     "topology.seed": _int(-1),
-    "data.name": _choice(DATASETS),
+    "data.name": _choice("DATASETS"),
     "data.partition": _choice(PARTITIONS),
     "data.alpha": _float(0.0, lo_open=True),
     "data.shards_per_node": _int(1),
@@ -251,14 +278,14 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "data.whiten": _bool,
     "data.seq_len": _int(2),
     "data.seed": _int(-1),
-    "model.name": _choice(MODEL_NAMES),
+    "model.name": _choice("MODEL_NAMES"),
     "model.hidden": _int_tuple(0),
     "model.channels": _int_tuple(1),
     "model.d_model": _int(1),
     "model.num_heads": _int(1),
     "model.num_layers": _int(1),
     "model.l2": _float(0.0),
-    "optimizer.name": _choice(OPTIMIZERS),
+    "optimizer.name": _choice("OPTIMIZERS"),
     "optimizer.learning_rate": _float(0.0, lo_open=True),
     "optimizer.momentum": _float(0.0, 1.0, hi_open=True),
     "optimizer.weight_decay": _float(0.0),
@@ -266,13 +293,17 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "optimizer.warmup_rounds": _int(0),
     "optimizer.decay_rate": _float(0.0, 1.0, lo_open=True),
     "optimizer.decay_every": _int(1),
-    "algorithm.name": _choice(ALGORITHMS),
+    "algorithm.name": _choice("ALGORITHMS"),
+    "compression.name": _choice("COMPRESSORS"),
+    "compression.ratio": _float(0.0, 1.0, lo_open=True),
+    "compression.levels": _int(1),
+    "compression.gamma": _float(0.0, lo_open=True),
     "algorithm.order": _choice(ORDERS),
     "algorithm.local_steps": _int(1),
     "byzantine.num": _int(0),
     "byzantine.placement": _choice(PLACEMENTS),
     "byzantine.ids": _any_tuple,
-    "byzantine.attack": _choice(ATTACK_NAMES),
+    "byzantine.attack": _choice("ATTACK_NAMES"),
     "byzantine.strength": _float(),
     "byzantine.view": _choice(("global", "neighbourhood")),
     "aggregation.rule": _str,
@@ -286,7 +317,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "privacy.sample_rate": _float(),
     "privacy.accountant": _choice(("rdp", "pld")),
     "privacy.clipping": _choice(("auto", "ghost", "vmap")),
-    "perf.gossip": _choice(GOSSIP_METHODS),
+    "perf.gossip": _choice("GOSSIP_METHODS"),
     "perf.message_dtype": _choice(("float32", "bfloat16", "float16")),
     "perf.donate": _bool,
     "perf.microbatch": _int(0),
@@ -322,12 +353,15 @@ def validate(config) -> ml_collections.ConfigDict:
     user = _flatten(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config))
     base = base_config()
     flat_base = _flatten(base.to_dict())
+    extra = _algorithm_extra_options(user.get("algorithm.name", flat_base["algorithm.name"]), flat_base)
+    flat_base.update(extra)
     for key in user:
         if key not in flat_base:
             near = [k for k in flat_base if k.split(".")[-1] == key.split(".")[-1] or k.startswith(key + ".")]
             hint = f" (did you mean {', '.join(near)}?)" if near else ""
             raise ConfigError(f"config.{key}: unknown field{hint}")
     resolved = base.to_dict()
+    resolved["algorithm"].update({k.split(".", 1)[1]: v for k, v in extra.items()})
     for key, value in user.items():
         node = resolved
         *parents, leaf = key.split(".")
@@ -341,8 +375,65 @@ def validate(config) -> ml_collections.ConfigDict:
         msg = check(flat[key])
         if msg:
             raise ConfigError(f"config.{key}: {msg}")
+    _algorithm_checks(flat, _flatten(base.to_dict()))
     _cross_checks(flat)
     return ml_collections.ConfigDict(resolved)
+
+
+def _algorithm_extra_options(name, flat_base) -> dict:
+    """``{"algorithm.<option>": default}`` for the options of algorithm ``name`` that the base
+    config does not have (e.g. those of an algorithm registered by the user)."""
+    from redeem_jax import algorithms
+
+    if name not in algorithms.REGISTRY:
+        return {}
+    return {f"algorithm.{k}": v for k, v in algorithms.options(name).items() if f"algorithm.{k}" not in flat_base}
+
+
+def _type_check(v, default):
+    if isinstance(default, bool):
+        return _bool(v)
+    if isinstance(default, int):
+        return _int()(v)
+    if isinstance(default, float):
+        return _float()(v)
+    if isinstance(default, str):
+        return _str(v)
+    if isinstance(default, tuple):
+        return _any_tuple(v)
+    return None
+
+
+def _algorithm_checks(c: dict, base: dict) -> None:
+    from redeem_jax import algorithms
+
+    name = c["algorithm.name"]
+    opts = algorithms.options(name)
+    for key in [k for k in c if k.startswith("algorithm.") and k != "algorithm.name"]:
+        field = key.split(".", 1)[1]
+        if field not in opts:
+            if key in base and c[key] != base[key]:
+                raise ConfigError(f"config.{key}: {name} has no option {field!r}"
+                                  + (f" (its options: {', '.join(opts)})" if opts else " (it has no options)"))
+            continue
+        msg = _type_check(c[key], opts[field])
+        if msg:
+            raise ConfigError(f"config.{key}: {msg}")
+
+
+def algorithm_exchanges(name: str) -> dict:
+    """The exchanges algorithm ``name`` declares (built with a stand-in optimizer: cheap)."""
+    from redeem_jax import algorithms
+    from redeem_jax.local.optim import LocalOptimizer
+
+    dummy = LocalOptimizer(lambda x: (), lambda g, s, x, ctx: (g, s), (), "dummy")
+    return dict(algorithms.get(name)(dummy).exchanges)
+
+
+def is_federated(name: str) -> bool:
+    """Whether algorithm ``name`` exchanges its models through a server."""
+    ex = algorithm_exchanges(name)
+    return bool(ex) and all(e.over == "server" for e in ex.values())
 
 
 def _cross_checks(c: dict) -> None:
@@ -390,20 +481,20 @@ def _byzantine_checks(c: dict) -> None:
         if len(ids) != f or len(set(ids)) != len(ids) or not all(isinstance(i, int) and 0 <= i < n for i in ids):
             raise ConfigError(f"config.byzantine.ids: placement 'given' needs {f} distinct node ids in [0, {n}), "
                               f"got {tuple(ids)!r}")
+    names = _registry_names()
     attack = c["byzantine.attack"]
     if f > 0 and attack == "none":
         raise ConfigError("config.byzantine.attack: byzantine.num > 0 needs an attack (e.g. alie, sign_flip, "
                           "dissensus, label_flip)")
-    if c["algorithm.name"] == "fedavg":
-        if attack in EDGE_ATTACKS:
+    if c["algorithm.name"] in names["ALGORITHMS"] and is_federated(c["algorithm.name"]):
+        algo = c["algorithm.name"]
+        if attack in names["EDGE_ATTACKS"]:
             raise ConfigError(f"config.byzantine.attack: {attack!r} sends a different vector on every edge of a "
-                              "graph; the federated (fedavg) setting allows label_flip or "
-                              + ", ".join(VECTOR_ATTACKS))
-        if c["aggregation.rule"] in DECENTRALIZED_RULES:
+                              f"graph; the federated ({algo}) setting allows label_flip or "
+                              + ", ".join(names["VECTOR_ATTACKS"]))
+        if c["aggregation.rule"] in names["DECENTRALIZED_RULES"]:
             raise ConfigError(f"config.aggregation.rule: {c['aggregation.rule']!r} is a decentralized rule; "
-                              "with algorithm.name = 'fedavg' use an rj.aggregators rule")
-        if c["algorithm.order"] != "atc":
-            raise ConfigError("config.algorithm.order: fedavg aggregates the nodes' updates, which is 'atc'")
+                              f"with algorithm.name = {algo!r} use an rj.aggregators rule")
     tol = c["aggregation.tolerance"]
     if tol >= n:
         raise ConfigError(f"config.aggregation.tolerance: must be < num_nodes ({n}), got {tol}")
@@ -439,8 +530,9 @@ def _privacy_checks(c: dict) -> None:
     if c["privacy.mode"] == "none":
         return
     if c["privacy.mode"] == "central":
-        if c["algorithm.name"] != "fedavg":
-            raise ConfigError("config.privacy.mode: 'central' adds noise at a server; it needs algorithm.name = 'fedavg'")
+        if not is_federated(c["algorithm.name"]):
+            raise ConfigError("config.privacy.mode: 'central' adds noise at a server; it needs a federated algorithm "
+                              "(algorithm.name = 'fedavg')")
         if c["byzantine.num"] or c["aggregation.rule"] != "mean":
             raise ConfigError("config.privacy.mode: 'central' sums updates through secure aggregation, so the server "
                               "sees only the sum: use aggregation.rule = 'mean' and no Byzantine nodes")
@@ -469,3 +561,23 @@ def config_stem(argv: list[str]) -> str:
             continue
         return path.rsplit("/", 1)[-1].removesuffix(".py")
     return "run"
+
+
+def check_field(key: str, value, config=None) -> str | None:
+    """The error message for ``value`` in field ``key`` (None if fine): the schema's check, or an
+    algorithm option's type check for ``algorithm.<option>``."""
+    if key in SCHEMA:
+        return SCHEMA[key](value)
+    if key.startswith("algorithm.") and config is not None:
+        from redeem_jax import algorithms
+
+        opts = algorithms.options(config.algorithm.name)
+        field = key.split(".", 1)[1]
+        if field in opts:
+            return _type_check(value, opts[field])
+    return None
+
+
+def base_value(key: str):
+    """The default of field ``key`` in :func:`base_config` (None if it has none)."""
+    return _flatten(base_config().to_dict()).get(key)

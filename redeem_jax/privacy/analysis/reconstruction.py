@@ -29,7 +29,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from redeem_jax.privacy import network_dp
+from redeem_jax.privacy.analysis import network_dp
 
 __all__ = [
     "GossipView", "observation_operator", "identifiable", "simulate_gossip", "gather_view",

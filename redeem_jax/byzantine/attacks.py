@@ -36,7 +36,7 @@ __all__ = [
     "sign_flip", "gaussian", "huge", "inf", "nan", "alie", "alie_z_max", "ipm", "mimic",
     "alie_opt", "ipm_opt", "sign_flip_opt",
     "label_flip", "poison_node_data",
-    "dissensus", "make_spectral_attack", "lift",
+    "dissensus", "make_spectral_attack", "lift", "STRENGTH",
 ]
 
 _P_CLIP = 1e-6   # keeps Phi^-1 finite when n, f make ALIE's quantile degenerate
@@ -403,7 +403,7 @@ def make_spectral_attack(topology, byzantine, epsilon: float = 1.0, direction=No
     a Byzantine neighbour it is ``x_H = (epsilon / lambda_2) u v^T``: the
     slowest-mixing mode, amplified by ``1/lambda_2``.
     """
-    from redeem_jax import byzantine as _byz
+    from redeem_jax.byzantine import placement as _byz
 
     u_host = _byz.fiedler_vector(topology, byzantine, round)
     mask_host = np.asarray(byzantine, bool)
@@ -466,6 +466,11 @@ def lift(vector_attack, **options) -> Callable:
 
 
 _EDGE = {"dissensus": dissensus}
+
+# Each attack's main factor, set by ``config.byzantine.strength`` (ALIE's z, IPM's ε, ...).
+STRENGTH = {"sign_flip": "scale", "sign_flip_opt": "scale", "gaussian": "sigma", "huge": "value",
+            "alie": "z", "alie_opt": "z", "ipm": "epsilon", "ipm_opt": "epsilon",
+            "dissensus": "epsilon", "spectral": "epsilon"}
 EDGE_ATTACKS = ("dissensus", "spectral") + tuple(f"lift:{a}" for a in ATTACKS)
 
 

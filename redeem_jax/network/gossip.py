@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from redeem_jax.topology import Topology
+from redeem_jax.network.topology import Topology
 
 __all__ = ["mix", "gather", "combine", "consensus_distance", "resolve_method", "METHODS"]
 

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from redeem_jax import gossip as _gossip
-from redeem_jax.topology import Topology
+from redeem_jax.network import gossip as _gossip
+from redeem_jax.network.topology import Topology
 
 __all__ = [
     "NODES", "MODEL", "SWEEP", "make_mesh", "node_spec", "shard_nodes", "shard_sweep",

@@ -282,7 +282,7 @@ def audit_dp_sgd(key: jax.Array, noise_multiplier: float, clip_norm: float = 1.0
     ``accountant`` is ``rj.privacy.epsilon(sigma, 1.0, 1, delta)`` (RDP), the claim both audits
     must stay below. Canaries are per-example: the step is (eps, delta)-DP w.r.t. each of them.
     """
-    from redeem_jax.privacy import accounting
+    from redeem_jax.privacy.analysis import accounting
 
     if trials < 4 or canaries < 2:
         raise ValueError(f"need trials >= 4 and canaries >= 2, got {trials}, {canaries}")

@@ -1,0 +1,430 @@
+"""Channels: one network-wide exchange of an ``[N, ...]`` array, send → tamper → aggregate.
+
+Every constructor returns a :class:`~redeem_jax.core.Channel` ``(init, update)`` pair; compose
+message transforms before an exchange with :func:`~redeem_jax.core.chain`.
+
+Exchanges (the last stage):
+
+* :func:`gossip` — ``x ← W(t) x`` (Lian et al. 2017; dense, sparse, roll, or ppermute when the
+  node axis is sharded). Preserves the network sum when W is doubly stochastic.
+* :func:`robust_gossip` — per-edge messages ``[N, K, d]`` (honest senders send one row to all,
+  Byzantine senders may send a different vector on every edge), an edge attack on the
+  Byzantine senders' slots, then a rule at every node: any ``rj.aggregators`` rule over
+  {xᵢ} ∪ neighbours (BRIDGE for the trimmed mean, Yang & Bajwa 2019), ClippedGossip (He,
+  Karimireddy & Jaggi 2022), IOS (Wu et al. 2023) or CS+ (Gaucher et al. 2025).
+* :func:`server` — a server holding the global model x̄: nodes send updates Δᵢ = xᵢ − x̄, the
+  Byzantine rows are replaced by a vector attack that sees every honest update, the server
+  aggregates (mean, a robust rule, or a securely aggregated noisy sum for central DP) and
+  broadcasts x̄ + F(Δ) (McMahan et al. 2017; Karimireddy, He & Jaggi 2021; McMahan et al. 2018).
+
+Message transforms and wrappers:
+
+* :func:`round_messages` — what is sent is rounded to a narrower float (bf16 messages).
+* :func:`choco` — Choco-Gossip public copies (Koloskova, Stich & Jaggi 2019): nodes send
+  compressed differences q = Q(x − x̂), everyone updates x̂ ← x̂ + q, and the exchange acts on
+  the copies: ``x ← x + γ(W x̂ − x̂)``. Preserves the network mean for any Q and γ.
+* :func:`error_feedback` — DeepSqueeze (Tang et al. 2019): v = x + e, c = Q(v), e ← v − c,
+  ``x ← x + γ(W c − c)``.
+
+Attacks are the tamper stage of a robust exchange (:class:`Tamper`): stateless vector or edge
+attacks from ``rj.attacks``, or stateful ones such as :func:`mimic_online`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from redeem_jax import metrics as _metrics
+from redeem_jax.core import Channel, Ctx, Hyper, resolve, row_bits
+from redeem_jax.network import gossip as _gossip
+
+__all__ = ["gossip", "robust_gossip", "server", "round_messages", "choco", "error_feedback", "Tamper",
+           "vector_tamper", "edge_tamper", "global_view", "mimic_online", "edge_count"]
+
+
+# --------------------------------------------------------------------------- #
+# wire costs
+# --------------------------------------------------------------------------- #
+def edge_count(ctx: Ctx):
+    """Rows one gossip exchange sends in this round: one per live (sender, receiver) edge."""
+    e = ctx.edges
+    return jnp.sum(jnp.asarray(e.mask) & (jnp.asarray(e.weights) != 0))
+
+
+def _gossip_wire(d, ctx):
+    return edge_count(ctx), None
+
+
+# --------------------------------------------------------------------------- #
+# gossip
+# --------------------------------------------------------------------------- #
+def _mix(topology, x, ctx: Ctx, method: str, mesh):
+    e = ctx.edges
+    if e is not None and e.topology is None:  # a graph drawn in this round: the edges are all there is
+        return _gossip.combine(x, x.at[e.neighbors].get(mode="promise_in_bounds"), e.weights, e.self_weight)
+    if mesh is not None:
+        from redeem_jax.network import sharding
+
+        return sharding.sharded_mix(topology, x, mesh, round=ctx.round, method=method)
+    return _gossip.mix(topology, x, round=ctx.round, method=method)
+
+
+def gossip(topology, method: str = "auto", mesh=None) -> Channel:
+    """One gossip step ``x ← W(t) x`` (Lian et al. 2017; Koloskova et al. 2020): the consensus step
+    of D-SGD. ``method`` as :func:`rj.gossip.mix`; with ``mesh`` (node axis sharded over
+    devices) circulant graphs use ppermute (``rj.sharding.ppermute_mix``)."""
+    if mesh is not None:
+        from redeem_jax.network import sharding
+
+        sharding._check_nodes(topology.n, mesh)
+        if method == "roll" and not topology.is_circulant:
+            raise ValueError(f"method='roll' needs a circulant topology; {topology.name} is not")
+    else:
+        _gossip.resolve_method(topology, method)
+
+    def update(x, s, ctx):
+        return _mix(topology, x, ctx, method, mesh), s
+
+    return Channel(lambda x: (), update, _gossip_wire, bool(topology.is_doubly_stochastic), (), "gossip")
+
+
+# --------------------------------------------------------------------------- #
+# tamper stages (Byzantine senders)
+# --------------------------------------------------------------------------- #
+class Tamper(NamedTuple):
+    """A Byzantine attack as a stateful stage of a robust exchange.
+
+    ``kind="vector"``: ``update(honest [h, d], f, s, ctx) -> ([f, d], s)``, the f Byzantine rows
+    from every honest row (the omniscient attacker). ``kind="edge"``: ``update(messages [N, K,
+    d], x [N, d], edges, byzantine bool[N], s, ctx) -> (messages, s)`` rewriting the Byzantine
+    senders' slots (a different vector on every edge is allowed). ``init(d) -> s``.
+    """
+
+    init: Callable
+    update: Callable
+    kind: str
+    hypers: tuple = ()
+    name: str = "attack"
+
+
+def _bind(fn: Callable, options: dict, ctx: Ctx, call: Callable):
+    """Call ``call(partial(fn, **resolved options))``. An option given as a Hyper whose default is
+    negative means "the attack's own default unless a value is swept in": both are computed
+    and the traced value selects one (cheap next to the aggregation that follows)."""
+    plain = {k: v for k, v in options.items() if not isinstance(v, Hyper)}
+    hyp = {k: v for k, v in options.items() if isinstance(v, Hyper)}
+    if not hyp:
+        return call(lambda *a, **kw: fn(*a, **plain, **kw))
+    vals = {k: ctx.value(v) for k, v in hyp.items()}
+    given = call(lambda *a, **kw: fn(*a, **plain, **vals, **kw))
+    if all(v.default >= 0 for v in hyp.values()):
+        return given
+    default = call(lambda *a, **kw: fn(*a, **plain, **kw))
+    use = jnp.all(jnp.stack([jnp.asarray(vals[k]) >= 0 for k in hyp]))
+    return jax.tree.map(lambda a, b: jnp.where(use, a, b), given, default)
+
+
+def vector_tamper(attack: Callable, name: str = "attack", **options) -> Tamper:
+    """A stateless vector attack ``attack(honest, f, key, **options) -> [f, d]`` (``rj.attacks``)."""
+
+    def update(honest, f, s, ctx):
+        return _bind(attack, options, ctx, lambda a: a(honest, f, ctx.key)), s
+
+    return Tamper(lambda d: (), update, "vector", tuple(v for v in options.values() if isinstance(v, Hyper)), name)
+
+
+def edge_tamper(attack: Callable, name: str = "attack", **options) -> Tamper:
+    """A stateless edge attack ``attack(messages, x, neighbors, weights, self_weight, edge_mask,
+    byzantine, key, **options)`` (``rj.attacks.dissensus``, ``lift``, the spectral attack)."""
+
+    def update(messages, x, edges, byz, s, ctx):
+        return _bind(attack, options, ctx, lambda a: a(messages, x, edges.neighbors, edges.weights,
+                                                       edges.self_weight, edges.mask, byz, ctx.key)), s
+
+    return Tamper(lambda d: (), update, "edge", tuple(v for v in options.values() if isinstance(v, Hyper)), name)
+
+
+def global_view(vector: Tamper, byzantine: np.ndarray) -> Tamper:
+    """An edge tamper from a vector tamper that sees every honest row (DESIGN's omniscient
+    attacker): the f Byzantine vectors are computed once from all honest rows and Byzantine
+    node k sends its vector to every neighbour."""
+    byz = np.asarray(byzantine, bool)
+    honest_idx = np.flatnonzero(~byz)
+    rank = np.zeros(byz.size, np.int32)
+    rank[np.flatnonzero(byz)] = np.arange(int(byz.sum()))
+    f = int(byz.sum())
+
+    def update(messages, x, edges, byz_mask, s, ctx):
+        del byz_mask
+        vectors, s = vector.update(x[honest_idx], f, s, ctx)  # [f, d]
+        sender_byz = jnp.asarray(byz)[edges.neighbors] & edges.mask
+        forged = vectors[jnp.asarray(rank)[edges.neighbors]]  # [N, K, d]
+        return jnp.where(sender_byz[..., None], forged.astype(messages.dtype), messages), s
+
+    return Tamper(vector.init, update, "edge", vector.hypers, vector.name)
+
+
+def mimic_online(warmup: int = 1) -> Tamper:
+    """Mimic (Karimireddy, He & Jaggi 2022, Sec. 5) with its direction tracked online.
+
+    The attackers keep an estimate z of the top principal direction of the centred honest
+    vectors, refined by one power-iteration step per round averaged over rounds,
+    z ← normalise(t·z + C z) with C the honest covariance of this round, and all f copy the
+    honest worker with the largest |⟨xᵢ − μ, z⟩|. Its index is frozen after ``warmup`` rounds,
+    as in the paper (a consistent target biases every later aggregate the same way).
+    """
+
+    def init(d):
+        return {"z": jnp.full((d,), 1.0 / np.sqrt(d), jnp.float32), "t": jnp.zeros((), jnp.float32),
+                "target": jnp.zeros((), jnp.int32)}
+
+    def update(honest, f, s, ctx):
+        mu = jnp.mean(honest, axis=0)
+        c = honest - mu
+        cz = c.T @ (c @ s["z"]) / honest.shape[0]
+        z = s["t"] * s["z"] + cz
+        z = z / jnp.maximum(jnp.linalg.norm(z), 1e-30)
+        z = jnp.where(jnp.all(jnp.isfinite(z)), z, s["z"])
+        best = jnp.argmax(jnp.abs(c @ z)).astype(jnp.int32)
+        target = jnp.where(s["t"] < warmup, best, s["target"])
+        out = jnp.broadcast_to(honest[target], (f, honest.shape[1]))
+        return out, {"z": z, "t": s["t"] + 1, "target": target}
+
+    return Tamper(init, update, "vector", (), "mimic")
+
+
+# --------------------------------------------------------------------------- #
+# robust gossip
+# --------------------------------------------------------------------------- #
+DECENTRALIZED_RULES = ("gossip", "clipped_gossip", "ios", "cs_plus")
+
+
+def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = None, step: float | None = None
+                  ) -> Channel:
+    """Robust gossip: gather → tamper the Byzantine senders' slots → a rule at every node.
+
+    ``rule``: "gossip" (the plain weighted mean, not robust), "clipped_gossip", "ios",
+    "cs_plus", or an aggregator ``agg(x [m, d], f, mask=...) -> [d]`` applied to {xᵢ} ∪
+    neighbours (own row first); an aggregator with state (``agg.stateful``, e.g. centered
+    clipping started from each node's previous output) keeps it per node. ``b``: how many
+    Byzantine neighbours the rule tolerates. ``step``: CS+'s 1/λ_max(I − W) (computed from the
+    topology when None). Non-finite messages count as infinitely far: clipped or cut, never
+    averaged in.
+    """
+    from redeem_jax.byzantine import rules as _rules
+
+    byz = jnp.asarray(np.asarray(byzantine, bool))
+    if rule == "cs_plus" and step is None:
+        step = _rules.laplacian_step(topology)
+    stateful = callable(rule) and getattr(rule, "stateful", False)
+    if isinstance(rule, str) and rule not in DECENTRALIZED_RULES:
+        raise ValueError(f"aggregation.rule: {rule!r} is not a decentralized rule ({', '.join(DECENTRALIZED_RULES)}) "
+                         "or an aggregator")
+
+    def node_rule(xi, m, wi, si, mi, prev):
+        if rule == "clipped_gossip":
+            return _rules.clipped_gossip(xi, m, wi, si, mi, b), prev
+        if rule == "ios":
+            return _rules.ios(xi, m, wi, si, mi, b), prev
+        if rule == "cs_plus":
+            return _rules.cs_plus(xi, m, wi, si, mi, b, step), prev
+        stack = jnp.concatenate([xi[None], m], axis=0)
+        valid = jnp.concatenate([jnp.ones((1,), bool), mi])
+        if stateful:
+            out = rule(stack, b, mask=valid, start=prev)
+            return out, out
+        return rule(stack, b, mask=valid), prev
+
+    def init(x):
+        d = x.shape[-1]
+        return {"attack": attack.init(d) if attack is not None else (),
+                "rule": jnp.asarray(x) if stateful else ()}
+
+    def update(x, s, ctx):
+        e = ctx.edges
+        messages = x.at[e.neighbors].get(mode="promise_in_bounds")  # honest senders: one row to all
+        atk_state = s["attack"]
+        if attack is not None:
+            messages, atk_state = attack.update(messages, x, e, byz, atk_state, ctx)
+        if rule == "gossip":
+            return _gossip.combine(x, messages, e.weights, e.self_weight), {"attack": atk_state, "rule": s["rule"]}
+        prev = s["rule"] if stateful else jnp.zeros((x.shape[0], 0), x.dtype)
+        y, prev = jax.vmap(node_rule)(x, messages, e.weights.astype(x.dtype), e.self_weight.astype(x.dtype),
+                                      e.mask, prev)
+        return y, {"attack": atk_state, "rule": prev if stateful else s["rule"]}
+
+    name = rule if isinstance(rule, str) else getattr(rule, "__name__", "rule")
+    hyp = attack.hypers if attack is not None else ()
+    return Channel(init, update, _gossip_wire, False, hyp, f"robust_gossip[{name}]")
+
+
+# --------------------------------------------------------------------------- #
+# server
+# --------------------------------------------------------------------------- #
+def server(*, rule: Callable | None = None, f: int = 0, byzantine=None, attack: Tamper | None = None,
+           message_dtype=None, central_dp: dict | None = None, weights=None) -> Channel:
+    """A server holding the global model x̄ (FedAvg, McMahan et al. 2017; robust aggregation of
+    worker updates, Karimireddy, He & Jaggi 2021, Farhadkhani et al. 2022; DP-FedAvg, McMahan
+    et al. 2018).
+
+    Nodes send Δᵢ = xᵢ − x̄ (rounded to ``message_dtype`` if given); the Byzantine rows are
+    replaced by ``attack`` (a vector :class:`Tamper` that sees every honest Δ); the server forms
+    F(Δ) (the mean, or ``rule(Δ, f)``) and broadcasts x̄ + F(Δ). Without a rule, an attack or
+    rounding, the broadcast is the plain mean of the rows (the same number, summed directly).
+    ``central_dp={"clip_norm": C, "noise_multiplier": σ, "secure": True, "scale_bits": 20}``:
+    every Δᵢ is clipped to C, summed through secure aggregation (exact uint32 masks, Bonawitz
+    et al. 2017) and N(0, σ²C²) is added once: x̄ + (ΣΔ + noise)/N. ``weights`` (e.g. shard
+    sizes) weight the plain mean.
+    """
+    byz = None if byzantine is None else np.asarray(byzantine, bool)
+    honest_idx = None if byz is None else np.flatnonzero(~byz)
+    byz_idx = None if byz is None else np.flatnonzero(byz)
+    dtype = None if message_dtype in (None, "float32") else jnp.dtype(message_dtype)
+    plain = rule is None and attack is None and dtype is None and central_dp is None
+    if central_dp is not None:
+        from redeem_jax.privacy import secure_agg
+
+        c = central_dp.get("clip_norm")
+        if not isinstance(c, Hyper) and (not np.isfinite(c) or c <= 0):
+            raise ValueError(f"privacy.clip_norm: central DP needs a finite clip norm > 0, got {c}")
+        if central_dp.get("secure", True):
+            num_nodes = central_dp["num_nodes"]
+            secure_agg.check_overflow(num_nodes, resolve(c, None), central_dp.get("scale_bits", 20))
+
+    def init(x):
+        d = x.shape[-1]
+        return {"model": jnp.mean(jnp.asarray(x), axis=0) if honest_idx is None else
+                jnp.mean(jnp.asarray(x)[honest_idx], axis=0),
+                "attack": attack.init(d) if attack is not None else ()}
+
+    def update(x, s, ctx):
+        n = x.shape[0]
+        if plain:
+            if weights is None:
+                mean = jnp.mean(x, axis=0)
+            else:
+                w = jnp.asarray(weights, x.dtype)
+                mean = (w / jnp.sum(w)) @ x
+            return jnp.broadcast_to(mean, x.shape), {"model": mean, "attack": s["attack"]}
+        base = s["model"]
+        delta = x - base
+        if dtype is not None:
+            delta = delta.astype(dtype).astype(x.dtype)
+        atk_state = s["attack"]
+        if attack is not None and byz_idx is not None and byz_idx.size:
+            forged, atk_state = attack.update(delta[honest_idx], int(byz_idx.size), atk_state, ctx)
+            delta = delta.at[byz_idx].set(forged.astype(delta.dtype))
+        if central_dp is not None:
+            agg = _central_dp_sum(delta, central_dp, ctx) / n
+        elif rule is None:
+            agg = jnp.mean(delta, axis=0)
+        else:
+            agg = rule(delta, f)
+        new = base + agg
+        return jnp.broadcast_to(new, x.shape), {"model": new, "attack": atk_state}
+
+    def wire(d, ctx):
+        bits = 32 * d if dtype is None else row_bits(dtype) * d
+        return 2 * ctx.num_nodes, bits  # every node uploads one row, the server broadcasts one to each
+
+    hyp = (attack.hypers if attack is not None else ()) + tuple(
+        v for v in (central_dp or {}).values() if isinstance(v, Hyper))
+    name = "server" if plain else ("server[central_dp]" if central_dp else "server[robust]")
+    return Channel(init, update, wire, plain, hyp, name)
+
+
+def _central_dp_sum(delta, cfg, ctx):
+    from redeem_jax.privacy import secure_agg
+    from redeem_jax.privacy.dp_sgd import clip_by_norm
+
+    c = ctx.value(cfg["clip_norm"])
+    sigma = ctx.value(cfg["noise_multiplier"])
+    clipped = jax.vmap(clip_by_norm, in_axes=(0, None))(delta, c)
+    mask_key, noise_key = jax.random.split(ctx.key)
+    if cfg.get("secure", True):
+        total = secure_agg.secure_sum(clipped, mask_key, None, cfg.get("scale_bits", 20), c).astype(delta.dtype)
+    else:
+        total = jnp.sum(clipped, axis=0)
+    return total + sigma * c * jax.random.normal(noise_key, total.shape, total.dtype)
+
+
+# --------------------------------------------------------------------------- #
+# message transforms and compression
+# --------------------------------------------------------------------------- #
+def round_messages(dtype) -> Channel:
+    """What nodes send rounded to ``dtype`` (e.g. bfloat16); receivers combine in float32, so the
+    result differs from float32 messages only by that rounding."""
+    dt = jnp.dtype(dtype)
+
+    def update(x, s, ctx):
+        return x.astype(dt).astype(x.dtype), s
+
+    return Channel(lambda x: (), update, lambda d, ctx: (None, row_bits(dt) * d), False, (), f"round[{dt.name}]")
+
+
+def choco(exchange: Channel, compressor, gamma) -> Channel:
+    """Choco-Gossip (Koloskova, Stich & Jaggi 2019, Alg. 1) around an exchange.
+
+    State: the public copies x̂ (x̂₀ = 0), known to every neighbour because all receive the same
+    compressed q. One exchange: q = Q(x − x̂), x̂ ← x̂ + q, x ← x + γ(E(x̂) − x̂) with E the inner
+    exchange (gossip: W x̂). With E doubly stochastic gossip, 1ᵀ(W − I) = 0 keeps the network
+    mean exactly for any Q and γ; with Q the identity and γ = 1 it is the plain gossip step.
+    ``gamma`` may be a :class:`~redeem_jax.core.Hyper`; ``compressor`` is an
+    ``rj.network.compress.Compressor``.
+    """
+
+    def init(x):
+        return {"copies": jnp.zeros_like(jnp.asarray(x)), "inner": exchange.init(x)}
+
+    def update(x, s, ctx):
+        q = compressor.compress(x - s["copies"], jax.random.fold_in(ctx.key, 1))
+        copies = s["copies"] + q
+        mixed, inner = exchange.update(copies, s["inner"], ctx.fold(2))
+        return x + ctx.value(gamma) * (mixed - copies), {"copies": copies, "inner": inner}
+
+    def wire(d, ctx):
+        messages, _ = exchange.wire(d, ctx)
+        return messages, compressor.bits(d)
+
+    hyp = exchange.hypers + ((gamma,) if isinstance(gamma, Hyper) else ())
+    return Channel(init, update, wire, exchange.conserving, hyp, f"choco[{compressor.name}]({exchange.name})")
+
+
+def error_feedback(exchange: Channel, compressor, gamma) -> Channel:
+    """DeepSqueeze's compressed exchange with error feedback (Tang et al. 2019, Alg. 1).
+
+    State: each node's compression error e (e₀ = 0). One exchange of v: v̂ = v + e, c = Q(v̂),
+    e ← v̂ − c, and v ← v + γ(E(c) − c), E the inner exchange (gossip: W c).
+    """
+
+    def init(x):
+        return {"error": jnp.zeros_like(jnp.asarray(x)), "inner": exchange.init(x)}
+
+    def update(x, s, ctx):
+        v = x + s["error"]
+        c = compressor.compress(v, jax.random.fold_in(ctx.key, 1))
+        mixed, inner = exchange.update(c, s["inner"], ctx.fold(2))
+        return x + ctx.value(gamma) * (mixed - c), {"error": v - c, "inner": inner}
+
+    def wire(d, ctx):
+        messages, _ = exchange.wire(d, ctx)
+        return messages, compressor.bits(d)
+
+    hyp = exchange.hypers + ((gamma,) if isinstance(gamma, Hyper) else ())
+    return Channel(init, update, wire, exchange.conserving, hyp,
+                   f"error_feedback[{compressor.name}]({exchange.name})")
+
+
+def conservation_error(x, y, mask=None):
+    """|Σᵢ yᵢ − Σᵢ xᵢ| / max(1, |Σᵢ xᵢ|) per coordinate, max over coordinates: how far an exchange
+    x → y is from preserving the network sum (what a gradient tracker needs)."""
+    sx = jnp.sum(x if mask is None else x * mask[:, None], axis=0)
+    sy = jnp.sum(y if mask is None else y * mask[:, None], axis=0)
+    return jnp.max(jnp.abs(sy - sx) / jnp.maximum(1.0, jnp.abs(sx)))
+
+
+del Any, _metrics

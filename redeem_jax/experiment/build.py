@@ -1,0 +1,491 @@
+"""From a config to the mechanisms of one round: names resolved once, here and nowhere below.
+
+``build(config) -> Experiment``: the topology, the data and its partition, the model, the
+Byzantine set, and the round's three kinds of mechanism — the :class:`~redeem_jax.core.Oracle`
+(minibatch or DP-SGD), one :class:`~redeem_jax.core.Channel` per exchange the algorithm
+declares, and the :class:`~redeem_jax.core.Algorithm` — with every float option of an in-round
+mechanism passed as a :class:`~redeem_jax.core.Hyper` named by its config field. The step
+takes their values as its ``hp`` argument, so that any of them can be an axis of ``rj.sweep``
+without a hand-kept list and without rebuilding anything inside the trace.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from redeem_jax import algorithms as _algorithms
+from redeem_jax import channels as _channels
+from redeem_jax import data as _data
+from redeem_jax import models as _models
+from redeem_jax import round as _round
+from redeem_jax.core import Algorithm, Channel, Exchange, Hyper, chain, hyper, hypers_of
+from redeem_jax.experiment import config as _config
+from redeem_jax.metrics import masked_mean
+from redeem_jax.network import topology as _topology
+
+__all__ = ["Experiment", "build", "evaluate_fn", "data_seed", "max_byzantine_neighbours"]
+
+ConfigError = _config.ConfigError
+
+
+class Experiment(NamedTuple):
+    """Everything a run is made of, built once from a config (handy in notebooks and benchmarks).
+
+    ``step(state, node_data, hp) -> (state, metrics)`` is the one round (pure; jit it);
+    ``hp`` maps the names of the run's hyper-parameters to their values (``Experiment.hp``
+    holds the config's); ``init_state(seed)`` is the network at round 0; ``models(state)`` the
+    rows evaluated; ``evaluate(models, honest)`` the test metrics.
+    """
+
+    config: ml_collections.ConfigDict
+    topology: Any
+    dataset: Any
+    node_data: Any
+    partition_summary: Any
+    model: _models.Model
+    algorithm: Algorithm
+    oracle: Any
+    channels: dict
+    step: Callable
+    hp: dict
+    evaluate: Callable
+    honest: np.ndarray
+    trace_counter: list
+    privacy: dict | None = None  # DP: noise_multiplier, sample_rate, delta, accountant, sampling, steps_per_round
+
+    def init_state(self, seed: int | jax.Array | None = None, hp: dict | None = None) -> _round.RoundState:
+        """The network at round 0 for ``seed`` (default ``config.seed``; may be traced, e.g. vmapped)."""
+        seed = self.config.seed if seed is None else seed
+        init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+        n, model = self.config.num_nodes, self.model
+        if self.config.init == "same":
+            x0 = jnp.broadcast_to(model.init(init_key), (n, model.num_params))
+        else:
+            x0 = jax.vmap(model.init)(jax.random.split(init_key, n))
+        x0 = jnp.asarray(x0, jnp.float32)
+        return _round.init_state(self.algorithm, self.oracle, self.channels, x0, run_key, topology=self.topology,
+                                 honest=self.honest, hp=self.hp_values() if hp is None else hp)
+
+    def models(self, state: _round.RoundState):
+        return self.algorithm.models(state.algorithm)
+
+    def hp_values(self, **overrides) -> dict:
+        """The step's ``hp`` argument: every hyper-parameter as a float32 scalar (config values,
+        or ``overrides`` by config field)."""
+        out = {k: jnp.asarray(v, jnp.float32) for k, v in self.hp.items()}
+        for k, v in overrides.items():
+            if k not in out:
+                raise KeyError(f"{k!r} is not a hyper-parameter of this run (it has {sorted(out)})")
+            out[k] = jnp.asarray(v, jnp.float32)
+        return out
+
+    def round_fn(self, state, hp: dict | None = None):
+        """One round with this experiment's node data: ``step(state, node_data, hp)``."""
+        return self.step(state, self.node_data, self.hp_values() if hp is None else hp)
+
+
+# --------------------------------------------------------------------------- #
+# host-side pieces: graph, data, Byzantine set
+# --------------------------------------------------------------------------- #
+def _topology_from_config(c) -> Any:
+    t = c.topology
+    n = c.num_nodes
+    seed = c.seed if t.seed < 0 else t.seed
+    options = {"p": t.p, "k": t.k, "radius": t.radius, "seed": seed}
+    accepted = inspect.signature(_topology.FAMILIES[t.name]).parameters
+    options = {k: v for k, v in options.items() if k in accepted}
+    try:
+        return _topology.get(t.name, n, weights=t.weights, **options)
+    except ValueError as e:
+        raise ConfigError(f"config.topology.name: {t.name!r} with num_nodes={n}: {e}") from e
+
+
+def data_seed(c) -> int:
+    """The seed of the data draw and partition: ``data.seed``, or the run's seed when it is -1."""
+    return c.seed if c.data.seed < 0 else c.data.seed
+
+
+def _dataset_from_config(c):
+    d = c.data
+    options: dict[str, Any] = {}
+    if d.name in ("linear", "logistic"):
+        options = dict(num_examples=d.num_examples, dim=d.dim, noise=d.noise)
+        if d.name == "linear":
+            options.update(heterogeneity=d.heterogeneity, whiten=d.whiten)
+            if d.whiten or d.heterogeneity > 0:  # both are defined per node block
+                options.update(num_nodes=c.num_nodes, examples_per_node=d.num_examples // c.num_nodes)
+    elif d.name == "text":
+        options = dict(seq_len=d.seq_len)
+    elif d.name in ("mnist", "fashion_mnist", "cifar10"):
+        options = dict(path=d.path)
+    try:
+        return _data.load(d.name, seed=data_seed(c), **options)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config.data.path: {e}") from e
+
+
+def _partition_method(c) -> str:
+    # Whitened synthetic rows are generated node by node, so the split must keep the blocks.
+    if c.data.name == "linear" and c.data.whiten:
+        return "contiguous"
+    return c.data.partition
+
+
+def _byzantine_from_config(c, topo) -> np.ndarray:
+    if c.byzantine.num == 0:
+        return np.zeros((c.num_nodes,), bool)
+    from redeem_jax.byzantine import placement
+
+    seed = c.seed if c.topology.seed < 0 else c.topology.seed
+    ids = tuple(c.byzantine.ids) if c.byzantine.placement == "given" else None
+    try:
+        return placement.place(topo, c.byzantine.num, c.byzantine.placement, seed=seed, ids=ids)
+    except ValueError as e:
+        raise ConfigError(f"config.byzantine.placement: {e}") from e
+
+
+def max_byzantine_neighbours(topo, byz: np.ndarray) -> int:
+    """The largest number of Byzantine in-neighbours of an honest node over the topology's period."""
+    byz = np.asarray(byz, bool)
+    if not byz.any() or byz.all():
+        return 0
+    # From the padded neighbour lists, O(N·K): a dense [N, N] W per round is 8 TB at N = 10^6.
+    nbr = topo.neighbors.reshape(topo.period, topo.n, -1)
+    live = (topo.edge_mask & (topo.weights != 0)).reshape(nbr.shape)
+    return int((byz[nbr] & live).sum(-1)[:, ~byz].max())
+
+
+# --------------------------------------------------------------------------- #
+# in-round mechanisms
+# --------------------------------------------------------------------------- #
+def _optimizer(c):
+    from redeem_jax.local.optim import local_optimizer
+
+    o, steps = c.optimizer, c.num_rounds * _steps_per_round(c)
+    h = lambda k: hyper(f"optimizer.{k}", o[k])  # noqa: E731
+    return local_optimizer(o.name, h("learning_rate"), momentum=h("momentum"), weight_decay=h("weight_decay"),
+                           schedule=o.schedule, total_steps=steps,
+                           warmup_steps=o.warmup_rounds * _steps_per_round(c), decay_rate=h("decay_rate"),
+                           decay_every=o.decay_every * _steps_per_round(c))
+
+
+def _steps_per_round(c) -> int:
+    """Oracle calls per round per node (local steps), for schedules and privacy accounting."""
+    return int(c.algorithm.get("local_steps", 1)) if "local_steps" in _algorithms.options(c.algorithm.name) else 1
+
+
+def _algorithm(c, optimizer) -> tuple[Algorithm, tuple]:
+    factory = _algorithms.get(c.algorithm.name)
+    opts, hyp = {}, []
+    for k, default in _algorithms.options(c.algorithm.name).items():
+        v = c.algorithm.get(k, default)
+        if isinstance(v, float) and not isinstance(v, bool):
+            v = hyper(f"algorithm.{k}", v)
+            hyp.append(v)
+        opts[k] = v
+    try:
+        return factory(optimizer, **opts), tuple(hyp)
+    except ValueError as e:
+        raise ConfigError(f"config.algorithm.name: {e}") from e
+
+
+def _privacy(c, model, node_data):
+    """The oracle (minibatch or DP-SGD) and what the accountant needs (or None)."""
+    from redeem_jax.local import oracles
+
+    p = c.privacy
+    if p.mode != "dp_sgd":
+        return oracles.minibatch(model, c.data.batch_size), None
+    from redeem_jax.privacy.analysis import accounting
+    from redeem_jax.privacy import dp_sgd
+
+    sizes = np.asarray(node_data.sizes)
+    m_max = int(node_data.x.shape[1])
+    steps = c.num_rounds * _steps_per_round(c)
+    if p.sampling == "poisson":
+        q = p.sample_rate if p.sample_rate > 0 else min(1.0, c.data.batch_size / float(sizes.mean()))
+        expected = q * float(sizes.mean())
+    else:
+        # Accounting is per node; the smallest shard has the largest sampling rate: the worst case.
+        q = min(1.0, c.data.batch_size / float(sizes.min()))
+        expected = float(min(c.data.batch_size, m_max))
+    sigma = p.noise_multiplier
+    if p.target_epsilon > 0:
+        try:
+            sigma = accounting.noise_multiplier_for(p.target_epsilon, q, steps, p.delta, accountant=p.accountant,
+                                                    sampling=p.sampling)
+        except ValueError as e:
+            raise ConfigError(f"config.privacy.target_epsilon: {e}") from e
+    if p.clipping == "ghost" and not dp_sgd.supports_ghost_clipping(model):
+        raise ConfigError(f"config.privacy.clipping: 'ghost' needs a dense model without l2 "
+                          f"(linear, logistic, mlp), got {model.name!r}; use 'vmap' or 'auto'")
+    oracle = oracles.dp_sgd(model, c.data.batch_size, clip_norm=hyper("privacy.clip_norm", p.clip_norm),
+                            noise_multiplier=hyper("privacy.noise_multiplier", float(sigma)), sampling=p.sampling,
+                            sample_rate=q, m_max=m_max, expected_batch_size=expected, microbatch=c.perf.microbatch,
+                            clipping=p.clipping)
+    info = {"noise_multiplier": float(sigma), "sample_rate": float(q), "delta": p.delta, "accountant": p.accountant,
+            "sampling": p.sampling, "clip_norm": p.clip_norm, "steps_per_round": _steps_per_round(c)}
+    return oracle, info
+
+
+def _central_privacy(c):
+    from redeem_jax.privacy.analysis import accounting
+
+    p = c.privacy
+    sigma = p.noise_multiplier
+    if p.target_epsilon > 0:
+        try:
+            sigma = accounting.noise_multiplier_for(p.target_epsilon, 1.0, c.num_rounds, p.delta,
+                                                    accountant=p.accountant, sampling="poisson")
+        except ValueError as e:
+            raise ConfigError(f"config.privacy.target_epsilon: {e}") from e
+    cfg = {"clip_norm": float(p.clip_norm), "noise_multiplier": hyper("privacy.noise_multiplier", float(sigma)),
+           "secure": True, "num_nodes": c.num_nodes}
+    info = {"noise_multiplier": float(sigma), "sample_rate": 1.0, "delta": p.delta, "accountant": p.accountant,
+            "sampling": "poisson", "clip_norm": p.clip_norm, "steps_per_round": 1}
+    return cfg, info
+
+
+def _attack_options(c, name: str) -> dict:
+    from redeem_jax.byzantine import attacks
+
+    opt = attacks.STRENGTH.get(name)
+    return {opt: hyper("byzantine.strength", float(c.byzantine.strength))} if opt else {}
+
+
+def _aggregator(name: str, n: int, f: int):
+    from redeem_jax.byzantine import aggregators
+
+    try:
+        rule = aggregators.get(name)
+        aggregators.check_preconditions(name, n, f)
+    except ValueError as e:
+        raise ConfigError(f"config.aggregation.rule: {e}") from e
+    if name.split("+")[-1] == "centered_clipping":  # stateful: starts from its previous output (the paper's)
+        rule = _stateful(rule)
+    return rule
+
+
+def _stateful(rule):
+    def stateful_rule(x, f, mask=None, start=None):
+        return rule(x, f, mask=mask, start=start)
+
+    stateful_rule.stateful = True
+    stateful_rule.__name__ = getattr(rule, "__name__", "rule")
+    return stateful_rule
+
+
+def _vector_tamper(c, attack: str, aggregator=None, agg_f=None):
+    from redeem_jax.byzantine import attacks
+
+    if attack == "mimic":
+        return _channels.mimic_online()
+    opts = _attack_options(c, attack)
+    if attack.endswith("_opt"):
+        opts["aggregator"] = aggregator
+        opts["agg_f"] = agg_f
+    return _channels.vector_tamper(attacks.get(attack), attack, **opts)
+
+
+def _server_channel(c, byz: np.ndarray) -> Channel:
+    f = int(byz.sum())
+    attack = c.byzantine.attack if f else "none"
+    names = _config._registry_names()
+    tol = f if c.aggregation.tolerance < 0 else c.aggregation.tolerance
+    rule = None if c.aggregation.rule == "mean" else _aggregator(c.aggregation.rule, c.num_nodes, tol)
+    tamper = None
+    if attack in names["VECTOR_ATTACKS"]:
+        if getattr(rule, "stateful", False) and attack.endswith("_opt"):
+            raise ConfigError(f"config.byzantine.attack: {attack!r} line-searches against a stateless rule; "
+                              f"{c.aggregation.rule!r} keeps state: use alie, ipm, sign_flip, ...")
+        agg = (lambda x, g, mask=None: masked_mean(x, mask)) if rule is None else rule
+        tamper = _vector_tamper(c, attack, agg, tol)
+    central = _central_privacy(c)[0] if c.privacy.mode == "central" else None
+    try:
+        return _channels.server(rule=rule, f=tol, byzantine=byz, attack=tamper,
+                                message_dtype=c.perf.message_dtype, central_dp=central)
+    except ValueError as e:
+        raise ConfigError(f"config.privacy.clip_norm: {e}") from e
+
+
+def _mesh(c):
+    if not c.perf.mesh:
+        return None
+    from redeem_jax.network import sharding
+
+    try:
+        return sharding.make_mesh(c.perf.mesh, num_nodes=c.num_nodes)
+    except ValueError as e:
+        raise ConfigError(f"config.perf.mesh: {e}") from e
+
+
+def _graph_channel(c, topo, byz: np.ndarray, exchange: Exchange) -> Channel:
+    from redeem_jax.byzantine import attacks, rules
+
+    f = int(byz.sum())
+    attack = c.byzantine.attack if f else "none"
+    names = _config._registry_names()
+    mesh = _mesh(c)
+    plain = _channels.gossip(topo, c.perf.gossip, mesh)
+    if not exchange.robust:
+        channel = plain  # a conservation-preserving exchange: no robust rule, no tampering
+    else:
+        b = max_byzantine_neighbours(topo, byz) if c.aggregation.tolerance < 0 else c.aggregation.tolerance
+        tamper = None
+        if attack in names["VECTOR_ATTACKS"] or attack in names["EDGE_ATTACKS"]:
+            opts = _attack_options(c, attack)
+            if attack == "spectral":
+                tamper = _channels.edge_tamper(attacks.make_spectral_attack(topo, byz), attack, **opts)
+            elif attack == "dissensus":
+                tamper = _channels.edge_tamper(attacks.dissensus, attack, **opts)
+            elif attack.endswith("_opt"):
+                raise ConfigError(f"config.byzantine.attack: {attack!r} line-searches against a server's rule; "
+                                  "in gossip use alie, ipm, sign_flip, ... or dissensus/spectral")
+            elif c.byzantine.view == "global":
+                tamper = _channels.global_view(_vector_tamper(c, attack), byz)
+            else:
+                tamper = _channels.edge_tamper(attacks.lift(attack), attack, **opts)
+        rule_name = c.aggregation.rule
+        if rule_name == "mean" and tamper is None:
+            channel = plain
+        else:
+            if rule_name == "mean":
+                rule = "gossip"
+            elif rule_name in rules.DECENTRALIZED_RULES:
+                rule = rule_name
+            else:
+                rule = _aggregator(rule_name, topo.K + 1, b)
+            channel = _channels.robust_gossip(topo, rule, b, byz, tamper)
+    if c.perf.message_dtype not in ("float32",) and exchange.compression is None:
+        channel = chain(_channels.round_messages(c.perf.message_dtype), channel)
+    if exchange.compression is not None:
+        channel = _compressed(c, channel, exchange.compression)
+    return channel
+
+
+def _compressed(c, inner: Channel, how: str) -> Channel:
+    from redeem_jax.network import compress
+
+    opts = {"ratio": c.compression.ratio} if c.compression.name in ("top_k", "random_k") else {}
+    if c.compression.name == "qsgd":
+        opts = {"levels": c.compression.levels}
+    try:
+        q = compress.get(c.compression.name, **opts)
+    except ValueError as e:
+        raise ConfigError(f"config.compression.name: {e}") from e
+    gamma = hyper("compression.gamma", c.compression.gamma)
+    if how == "choco":
+        return _channels.choco(inner, q, gamma)
+    if how == "error_feedback":
+        return _channels.error_feedback(inner, q, gamma)
+    raise ConfigError(f"config.algorithm.name: unknown compression scheme {how!r} declared by {c.algorithm.name}")
+
+
+def _channels_for(c, algorithm: Algorithm, topo, byz) -> dict[str, Channel]:
+    compressed = any(e.compression for e in algorithm.exchanges.values())
+    defaults = _config.base_config().compression
+    if not compressed and any(c.compression[k] != defaults[k] for k in ("name",)):
+        raise ConfigError(f"config.compression.name: {c.algorithm.name} sends its messages uncompressed; "
+                          "use algorithm.name = choco_sgd or deepsqueeze")
+    out = {}
+    for name, ex in algorithm.exchanges.items():
+        out[name] = _server_channel(c, byz) if ex.over == "server" else _graph_channel(c, topo, byz, ex)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# evaluation
+# --------------------------------------------------------------------------- #
+def evaluate_fn(model: _models.Model, x_test, y_test, max_nodes: int = 0) -> Callable:
+    """``evaluate(params[N, d], honest[N]) -> dict`` of test metrics.
+
+    The model averaged over honest nodes (what D-SGD theory bounds) and every node's own
+    model, summarised over honest nodes as mean / std / min / max. ``max_nodes > 0`` takes
+    the per-node statistics over that many evenly spaced nodes (scoring 10^6 models on the
+    whole test set costs more than the rounds); the averaged model still uses every node.
+    """
+    x_test = jnp.asarray(x_test)
+    y_test = jnp.asarray(y_test)
+    ones = jnp.ones((x_test.shape[0],), bool)
+
+    def node_metrics(p):
+        return _models.loss_and_metrics(model, p, x_test, y_test, ones)[1]
+
+    @jax.jit
+    def evaluate(params, honest):
+        xbar = masked_mean(params, honest)
+        out = {f"test_{k}": v for k, v in node_metrics(xbar).items()}
+        if 0 < max_nodes < params.shape[0]:
+            idx = np.linspace(0, params.shape[0] - 1, max_nodes).round().astype(np.int64)
+            params, honest = params[idx], honest[idx]
+        per_node = jax.lax.map(node_metrics, params, batch_size=min(64, params.shape[0]))
+        w = honest.astype(jnp.float32)
+        for k, v in per_node.items():
+            mean = jnp.sum(v * w) / jnp.sum(w)
+            out[f"node_test_{k}_mean"] = mean
+            out[f"node_test_{k}_std"] = jnp.sqrt(jnp.sum(w * (v - mean) ** 2) / jnp.sum(w))
+            out[f"node_test_{k}_min"] = jnp.min(jnp.where(honest, v, jnp.inf))
+            out[f"node_test_{k}_max"] = jnp.max(jnp.where(honest, v, -jnp.inf))
+        return out
+
+    return evaluate
+
+
+# --------------------------------------------------------------------------- #
+# the whole experiment
+# --------------------------------------------------------------------------- #
+def build(config, topology=None) -> Experiment:
+    """Validate ``config`` and build the network, data, model and the round's mechanisms.
+
+    ``topology`` (an ``rj.topology.Topology`` with ``num_nodes`` nodes) replaces the config's
+    ``topology`` section, for graphs no family describes (e.g. ``from_networkx``).
+    """
+    c = _config.validate(config)
+    if c.compare.key:
+        raise ConfigError("config.compare.key: build() makes one experiment; use rj.run for comparisons")
+    if topology is not None and topology.n != c.num_nodes:
+        raise ConfigError(f"config.num_nodes: {c.num_nodes} but the given topology has {topology.n} nodes")
+    topo = _topology_from_config(c) if topology is None else topology
+    ds = _dataset_from_config(c)
+    try:
+        node_data, summary = _data.distribute_with_summary(
+            ds, c.num_nodes, method=_partition_method(c), seed=data_seed(c), alpha=c.data.alpha,
+            shards_per_node=c.data.shards_per_node, quantity_alpha=c.data.quantity_alpha)
+    except ValueError as e:
+        raise ConfigError(f"config.data.partition: {e}") from e
+    model = _models.get(c.model.name, ds.input_shape, ds.num_classes, ds.task, hidden=tuple(c.model.hidden),
+                        channels=tuple(c.model.channels), d_model=c.model.d_model, num_heads=c.model.num_heads,
+                        num_layers=c.model.num_layers, l2=c.model.l2)
+    byz = _byzantine_from_config(c, topo)
+    if c.byzantine.attack == "label_flip":
+        from redeem_jax.byzantine import attacks
+
+        node_data = attacks.poison_node_data(node_data, byz, ds.num_classes)
+    honest = ~byz
+
+    algorithm, algo_hypers = _algorithm(c, _optimizer(c))
+    if algorithm.validate is not None:
+        try:
+            algorithm.validate(topo)
+        except ValueError as e:
+            raise ConfigError(f"config.algorithm.name: {e}") from e
+    channels = _channels_for(c, algorithm, topo, byz)
+    oracle, privacy = _privacy(c, model, node_data)
+    if c.privacy.mode == "central":
+        privacy = _central_privacy(c)[1]
+    hp = hypers_of(algorithm, oracle, *channels.values(), list(algo_hypers))
+    counter: list = []
+    step = _round.make_step(algorithm, oracle, channels, topology=topo, honest=honest, trace_counter=counter)
+    n_test = min(c.eval.max_test_examples, ds.x_test.shape[0])
+    evaluate = evaluate_fn(model, ds.x_test[:n_test], ds.y_test[:n_test], c.eval.max_nodes)
+    return Experiment(c, topo, ds, node_data, summary, model, algorithm, oracle, channels, step, hp, evaluate,
+                      honest, counter, privacy)
+
+
+del Hyper

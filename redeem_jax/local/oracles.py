@@ -1,0 +1,107 @@
+"""Per-node gradient oracles of the round protocol: minibatch SGD and DP-SGD.
+
+An :class:`~redeem_jax.core.Oracle` takes the rows ``x [N, d]`` of the whole network and the
+node data (an argument of the step) and returns every node's loss and gradient, vmapped over
+nodes: no loop over nodes or examples. Keys: node i at local step h of round t samples with
+``fold_in(split(k_t, N)[i], h)`` split into a batch key and a noise key, as the first engine did,
+so a run's random stream does not depend on how it was chunked or which algorithm consumes it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from redeem_jax.core import Hyper, Oracle
+from redeem_jax.data import sampling as _sampling
+from redeem_jax.models import Model, loss_and_metrics
+
+__all__ = ["gradient_fn", "minibatch", "dp_sgd"]
+
+
+def gradient_fn(model: Model) -> Callable:
+    """Minibatch gradient of one node's loss: ``(flat, x, y, mask, key) -> (loss, grad)``.
+
+    The key is unused here; private variants (DP-SGD) draw their noise from it.
+    """
+
+    def fn(flat, xb, yb, mask, key):
+        del key
+        (loss, _), grad = jax.value_and_grad(lambda p: loss_and_metrics(model, p, xb, yb, mask), has_aux=True)(flat)
+        return loss, grad
+
+    return fn
+
+
+def _node_keys(ctx):
+    n = ctx.num_nodes
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, ctx.step))(jax.random.split(ctx.key, n))
+    batch_keys, grad_keys = jnp.split(jax.vmap(jax.random.split)(keys), 2, axis=1)
+    return batch_keys[:, 0], grad_keys[:, 0]
+
+
+def _oracle(make_fns: Callable, hypers: tuple = ()) -> Oracle:
+    """An oracle from ``make_fns(ctx) -> (sample_fn, gradient_fn)`` (hyper-parameters resolved in ctx)."""
+
+    def init(x0):
+        del x0
+        return ()
+
+    def update(x, s, ctx, data):
+        sample_fn, grad_fn = make_fns(ctx)
+        batch_keys, grad_keys = _node_keys(ctx)
+        xb, yb, mask = jax.vmap(sample_fn)(batch_keys, data.x, data.y, data.sizes)
+        loss, grads = jax.vmap(grad_fn)(x, xb, yb, mask, grad_keys)
+        return loss, grads, s
+
+    return Oracle(init, update, tuple(hypers))
+
+
+def minibatch(model: Model, batch_size: int) -> Oracle:
+    """Every node's minibatch gradient: ``batch_size`` rows of its own shard drawn without
+    replacement (``rj.data.sample_batch``), the model's mean loss over them (Lian et al. 2017's
+    stochastic gradient oracle)."""
+    grad = gradient_fn(model)
+
+    def sample_fn(key, node_x, node_y, size):
+        return _sampling.sample_batch(key, node_x, node_y, size, batch_size)
+
+    return _oracle(lambda ctx: (sample_fn, grad))
+
+
+def dp_sgd(model: Model, batch_size: int, *, clip_norm, noise_multiplier, sampling: str = "fixed",
+           sample_rate: float = 1.0, m_max: int | None = None, expected_batch_size: float | None = None,
+           microbatch: int = 0, clipping: str = "auto") -> Oracle:
+    """DP-SGD at every node (Abadi et al. 2016, Alg. 1): per-example gradients clipped to C,
+    summed, N(0, σ²C²) added, divided by the expected batch size.
+
+    ``sampling="fixed"``: ``batch_size`` rows without replacement; ``"poisson"``: the whole
+    padded shard (``m_max`` rows) under a Bernoulli(``sample_rate``) mask
+    (:func:`~redeem_jax.privacy.dp_sgd.poisson_mask`). ``clip_norm`` and ``noise_multiplier``
+    may be :class:`~redeem_jax.core.Hyper`. Accounting: ``rj.privacy.accounting``.
+    """
+    from redeem_jax.privacy import dp_sgd as _dp
+
+    if sampling == "poisson":
+        if m_max is None:
+            raise ValueError("dp_sgd oracle: Poisson sampling needs m_max (the padded shard length)")
+
+        def sample_fn(key, node_x, node_y, size):
+            return node_x, node_y, _dp.poisson_mask(key, size, m_max, sample_rate)
+        expected = float(sample_rate * (m_max if expected_batch_size is None else expected_batch_size))
+        if expected_batch_size is not None:
+            expected = float(expected_batch_size)
+    else:
+        def sample_fn(key, node_x, node_y, size):
+            return _sampling.sample_batch(key, node_x, node_y, size, batch_size)
+        expected = float(batch_size if expected_batch_size is None else expected_batch_size)
+
+    def make(ctx):
+        grad = _dp.make_dp_gradient_fn(model, ctx.value(clip_norm), ctx.value(noise_multiplier), expected,
+                                       microbatch, clipping)
+        return sample_fn, grad
+
+    hypers = tuple(v for v in (clip_norm, noise_multiplier) if isinstance(v, Hyper))
+    return _oracle(make, hypers)
