@@ -16,22 +16,28 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import redeem_jax as rj
-from redeem_jax.algorithms import dsgd
-from redeem_jax.privacy import dp_sgd
 
 
-def _time_round(round_fn, state, rounds: int) -> float:
-    run = jax.jit(lambda s: jax.lax.scan(lambda s, _: round_fn(s), s, None, length=rounds))
+def _time_round(oracle, model, topo, nd, rounds: int) -> float:
+    """Seconds per D-SGD round (ATC, SGD 0.05, gossip) with ``oracle``, rounds in a lax.scan."""
+    opt = rj.optim.local_optimizer("sgd", 0.05)
+    algo = rj.algorithms.dsgd.dsgd(opt)
+    channels = {"model": rj.channels.gossip(topo)}
+    step = rj.round.make_step(algo, oracle, channels, topology=topo)
+    x0 = jnp.broadcast_to(model.init(jax.random.PRNGKey(0)), (topo.n, model.num_params))
+    state = rj.round.init_state(algo, oracle, channels, x0, jax.random.PRNGKey(1), topology=topo)
+    run = jax.jit(lambda s: jax.lax.scan(lambda s, _: step(s, nd, {}), s, None, length=rounds))
     out, _ = run(state)
-    jax.block_until_ready(out.params)
+    jax.block_until_ready(out)
     times = []
     for _ in range(5):
         t = time.perf_counter()
         out, _ = run(state)
-        jax.block_until_ready(out.params)
+        jax.block_until_ready(out)
         times.append((time.perf_counter() - t) / rounds)
     return float(np.median(times))
 
@@ -48,16 +54,14 @@ def main(argv=None):
     parts = [rng.choice(ds.x_train.shape[0], args.examples, replace=False) for _ in range(args.nodes)]
     nd = rj.data.stack_parts(ds.x_train, ds.y_train, parts)
     model = rj.models.get("mlp", ds.input_shape, ds.num_classes, hidden=(64,))
-    opt = rj.optim.make_optimizer("sgd", 0.05)
     topo = rj.topology.ring(args.nodes)
-    comm = dsgd.gossip_communication(topo)
-    state = dsgd.init_state(model, opt, args.nodes, jax.random.PRNGKey(0))
-    common = dict(model=model, optimizer=opt, node_data=nd, batch_size=args.examples, communicate=comm)
-    plain = _time_round(dsgd.make_round(**common), state, args.rounds)
+    plain = _time_round(rj.oracles.minibatch(model, args.examples), model, topo, nd, args.rounds)
     times = {}
     for method in ("ghost", "vmap"):
-        dp_fn = dp_sgd.make_dp_gradient_fn(model, 1.0, 1.0, float(args.examples), args.microbatch, method=method)
-        times[method] = _time_round(dsgd.make_round(**common, gradient_fn=dp_fn), state, args.rounds)
+        oracle = rj.oracles.dp_sgd(model, args.examples, clip_norm=1.0, noise_multiplier=1.0,
+                                   expected_batch_size=float(args.examples), microbatch=args.microbatch,
+                                   clipping=method)
+        times[method] = _time_round(oracle, model, topo, nd, args.rounds)
     print(f"Command: python benchmarks/dp_overhead.py --nodes {args.nodes} --examples {args.examples} "
           f"--rounds {args.rounds} --microbatch {args.microbatch}")
     print(f"Machine: {platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}")

@@ -8,6 +8,9 @@ Same model (digits MLP, 64 hidden), same data (32 digits examples per node), sam
 same ring with Metropolis–Hastings weights.
 
 Run:  python benchmarks/round_throughput.py [--sizes 16,256,4096] [--out /tmp/round.md]   (tables go to docs/performance.md)
+      --legacy PATH also times the first engine's D-SGD round (``dsgd.make_round``, before the
+      round protocol) from a copy of that package importable as ``redeem_jax_legacy`` under
+      PATH, interleaved with the protocol's round in the same process (issue 10's check).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import redeem_jax as rj
-from redeem_jax.algorithms import dsgd
 
 BATCH, PER_NODE, HIDDEN, LR = 16, 32, (64,), 0.05
 
@@ -39,28 +41,65 @@ def _setup(n: int, seed: int = 0):
     return ds, nd, model, opt, topo
 
 
-def vectorized(n: int, rounds: int) -> float:
-    """Seconds per round of the jitted, vmapped, scanned round."""
-    _, nd, model, opt, topo = _setup(n)
+def _protocol_round(n: int):
+    """The round protocol's D-SGD: ATC, SGD, sparse gossip, minibatch oracle (rj.core / rj.round)."""
+    _, nd, model, _, topo = _setup(n)
+    opt = rj.optim.local_optimizer("sgd", rj.core.hyper("optimizer.learning_rate", LR))
+    algo = rj.algorithms.dsgd.dsgd(opt, "atc", 1)
+    oracle = rj.oracles.minibatch(model, BATCH)
+    channels = {"model": rj.channels.gossip(topo, "sparse")}
+    step = rj.round.make_step(algo, oracle, channels, topology=topo)
+    x0 = jnp.broadcast_to(model.init(jax.random.PRNGKey(0)), (n, model.num_params))
+    state = rj.round.init_state(algo, oracle, channels, x0, jax.random.PRNGKey(1), topology=topo)
+    hp = {"optimizer.learning_rate": jnp.float32(LR)}
+    return (lambda s: step(s, nd, hp)), state
+
+
+def _legacy_round(n: int):
+    """The first engine's round (``dsgd.make_round`` with ``gossip_communication``)."""
+    import redeem_jax_legacy as legacy
+
+    _, nd, model, _, topo = _setup(n)
+    opt = legacy.optim.make_optimizer("sgd", LR)
+    topo = legacy.topology.ring(n)
+    dsgd = legacy.algorithms.dsgd
     round_fn = dsgd.make_round(model=model, optimizer=opt, node_data=nd, batch_size=BATCH,
                                communicate=dsgd.gossip_communication(topo, "sparse"))
-    state = dsgd.init_state(model, opt, n, jax.random.PRNGKey(0))
+    return round_fn, dsgd.init_state(model, opt, n, jax.random.PRNGKey(0))
+
+
+def _timer(round_fn, state, rounds: int):
     run = jax.jit(lambda s: jax.lax.scan(lambda s, _: round_fn(s), s, None, length=rounds))
     state, _ = run(state)  # compile + warm up
-    jax.block_until_ready(state.params)
-    times = []
-    for _ in range(3):
+    jax.block_until_ready(state)
+
+    def once():
+        nonlocal state
         t = time.perf_counter()
         state, _ = run(state)
-        jax.block_until_ready(state.params)
-        times.append((time.perf_counter() - t) / rounds)
-    return float(np.median(times))
+        jax.block_until_ready(state)
+        return (time.perf_counter() - t) / rounds
+    return once
+
+
+def vectorized(n: int, rounds: int, legacy: bool = False, repeats: int = 3) -> float | tuple[float, float]:
+    """Seconds per round of the jitted, vmapped, scanned round (median of ``repeats``). With
+    ``legacy``, also the first engine's round, the two timed alternately in this process."""
+    new = _timer(*_protocol_round(n), rounds)
+    if not legacy:
+        return float(np.median([new() for _ in range(repeats)]))
+    old = _timer(*_legacy_round(n), rounds)
+    t_new, t_old = [], []
+    for _ in range(repeats):
+        t_new.append(new())
+        t_old.append(old())
+    return float(np.median(t_new)), float(np.median(t_old))
 
 
 def per_node_loop(n: int, rounds: int) -> float:
     """Seconds per round when a jitted single-node step is called in a Python loop over nodes."""
     _, nd, model, opt, topo = _setup(n)
-    grad_fn = dsgd.make_gradient_fn(model)
+    grad_fn = rj.oracles.gradient_fn(model)
 
     @jax.jit
     def node_step(x, opt_state, node_x, node_y, size, key):
@@ -105,16 +144,32 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="16,256,4096")
     ap.add_argument("--out", default="", help="write a markdown table here")
+    ap.add_argument("--legacy", default="", help="a folder holding redeem_jax_legacy (the pre-protocol engine)")
+    ap.add_argument("--no-loop", action="store_true", help="skip the per-node loop baseline")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    lines = ["| N | vectorized node-rounds/s | per-node loop node-rounds/s | speed-up |", "|---|---|---|---|"]
-    print(f"{'N':>6} {'vectorized':>16} {'per-node loop':>16} {'speed-up':>9}   (node-rounds per second)")
-    for n in sizes:
-        v = vectorized(n, rounds=max(2, min(50, 20_000 // n)))
-        b = per_node_loop(n, rounds=2 if n > 1000 else 3)
-        print(f"{n:>6} {n / v:>16,.0f} {n / b:>16,.0f} {b / v:>8.1f}x", flush=True)
-        lines.append(f"| {n} | {n / v:,.0f} | {n / b:,.0f} | **{b / v:.1f}x** |")
-    header = (f"Command: `python benchmarks/round_throughput.py --sizes {args.sizes}`  \n"
+    if args.legacy:
+        sys.path.insert(0, args.legacy)
+        lines = ["| N | protocol round node-rounds/s | first engine's round node-rounds/s | protocol / first |",
+                 "|---|---|---|---|"]
+        print(f"{'N':>6} {'protocol':>14} {'first engine':>14} {'ratio':>7}   (node-rounds per second)")
+        for n in sizes:
+            v, old = vectorized(n, rounds=max(2, min(50, 20_000 // n)), legacy=True, repeats=7)
+            print(f"{n:>6} {n / v:>14,.0f} {n / old:>14,.0f} {old / v:>6.3f}x", flush=True)
+            lines.append(f"| {n} | {n / v:,.0f} | {n / old:,.0f} | **{old / v:.3f}** |")
+    else:
+        lines = ["| N | vectorized node-rounds/s | per-node loop node-rounds/s | speed-up |", "|---|---|---|---|"]
+        print(f"{'N':>6} {'vectorized':>16} {'per-node loop':>16} {'speed-up':>9}   (node-rounds per second)")
+        for n in sizes:
+            v = vectorized(n, rounds=max(2, min(50, 20_000 // n)))
+            if args.no_loop:
+                print(f"{n:>6} {n / v:>16,.0f}", flush=True)
+                continue
+            b = per_node_loop(n, rounds=2 if n > 1000 else 3)
+            print(f"{n:>6} {n / v:>16,.0f} {n / b:>16,.0f} {b / v:>8.1f}x", flush=True)
+            lines.append(f"| {n} | {n / v:,.0f} | {n / b:,.0f} | **{b / v:.1f}x** |")
+    flags = f" --legacy {args.legacy}" if args.legacy else ""
+    header = (f"Command: `python benchmarks/round_throughput.py --sizes {args.sizes}{flags}`  \n"
               f"Machine: {platform.machine()}, {jax.device_count()} × {jax.devices()[0].device_kind}, "
               f"jax {jax.__version__}, Python {platform.python_version()}\n\n")
     if args.out:

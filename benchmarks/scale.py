@@ -129,16 +129,18 @@ def worker(n: int, args) -> dict:
     topo = exp.topology
     state = exp.init_state()
     jax.block_until_ready(state)
-    state_bytes = _nbytes(state.params) + _nbytes(state.opt_state)
+    state_bytes = _nbytes(state.algorithm) + _nbytes(state.channels)
     data_bytes = _nbytes(exp.node_data)
     edge_bytes = topo.neighbors.nbytes + topo.weights.nbytes + topo.self_weight.nbytes
 
     rounds = args.rounds
 
-    def many(s, data):
-        return jax.lax.scan(lambda s, _: exp.round_fn.with_data(s, data), s, None, length=rounds)
+    hp = exp.hp_values()
 
-    # Node data as an argument, not a constant embedded in the program (dsgd.make_round).
+    def many(s, data):
+        return jax.lax.scan(lambda s, _: exp.step(s, data, hp), s, None, length=rounds)
+
+    # Node data as an argument of the step, not a constant embedded in the program.
     data = exp.node_data
     t0 = time.perf_counter()
     run = jax.jit(many, donate_argnums=0).lower(state, data).compile()
@@ -156,26 +158,26 @@ def worker(n: int, args) -> dict:
     cons = float(np.asarray(metrics["consensus_distance"])[-1])
 
     honest = jnp.asarray(exp.honest)
-    exp.evaluate(state.params, honest)   # compile
+    exp.evaluate(exp.models(state), honest)   # compile
     t0 = time.perf_counter()
-    jax.block_until_ready(exp.evaluate(state.params, honest))
+    jax.block_until_ready(exp.evaluate(exp.models(state), honest))
     eval_s = time.perf_counter() - t0
 
     peak = peak_rss_bytes()
     rss_rounds = _status_bytes("VmRSS")   # resident after rounds and evaluation (host dataset included)
-    # What the runner compiles today: the round closing over the node data.
+    # For comparison: the round closing over the node data (a constant of the program).
     t0 = time.perf_counter()
-    jax.jit(lambda s: jax.lax.scan(lambda s, _: exp.round_fn(s), s, None, length=rounds)).lower(state).compile()
+    jax.jit(lambda s: jax.lax.scan(lambda s, _: exp.round_fn(s, hp), s, None, length=rounds)).lower(state).compile()
     compile_closure_s = time.perf_counter() - t0
 
-    d, K, B = int(state.params.shape[1]), topo.K, min(args.batch, int(exp.node_data.x.shape[1]))
+    d, K, B = int(exp.models(state).shape[1]), topo.K, min(args.batch, int(exp.node_data.x.shape[1]))
     f32 = 4
     traffic = {
         "params": 2 * n * d * f32,
         "gather": n * K * d * f32,
         "edges": edge_bytes,
         "batch": n * B * (d + 1) * f32 + n * 4,
-        "opt": 2 * _nbytes(state.opt_state),
+        "opt": 2 * (_nbytes(state.algorithm) - _nbytes(exp.models(state))),  # optimizer state: read and written
     }
     return dict(
         n=n, K=K, d=d, m=int(exp.node_data.x.shape[1]), B=B, build_s=build_s, compile_s=compile_s,

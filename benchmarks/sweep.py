@@ -29,7 +29,6 @@ import ml_collections
 import numpy as np
 
 import redeem_jax as rj
-from redeem_jax import runner
 from redeem_jax.sweep import final, grid
 
 
@@ -77,17 +76,17 @@ def main(argv=None):
 
     @jax.jit
     def chunk(lr, state):
-        _, round_fn, _ = exp.assemble({"optimizer.learning_rate": lr})
-        return runner.scan_rounds(round_fn, state, c.num_rounds, c.eval_every)[0]
+        hp = {**exp.hp_values(), "optimizer.learning_rate": lr}
+        return rj.round.scan_rounds(exp.step, state, exp.node_data, hp, c.num_rounds, c.eval_every)[0]
 
     honest = jnp.asarray(exp.honest)
 
     def whole_run(lr, seed):  # the runner's schedule: evaluate at round 0 and after every chunk
         state = exp.init_state(seed)
-        ev = exp.evaluate(state.params, honest)
+        ev = exp.evaluate(exp.models(state), honest)
         for _ in range(-(-c.num_rounds // c.eval_every)):
             state = chunk(lr, state)
-            ev = exp.evaluate(state.params, honest)
+            ev = exp.evaluate(exp.models(state), honest)
         return ev["test_loss"]
 
     looped = [float(whole_run(jnp.float32(p["optimizer.learning_rate"]), jnp.uint32(p["seed"]))) for p in points]

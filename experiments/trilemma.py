@@ -201,7 +201,7 @@ def main(argv=None):
     plot(rows, os.path.join(args.out, "trilemma.png"),
          title=f"digits, n = {args.n}, FedAvg + worker momentum, {args.rounds} rounds, attack {args.attack}, "
                f"DP-SGD at every honest node (δ = {args.delta:g})")
-    d = int(rows and rj.build(config(args, "mean", 0, math.inf)).init_state().params.shape[1])
+    d = int(rows and rj.build(config(args, "mean", 0, math.inf)).model.num_params)
     print(tables(rows))
     print(f"model dimension d = {d}; DP-SGD noise std on an honest node's averaged gradient = σ·C/B per "
           f"coordinate (C = 1, B = {args.batch}), σ by ε: " +

@@ -113,19 +113,19 @@ class Tamper(NamedTuple):
 
 def _bind(fn: Callable, options: dict, ctx: Ctx, call: Callable):
     """Call ``call(partial(fn, **resolved options))``. An option given as a Hyper whose default is
-    negative means "the attack's own default unless a value is swept in": both are computed
-    and the traced value selects one (cheap next to the aggregation that follows)."""
+    negative means "the attack's own default unless a value is swept in": the traced value
+    picks the branch (``lax.cond``: one branch runs, both only under a sweep's vmap)."""
     plain = {k: v for k, v in options.items() if not isinstance(v, Hyper)}
     hyp = {k: v for k, v in options.items() if isinstance(v, Hyper)}
     if not hyp:
         return call(lambda *a, **kw: fn(*a, **plain, **kw))
     vals = {k: ctx.value(v) for k, v in hyp.items()}
-    given = call(lambda *a, **kw: fn(*a, **plain, **vals, **kw))
     if all(v.default >= 0 for v in hyp.values()):
-        return given
-    default = call(lambda *a, **kw: fn(*a, **plain, **kw))
+        return call(lambda *a, **kw: fn(*a, **plain, **vals, **kw))
     use = jnp.all(jnp.stack([jnp.asarray(vals[k]) >= 0 for k in hyp]))
-    return jax.tree.map(lambda a, b: jnp.where(use, a, b), given, default)
+    # cond, not where: a line-searched attack is costly, and only one branch runs (unvmapped).
+    return jax.lax.cond(use, lambda: call(lambda *a, **kw: fn(*a, **plain, **vals, **kw)),
+                        lambda: call(lambda *a, **kw: fn(*a, **plain, **kw)))
 
 
 def vector_tamper(attack: Callable, name: str = "attack", **options) -> Tamper:

@@ -155,8 +155,11 @@ def init_state(algorithm: Algorithm, oracle: Oracle, channels: Mapping[str, Chan
     r0 = jnp.zeros((), jnp.int32)
     edges = Edges.of(topology, 0) if topology is not None else None
     ctx = Ctx(r0, jax.random.fold_in(key, tag("init")), edges, h, dict(hp or {}))
-    return RoundState(algorithm.init(x0, ctx), oracle.init(x0), {k: c.init(x0) for k, c in channels.items()},
-                      r0, key)
+    state = RoundState(algorithm.init(x0, ctx), oracle.init(x0), {k: c.init(x0) for k, c in channels.items()},
+                       r0, key)
+    # Mechanisms may start two fields from the same array (ψ₀ = X₀, Y₀ = G₀ = 0): give each leaf
+    # its own buffer, so that donating the state to the compiled rounds never donates one twice.
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
 
 
 def scan_rounds(step: Callable, state: RoundState, data, hp, limit, length: int):

@@ -1,4 +1,4 @@
-"""Privacy attacks (redeem_jax.privacy.attacks): gradient inversion and loss-threshold
+"""Privacy attacks (redeem_jax.privacy.inference): gradient inversion and loss-threshold
 membership inference, each without DP (the attack works) and with DP-SGD at ε = 1 (it fails).
 
 Settings (see docs/privacy_attacks.md):
@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from redeem_jax import data, models
 from redeem_jax.privacy import accounting, dp_sgd
-from redeem_jax.privacy import attacks as pa
+from redeem_jax.privacy import inference as pa
 
 DELTA = 1e-5
 

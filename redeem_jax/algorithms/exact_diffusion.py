@@ -49,7 +49,7 @@ def _diffusion(optimizer, lazy: bool, name: str, validate) -> Algorithm:
         loss, g = oracle(a.x, ctx)
         step, opt = optimizer.update(g, a.opt, a.x, ctx)
         psi = optax.apply_updates(a.x, step)
-        phi = psi + a.x - a.psi
+        phi = psi + (a.x - a.psi)  # the small correction first: (ψ + X) − ψ_prev would cancel
         mixed = channels["model"](phi, ctx)
         x = 0.5 * (phi + mixed) if lazy else mixed
         return DiffusionState(x, psi, opt), {"train_loss": masked_mean(loss, ctx.honest)}

@@ -241,14 +241,6 @@ def mix(topo: Topology, x, round=None, method: str = "auto"):
     return y.astype(_out_dtype(xf.dtype)).reshape(shape)
 
 
-def consensus_distance(x):
-    """``(1/n) sum_i ||x_i - xbar||^2`` over the node axis (axis -2) of ``x [..., n, d]``.
-
-    The disagreement that gossip contracts by ``rho^2`` per step
-    (the expected consensus rate of Koloskova et al. 2020: ``||XW - Xbar||_F^2 <= (1-p)||X - Xbar||_F^2``).
-    """
-    x = jnp.asarray(x)
-    if x.ndim == 1:
-        x = x[:, None]
-    xbar = jnp.mean(x, axis=-2, keepdims=True)
-    return jnp.mean(jnp.sum(jnp.square(x - xbar), axis=-1), axis=-1)
+# One consensus distance for the whole library (rj.metrics): (1/n)Σ‖xᵢ − x̄‖² over axis −2, with an
+# optional node mask; re-exported here, where gossip's contraction of it is studied.
+from redeem_jax.metrics import consensus_distance  # noqa: E402
