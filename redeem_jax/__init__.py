@@ -23,7 +23,7 @@ from redeem_jax.experiment import config
 from redeem_jax import data, distributed, models, plotting, privacy, theory
 from redeem_jax.experiment.build import Experiment, build
 from redeem_jax.experiment.run import RunResult, run
-import redeem_jax.sweep  # noqa: E402  the CLI module, imported first so that the name below stays the function
+import redeem_jax.sweep  # noqa: E402,F401  the CLI module, imported first so that the name below stays the function
 from redeem_jax.experiment.sweep import sweep  # the function; the module is redeem_jax.sweep (python -m redeem_jax.sweep)
 
 # The first layout's module paths keep working (``from redeem_jax.topology import Topology``, ...).

@@ -285,6 +285,7 @@ def server(*, rule: Callable | None = None, f: int = 0, byzantine=None, attack: 
     byz_idx = None if byz is None else np.flatnonzero(byz)
     dtype = None if message_dtype in (None, "float32") else jnp.dtype(message_dtype)
     plain = rule is None and attack is None and dtype is None and central_dp is None
+    stateful = rule is not None and getattr(rule, "stateful", False)
     if central_dp is not None:
         from redeem_jax.privacy import secure_agg
 
@@ -299,7 +300,9 @@ def server(*, rule: Callable | None = None, f: int = 0, byzantine=None, attack: 
         d = x.shape[-1]
         return {"model": jnp.mean(jnp.asarray(x), axis=0) if honest_idx is None else
                 jnp.mean(jnp.asarray(x)[honest_idx], axis=0),
-                "attack": attack.init(d) if attack is not None else ()}
+                "attack": attack.init(d) if attack is not None else (),
+                # a stateful rule (centered clipping) starts from its previous output; 0 at first
+                "rule": jnp.zeros((d,), jnp.asarray(x).dtype) if stateful else ()}
 
     def update(x, s, ctx):
         n = x.shape[0]
@@ -309,7 +312,7 @@ def server(*, rule: Callable | None = None, f: int = 0, byzantine=None, attack: 
             else:
                 w = jnp.asarray(weights, x.dtype)
                 mean = (w / jnp.sum(w)) @ x
-            return jnp.broadcast_to(mean, x.shape), {"model": mean, "attack": s["attack"]}
+            return jnp.broadcast_to(mean, x.shape), {"model": mean, "attack": s["attack"], "rule": s["rule"]}
         base = s["model"]
         delta = x - base
         if dtype is not None:
@@ -322,10 +325,13 @@ def server(*, rule: Callable | None = None, f: int = 0, byzantine=None, attack: 
             agg = _central_dp_sum(delta, central_dp, ctx) / n
         elif rule is None:
             agg = jnp.mean(delta, axis=0)
+        elif stateful:
+            agg = rule(delta, f, start=s["rule"])
         else:
             agg = rule(delta, f)
         new = base + agg
-        return jnp.broadcast_to(new, x.shape), {"model": new, "attack": atk_state}
+        return jnp.broadcast_to(new, x.shape), {"model": new, "attack": atk_state,
+                                                "rule": agg if stateful else s["rule"]}
 
     def wire(d, ctx):
         bits = 32 * d if dtype is None else row_bits(dtype) * d
@@ -338,18 +344,10 @@ def server(*, rule: Callable | None = None, f: int = 0, byzantine=None, attack: 
 
 
 def _central_dp_sum(delta, cfg, ctx):
-    from redeem_jax.privacy import secure_agg
-    from redeem_jax.privacy.dp_sgd import clip_by_norm
+    from redeem_jax.privacy import central
 
-    c = ctx.value(cfg["clip_norm"])
-    sigma = ctx.value(cfg["noise_multiplier"])
-    clipped = jax.vmap(clip_by_norm, in_axes=(0, None))(delta, c)
-    mask_key, noise_key = jax.random.split(ctx.key)
-    if cfg.get("secure", True):
-        total = secure_agg.secure_sum(clipped, mask_key, None, cfg.get("scale_bits", 20), c).astype(delta.dtype)
-    else:
-        total = jnp.sum(clipped, axis=0)
-    return total + sigma * c * jax.random.normal(noise_key, total.shape, total.dtype)
+    return central.noisy_secure_sum(delta, ctx.key, ctx.value(cfg["clip_norm"]), ctx.value(cfg["noise_multiplier"]),
+                                    cfg.get("secure", True), cfg.get("scale_bits", 20))
 
 
 # --------------------------------------------------------------------------- #

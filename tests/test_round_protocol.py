@@ -196,3 +196,49 @@ def test_a_diging_checkpoint_resumes_to_the_uninterrupted_run(tmp_path):
     # A checkpoint of another algorithm (or config) is refused, naming the field.
     with pytest.raises(ConfigError, match=r"^config\.algorithm\.name: the checkpoint in .* \('diging' != 'dsgd'\)"):
         rj.run(tiny(**{**c, "algorithm.name": "dsgd"}), tmp_path / "full")
+
+
+# --------------------------------------------------------------------------- stateful mechanisms
+def test_centered_clipping_starts_from_its_previous_output():
+    """Karimireddy, He & Jaggi 2021: v_t = v_{t-1} + (1/n)Σclip(Δᵢ − v_{t-1}, τ), the server's state."""
+    exp = rj.build(tiny(**{"algorithm.name": "fedavg", "aggregation.rule": "centered_clipping",
+                           "byzantine.num": 1, "byzantine.attack": "sign_flip"}))
+    ch = exp.channels["model"]
+    rule = rj.aggregators.get("centered_clipping")
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 5))
+    s = ch.init(x)
+    ctx = rj.core.Ctx(jnp.int32(0), jax.random.PRNGKey(1), None, jnp.asarray(exp.honest), exp.hp_values())
+    prev = np.zeros(5, np.float32)
+    for t in range(3):
+        base = np.asarray(s["model"])
+        x = x + 0.1 * jax.random.normal(jax.random.PRNGKey(t + 5), x.shape)
+        y, s = ch.update(x, s, ctx._replace(round=jnp.int32(t)))
+        delta = np.asarray(x) - base
+        honest = delta[exp.honest]
+        delta[~exp.honest] = -honest.mean(0)  # sign flip
+        want = rule(jnp.asarray(delta), 1, start=jnp.asarray(prev))
+        np.testing.assert_allclose(np.asarray(s["rule"]), np.asarray(want), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(y[0]), base + np.asarray(want), rtol=1e-5, atol=1e-6)
+        prev = np.asarray(want)
+
+
+def test_mimic_tracks_the_top_principal_direction_online():
+    tamper = rj.channels.mimic_online(warmup=5)
+    rng = np.random.default_rng(0)
+    direction = np.zeros(6)
+    direction[2] = 1.0
+    s = tamper.init(6)
+    ctx = rj.core.Ctx(jnp.int32(0), jax.random.PRNGKey(0), None, jnp.ones(7, bool), {})
+    for t in range(12):
+        # honest rows spread mostly along e₂: the top principal direction
+        honest = rng.normal(size=(7, 6)) * 0.1 + rng.normal(size=(7, 1)) * 3.0 * direction
+        out, s = tamper.update(jnp.asarray(honest, jnp.float32), 2, s, ctx)
+        assert out.shape == (2, 6)
+        target = int(s["target"])
+        np.testing.assert_allclose(np.asarray(out[0]), honest[target], rtol=1e-6)  # copies one honest row
+    assert abs(float(np.asarray(s["z"])[2])) > 0.99  # the online estimate found e₂
+    assert int(s["t"]) == 12
+    frozen = int(s["target"])
+    honest = rng.normal(size=(7, 6))
+    out, s = tamper.update(jnp.asarray(honest, jnp.float32), 2, s, ctx)
+    assert int(s["target"]) == frozen  # after the warm-up the mimicked worker stays the same

@@ -301,9 +301,8 @@ def _server_channel(c, byz: np.ndarray) -> Channel:
     rule = None if c.aggregation.rule == "mean" else _aggregator(c.aggregation.rule, c.num_nodes, tol)
     tamper = None
     if attack in names["VECTOR_ATTACKS"]:
-        if getattr(rule, "stateful", False) and attack.endswith("_opt"):
-            raise ConfigError(f"config.byzantine.attack: {attack!r} line-searches against a stateless rule; "
-                              f"{c.aggregation.rule!r} keeps state: use alie, ipm, sign_flip, ...")
+        # A line-searched attack scores its factor against the rule as a stateless call (centered
+        # clipping then starts from the median): the attacker cannot see the server's state.
         agg = (lambda x, g, mask=None: masked_mean(x, mask)) if rule is None else rule
         tamper = _vector_tamper(c, attack, agg, tol)
     central = _central_privacy(c)[0] if c.privacy.mode == "central" else None

@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-__all__ = ["base_config", "validate", "ConfigError", "set_field", "parse_overrides", "SCHEMA", "HOST_SECTIONS"]
+__all__ = ["base_config", "validate", "ConfigError", "set_field", "parse_overrides", "SCHEMA", "check_field", "base_value",
+           "algorithm_exchanges", "is_federated"]
 
 # Names come from the registries of the modules that own them; nothing here mirrors a list.
 def _registry_names():

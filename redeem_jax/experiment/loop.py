@@ -23,7 +23,8 @@ from redeem_jax import metrics as _metrics
 from redeem_jax import round as _round
 from redeem_jax.experiment import config as _config
 
-__all__ = ["Loop", "checkpoint_manager", "save_state", "restore_state", "read_rows", "columns", "epsilon_spent"]
+__all__ = ["Loop", "checkpoint_manager", "save_state", "restore_state", "read_rows", "columns", "epsilon_spent",
+           "resume_and_run"]
 
 _FORMAT = 1  # checkpoint layout: the state's leaves in tree order, and its structure beside them
 
@@ -254,3 +255,26 @@ def _postfix(ev: dict, batched: bool) -> str:
         return ""
     acc = ev.get("test_accuracy")
     return (f"acc={float(acc):.3f} " if acc is not None else "") + f"loss={float(ev.get('test_loss', np.nan)):.4f}"
+
+
+def resume_and_run(lp: Loop, wd: Path | None, rows_file: str, mgr, resume: bool, say: Callable | None = None):
+    """Run ``lp`` to the end, in ``wd`` if given: resume from its latest checkpoint (keeping the rows
+    logged up to it in ``rows_file``, ``say(round)`` printed), then append one row per point and
+    evaluation. Returns all rows."""
+    rows: list[dict] = []
+    wall = 0.0
+    if wd is not None:
+        if mgr is not None and resume and lp.restore(mgr, str(wd)):
+            rows = read_rows(wd / rows_file, lp.round())
+            wall = max((r["wall_time"] for r in rows), default=0.0)
+            if say is not None:
+                print(say(lp.round()), file=sys.stderr)
+        with open(wd / rows_file, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    def log(new):
+        if wd is not None:
+            with open(wd / rows_file, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in new)
+
+    return lp.run(rows, log, mgr, wall)

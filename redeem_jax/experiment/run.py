@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import ml_collections
@@ -136,9 +135,7 @@ def run_experiment(exp: Experiment, workdir) -> RunResult:
 
         mesh = sharding.make_mesh(c.perf.mesh, num_nodes=c.num_nodes)
     lp = _loop.Loop(exp, mesh=mesh, show=c.progress)
-    rows: list[dict] = []
     mgr = None
-    wall_offset = 0.0
     if wd is not None:
         config_path = wd / "config.json"
 
@@ -147,20 +144,8 @@ def run_experiment(exp: Experiment, workdir) -> RunResult:
                 check_resumable(json.loads(config_path.read_text()), c, str(wd))
 
         mgr = _open_workdir(wd, c, "config.json", json.loads(c.to_json()), check)
-        if mgr is not None and c.resume and lp.restore(mgr, str(wd)):
-            if c.progress:
-                print(f"resuming from the checkpoint at round {lp.round()} in {wd}", file=sys.stderr)
-            rows = _loop.read_rows(wd / "metrics.jsonl", lp.round())
-            wall_offset = rows[-1]["wall_time"] if rows else 0.0
-        with open(wd / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-
-    def log(new):
-        if wd is not None:
-            with open(wd / "metrics.jsonl", "a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in new)
-
-    rows = lp.run(rows, log, mgr, wall_offset)
+    say = (lambda r: f"resuming from the checkpoint at round {r} in {wd}") if c.progress else None
+    rows = _loop.resume_and_run(lp, wd, "metrics.jsonl", mgr, c.resume, say)
     if wd is not None:
         (wd / "partition.json").write_text(json.dumps(exp.partition_summary.to_dict()))
     if wd is not None and c.plots:

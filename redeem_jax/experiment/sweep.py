@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -221,27 +220,14 @@ def _run_group(exp, points: list[dict], gdir: Path | None, show: bool, label: st
     by_point = mesh is not None and "sweep" in mesh.axis_names
     lp = _loop.Loop(exp, points=points, hp={k: jnp.asarray(v) for k, v in hp.items()}, seeds=seeds, sigma=sigma,
                     mesh=mesh, by_point=by_point, label=label, show=show)
-    rows: list[dict] = []
     mgr = None
-    start_wall = 0.0
     if gdir is not None:
         gdir.mkdir(parents=True, exist_ok=True)
         if c.checkpoint_every:
             mgr = _loop.checkpoint_manager(gdir)
-            if c.resume and lp.restore(mgr, str(gdir)):
-                rows = _loop.read_rows(gdir / "rows.jsonl", lp.round())
-                start_wall = max((r["wall_time"] for r in rows), default=0.0)
-                if show:
-                    print(f"sweep: resuming {label or 'the grid'} at round {lp.round()} from {gdir}", file=sys.stderr)
-        with open(gdir / "rows.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+    say = (lambda r: f"sweep: resuming {label or 'the grid'} at round {r} from {gdir}") if show else None
+    return _loop.resume_and_run(lp, gdir, "rows.jsonl", mgr, c.resume, say)
 
-    def log(new_rows):
-        if gdir is not None:
-            with open(gdir / "rows.jsonl", "a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in new_rows)
-
-    return lp.run(rows, log, mgr, start_wall)
 
 
 def _prepare_workdir(wd: Path, c, axes: Mapping[str, Sequence]) -> None:

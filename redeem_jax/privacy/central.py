@@ -14,35 +14,26 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from redeem_jax.privacy import secure_agg
 from redeem_jax.privacy.dp_sgd import clip_by_norm
 
-__all__ = ["central_dp_communication"]
+__all__ = ["noisy_secure_sum"]
 
 
-def central_dp_communication(clip_norm: float, noise_multiplier: float, num_nodes: int, secure: bool = True,
-                             scale_bits: int = 20):
-    """``communicate(x_local, x_prev, round, key)`` for DP-FedAvg with secure aggregation.
+def noisy_secure_sum(delta, key, clip_norm, noise_multiplier, secure: bool = True, scale_bits: int = 20):
+    """Σᵢ clip(Δᵢ, C) learnt through secure aggregation, plus N(0, σ²C²) once (McMahan et al.
+    2018, DP-FedAvg with full participation). The server stage of ``rj.channels.server(
+    central_dp=...)``, which composes it with local steps, rounding and the rest of the round.
 
     ``secure``: sum through pairwise-masked fixed-point inputs (exact in Z_{2^32}; the
     quantisation error is at most n·2^-(scale_bits+1) per coordinate), else a plain sum.
+    ``clip_norm`` and ``noise_multiplier`` may be traced.
     """
-    if not np.isfinite(clip_norm) or clip_norm <= 0:
-        raise ValueError(f"privacy.clip_norm: central DP needs a finite clip norm > 0, got {clip_norm}")
+    clipped = jax.vmap(clip_by_norm, in_axes=(0, None))(delta, clip_norm)
+    mask_key, noise_key = jax.random.split(key)
     if secure:
-        secure_agg.check_overflow(num_nodes, clip_norm, scale_bits)
-
-    def communicate(x_local, x_prev, round, key):
-        del round
-        delta = jax.vmap(clip_by_norm, in_axes=(0, None))(x_local - x_prev, clip_norm)
-        mask_key, noise_key = jax.random.split(key)
-        if secure:
-            total = secure_agg.secure_sum(delta, mask_key, None, scale_bits, clip_norm).astype(delta.dtype)
-        else:
-            total = jnp.sum(delta, axis=0)
-        noisy = total + noise_multiplier * clip_norm * jax.random.normal(noise_key, total.shape, total.dtype)
-        return jnp.broadcast_to(jnp.mean(x_prev, axis=0) + noisy / x_local.shape[0], x_local.shape)
-
-    return communicate
+        total = secure_agg.secure_sum(clipped, mask_key, None, scale_bits, clip_norm).astype(delta.dtype)
+    else:
+        total = jnp.sum(clipped, axis=0)
+    return total + noise_multiplier * clip_norm * jax.random.normal(noise_key, total.shape, total.dtype)
