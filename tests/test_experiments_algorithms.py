@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-
 from _configs import load_experiment
 
 
@@ -105,4 +104,6 @@ def test_compressed_methods_send_fewer_bytes_than_dsgd(compressed):
         assert r["final_mb_sent"] < ref["final_mb_sent"] / 4, r["label"]
         assert r["gamma_best"] in [p["gamma"] for p in r["per_gamma"]]
         assert r["final_node_accuracy"]["mean"] > 0.15, r["label"]
+        # accuracy per byte: ahead of D-SGD after sending as many bytes
+        assert r["final_node_accuracy"]["mean"] > r["dsgd_accuracy_at_same_mb"], r["label"]
         assert r["traces"] == [1]                                          # γ × seed: one compile
