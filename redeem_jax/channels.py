@@ -32,13 +32,12 @@ attacks from ``rj.attacks``, or stateful ones such as :func:`mimic_online`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from redeem_jax import metrics as _metrics
 from redeem_jax.core import Channel, Ctx, Hyper, resolve, row_bits
 from redeem_jax.network import gossip as _gossip
 
@@ -415,14 +414,3 @@ def error_feedback(exchange: Channel, compressor, gamma) -> Channel:
     hyp = exchange.hypers + ((gamma,) if isinstance(gamma, Hyper) else ())
     return Channel(init, update, wire, exchange.conserving, hyp,
                    f"error_feedback[{compressor.name}]({exchange.name})")
-
-
-def conservation_error(x, y, mask=None):
-    """|Σᵢ yᵢ − Σᵢ xᵢ| / max(1, |Σᵢ xᵢ|) per coordinate, max over coordinates: how far an exchange
-    x → y is from preserving the network sum (what a gradient tracker needs)."""
-    sx = jnp.sum(x if mask is None else x * mask[:, None], axis=0)
-    sy = jnp.sum(y if mask is None else y * mask[:, None], axis=0)
-    return jnp.max(jnp.abs(sy - sx) / jnp.maximum(1.0, jnp.abs(sx)))
-
-
-del Any, _metrics

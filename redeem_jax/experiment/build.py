@@ -24,7 +24,7 @@ from redeem_jax import channels as _channels
 from redeem_jax import data as _data
 from redeem_jax import models as _models
 from redeem_jax import round as _round
-from redeem_jax.core import Algorithm, Channel, Exchange, Hyper, chain, hyper, hypers_of
+from redeem_jax.core import Algorithm, Channel, Exchange, chain, hyper, hypers_of
 from redeem_jax.experiment import config as _config
 from redeem_jax.metrics import masked_mean
 from redeem_jax.network import topology as _topology
@@ -486,5 +486,3 @@ def build(config, topology=None) -> Experiment:
     return Experiment(c, topo, ds, node_data, summary, model, algorithm, oracle, channels, step, hp, evaluate,
                       honest, counter, privacy)
 
-
-del Hyper
