@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(PY) -m redeem_jax --config configs/default.py --workdir runs/default
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist worksteal -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/round_throughput.py

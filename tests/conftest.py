@@ -1,9 +1,20 @@
-"""Eight fake CPU devices for the sharding tests (tests/test_sharding.py).
+"""Eight fake CPU devices for the sharding tests, and a compilation cache shared by the tests.
 
-Set before any test creates a JAX backend: the device count is fixed when the
-CPU client starts. Code that does not ask for a mesh still runs on device 0
-only, so the other tests are unaffected (timings in docs/scale.md).
+Set before any test creates a JAX backend: the device count is fixed when the CPU client
+starts. Code that does not ask for a mesh still runs on device 0 only, so the other tests are
+unaffected (timings in docs/scale.md).
+
+Many tests compile the same small programs (the same config run by several tests, by both
+xdist workers). JAX's persistent compilation cache keys an executable by its HLO, compile
+options, backend and library versions, so a hit is the program a fresh compile would give;
+sharing it cut the runner and sweep tests from 3:57 to 2:37 on 2 cores.
 """
+import os
+import tempfile
+
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "redeem_jax_tests_xla_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
