@@ -155,7 +155,7 @@ def worker(n: int, args) -> dict:
         ts.append(time.perf_counter() - t0)
     round_s = float(np.median(ts)) / rounds
     loss = float(np.asarray(metrics["train_loss"])[-1])
-    cons = float(np.asarray(metrics["consensus_distance"])[-1])
+    cons = float(rj.metrics.consensus_distance(exp.models(state), jnp.asarray(exp.honest)))
 
     honest = jnp.asarray(exp.honest)
     exp.evaluate(exp.models(state), honest)   # compile

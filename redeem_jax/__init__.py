@@ -9,30 +9,72 @@ Layout: ``network/`` (topology, gossip, compress, sharding), ``local/`` (oracles
 attacks, aggregators, robust-gossip rules), ``channels``, ``algorithms/``, ``experiment/``
 (config, build, loop, run, sweep). The stable public names ``rj.topology``, ``rj.gossip``,
 ``rj.aggregators``, ``rj.attacks``, ``rj.privacy``, ``rj.run``, ``rj.sweep`` re-export them.
+
+Every submodule is imported on first use (PEP 562): ``import redeem_jax`` costs little more
+than importing JAX, and a command pays only for what it touches (dp-accounting, pandas,
+matplotlib, orbax, scipy's solvers are loaded by the functions that need them).
 """
 
+from __future__ import annotations
+
+import importlib
+import importlib.util
 import sys as _sys
-
-from redeem_jax import core, metrics, round  # noqa: A004  (the module of the one round)
-from redeem_jax.network import compress, gossip, sharding, topology
-from redeem_jax.byzantine import aggregators, attacks
-from redeem_jax import byzantine
-from redeem_jax.local import optim, oracles
-from redeem_jax import channels, algorithms
-from redeem_jax.experiment import config
-from redeem_jax import data, distributed, models, plotting, privacy, theory
-from redeem_jax.experiment.build import Experiment, build
-from redeem_jax.experiment.run import RunResult, run
-import redeem_jax.sweep  # noqa: E402,F401  the CLI module, imported first so that the name below stays the function
-from redeem_jax.experiment.sweep import sweep  # the function; the module is redeem_jax.sweep (python -m redeem_jax.sweep)
-
-# The first layout's module paths keep working (``from redeem_jax.topology import Topology``, ...).
-for _old, _mod in {"topology": topology, "gossip": gossip, "sharding": sharding, "aggregators": aggregators,
-                   "attacks": attacks, "optim": optim, "config": config}.items():
-    _sys.modules.setdefault(f"{__name__}.{_old}", _mod)
 
 __version__ = "0.1.0"
 
-__all__ = ["aggregators", "algorithms", "attacks", "byzantine", "channels", "compress", "config", "core", "data",
-           "distributed", "gossip", "metrics", "models", "optim", "oracles", "plotting", "privacy", "round",
-           "sharding", "theory", "topology", "build", "run", "Experiment", "RunResult", "sweep"]
+# public name -> module that defines it (a module itself, or "module:attribute")
+_LAZY = {
+    "core": "redeem_jax.core", "metrics": "redeem_jax.metrics", "round": "redeem_jax.round",
+    "topology": "redeem_jax.network.topology", "gossip": "redeem_jax.network.gossip",
+    "sharding": "redeem_jax.network.sharding", "compress": "redeem_jax.network.compress",
+    "aggregators": "redeem_jax.byzantine.aggregators", "attacks": "redeem_jax.byzantine.attacks",
+    "byzantine": "redeem_jax.byzantine", "optim": "redeem_jax.local.optim", "oracles": "redeem_jax.local.oracles",
+    "channels": "redeem_jax.channels", "algorithms": "redeem_jax.algorithms", "config": "redeem_jax.experiment.config",
+    "data": "redeem_jax.data", "distributed": "redeem_jax.distributed", "models": "redeem_jax.models",
+    "plotting": "redeem_jax.plotting", "privacy": "redeem_jax.privacy", "theory": "redeem_jax.theory",
+    "experiment": "redeem_jax.experiment", "network": "redeem_jax.network", "local": "redeem_jax.local",
+    "build": "redeem_jax.experiment.build:build", "Experiment": "redeem_jax.experiment.build:Experiment",
+    "run": "redeem_jax.experiment.run:run", "RunResult": "redeem_jax.experiment.run:RunResult",
+    "sweep": "redeem_jax.experiment.sweep:sweep",  # the function; the module is redeem_jax.sweep (the CLI)
+}
+
+# The first layout's module paths keep working (``from redeem_jax.topology import Topology``, ...):
+# each is the real module, loaded when first used.
+_ALIASES = {"topology": "redeem_jax.network.topology", "gossip": "redeem_jax.network.gossip",
+            "sharding": "redeem_jax.network.sharding", "aggregators": "redeem_jax.byzantine.aggregators",
+            "attacks": "redeem_jax.byzantine.attacks", "optim": "redeem_jax.local.optim",
+            "config": "redeem_jax.experiment.config"}
+
+
+def _lazy_module(name: str):
+    if name in _sys.modules:
+        return _sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    _sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
+for _old, _new in _ALIASES.items():
+    _sys.modules.setdefault(f"{__name__}.{_old}", _lazy_module(_new))
+
+
+def __getattr__(name: str):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module), attr) if attr else importlib.import_module(module)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)

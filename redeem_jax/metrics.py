@@ -5,23 +5,49 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["masked_mean", "consensus_distance"]
+__all__ = ["weighted_rows", "masked_mean", "consensus_distance"]
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def weighted_rows(w: jax.Array, x: jax.Array) -> jax.Array:
+    """Σᵢ wᵢ xᵢ over the leading (node) axis of ``x [n, ...]``, as a matrix–vector product.
+
+    A reduction along the node axis of ``[n, d]`` rows is a column reduction, which XLA's default
+    CPU fusion runs ~50× slower than the same sum as a GEMV (0.16 s against 3 ms for
+    n = 256, d = 1e5; benchmarks/round_throughput.py): every node-axis sum of the library goes
+    through here. Rows with weight 0 still contribute 0·xᵢ (NaN for a non-finite row): callers
+    that may hold non-finite rows mask them first.
+    """
+    x = jnp.asarray(x)
+    w = jnp.asarray(w).astype(jnp.promote_types(x.dtype, jnp.float32))
+    flat = x.reshape(x.shape[0], -1)
+    out = jnp.matmul(w, flat.astype(w.dtype), precision=_HI)
+    return out.reshape(x.shape[1:]).astype(jnp.result_type(x.dtype, w.dtype) if jnp.issubdtype(
+        x.dtype, jnp.floating) else w.dtype)
 
 
 def masked_mean(v: jax.Array, mask: jax.Array | None = None, axis: int = 0) -> jax.Array:
     """Mean of ``v`` over the node axis ``axis`` restricted to ``mask`` (all nodes when None).
 
     The honest mean x̄_H of robust-learning analyses (e.g. Farhadkhani et al. 2022) with
-    ``mask`` the honest set; an empty mask gives 0, not NaN.
+    ``mask`` the honest set; an empty mask gives 0, not NaN. Over the leading axis of rows
+    this is a GEMV (:func:`weighted_rows`).
     """
     v = jnp.asarray(v)
     axis = axis % v.ndim
+    n = v.shape[axis]
+    dt = jnp.promote_types(v.dtype, jnp.float32)  # float64 rows keep float64 weights (exact 1/n)
     if mask is None:
-        return jnp.mean(v, axis=axis)
+        w = jnp.full((n,), 1.0, dt) / max(n, 1)
+    else:
+        m = jnp.asarray(mask).astype(dt)
+        w = m / jnp.maximum(jnp.sum(m), 1.0)
+    if axis == 0 and v.ndim >= 2:
+        return weighted_rows(w, v)
     shape = [1] * v.ndim
-    shape[axis] = v.shape[axis]
-    m = jnp.asarray(mask).astype(v.dtype).reshape(shape)
-    return jnp.sum(v * m, axis=axis) / jnp.maximum(jnp.sum(jnp.asarray(mask)), 1).astype(v.dtype)
+    shape[axis] = n
+    return jnp.sum(v * w.astype(v.dtype).reshape(shape), axis=axis)
 
 
 def consensus_distance(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:

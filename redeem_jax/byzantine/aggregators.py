@@ -37,6 +37,7 @@ import numpy as np
 from jax import lax
 
 from redeem_jax import theory as _theory
+from redeem_jax.metrics import weighted_rows
 
 __all__ = [
     "get", "RULES", "PRE_AGGREGATORS", "is_pre_aggregator", "check_preconditions",
@@ -82,24 +83,150 @@ def _coord_values(x):
     return jnp.where(jnp.isnan(x), c, jnp.clip(x, -c, c))
 
 
-def _cw_median(v, present):
-    """Coordinate-wise median over the present rows (numpy convention for even counts)."""
-    s = jnp.sort(jnp.where(present[:, None], v, jnp.inf), axis=0)
-    cnt = jnp.maximum(jnp.sum(present).astype(jnp.int32), 1)
-    lo = jnp.take(s, (cnt - 1) // 2, axis=0)
-    hi = jnp.take(s, cnt // 2, axis=0)
-    return 0.5 * lo + 0.5 * hi
+# Order statistics along the node axis. XLA's CPU sort over the node axis of [n, d] rows is
+# ~100x slower than a sorting network of row-wise min/max for the n of a robust rule (n = 64,
+# d = 1e5: 613 ms against 4-6 ms, one fused pass; ByzFL's NumPy sort takes 16 ms), so for
+# n <= _NETWORK_MAX_N the rules sort with Batcher's odd-even merge network (1968: O(n log^2 n)
+# comparators; 543 for n = 64) and fall back to jnp.sort above.
+_NETWORK_MAX_N = 128
 
 
-def _closest_mean(v, present, center, keep):
-    """Per coordinate, the mean of the ``keep`` present values closest to ``center``."""
+@functools.lru_cache(maxsize=None)
+def _oddeven_merge_pairs(p: int) -> tuple:
+    """The comparators (i, j), i < j, of Batcher's odd-even merge sort of p = 2^k inputs."""
+    pairs = []
+
+    def merge(lo, hi, r):
+        step = 2 * r
+        if step < hi - lo:
+            merge(lo, hi, step)
+            merge(lo + r, hi, step)
+            pairs.extend((i, i + r) for i in range(lo + r, hi - r, step))
+        else:
+            pairs.append((lo, lo + r))
+
+    def sort(lo, hi):
+        if hi - lo >= 1:
+            mid = lo + (hi - lo) // 2
+            sort(lo, mid)
+            sort(mid + 1, hi)
+            merge(lo, hi, 1)
+
+    sort(0, p - 1)
+    return tuple(pairs)
+
+
+def _network(n: int) -> tuple:
+    """Comparators sorting n rows: the power-of-two network, pruned of the padding rows (they
+    hold +inf and never move, so a comparator touching one is a no-op)."""
+    p = 1 << max(n - 1, 0).bit_length()
+    return tuple((i, j) for i, j in _oddeven_merge_pairs(p) if j < n)
+
+
+def _sorted_rows(v):
+    """The rows of ``v [n, ...]`` sorted ascending along axis 0, as a list of n arrays."""
     n = v.shape[0]
-    dist = jnp.where(present[:, None], jnp.abs(v - center[None, :]), jnp.inf)
-    order = jnp.argsort(dist, axis=0, stable=True)
-    vs = jnp.take_along_axis(v, order, axis=0)
-    r = jnp.arange(n)[:, None]
+    if n > _NETWORK_MAX_N:
+        s = jnp.sort(v, axis=0)
+        return [s[i] for i in range(n)]
+    rows = [v[i] for i in range(n)]
+    for i, j in _network(n):
+        a, b = rows[i], rows[j]
+        rows[i], rows[j] = jnp.minimum(a, b), jnp.maximum(a, b)
+    return rows
+
+
+def _materialize(v):
+    """``v`` itself, computed once. A sorting network's output is one long elementwise chain; XLA
+    fuses it into any consumer, and a consumer that broadcasts it over the n rows (x − median)
+    then recomputes the network n times (270 ms instead of 10 ms at n = 64, d = 1e5).
+    ``optimization_barrier`` does not stop that fusion on CPU; the operand of a dot is always
+    materialized, and [1, 0]·[v; 0] is v exactly (1·v + 0·0)."""
+    two = jnp.stack([v, jnp.zeros_like(v)])
+    return jnp.tensordot(jnp.array([1.0, 0.0], v.dtype), two, axes=1, precision=_HI)
+
+
+def _order_stats(v, positions):
+    """``sorted(v, axis=0)[p]`` for each static position p (a network whose unused comparators
+    XLA removes: few outputs keep the whole network one fused pass), each materialized."""
+    rows = _sorted_rows(v)
+    return [_materialize(rows[p]) for p in positions]
+
+
+def _absent_low(present, k):
+    """bool[n]: the first ``k`` (traced) absent rows, in row order."""
+    absent = ~present
+    return absent & (jnp.cumsum(absent.astype(jnp.int32)) <= k)
+
+
+def _cw_median(v, present):
+    """Coordinate-wise median over the present rows (numpy convention for even counts).
+
+    The median's sorted position depends on the (traced) count c of present rows, which would
+    need every row of the sorting network (a select over all of them ran 20x slower). Instead k
+    absent rows are set to −inf and the others to +inf so that the present median lands on the
+    static positions P = (n−1)//2 (c odd) or P, P + 1 (c even): k = P − (c−1)//2 for odd c and
+    P + 1 − c/2 for even c."""
+    n = v.shape[0]
+    c = jnp.sum(present).astype(jnp.int32)
+    shape = (-1,) + (1,) * (v.ndim - 1)
+    if n == 1:
+        return jnp.where(present.reshape(shape), v, jnp.inf)[0]
+    P = (n - 1) // 2
+    k = jnp.where(c % 2 == 1, P - (c - 1) // 2, P + 1 - c // 2)
+    low = _absent_low(present, k)
+    w = jnp.where(present.reshape(shape), v, jnp.where(low.reshape(shape), -jnp.inf, jnp.inf))
+    rows = _sorted_rows(w)
+    a, b = rows[P], rows[P + 1]
+    return _materialize(jnp.where(c % 2 == 1, a, 0.5 * a + 0.5 * b))
+
+
+def _closest_mean(v, present, center, keep, offset: int):
+    """Per coordinate, the mean of the ``keep`` present values closest to ``center``, ties to the
+    lower row index (a stable argsort of the distances); ``keep`` = (present count) − ``offset``.
+
+    With every absent row at distance −inf, the keep-th smallest present distance t is the static
+    order statistic at position n − offset − 1; values at distance < t are kept and, of those at
+    distance exactly t, the lowest-indexed ones until ``keep`` are reached."""
+    n = v.shape[0]
+    dist = jnp.abs(v - center[None, :])
     keep = jnp.maximum(keep, 1)
-    return jnp.sum(jnp.where(r < keep, vs, 0.0), axis=0) / keep.astype(v.dtype)
+    pc = present[:, None]
+    (t,) = _order_stats(jnp.where(pc, dist, -jnp.inf), (max(n - offset - 1, 0),))
+    need = keep - sum((present[i] & (dist[i] < t)).astype(jnp.int32) for i in range(n))
+    out = jnp.zeros_like(v[0])
+    seen = jnp.zeros(v.shape[1:], jnp.int32)
+    for i in range(n):
+        tie = present[i] & (dist[i] == t)
+        take = (present[i] & (dist[i] < t)) | (tie & (seen < need))
+        seen = seen + tie.astype(jnp.int32)
+        out = out + jnp.where(take, v[i], 0.0)
+    return out / keep.astype(v.dtype)
+
+
+def _trimmed_sum(v, present, f: int):
+    """Σ of the present values of each coordinate once the f largest and f smallest are dropped,
+    and the count kept (c − 2f). lo and hi, the (f+1)-th smallest and largest present values, are
+    static order statistics with absent rows at +inf (resp. −inf); the kept sum is the values
+    strictly between plus the kept copies of lo and hi: no cancellation against the dropped
+    values, whatever their size."""
+    n = v.shape[0]
+    c = jnp.sum(present).astype(jnp.int32)
+    pc = present[:, None]
+    (lo,) = _order_stats(jnp.where(pc, v, jnp.inf), (min(f, n - 1),))
+    (hi_neg,) = _order_stats(jnp.where(pc, -v, jnp.inf), (min(f, n - 1),))
+    hi = -hi_neg
+    pres = [present[i] for i in range(n)]
+    rows = [v[i] for i in range(n)]
+    inside = sum(jnp.where(p & (r > lo) & (r < hi), r, 0.0) for r, p in zip(rows, pres))
+    count = lambda cond: sum(cond(r, p).astype(jnp.int32) for r, p in zip(rows, pres))  # noqa: E731
+    n_lt, n_eq_lo = count(lambda r, p: p & (r < lo)), count(lambda r, p: p & (r == lo))
+    n_gt, n_eq_hi = count(lambda r, p: p & (r > hi)), count(lambda r, p: p & (r == hi))
+    kept = c - 2 * f
+    k_lo = jnp.minimum(n_lt + n_eq_lo, c - f) - f
+    k_hi = (c - f) - jnp.maximum(c - n_gt - n_eq_hi, f)
+    total = inside + k_lo.astype(v.dtype) * lo + k_hi.astype(v.dtype) * hi
+    return jnp.where(lo == hi, kept.astype(v.dtype) * lo, total), kept
 
 
 def _row_norms(x):
@@ -178,19 +305,28 @@ def _static_int(f, what="f"):
 
 
 def _register(name, kind):
+    # A rule whose signature has ``full`` learns, statically, that no mask was given (every row
+    # present): the order statistics it needs are then at static positions of the network.
     def deco(fn):
         _IMPL[name] = fn
+        takes_full = "full" in inspect.signature(fn).parameters
         if kind == "rule":
             @functools.wraps(fn)
             def wrapper(x, f, mask=None, **options):
+                full = mask is None
                 x, f, mask = _check_call(name, x, f, mask, options)
+                if takes_full:
+                    options["full"] = full
                 return fn(x, f, mask, **options)
             _RULES[name] = wrapper
         else:
             @functools.wraps(fn)
             def wrapper(x, f, mask=None, return_mask=False, **options):
+                full = mask is None
                 x, f, mask = _check_call(name, x, f, mask, options)
                 y, m = fn(x, f, mask, **options)
+                if full and m is mask:  # rows kept as they were: still no mask for the next stage
+                    m = None
                 return (y, m) if return_mask else y
             _PRES[name] = wrapper
         return wrapper
@@ -220,30 +356,34 @@ def mean(x, f, mask=None):
     """Arithmetic mean of the valid rows. NOT robust: a single NaN/inf/1e38 row poisons it
     (kappa = inf for f > 0); kept as the non-robust baseline (plain federated averaging)."""
     w = mask.astype(x.dtype)
-    return jnp.sum(jnp.where(mask[:, None], x, 0.0), axis=0) / jnp.maximum(jnp.sum(w), 1.0)
+    return weighted_rows(w, jnp.where(mask[:, None], x, 0.0)) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 @_register("median", "rule")
-def median(x, f, mask=None):
+def median(x, f, mask=None, full=False):
     """Coordinate-wise median (Yin et al. 2018, "Byzantine-robust distributed learning",
     Def. 1). Even counts average the two middle values (numpy convention; torch returns the
     lower one). NaN ranks as +inf. Permutation invariant, translation and scaling equivariant."""
-    return _cw_median(_coord_values(x), mask)
+    v = _coord_values(x)
+    if full:
+        n = x.shape[0]
+        rows = _sorted_rows(v)
+        return 0.5 * rows[(n - 1) // 2] + 0.5 * rows[n // 2]
+    return _cw_median(v, mask)
 
 
 @_register("trimmed_mean", "rule")
-def trimmed_mean(x, f, mask=None):
+def trimmed_mean(x, f, mask=None, full=False):
     """Coordinate-wise trimmed mean (Yin et al. 2018, Def. 2 with beta = f/n): per coordinate,
     drop the f largest and the f smallest values and average the n - 2f others. NaN ranks as
     +inf. Needs n > 2f."""
-    n = x.shape[0]
     v = _coord_values(x)
-    n_eff = jnp.sum(mask).astype(jnp.int32)
-    s = jnp.sort(jnp.where(mask[:, None], v, jnp.inf), axis=0)
-    r = jnp.arange(n)[:, None]
-    keep = (r >= f) & (r < n_eff - f)
-    cnt = jnp.maximum(n_eff - 2 * f, 1).astype(x.dtype)
-    return jnp.sum(jnp.where(keep, s, 0.0), axis=0) / cnt
+    if full:
+        n = x.shape[0]
+        rows = _sorted_rows(v)
+        return sum(rows[f:n - f]) / (n - 2 * f)
+    total, kept = _trimmed_sum(v, mask, f)
+    return total / jnp.maximum(kept, 1).astype(x.dtype)
 
 
 @_register("geometric_median", "rule")
@@ -324,7 +464,7 @@ def bulyan(x, f, mask=None):
 
     _, selected = lax.fori_loop(0, n - 2 * f, body, (mask, jnp.zeros((n,), bool)))
     med = _cw_median(xc, selected)
-    return _closest_mean(xc, selected, med, theta - 2 * f)
+    return _closest_mean(xc, selected, med, theta - 2 * f, 2 * f)
 
 
 @_register("centered_clipping", "rule")
@@ -346,7 +486,7 @@ def centered_clipping(x, f, mask=None, *, tau=1.0, iterations=3, start=None):
         u = y - v
         nrm = jnp.linalg.norm(u, axis=1)
         scale = jnp.minimum(1.0, tau / jnp.where(nrm > 0, nrm, 1.0))
-        return v + jnp.sum(jnp.where(valid[:, None], u * scale[:, None], 0.0), axis=0) * inv_n
+        return v + weighted_rows(jnp.where(valid, scale, 0.0), u) * inv_n
 
     return v0 + lax.fori_loop(0, iterations, body, jnp.zeros_like(v0))
 
@@ -383,7 +523,7 @@ def meamed(x, f, mask=None):
     the lower index)."""
     v = _coord_values(x)
     n_eff = jnp.sum(mask).astype(jnp.int32)
-    return _closest_mean(v, mask, _cw_median(v, mask), n_eff - f)
+    return _closest_mean(v, mask, _cw_median(v, mask), n_eff - f, f)
 
 
 @_register("monna", "rule")

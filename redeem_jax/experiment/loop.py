@@ -146,7 +146,7 @@ class Loop:
             self._chunk = jax.jit(chunk, donate_argnums=(0,) if c.perf.donate else ())
             self._models = exp.models  # a host-side view of the state's arrays
             self._evaluate = exp.evaluate  # jitted
-            self._consensus = _metrics.consensus_distance
+            self._consensus = jax.jit(_metrics.consensus_distance)
         if mesh is not None:
             from redeem_jax.network import sharding
 
@@ -163,6 +163,11 @@ class Loop:
 
     def _eval(self, state):
         return self._evaluate(self._models(state), self._honest)
+
+    def _consensus_now(self):
+        """The honest consensus distance of the current models (once per evaluation, not per round)."""
+        out = jax.device_get(self._consensus(self._models(self.state), self._honest))
+        return np.asarray(out) if self.batched else float(out)
 
     # -- state ----------------------------------------------------------------------------
     def round(self) -> int:
@@ -195,8 +200,7 @@ class Loop:
             bytes_total = float(bytes_total[0])
         if self.round() == 0:
             ev = jax.device_get(self._eval(self.state))
-            new = self._rows(0, ev, {"consensus_distance": jax.device_get(
-                                         self._consensus(self._models(self.state), self._honest)),
+            new = self._rows(0, ev, {"consensus_distance": self._consensus_now(),
                                      "wall_time": np.zeros(G) if self.batched else 0.0,
                                      "bytes_sent": np.zeros(G) if self.batched else 0.0})
             rows.extend(new)
@@ -220,9 +224,8 @@ class Loop:
             axis = 1 if self.batched else 0
             sent = np.sum(np.asarray(per_round["bytes_sent"])[cut], axis=axis)
             bytes_total = bytes_total + (sent if self.batched else float(sent))
-            last = (slice(None), done - 1) if self.batched else done - 1
             extra = {"train_loss": np.mean(np.asarray(per_round["train_loss"])[cut], axis=axis),
-                     "consensus_distance": np.asarray(per_round["consensus_distance"])[last],
+                     "consensus_distance": self._consensus_now(),
                      "bytes_per_round": sent / max(done, 1), "bytes_sent": bytes_total,
                      "wall_time": np.full(G, time.perf_counter() - t0) if self.batched else time.perf_counter() - t0}
             extra.update({k: np.mean(np.asarray(v)[cut], axis=axis) for k, v in per_round.items()

@@ -1,3 +1,7 @@
 """The network: topologies (this round's edges), gossip, compressors, sharding."""
 
-from redeem_jax.network import compress, gossip, sharding, topology  # noqa: F401
+from redeem_jax._lazy import lazy_package as _lazy_package
+
+_SUB = {k: f"redeem_jax.network.{k}" for k in ("compress", "gossip", "sharding", "topology")}
+__getattr__, __dir__ = _lazy_package(__name__, _SUB, globals())
+__all__ = sorted(_SUB)

@@ -1,0 +1,148 @@
+"""Robust aggregation rules against ByzFL's, and every node of a graph aggregating at once.
+
+(1) One rule on n = 64 vectors of d = 100,000 floats, f = 16 (Gaussian rows), jitted, after
+warm-up, against ByzFL's NumPy and torch backends (single-threaded torch) on the same rows, and
+against the machine's memory copy of the same bytes. Where ByzFL's defaults differ from ours
+the rule runs with ByzFL's settings too (geometric median: ByzFL's 3 Weiszfeld steps from 0,
+ν = 0.1; centered clipping: one step, τ = 100, from 0), so the comparison is like for like.
+(2) All 64 nodes of a random 8-regular graph aggregating their neighbourhood (own row first,
+9 rows of d = 100,000) in one vmapped call, against a Python loop of ByzFL NumPy calls.
+Every figure is a ratio measured in this process, calls interleaved: median [min, max].
+
+Run:  python benchmarks/robust_rules.py [--d 100000 --n 64 --f 16 --repeats 5] [--md out.md]
+      (ByzFL and torch: see benchmarks/_peers.py; without them only our times are printed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _peers  # noqa: E402
+from _machine import cpu_name  # noqa: E402
+
+import redeem_jax as rj  # noqa: E402
+
+
+def _ours(name: str, f: int, **options):
+    rule = rj.aggregators.get(name, **options)
+    return jax.jit(lambda x: rule(x, f))
+
+
+def rule_table(n: int, d: int, f: int, repeats: int):
+    byzfl = _peers.byzfl_or_none()
+    torch = _peers.torch_or_none() if byzfl else None
+    x = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
+    xj = jnp.asarray(x)
+    xt = torch.tensor(x) if torch is not None else None
+    copy = jax.jit(lambda a: a + 1.0)
+    # (our rule, its options, ByzFL class name, ByzFL options, a label)
+    cases = [
+        ("mean", {}, "Average", {}, "mean"),
+        ("median", {}, "Median", {}, "coordinate-wise median"),
+        ("trimmed_mean", {}, "TrMean", {"f": f}, "trimmed mean"),
+        ("meamed", {}, "Meamed", {"f": f}, "MeaMed"),
+        ("krum", {}, "Krum", {"f": f}, "Krum"),
+        ("multi_krum", {}, "MultiKrum", {"f": f}, "Multi-Krum"),
+        ("geometric_median", {"max_iter": 3, "nu": 0.1}, "GeometricMedian", {"nu": 0.1, "T": 3},
+         "geometric median (3 steps, ByzFL's)"),
+        ("geometric_median", {}, None, {}, "geometric median (converged, ours)"),
+        ("centered_clipping", {"tau": 100.0, "iterations": 1, "start": jnp.zeros(d)}, "CenteredClipping",
+         {"tau": 100.0, "L": 1}, "centered clipping (1 step, τ = 100)"),
+        ("monna", {}, "MoNNA", {"f": f}, "MoNNA"),
+        ("nnm", {}, "NNM", {"f": f}, "NNM (pre-aggregation, n rows out)"),
+        ("nnm+trimmed_mean", {}, None, {}, "NNM ∘ trimmed mean"),
+        ("clip", {"tau": 1.0}, "Clipping", {"c": 1.0}, "static clipping"),
+        ("arc", {}, "ARC", {"f": f}, "ARC"),
+        ("caf", {}, "CAF", {"f": f}, "CAF"),
+    ]
+    rows = []
+    for name, opts, peer, peer_opts, label in cases:
+        fns = {"copy": lambda: copy(xj), "ours": (lambda fn=_ours(name, f, **opts): fn(xj))}
+        if byzfl is not None and peer is not None:
+            agg = getattr(byzfl, peer)(**peer_opts)
+            fns["byzfl numpy"] = lambda agg=agg: agg(x)
+            fns["byzfl torch"] = lambda agg=agg: agg(xt)
+        ts = _peers.interleaved(fns, repeats=repeats)
+        row = {"rule": label, "ours_ms": 1e3 * _peers.spread(ts["ours"])[1],
+               "vs_copy": float(np.median(np.asarray(ts["ours"]) / np.asarray(ts["copy"])))}
+        for k in ("byzfl numpy", "byzfl torch"):
+            if k in ts:
+                row[k] = (1e3 * _peers.spread(ts[k])[1], _peers.ratio_cell(ts[k], ts["ours"]))
+        rows.append(row)
+        peers = "  ".join(f"{k} {v[0]:8.2f} ms ({v[1]})" for k, v in row.items() if k.startswith("byzfl"))
+        print(f"{label:40s} ours {row['ours_ms']:8.2f} ms = {row['vs_copy']:5.2f} copies   {peers}", flush=True)
+    return rows
+
+
+def neighbourhood_table(n: int, d: int, f: int, degree: int, repeats: int):
+    byzfl = _peers.byzfl_or_none()
+    topo = rj.topology.random_regular(n, degree, seed=0)
+    nbr = np.concatenate([np.arange(n)[:, None], topo.neighbors], axis=1)  # own row first
+    x = np.random.default_rng(1).normal(size=(n, d)).astype(np.float32)
+    xj = jnp.asarray(x)
+    b = 2  # what each neighbourhood of degree + 1 rows tolerates
+    rows = []
+    for name, peer, peer_opts in [("mean", "Average", {}), ("median", "Median", {}),
+                                  ("trimmed_mean", "TrMean", {"f": b}), ("krum", "Krum", {"f": b}),
+                                  ("geometric_median", None, {}), ("nnm+trimmed_mean", None, {})]:
+        rule = rj.aggregators.get(name)
+        idx = jnp.asarray(nbr)
+        ours = jax.jit(lambda a, rule=rule: jax.vmap(lambda m: rule(m, b))(a[idx]))
+        fns = {"ours": lambda ours=ours: ours(xj)}
+        if byzfl is not None and peer is not None:
+            agg = getattr(byzfl, peer)(**peer_opts)
+            fns["byzfl loop"] = lambda agg=agg: [agg(x[i]) for i in nbr]
+        ts = _peers.interleaved(fns, repeats=repeats)
+        row = {"rule": name, "ours_ms": 1e3 * _peers.spread(ts["ours"])[1]}
+        if "byzfl loop" in ts:
+            row["byzfl loop"] = (1e3 * _peers.spread(ts["byzfl loop"])[1], _peers.ratio_cell(ts["byzfl loop"], ts["ours"]))
+        rows.append(row)
+        extra = f"  ByzFL NumPy loop {row['byzfl loop'][0]:8.2f} ms ({row['byzfl loop'][1]})" if "byzfl loop" in row else ""
+        print(f"{n} nodes x {degree + 1} rows, {name:18s} ours {row['ours_ms']:8.2f} ms{extra}", flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--d", type=int, default=100_000)
+    ap.add_argument("--f", type=int, default=16)
+    ap.add_argument("--degree", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--md", default="")
+    args = ap.parse_args(argv)
+    print(f"# {cpu_name()}, {jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}, "
+          f"{_peers.load_average()}; machine: {_peers.machine_rates()}")
+    rules = rule_table(args.n, args.d, args.f, args.repeats)
+    hood = neighbourhood_table(args.n, args.d, args.f, args.degree, args.repeats)
+    if args.md:
+        lines = [f"Command: `python benchmarks/robust_rules.py --n {args.n} --d {args.d} --f {args.f}`  ",
+                 f"Machine: {cpu_name()}, jax {jax.__version__}, {_peers.load_average()}", "",
+                 "| rule | ours (ms) | ours / memory copy | ByzFL NumPy (ms) | ours faster by | ByzFL torch (ms) | "
+                 "ours faster by |", "|---|---|---|---|---|---|---|"]
+        for r in rules:
+            npy, trc = r.get("byzfl numpy", ("–", "–")), r.get("byzfl torch", ("–", "–"))
+            fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else v  # noqa: E731
+            lines.append(f"| {r['rule']} | {r['ours_ms']:.2f} | {r['vs_copy']:.2f} | {fmt(npy[0])} | {npy[1]} | "
+                         f"{fmt(trc[0])} | {trc[1]} |")
+        lines += ["", f"All {args.n} nodes of a random {args.degree}-regular graph, each aggregating its "
+                  f"{args.degree + 1} rows (f = 2), d = {args.d}:", "",
+                  "| rule | ours, one vmapped call (ms) | ByzFL NumPy, loop over nodes (ms) | ours faster by |",
+                  "|---|---|---|---|"]
+        for r in hood:
+            loop = r.get("byzfl loop", ("–", "–"))
+            lines.append(f"| {r['rule']} | {r['ours_ms']:.2f} | "
+                         f"{loop[0] if isinstance(loop[0], str) else f'{loop[0]:.2f}'} | {loop[1]} |")
+        Path(args.md).write_text("\n".join(lines) + "\n")
+        print(f"wrote {args.md}")
+
+
+if __name__ == "__main__":
+    main()
