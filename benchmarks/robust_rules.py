@@ -66,9 +66,12 @@ def rule_table(n: int, d: int, f: int, repeats: int):
     for name, opts, peer, peer_opts, label in cases:
         fns = {"copy": lambda: copy(xj), "ours": (lambda fn=_ours(name, f, **opts): fn(xj))}
         if byzfl is not None and peer is not None:
-            agg = getattr(byzfl, peer)(**peer_opts)
-            fns["byzfl numpy"] = lambda agg=agg: agg(x)
-            fns["byzfl torch"] = lambda agg=agg: agg(xt)
+            if peer == "CenteredClipping":  # stateful: one instance per backend (its state takes its type)
+                agg_np, agg_t = getattr(byzfl, peer)(**peer_opts), getattr(byzfl, peer)(**peer_opts)
+            else:
+                agg_np = agg_t = getattr(byzfl, peer)(**peer_opts)
+            fns["byzfl numpy"] = lambda agg=agg_np: agg(x)
+            fns["byzfl torch"] = lambda agg=agg_t: agg(xt)
         ts = _peers.interleaved(fns, repeats=repeats)
         row = {"rule": label, "ours_ms": 1e3 * _peers.spread(ts["ours"])[1],
                "vs_copy": float(np.median(np.asarray(ts["ours"]) / np.asarray(ts["copy"])))}

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from redeem_jax.metrics import weighted_rows
+
 __all__ = [
     "get", "ATTACKS", "get_edge_attack", "EDGE_ATTACKS",
     "sign_flip", "gaussian", "huge", "inf", "nan", "alie", "alie_z_max", "ipm", "mimic",
@@ -64,21 +66,23 @@ def _rows(v, f):
 
 
 def _mean(x, mask):
+    # Node-axis sums as GEMVs (rj.metrics.weighted_rows): XLA's CPU column reductions are ~50x slower.
     if mask is None:
-        return jnp.mean(x, axis=0)
+        return weighted_rows(jnp.full((x.shape[0],), 1.0 / x.shape[0], x.dtype), x)
     m = jnp.asarray(mask, bool)
     cnt = jnp.maximum(jnp.sum(m), 1).astype(x.dtype)
     # where, not multiply: a masked-out row may hold NaN/inf.
-    return jnp.sum(jnp.where(m[:, None], x, 0), axis=0) / cnt
+    return weighted_rows(m.astype(x.dtype), jnp.where(m[:, None], x, 0)) / cnt
 
 
 def _std(x, mask, mu):
+    sq = jnp.square(x - mu)
     if mask is None:
-        return jnp.std(x, axis=0, ddof=1)
+        return jnp.sqrt(weighted_rows(jnp.full((x.shape[0],), 1.0, x.dtype), sq) / max(x.shape[0] - 1, 1))
     m = jnp.asarray(mask, bool)
     # ddof = 1 as in Baruch et al.; one valid row gives std 0 rather than NaN.
     dof = jnp.maximum(jnp.sum(m) - 1, 1).astype(x.dtype)
-    return jnp.sqrt(jnp.sum(jnp.where(m[:, None], jnp.square(x - mu), 0), axis=0) / dof)
+    return jnp.sqrt(weighted_rows(m.astype(x.dtype), jnp.where(m[:, None], sq, 0)) / dof)
 
 
 # --------------------------------------------------------------------------- #
