@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _peers  # noqa: E402
-from _machine import cpu_name  # noqa: E402
+import _peers
+from _machine import cpu_name
 
-import redeem_jax as rj  # noqa: E402
+import redeem_jax as rj
 
 D_IN, HIDDEN, CLASSES, BATCH, PER_NODE, LR = 784, 128, 10, 32, 64, 0.05
 FLOPS_PER_NODE_STEP = 6 * BATCH * (D_IN * HIDDEN + HIDDEN * CLASSES)  # forward + backward GEMMs
@@ -128,7 +128,6 @@ def torch_loop(torch, n: int, rounds: int):
                 for i in range(n):
                     for k, t in enumerate(new[i]):
                         params[i][k].copy_(t)
-        return None
     return once
 
 
