@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -23,14 +25,14 @@ def weighted_rows(w: jax.Array, x: jax.Array) -> jax.Array:
     x = jnp.asarray(x)
     w = jnp.asarray(w).astype(jnp.promote_types(x.dtype, jnp.float32))
     out_dtype = jnp.result_type(x.dtype, w.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else w.dtype
-    if x.shape[0] <= _UNROLL_MAX_ROWS:
+    if 0 < x.shape[0] <= _UNROLL_MAX_ROWS:
         # Few rows (a neighbourhood, vmapped over nodes): one fused elementwise pass; a GEMV
         # batched by vmap is a slow loop of tiny dots on CPU.
         out = w[0] * x[0].astype(w.dtype)
         for i in range(1, x.shape[0]):
             out = out + w[i] * x[i].astype(w.dtype)
         return out.astype(out_dtype)
-    flat = x.reshape(x.shape[0], -1)
+    flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))
     out = jnp.matmul(w, flat.astype(w.dtype), precision=_HI)
     return out.reshape(x.shape[1:]).astype(out_dtype)
 

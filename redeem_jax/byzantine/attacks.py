@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from redeem_jax.metrics import weighted_rows
+from redeem_jax.metrics import masked_mean, weighted_rows
 
 __all__ = [
     "get", "ATTACKS", "get_edge_attack", "EDGE_ATTACKS",
@@ -66,13 +66,11 @@ def _rows(v, f):
 
 
 def _mean(x, mask):
-    # Node-axis sums as GEMVs (rj.metrics.weighted_rows): XLA's CPU column reductions are ~50x slower.
     if mask is None:
-        return weighted_rows(jnp.full((x.shape[0],), 1.0 / x.shape[0], x.dtype), x)
+        return masked_mean(x)
     m = jnp.asarray(mask, bool)
-    cnt = jnp.maximum(jnp.sum(m), 1).astype(x.dtype)
-    # where, not multiply: a masked-out row may hold NaN/inf.
-    return weighted_rows(m.astype(x.dtype), jnp.where(m[:, None], x, 0)) / cnt
+    # where, not multiply: a masked-out row may hold NaN/inf (0 * NaN is NaN in the GEMV).
+    return masked_mean(jnp.where(m[:, None], x, 0), m)
 
 
 def _std(x, mask, mu):
