@@ -23,6 +23,12 @@ import sys as _sys
 
 __version__ = "0.1.0"
 
+# Freed host memory is kept for reuse, so that XLA's per-call temporaries do not page-fault
+# afresh every round (``redeem_jax._memory``; ``REDEEM_JAX_MALLOC=0`` turns it off).
+from redeem_jax import _memory
+
+_memory.tune()
+
 # public name -> module that defines it (a module itself, or "module:attribute")
 _LAZY = {
     "core": "redeem_jax.core", "metrics": "redeem_jax.metrics", "round": "redeem_jax.round",
