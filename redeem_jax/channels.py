@@ -252,6 +252,11 @@ def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = Non
             messages, atk_state = attack.update(messages, x, e, byz, atk_state, ctx)
         if rule == "gossip":
             return _gossip.combine(x, messages, e.weights, e.self_weight), {"attack": atk_state, "rule": s["rule"]}
+        if callable(rule) and not stateful:
+            from redeem_jax.byzantine import aggregators
+
+            y = aggregators.neighbourhood(rule, x, e.neighbors, b, e.mask, messages=messages)
+            return y, {"attack": atk_state, "rule": s["rule"]}
         prev = s["rule"] if stateful else jnp.zeros((x.shape[0], 0), x.dtype)
         y, prev = jax.vmap(node_rule)(x, messages, e.weights.astype(x.dtype), e.self_weight.astype(x.dtype),
                                       e.mask, prev)

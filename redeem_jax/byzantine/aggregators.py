@@ -44,7 +44,7 @@ __all__ = [
     "kappa_bound", "kappa_lower_bound", "kappa_ratio", "empirical_kappa",
     "mean", "median", "trimmed_mean", "geometric_median", "krum", "multi_krum", "bulyan",
     "centered_clipping", "mda", "meamed", "monna", "caf", "smea",
-    "nnm", "bucketing", "clip", "arc", "MAX_SUBSETS",
+    "nnm", "bucketing", "clip", "arc", "MAX_SUBSETS", "neighbourhood",
 ]
 
 MAX_SUBSETS = 100_000  # exact subset search (MDA, SMEA) refuses C(n, f) above this
@@ -82,7 +82,7 @@ def _finite_rows(x):
 
 def _coord_values(x):
     """Per-coordinate values with NaN ranked as +inf and ±inf/huge clamped to ±C."""
-    n, d = x.shape
+    n, d = x.shape[0], x.shape[-1]
     c = _big(n, d, x.dtype)
     return jnp.where(jnp.isnan(x), c, jnp.clip(x, -c, c))
 
@@ -169,8 +169,11 @@ def _materialize(v, n: int):
     fuses it into any consumer, and a consumer that broadcasts it over the n rows (x − median, a
     server broadcasting its aggregate to every node) then recomputes the network n times (270 ms
     instead of 10 ms at n = 64, d = 1e5); ``optimization_barrier`` does not stop that fusion on
-    CPU. Only for n > 16 rows: the network of a small neighbourhood is cheap to recompute."""
-    if n <= 16 or v.size == 0:
+    CPU. A single set of at most 16 rows (one neighbourhood, vmapped or not) keeps its network
+    fused: it is cheap to recompute. Every node's neighbourhood at once (``v`` [N, d], slot-major,
+    from :func:`neighbourhood`) is materialized: each recomputation would gather its rows again
+    (83 ms against 18 ms for the trimmed mean of 64 neighbourhoods of 9 rows, d = 1e5)."""
+    if (n <= 16 and v.ndim <= 1) or v.size == 0:
         return v
     return _computed(v)
 
@@ -182,14 +185,21 @@ def _order_stats(v, positions):
     return [_materialize(rows[p], v.shape[0]) for p in positions]
 
 
+def _pb(present, v):
+    """``present`` ([n] or [n, *B] for rows ``v`` [n, *B, d]) reshaped to broadcast against v."""
+    return present.reshape(present.shape + (1,) * (v.ndim - present.ndim))
+
+
 def _absent_low(present, k):
-    """bool[n]: the first ``k`` (traced) absent rows, in row order."""
+    """bool: the first ``k`` (traced) absent rows along axis 0, in row order."""
     absent = ~present
-    return absent & (jnp.cumsum(absent.astype(jnp.int32)) <= k)
+    return absent & (jnp.cumsum(absent.astype(jnp.int32), axis=0) <= k)
 
 
 def _cw_median(v, present):
-    """Coordinate-wise median over the present rows (numpy convention for even counts).
+    """Coordinate-wise median over the present rows (numpy convention for even counts). ``v``
+    is [n, ..., d] with ``present`` [n] or [n, ...] (a batch of row sets, e.g. every node's
+    neighbourhood, slot-major).
 
     The median's sorted position depends on the (traced) count c of present rows, which would
     need every row of the sorting network (a select over all of them ran 20x slower). Instead k
@@ -197,14 +207,14 @@ def _cw_median(v, present):
     static positions P = (n−1)//2 (c odd) or P, P + 1 (c even): k = P − (c−1)//2 for odd c and
     P + 1 − c/2 for even c."""
     n = v.shape[0]
-    c = jnp.sum(present).astype(jnp.int32)
-    shape = (-1,) + (1,) * (v.ndim - 1)
+    pb = _pb(present, v)
     if n == 1:
-        return jnp.where(present.reshape(shape), v, jnp.inf)[0]
+        return jnp.where(pb, v, jnp.inf)[0]
+    c = jnp.sum(pb, axis=0).astype(jnp.int32)
     P = (n - 1) // 2
     k = jnp.where(c % 2 == 1, P - (c - 1) // 2, P + 1 - c // 2)
-    low = _absent_low(present, k)
-    w = jnp.where(present.reshape(shape), v, jnp.where(low.reshape(shape), -jnp.inf, jnp.inf))
+    low = _absent_low(pb, k[None])
+    w = jnp.where(pb, v, jnp.where(low, -jnp.inf, jnp.inf))
     rows = _sorted_rows(w)
     a, b = rows[P], rows[P + 1]
     return _materialize(jnp.where(c % 2 == 1, a, 0.5 * a + 0.5 * b), n)
@@ -218,16 +228,16 @@ def _closest_mean(v, present, center, keep, offset: int):
     order statistic at position n − offset − 1; values at distance < t are kept and, of those at
     distance exactly t, the lowest-indexed ones until ``keep`` are reached."""
     n = v.shape[0]
-    dist = jnp.abs(v - center[None, :])
+    dist = jnp.abs(v - center[None])
     keep = jnp.maximum(keep, 1)
-    pc = present[:, None]
-    (t,) = _order_stats(jnp.where(pc, dist, -jnp.inf), (max(n - offset - 1, 0),))
-    need = keep - sum((present[i] & (dist[i] < t)).astype(jnp.int32) for i in range(n))
+    pb = _pb(present, v)
+    (t,) = _order_stats(jnp.where(pb, dist, -jnp.inf), (max(n - offset - 1, 0),))
+    need = keep - sum((pb[i] & (dist[i] < t)).astype(jnp.int32) for i in range(n))
     out = jnp.zeros_like(v[0])
     seen = jnp.zeros(v.shape[1:], jnp.int32)
     for i in range(n):
-        tie = present[i] & (dist[i] == t)
-        take = (present[i] & (dist[i] < t)) | (tie & (seen < need))
+        tie = pb[i] & (dist[i] == t)
+        take = (pb[i] & (dist[i] < t)) | (tie & (seen < need))
         seen = seen + tie.astype(jnp.int32)
         out = out + jnp.where(take, v[i], 0.0)
     return _materialize(out / keep.astype(v.dtype), n)
@@ -240,12 +250,12 @@ def _trimmed_sum(v, present, f: int):
     strictly between plus the kept copies of lo and hi: no cancellation against the dropped
     values, whatever their size."""
     n = v.shape[0]
-    c = jnp.sum(present).astype(jnp.int32)
-    pc = present[:, None]
-    (lo,) = _order_stats(jnp.where(pc, v, jnp.inf), (min(f, n - 1),))
-    (hi_neg,) = _order_stats(jnp.where(pc, -v, jnp.inf), (min(f, n - 1),))
+    pb = _pb(present, v)
+    c = jnp.sum(pb, axis=0).astype(jnp.int32)
+    (lo,) = _order_stats(jnp.where(pb, v, jnp.inf), (min(f, n - 1),))
+    (hi_neg,) = _order_stats(jnp.where(pb, -v, jnp.inf), (min(f, n - 1),))
     hi = -hi_neg
-    pres = [present[i] for i in range(n)]
+    pres = [pb[i] for i in range(n)]
     rows = [v[i] for i in range(n)]
     inside = sum(jnp.where(p & (r > lo) & (r < hi), r, 0.0) for r, p in zip(rows, pres))
     count = lambda cond: sum(cond(r, p).astype(jnp.int32) for r, p in zip(rows, pres))  # noqa: E731
@@ -346,14 +356,15 @@ def _pairwise(xc, valid):
 
 
 def _lex_argmin(primary, secondary):
-    """argmin of primary, ties broken by the smaller secondary (then the lower index)."""
-    best = jnp.min(primary)
-    return jnp.argmin(jnp.where(primary == best, secondary, jnp.inf))
+    """argmin of primary along the last axis, ties broken by the smaller secondary (then the
+    lower index)."""
+    best = jnp.min(primary, axis=-1, keepdims=True)
+    return jnp.argmin(jnp.where(primary == best, secondary, jnp.inf), axis=-1)
 
 
 def _lex_rank(primary, secondary):
-    order = jnp.lexsort((secondary, primary))
-    return jnp.argsort(order)
+    order = jnp.lexsort((secondary, primary), axis=-1)
+    return jnp.argsort(order, axis=-1)
 
 
 def _weighted_mean(w, xc):
@@ -362,12 +373,13 @@ def _weighted_mean(w, xc):
 
 
 def _krum_scores(dist, present, valid, k):
-    """Krum score: sum of the k smallest squared distances to other present rows."""
-    n = dist.shape[0]
+    """Krum score: sum of the k smallest squared distances to other present rows. ``dist`` is
+    [..., n, n] with ``present``, ``valid`` [..., n] and ``k`` a scalar or [...]."""
+    n = dist.shape[-1]
     eye = jnp.eye(n, dtype=bool)
-    dm = jnp.where(present[None, :] & ~eye, dist, jnp.inf)
-    ds = jnp.sort(dm, axis=1)
-    s = jnp.sum(jnp.where(jnp.arange(n)[None, :] < k, ds, 0.0), axis=1)
+    dm = jnp.where(present[..., None, :] & ~eye, dist, jnp.inf)
+    ds = jnp.sort(dm, axis=-1)
+    s = jnp.sum(jnp.where(jnp.arange(n) < jnp.asarray(k)[..., None, None], ds, 0.0), axis=-1)
     # Valid rows whose score overflowed still beat invalid ones.
     return jnp.where(present & valid, jnp.minimum(s, _fmax(dist.dtype)), jnp.inf)
 
@@ -408,6 +420,7 @@ def _register(name, kind):
                 if takes_full:
                     options["full"] = full
                 return fn(x, f, mask, **options)
+            wrapper.rule_name = name
             _RULES[name] = wrapper
         else:
             @functools.wraps(fn)
@@ -450,11 +463,11 @@ def mean(x, f, mask=None):
 
 
 @_register("median", "rule")
-def median(x, f, mask=None, full=False):
+def median(x, f, mask=None, full=False, ranked=False):
     """Coordinate-wise median (Yin et al. 2018, "Byzantine-robust distributed learning",
     Def. 1). Even counts average the two middle values (numpy convention; torch returns the
     lower one). NaN ranks as +inf. Permutation invariant, translation and scaling equivariant."""
-    v = _coord_values(x)
+    v = x if ranked else _coord_values(x)
     if full:
         n = x.shape[0]
         rows = _sorted_rows(v)
@@ -463,16 +476,29 @@ def median(x, f, mask=None, full=False):
 
 
 @_register("trimmed_mean", "rule")
-def trimmed_mean(x, f, mask=None, full=False):
+def trimmed_mean(x, f, mask=None, full=False, ranked=False):
     """Coordinate-wise trimmed mean (Yin et al. 2018, Def. 2 with beta = f/n): per coordinate,
     drop the f largest and the f smallest values and average the n - 2f others. NaN ranks as
     +inf. Needs n > 2f."""
-    v = _coord_values(x)
-    if full:
-        n = x.shape[0]
+    v = x if ranked else _coord_values(x)
+    n = x.shape[0]
+    if full and 4 * f >= n:
+        # Few kept rows: their sum straight off the sorting network.
         rows = _sorted_rows(v)
         return _materialize(sum(rows[f:n - f]) / (n - 2 * f), n)
-    total, kept = _trimmed_sum(v, mask, f)
+    if n <= 16:
+        # A neighbourhood: sort it whole (absent rows last, at +inf) and sum the kept positions
+        # f .. c - f - 1, one fused pass; order statistics and counting passes would each read
+        # the rows again (40 ms against 8 ms for 64 neighbourhoods of 9 rows, d = 1e5).
+        pb = _pb(jnp.ones((n,), bool) if mask is None else mask, v)
+        c = jnp.sum(pb, axis=0).astype(jnp.int32)
+        rows = _sorted_rows(jnp.where(pb, v, jnp.inf))
+        total = sum(jnp.where((j >= f) & (j < c - f), rows[j], 0.0) for j in range(f, n - f))
+        return total / jnp.maximum(c - 2 * f, 1).astype(v.dtype)
+    # Many kept rows: a fused sum of n - 2f network outputs ran 7x slower than two order
+    # statistics (the f-th smallest and largest, a selection) and one counting pass (80 ms
+    # against 12 ms at n = 64, f = 1, d = 1e5).
+    total, kept = _trimmed_sum(v, jnp.ones((n,), bool) if mask is None else mask, f)
     return _materialize(total / jnp.maximum(kept, 1).astype(x.dtype), x.shape[0])
 
 
@@ -607,12 +633,12 @@ def mda(x, f, mask=None):
 
 
 @_register("meamed", "rule")
-def meamed(x, f, mask=None):
+def meamed(x, f, mask=None, ranked=False):
     """Mean-around-median, MeaMed (Xie, Koyejo & Gupta 2018, "Generalized Byzantine-tolerant
     SGD", Def. 5): per coordinate, the mean of the n - f values closest to the median (ties to
     the lower index)."""
-    v = _coord_values(x)
-    n_eff = jnp.sum(mask).astype(jnp.int32)
+    v = x if ranked else _coord_values(x)
+    n_eff = jnp.sum(_pb(mask, v), axis=0).astype(jnp.int32)
     return _closest_mean(v, mask, _cw_median(v, mask), n_eff - f, f)
 
 
@@ -897,8 +923,140 @@ def get(name: str, **defaults) -> Callable:
         return (x, m) if return_mask else x
 
     composed.__name__ = name
+    composed.rule_name = None if defaults else name  # bound options: no fast path in neighbourhood()
     composed.__doc__ = " then ".join(f"{s}: {(_IMPL[s].__doc__ or '').splitlines()[0]}" for s in stages)
     return composed
+
+
+# ----------------------------------------------------------------------------- every node at once
+
+_COORDINATE_WISE = ("median", "trimmed_mean", "meamed")
+_GLOBAL_GRAM_MAX_N = 128  # one N x N Gram of all rows up to here (a 128-row sorting network centres it)
+
+
+def neighbourhood(rule, x, neighbors, f: int, mask=None, *, messages=None, **options):
+    """Every node i aggregates its neighbourhood {xᵢ} ∪ {xⱼ : j ∈ N(i)} (own row first) with
+    ``rule`` (a name, or a callable from :func:`get`), all N nodes in one computation:
+    ``x [N, d] -> [N, d]``.
+
+    The robust step of decentralized learning (BRIDGE with the trimmed mean, Yang & Bajwa 2019;
+    any rule at every node, e.g. Farhadkhani et al. 2023). Equal, up to float rounding, to ``jax.vmap(lambda m, k: get(rule)(m, f, k))(stack, valid)`` with
+    ``stack[i] = [xᵢ, x_{nbr[i,0]}, ...]``, but without forming the ``[N, K+1, d]`` stack:
+
+    * ``mean``: K + 1 row gathers summed in one fused pass (a sparse gossip step);
+    * ``median``, ``trimmed_mean`` (K < 16): the sorting network over every node's K + 1
+      gathered rows at once (slot-major), one pass fused with the gathers;
+    * ``krum``, ``multi_krum``, ``nnm+<mean | median | trimmed_mean | meamed>`` with N ≤ 128 and no
+      ``messages``: every pairwise distance from one N x N Gram matrix of all rows (centred at
+      their coordinate-wise median), gathered per neighbourhood; outputs are weighted sums of
+      gathered rows;
+    * anything else (other rules, options, a callable, ``messages`` with a distance rule): the
+      vmap above.
+
+    ``neighbors``: int[N, K]; ``mask``: bool[N, K], False on padded slots (their index is then
+    ignored); ``messages``: the [N, K, d] rows as received (e.g. Byzantine senders' per-edge
+    vectors), by default the neighbours' own rows. ``f`` is the tolerance of each neighbourhood
+    of K + 1 rows (static)."""
+    x = jnp.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"neighbourhood: x must be [N, d], got shape {x.shape}")
+    nbr = jnp.asarray(neighbors, jnp.int32)
+    if nbr.ndim != 2 or nbr.shape[0] != x.shape[0]:
+        raise ValueError(f"neighbourhood: neighbors must be int[N, K] with N = {x.shape[0]}, got {nbr.shape}")
+    n_nodes, k = nbr.shape
+    m = k + 1
+    f = _static_int(f)
+    name = rule if isinstance(rule, str) else getattr(rule, "rule_name", None)
+    if name is not None:
+        static = {o: v for o, v in options.items() if o in ("s", "m", "reference")}
+        check_preconditions(name, m, f, **static)
+    slot_ok = jnp.ones((n_nodes, k), bool) if mask is None else jnp.asarray(mask, bool)
+    valid = jnp.concatenate([jnp.ones((n_nodes, 1), bool), slot_ok], axis=1)   # [N, m]
+    own = jnp.arange(n_nodes, dtype=jnp.int32)[:, None]
+    idx = jnp.concatenate([own, jnp.where(slot_ok, jnp.clip(nbr, 0, n_nodes - 1), own)], axis=1)
+    if messages is not None:
+        messages = jnp.asarray(messages, x.dtype)
+        rows = [x] + [messages[:, j] for j in range(k)]
+    else:
+        rows = [x] + [x.at[idx[:, j]].get(mode="promise_in_bounds") for j in range(1, m)]
+    stages = _split(name) if name is not None else None
+    if stages is not None and not options:
+        if stages == ["mean"]:
+            w = valid.astype(x.dtype)
+            total = sum(jnp.where(valid[:, j, None], rows[j], 0.0) for j in range(m))
+            return total / jnp.maximum(jnp.sum(w, axis=1), 1.0)[:, None]
+        if stages in (["median"], ["trimmed_mean"]) and m <= 16:
+            return _coordinate_wise(stages[0], rows, f, valid)
+        final_ok = len(stages) == 1 or (len(stages) == 2 and stages[0] == "nnm"
+                                        and stages[1] in ("mean",) + _COORDINATE_WISE)
+        if (messages is None and n_nodes <= _GLOBAL_GRAM_MAX_N and final_ok
+                and stages[0] in ("krum", "multi_krum", "nnm")):
+            return _neighbourhood_gram(stages, x, idx, valid, f)
+    agg = functools.partial(rule, **options) if callable(rule) else get(name, **options)
+    return jax.vmap(lambda rows_i, valid_i: agg(rows_i, f, valid_i))(jnp.stack(rows, axis=1), valid)
+
+
+def _neighbourhood_gram(stages, x, idx, valid, f):
+    """Krum, Multi-Krum or NNM ∘ rule for every neighbourhood from one Gram matrix of all rows."""
+    n_nodes, m = idx.shape
+    finite = _finite_rows(x)
+    c = _big(m, x.shape[1], x.dtype)  # the clamp of the one-node rule on m rows
+    xc = jnp.where(finite[:, None], jnp.clip(x, -c, c), 0.0)
+    center = _cw_median(xc, finite)
+    y = jnp.where(finite[:, None], xc - center, 0.0)
+    g = _gram(y)
+    sq = jnp.diagonal(g)
+    gi = g[idx[:, :, None], idx[:, None, :]]                               # [N, m, m]
+    si = sq[idx]
+    ok = valid & finite[idx]                                               # present and finite
+    eye = jnp.eye(m, dtype=bool)
+    dist = jnp.maximum(si[:, :, None] + si[:, None, :] - 2.0 * gi, 0.0)
+    dist = jnp.where(eye, 0.0, dist)
+    dist = 0.5 * (dist + jnp.swapaxes(dist, -1, -2))
+    dist = jnp.where(ok[:, :, None] & ok[:, None, :], dist, jnp.inf)
+    n_eff = jnp.sum(valid, axis=1).astype(jnp.int32)
+    rows = [jnp.where(ok[:, j, None], xc[idx[:, j]], 0.0) for j in range(m)]  # clamped, gathered
+    if stages[0] in ("krum", "multi_krum"):
+        scores = _krum_scores(dist, valid, ok, n_eff - f - 2)
+        ss = jnp.sort(scores, axis=-1)
+        has_tie = jnp.any((ss[:, 1:] == ss[:, :-1]) & jnp.isfinite(ss[:, 1:]))
+
+        def tie_key(_):
+            # The one-node rule's key: squared distance to the neighbourhood's coordinate-wise
+            # median (computed only when some score is tied: m passes over the gathered rows).
+            med = _cw_median(jnp.stack(rows), ok.T)
+            return jnp.stack([jnp.where(ok[:, j], jnp.sum(jnp.square(rows[j] - med), axis=-1), jnp.inf)
+                              for j in range(m)], axis=1)
+
+        tie = lax.cond(has_tie, tie_key, lambda _: jnp.zeros_like(scores), None)
+        if stages[0] == "krum":
+            best = _lex_argmin(scores, tie)
+            return xc[jnp.take_along_axis(idx, best[:, None], axis=1)[:, 0]]
+        sel = ((_lex_rank(scores, tie) < (n_eff - f)[:, None]) & ok).astype(x.dtype)
+        total = sum(sel[:, j, None] * rows[j] for j in range(m))
+        return total / jnp.maximum(jnp.sum(sel, axis=1), 1.0)[:, None]
+    # NNM (Allouah et al. 2023): slot a becomes the mean of its n_eff - f nearest slots.
+    dn = jnp.where(valid[:, None, :], dist, jnp.inf)
+    dn = jnp.where(eye, -1.0, dn)
+    rank = jnp.argsort(jnp.argsort(dn, axis=-1, stable=True), axis=-1, stable=True)
+    w = ((rank < (n_eff - f)[:, None, None]) & ok[:, None, :]).astype(x.dtype)   # [N, m, m]
+    cnt = jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+    raw = [x] + [x[idx[:, j]] for j in range(1, m)]
+    mixed = [jnp.where(ok[:, a, None], sum(w[:, a, b, None] * rows[b] for b in range(m)) / cnt[:, a, None], raw[a])
+             for a in range(m)]
+    if stages[1] == "mean":
+        total = sum(jnp.where(valid[:, j, None], mixed[j], 0.0) for j in range(m))
+        return total / jnp.maximum(n_eff, 1).astype(x.dtype)[:, None]
+    return _coordinate_wise(stages[1], mixed, f, valid)
+
+
+def _coordinate_wise(name, rows, f, valid):
+    """A coordinate-wise rule over slot-major rows (a list of m arrays [N, d]). Each row is
+    mapped to its ranked values before stacking: the same map on the stacked [m, N, d] array is
+    a fusion XLA cannot slice back into its rows (48 ms against 7 ms, m = 9, N = 64, d = 1e5)."""
+    c = _big(len(rows), rows[0].shape[-1], rows[0].dtype)
+    v = jnp.stack([jnp.where(jnp.isnan(r), c, jnp.clip(r, -c, c)) for r in rows])
+    return _IMPL[name](v, f, valid.T, ranked=True)
 
 
 # ----------------------------------------------------------------------------- (f, kappa)-robustness
