@@ -128,12 +128,19 @@ def _network(n: int) -> tuple:
 
 
 def _sorted_rows(v):
-    """The rows of ``v [n, ...]`` sorted ascending along axis 0, as a list of n arrays."""
-    n = v.shape[0]
-    if n > _NETWORK_MAX_N:
-        s = jnp.sort(v, axis=0)
-        return [s[i] for i in range(n)]
-    rows = [v[i] for i in range(n)]
+    """The rows of ``v [n, ...]`` (or a list of n arrays) sorted ascending along axis 0, as a
+    list of n arrays."""
+    if isinstance(v, (list, tuple)):
+        rows = list(v)
+        n = len(rows)
+        if n > _NETWORK_MAX_N:
+            return _sorted_rows(jnp.stack(rows))
+    else:
+        n = v.shape[0]
+        if n > _NETWORK_MAX_N:
+            s = jnp.sort(v, axis=0)
+            return [s[i] for i in range(n)]
+        rows = [v[i] for i in range(n)]
     for i, j in _network(n):
         a, b = rows[i], rows[j]
         rows[i], rows[j] = jnp.minimum(a, b), jnp.maximum(a, b)
@@ -206,15 +213,22 @@ def _cw_median(v, present):
     absent rows are set to −inf and the others to +inf so that the present median lands on the
     static positions P = (n−1)//2 (c odd) or P, P + 1 (c even): k = P − (c−1)//2 for odd c and
     P + 1 − c/2 for even c."""
-    n = v.shape[0]
-    pb = _pb(present, v)
+    if isinstance(v, (list, tuple)):  # slot-major rows [N, d] kept apart (no stacked copy)
+        n = len(v)
+        pb = _pb(present, v[0][None])
+    else:
+        n = v.shape[0]
+        pb = _pb(present, v)
     if n == 1:
-        return jnp.where(pb, v, jnp.inf)[0]
+        return jnp.where(pb[0], v[0], jnp.inf)
     c = jnp.sum(pb, axis=0).astype(jnp.int32)
     P = (n - 1) // 2
     k = jnp.where(c % 2 == 1, P - (c - 1) // 2, P + 1 - c // 2)
     low = _absent_low(pb, k[None])
-    w = jnp.where(pb, v, jnp.where(low, -jnp.inf, jnp.inf))
+    if isinstance(v, (list, tuple)):
+        w = [jnp.where(pb[i], v[i], jnp.where(low[i], -jnp.inf, jnp.inf)) for i in range(n)]
+    else:
+        w = jnp.where(pb, v, jnp.where(low, -jnp.inf, jnp.inf))
     rows = _sorted_rows(w)
     a, b = rows[P], rows[P + 1]
     return _materialize(jnp.where(c % 2 == 1, a, 0.5 * a + 0.5 * b), n)
@@ -291,6 +305,18 @@ def _row_norms(x):
 
 
 _GRAM_CHUNK = 1024
+
+
+def _cross(y, u):
+    """y uᵀ for ``y``, ``u`` [n, d] (:func:`_gram`'s chunked GEMM for two different operands)."""
+    n, d = y.shape
+    c = d // _GRAM_CHUNK
+    if c < 4:
+        return jnp.matmul(y, u.T, precision=_HI)
+    split = lambda a: a[:, :c * _GRAM_CHUNK].reshape(a.shape[0], c, _GRAM_CHUNK).transpose(1, 0, 2)  # noqa: E731
+    g = jnp.sum(lax.dot_general(split(y), split(u), (((2,), (2,)), ((0,), (0,))), precision=_HI), axis=0)
+    r = c * _GRAM_CHUNK
+    return g + jnp.matmul(y[:, r:], u[:, r:].T, precision=_HI) if r < d else g
 
 
 def _row_products(y, fn):
@@ -511,27 +537,48 @@ def geometric_median(x, f, mask=None, *, nu=1e-6, max_iter=100, tol=1e-7):
     which a 1e38 row would ruin); ``nu`` is absolute (units of x); stop after ``max_iter``
     iterations or when the step is below ``tol`` times the median distance of the rows to the
     start (scale-free, robust). Non-finite rows get weight 0 (infinitely far). ``f`` is unused
-    by the iteration (only the precondition n > 2f)."""
+    by the iteration (only the precondition n > 2f).
+
+    Iterated in Gram space: with y the rows centred at the start and z = aᵀy, every distance is
+    |y_i - z|² = G_ii - 2(Ga)_i + aᵀGa from one n x n Gram matrix G, so an iteration costs
+    O(n²) instead of two passes over [n, d]; one GEMV at the end forms z."""
     xc, valid, _ = _prep(x, mask)
     z0 = _cw_median(xc, valid)
     y = jnp.where(valid[:, None], xc - z0, 0.0)
-    r0 = _cw_median(jnp.linalg.norm(y, axis=1)[:, None], valid)[0]
-    thresh = tol * jnp.maximum(r0, jnp.finfo(x.dtype).tiny)
+    a = _weiszfeld(_gram(y), valid, nu, max_iter, tol)
+    return z0 + jnp.matmul(a, y, precision=_HI)
+
+
+def _weiszfeld(g, valid, nu, max_iter, tol):
+    """Weights a [..., n] of the smoothed Weiszfeld iterate z = aᵀy from the Gram matrix g
+    [..., n, n] of rows y centred at the start (see :func:`geometric_median`)."""
+    dt = g.dtype
+    tiny = jnp.finfo(dt).tiny
+    sq = jnp.diagonal(g, axis1=-2, axis2=-1)
+    norms = jnp.sqrt(jnp.maximum(sq, 0.0))
+    r0 = _cw_median(jnp.moveaxis(norms, -1, 0), jnp.moveaxis(valid, -1, 0))
+    thresh = tol * jnp.maximum(r0, tiny)
+
+    def quad(u):  # uᵀ g u over the last axis
+        return jnp.sum(u * jnp.einsum("...ij,...j->...i", g, u, precision=_HI), axis=-1)
 
     def body(state):
-        it, z, _ = state
-        dist = jnp.linalg.norm(y - z, axis=1)
+        it, a, step = state
+        ga = jnp.einsum("...ij,...j->...i", g, a, precision=_HI)
+        dist = jnp.sqrt(jnp.maximum(sq - 2.0 * ga + jnp.sum(a * ga, axis=-1, keepdims=True), 0.0))
         beta = jnp.where(valid, 1.0 / jnp.maximum(nu, dist), 0.0)
-        z_new = jnp.matmul(beta, y, precision=_HI) / jnp.maximum(jnp.sum(beta), jnp.finfo(x.dtype).tiny)
-        return it + 1, z_new, jnp.linalg.norm(z_new - z)
+        a_new = beta / jnp.maximum(jnp.sum(beta, axis=-1, keepdims=True), tiny)
+        # A batch of row sets (every node's neighbourhood): a converged set stays where it is.
+        go = step > thresh
+        step_new = jnp.sqrt(jnp.maximum(quad(a_new - a), 0.0))
+        return it + 1, jnp.where(go[..., None], a_new, a), jnp.where(go, step_new, 0.0)
 
     def cond(state):
         it, _, step = state
-        return (it < max_iter) & (step > thresh)
+        return (it < max_iter) & jnp.any(step > thresh)
 
-    init = (jnp.asarray(0, jnp.int32), jnp.zeros_like(z0), jnp.asarray(jnp.inf, x.dtype))
-    _, z, _ = lax.while_loop(cond, body, init)
-    return z0 + z
+    init = (jnp.asarray(0, jnp.int32), jnp.zeros(sq.shape, dt), jnp.full(thresh.shape, jnp.inf, dt))
+    return lax.while_loop(cond, body, init)[1]
 
 
 @_register("krum", "rule")
@@ -946,10 +993,10 @@ def neighbourhood(rule, x, neighbors, f: int, mask=None, *, messages=None, **opt
     * ``mean``: K + 1 row gathers summed in one fused pass (a sparse gossip step);
     * ``median``, ``trimmed_mean`` (K < 16): the sorting network over every node's K + 1
       gathered rows at once (slot-major), one pass fused with the gathers;
-    * ``krum``, ``multi_krum``, ``nnm+<mean | median | trimmed_mean | meamed>`` with N ≤ 128 and no
-      ``messages``: every pairwise distance from one N x N Gram matrix of all rows (centred at
-      their coordinate-wise median), gathered per neighbourhood; outputs are weighted sums of
-      gathered rows;
+    * ``krum``, ``multi_krum``, ``nnm+<mean | median | trimmed_mean | meamed>``,
+      ``geometric_median`` with N ≤ 128 and no ``messages``: every pairwise distance from one
+      N x N Gram matrix of all rows (centred at their coordinate-wise median), gathered per
+      neighbourhood; outputs are weighted sums of gathered rows;
     * anything else (other rules, options, a callable, ``messages`` with a distance rule): the
       vmap above.
 
@@ -990,14 +1037,18 @@ def neighbourhood(rule, x, neighbors, f: int, mask=None, *, messages=None, **opt
         final_ok = len(stages) == 1 or (len(stages) == 2 and stages[0] == "nnm"
                                         and stages[1] in ("mean",) + _COORDINATE_WISE)
         if (messages is None and n_nodes <= _GLOBAL_GRAM_MAX_N and final_ok
-                and stages[0] in ("krum", "multi_krum", "nnm")):
+                and stages[0] in ("krum", "multi_krum", "nnm", "geometric_median")):
             return _neighbourhood_gram(stages, x, idx, valid, f)
+    if (stages == ["geometric_median"] and messages is None and n_nodes <= _GLOBAL_GRAM_MAX_N
+            and set(options) <= {"nu", "max_iter", "tol"}):
+        return _neighbourhood_gram(stages, x, idx, valid, f, **options)
     agg = functools.partial(rule, **options) if callable(rule) else get(name, **options)
     return jax.vmap(lambda rows_i, valid_i: agg(rows_i, f, valid_i))(jnp.stack(rows, axis=1), valid)
 
 
-def _neighbourhood_gram(stages, x, idx, valid, f):
-    """Krum, Multi-Krum or NNM ∘ rule for every neighbourhood from one Gram matrix of all rows."""
+def _neighbourhood_gram(stages, x, idx, valid, f, **options):
+    """Krum, Multi-Krum, NNM ∘ rule or the geometric median for every neighbourhood from one
+    Gram matrix of all rows."""
     n_nodes, m = idx.shape
     finite = _finite_rows(x)
     c = _big(m, x.shape[1], x.dtype)  # the clamp of the one-node rule on m rows
@@ -1016,6 +1067,20 @@ def _neighbourhood_gram(stages, x, idx, valid, f):
     dist = jnp.where(ok[:, :, None] & ok[:, None, :], dist, jnp.inf)
     n_eff = jnp.sum(valid, axis=1).astype(jnp.int32)
     rows = [jnp.where(ok[:, j, None], xc[idx[:, j]], 0.0) for j in range(m)]  # clamped, gathered
+    if stages[0] == "geometric_median":
+        # Weiszfeld from each neighbourhood's coordinate-wise median z0ᵢ: the Gram matrix of its
+        # rows centred at z0ᵢ is (r_a - uᵢ)·(r_b - uᵢ) with r = y (centred globally) and
+        # uᵢ = z0ᵢ - center, i.e. G_ab - (r uᵀ)_{a,i} - (r uᵀ)_{b,i} + |uᵢ|²: one more N x N
+        # product, r uᵀ, instead of m(m+1)/2 passes per node.
+        z0 = _cw_median(rows, ok.T)
+        u = z0 - center
+        ru = _cross(y, u)                                                  # [N, N]: r_j . u_i
+        rui = ru[idx, jnp.arange(n_nodes)[:, None]]                        # [N, m]
+        uu = jnp.sum(u * u, axis=-1)
+        gl = gi - rui[:, :, None] - rui[:, None, :] + uu[:, None, None]
+        gl = jnp.where(ok[:, :, None] & ok[:, None, :], gl, 0.0)
+        a = _weiszfeld(gl, ok, options.get("nu", 1e-6), options.get("max_iter", 100), options.get("tol", 1e-7))
+        return z0 + sum(a[:, j, None] * jnp.where(ok[:, j, None], rows[j] - z0, 0.0) for j in range(m))
     if stages[0] in ("krum", "multi_krum"):
         scores = _krum_scores(dist, valid, ok, n_eff - f - 2)
         ss = jnp.sort(scores, axis=-1)
@@ -1024,7 +1089,7 @@ def _neighbourhood_gram(stages, x, idx, valid, f):
         def tie_key(_):
             # The one-node rule's key: squared distance to the neighbourhood's coordinate-wise
             # median (computed only when some score is tied: m passes over the gathered rows).
-            med = _cw_median(jnp.stack(rows), ok.T)
+            med = _cw_median(rows, ok.T)
             return jnp.stack([jnp.where(ok[:, j], jnp.sum(jnp.square(rows[j] - med), axis=-1), jnp.inf)
                               for j in range(m)], axis=1)
 
