@@ -37,6 +37,8 @@ import numpy as np
 from jax import lax
 
 from redeem_jax import theory as _theory
+from redeem_jax._fusion import materialize
+from redeem_jax._sortnet import sorting_network
 from redeem_jax.metrics import weighted_rows
 
 __all__ = [
@@ -95,36 +97,7 @@ def _coord_values(x):
 _NETWORK_MAX_N = 128
 
 
-@functools.lru_cache(maxsize=None)
-def _oddeven_merge_pairs(p: int) -> tuple:
-    """The comparators (i, j), i < j, of Batcher's odd-even merge sort of p = 2^k inputs."""
-    pairs = []
-
-    def merge(lo, hi, r):
-        step = 2 * r
-        if step < hi - lo:
-            merge(lo, hi, step)
-            merge(lo + r, hi, step)
-            pairs.extend((i, i + r) for i in range(lo + r, hi - r, step))
-        else:
-            pairs.append((lo, lo + r))
-
-    def sort(lo, hi):
-        if hi - lo >= 1:
-            mid = lo + (hi - lo) // 2
-            sort(lo, mid)
-            sort(mid + 1, hi)
-            merge(lo, hi, 1)
-
-    sort(0, p - 1)
-    return tuple(pairs)
-
-
-def _network(n: int) -> tuple:
-    """Comparators sorting n rows: the power-of-two network, pruned of the padding rows (they
-    hold +inf and never move, so a comparator touching one is a no-op)."""
-    p = 1 << max(n - 1, 0).bit_length()
-    return tuple((i, j) for i, j in _oddeven_merge_pairs(p) if j < n)
+_network = sorting_network
 
 
 def _sorted_rows(v):
@@ -147,30 +120,6 @@ def _sorted_rows(v):
     return rows
 
 
-@jax.custom_jvp
-@jax.custom_batching.custom_vmap
-def _computed(v):
-    """``v``, computed into a buffer of its own before any consumer reads it.
-
-    The operand of a conditional is always materialized, and only one branch runs: a sorting
-    network's output then costs one vectorized pass (a dot with [1, 0] did the same through a
-    concatenation fusion XLA does not vectorize: +3 ms at n = 64, d = 1e5). Under ``vmap`` the
-    predicate would become batched and the conditional a ``select`` that XLA fuses away, so the
-    batching rule materializes the whole batched array with an unbatched predicate; the JVP is
-    the identity."""
-    return lax.cond(jnp.ravel(v)[0] == jnp.ravel(v)[0], lambda u: u, lambda u: u + 0, v)
-
-
-@_computed.def_vmap
-def _computed_vmap(axis_size, in_batched, v):
-    return _computed(v), in_batched[0]
-
-
-@_computed.defjvp
-def _computed_jvp(primals, tangents):
-    return _computed(primals[0]), tangents[0]
-
-
 def _materialize(v, n: int):
     """``v`` itself, computed once. A sorting network's output is one long elementwise chain; XLA
     fuses it into any consumer, and a consumer that broadcasts it over the n rows (x − median, a
@@ -182,7 +131,7 @@ def _materialize(v, n: int):
     (83 ms against 18 ms for the trimmed mean of 64 neighbourhoods of 9 rows, d = 1e5)."""
     if (n <= 16 and v.ndim <= 1) or v.size == 0:
         return v
-    return _computed(v)
+    return materialize(v)
 
 
 def _order_stats(v, positions):
