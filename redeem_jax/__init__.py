@@ -27,11 +27,14 @@ __version__ = "0.1.0"
 # opt-out: freed host memory is kept for reuse, so that XLA's per-call temporaries do not
 # page-fault afresh every round (``redeem_jax._memory``; ``REDEEM_JAX_MALLOC=0``), and JAX's
 # Threefry hash is compiled on CPU as straight-line code, same bits, ~10x faster
-# (``redeem_jax._threefry``; ``REDEEM_JAX_THREEFRY=jax``). Neither touches JAX until it compiles.
+# (``redeem_jax._threefry``; ``REDEEM_JAX_THREEFRY=jax``). The second needs JAX, which
+# ``import redeem_jax`` does not load: it is installed by the modules that draw random numbers,
+# and here if JAX is already loaded.
 from redeem_jax import _memory, _threefry
 
 _memory.tune()
-_threefry.install()
+if "jax" in _sys.modules:
+    _threefry.install()
 
 # public name -> module that defines it (a module itself, or "module:attribute")
 _LAZY = {
@@ -77,6 +80,7 @@ def __getattr__(name: str):
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _threefry.install()
     module, _, attr = target.partition(":")
     value = getattr(importlib.import_module(module), attr) if attr else importlib.import_module(module)
     globals()[name] = value

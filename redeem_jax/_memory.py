@@ -21,7 +21,6 @@ computations: threads JAX starts earlier keep the arena they already have.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -43,8 +42,7 @@ def tune(settings: dict[str, int] | None = None) -> dict[str, int]:
     if not sys.platform.startswith("linux"):
         return {}
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError):  # musl and others: nothing to tune
         return {}
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int

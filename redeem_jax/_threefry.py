@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _MATERIALIZE_MIN = 4096  # draws of at least this many words get their own fused pass
-_PARITY = np.uint32(0x1BD11BDA)
+_PARITY = 0x1BD11BDA
 
 installed = False
 
 
 def _rotl(v, r: int):
+    import numpy as np
+
     return (v << np.uint32(r)) | (v >> np.uint32(32 - r))
 
 
@@ -36,7 +36,9 @@ def threefry2x32(k1, k2, x1, x2):
     """Threefry-2x32, 20 rounds (Salmon et al. 2011, Sec. 3.2; the key schedule injects
     (k1, k2, k1 ^ k2 ^ 0x1BD11BDA) every 4 rounds): ``(x1, x2) -> (y1, y2)``, uint32, elementwise
     with broadcasting."""
-    ks = (k1, k2, k1 ^ k2 ^ _PARITY)
+    import numpy as np  # here, not at import: ``import redeem_jax`` loads no numpy
+
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(_PARITY))
     x1 = x1 + ks[0]
     x2 = x2 + ks[1]
     for i in range(5):
@@ -57,6 +59,7 @@ def install() -> bool:
     if os.environ.get("REDEEM_JAX_THREEFRY", "").strip().lower() in ("jax", "0", "off", "rolled"):
         return False
     try:
+        import numpy as np
         from jax import lax
         from jax.extend.random import threefry2x32_p
         from jax.interpreters import mlir

@@ -36,10 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from redeem_jax import _threefry
 from redeem_jax import theory as _theory
 from redeem_jax._fusion import materialize
 from redeem_jax._sortnet import sorting_network
 from redeem_jax.metrics import weighted_rows
+
+_threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performance.md)
 
 __all__ = [
     "get", "RULES", "PRE_AGGREGATORS", "is_pre_aggregator", "check_preconditions",
