@@ -1,0 +1,184 @@
+"""The performance paths of issue 11 change no result: same random bits, the same minibatch
+indices, every node's aggregation equal to the one-node rule, wide rules equal to NumPy
+references, the host-memory and Threefry settings switchable off."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import redeem_jax as rj
+from redeem_jax import _fusion, _memory, _threefry
+from redeem_jax import aggregators as A
+from redeem_jax.data import sampling
+
+# ----------------------------------------------------------------------------- Threefry
+
+
+def test_threefry_matches_the_papers_known_answers():
+    # Threefry-2x32, 20 rounds: the known-answer vectors of Salmon et al. (2011), Random123's kat_vectors.
+    cases = [((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+             ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+             ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0))]
+    for (k1, k2), (x1, x2), want in cases:
+        got = _threefry.threefry2x32(*(np.full((1,), v, np.uint32) for v in (k1, k2, x1, x2)))
+        assert tuple(int(v[0]) for v in got) == want
+
+
+def test_installed_lowering_draws_jax_random_bits():
+    assert _threefry.installed  # importing the library's random-drawing modules installs it
+    key = jax.random.PRNGKey(1234)
+    shape = (37, 11)
+    kd = np.asarray(jax.random.key_data(key), np.uint32)
+    count = np.arange(np.prod(shape), dtype=np.uint32).reshape(shape)  # the partitionable counters
+    y1, y2 = _threefry.threefry2x32(kd[0], kd[1], np.zeros_like(count), count)
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda k: jax.random.bits(k, shape))(key)), y1 ^ y2)
+
+
+def test_draws_equal_those_of_jaxs_own_lowering():
+    # The same programs compiled in a process that keeps JAX's rolled-loop lowering.
+    code = textwrap.dedent("""
+        import sys, numpy as np, jax
+        import redeem_jax.data.sampling  # installs the lowering unless REDEEM_JAX_THREEFRY=jax
+        from redeem_jax import _threefry
+        k = jax.random.PRNGKey(7)
+        out = dict(u=jax.random.uniform(k, (300, 50)), n=jax.random.normal(k, (5000,)),
+                   s=jax.random.split(jax.random.fold_in(k, 3), 5000),
+                   v=jax.vmap(lambda kk: jax.random.uniform(kk, (8,)))(jax.random.split(k, 700)))
+        np.savez(sys.argv[1], installed=_threefry.installed, **{a: np.asarray(b) for a, b in out.items()})
+    """)
+    out = {}
+    for mode in ("jax", "default"):
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"rj_threefry_{mode}_{os.getpid()}.npz")
+        env = dict(os.environ, REDEEM_JAX_THREEFRY=mode, JAX_PLATFORMS="cpu")
+        subprocess.run([sys.executable, "-c", code, path], check=True, env=env, timeout=300)
+        out[mode] = dict(np.load(path))
+        os.remove(path)
+    assert not out["jax"]["installed"] and out["default"]["installed"]
+    for name in ("u", "n", "s", "v"):
+        np.testing.assert_array_equal(out["jax"][name], out["default"][name])
+
+
+# ----------------------------------------------------------------------------- minibatch selection
+
+
+@pytest.mark.parametrize("m, k", [(8, 4), (5, 5), (32, 7), (1, 1)])
+def test_network_selection_is_top_k_with_ties_to_the_lower_index(m, k):
+    s = jax.random.uniform(jax.random.PRNGKey(m), (400, m))
+    if m > 2:
+        s = s.at[:, m - 1].set(s[:, 0]).at[:, 1].set(jnp.inf)  # exact ties and padded rows
+    want = np.asarray(jax.lax.top_k(-s, k)[1])
+    np.testing.assert_array_equal(np.asarray(jax.vmap(lambda r: sampling._smallest(r, k))(s)), want)
+    np.testing.assert_array_equal(np.asarray(sampling._smallest(s[3], k)), want[3])
+    twice = jax.vmap(jax.vmap(lambda r: sampling._smallest(r, k)))(s.reshape(20, 20, m))
+    np.testing.assert_array_equal(np.asarray(twice).reshape(400, k), want)
+
+
+# ----------------------------------------------------------------------------- fusion control
+
+
+def test_materialize_is_the_identity_for_values_gradients_and_vmap():
+    x = jnp.asarray([1.0, -0.0, np.nan, np.inf, 3.0])
+    np.testing.assert_array_equal(np.asarray(jax.jit(_fusion.materialize)(x)), np.asarray(x))
+    nan_first = jnp.asarray([np.nan, 2.0])  # the predicate's other branch
+    np.testing.assert_array_equal(np.asarray(jax.jit(_fusion.materialize)(nan_first)), np.asarray(nan_first))
+    ints = (jnp.arange(6, dtype=jnp.int32), jnp.arange(3, dtype=jnp.uint32))
+    for a, b in zip(jax.jit(_fusion.materialize)(ints), ints):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    g = jax.grad(lambda v: jnp.sum(_fusion.materialize(v) ** 2))(jnp.arange(4.0))
+    np.testing.assert_allclose(np.asarray(g), 2 * np.arange(4.0))
+    batch = jnp.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(np.asarray(jax.vmap(_fusion.materialize)(batch)), np.asarray(batch))
+
+
+# ----------------------------------------------------------------------------- every node at once
+
+HOOD_RULES = ["mean", "median", "trimmed_mean", "meamed", "krum", "multi_krum", "nnm+trimmed_mean",
+              "nnm+mean", "nnm+median", "geometric_median", "centered_clipping", "caf"]
+
+
+def _hood_inputs():
+    n, k, d = 20, 6, 29
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, d)).astype(np.float32) + 4.0
+    x[3] = np.nan
+    x[7, 2] = 1e38
+    x[11] *= 40.0
+    nbr = np.stack([rng.choice(np.delete(np.arange(n), i), k, replace=False) for i in range(n)])
+    mask = rng.random((n, k)) > 0.2
+    return x, nbr, mask
+
+
+@pytest.mark.parametrize("name", HOOD_RULES)
+def test_neighbourhood_equals_the_rule_at_every_node(name):
+    x, nbr, mask = _hood_inputs()
+    f = 2
+    for m in (None, mask):
+        got = np.asarray(jax.jit(lambda v: A.neighbourhood(name, v, nbr, f, m))(x))
+        stack = np.concatenate([x[:, None], x[nbr]], axis=1)
+        valid = np.ones(stack.shape[:2], bool) if m is None else np.concatenate([np.ones((len(x), 1), bool), m], 1)
+        agg = A.get(name)
+        want = np.asarray(jax.jit(jax.vmap(lambda r, v: agg(r, f, v)))(stack, valid))
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+        ok = np.isfinite(want)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=2e-5, atol=2e-5 * (1 + np.abs(want[ok]).max()))
+
+
+def test_neighbourhood_takes_messages_and_callables():
+    x, nbr, mask = _hood_inputs()
+    msgs = x[nbr] + 0.5  # per-edge vectors as received (e.g. tampered)
+    for rule in ("trimmed_mean", A.get("median"), "krum"):
+        got = np.asarray(A.neighbourhood(rule, x, nbr, 2, mask, messages=msgs))
+        stack = np.concatenate([x[:, None], msgs], axis=1)
+        valid = np.concatenate([np.ones((len(x), 1), bool), mask], 1)
+        agg = A.get(rule) if isinstance(rule, str) else rule
+        want = np.asarray(jax.vmap(lambda r, v: agg(r, 2, v))(stack, valid))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="n > 2f"):
+        A.neighbourhood("median", x, nbr[:, :2], 2)
+
+
+# ----------------------------------------------------------------------------- wide rules
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed_mean", "meamed", "krum", "multi_krum", "geometric_median",
+                                  "caf", "nnm", "clip", "arc", "monna", "centered_clipping"])
+def test_rules_on_many_wide_rows_match_numpy_references(name):
+    # n = 40 rows of d = 4200: sorting networks with materialized order statistics, the chunked
+    # Gram product, Gram-space CAF and Weiszfeld. References in float64 (tests/test_aggregators.py;
+    # CAF's takes d x d covariances, so it gets d = 300, still d > n: the Gram path).
+    from tests.test_aggregators import REFS
+
+    n, f, d = 40, 9, 300 if name == "caf" else 4200
+    rng = np.random.default_rng(11)
+    x = (rng.normal(size=(n, d)) + 2.0).astype(np.float32)
+    x[-f:] += rng.normal(size=(f, d)).astype(np.float32) * 8
+    opts = {"tau": 1.0} if name == "clip" else {}
+    got = np.asarray(jax.jit(lambda v: A.get(name)(v, f, **opts))(x))
+    ref = REFS[name](x.astype(np.float64), f, **opts)
+    tol = {"geometric_median": 2e-3, "caf": 1e-3}.get(name, 2e-5)
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * (1 + np.abs(ref).max()))
+
+
+# ----------------------------------------------------------------------------- host memory
+
+
+def test_host_memory_settings_apply_and_switch_off():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc mallopt only")
+    assert set(_memory.applied) == set(_memory.SETTINGS)
+    code = "import redeem_jax, redeem_jax._memory as m; print(len(m.applied))"
+    env = dict(os.environ, REDEEM_JAX_MALLOC="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "0"
+
+
+def test_import_loads_neither_jax_nor_numpy():
+    code = "import sys, redeem_jax; print('jax' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"]
+    assert rj.__version__
