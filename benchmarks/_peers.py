@@ -16,7 +16,7 @@ import time
 import types
 from typing import Callable
 
-INSTALL = "pip install torch==2.13.0 && pip install --no-deps byzfl seaborn   (or: pip install .[bench])"
+INSTALL = "pip install .[bench]   (on CPU: pip install torch==2.13.0 first; or pip install --no-deps byzfl seaborn)"
 
 
 def torch_or_none():
@@ -43,9 +43,11 @@ def byzfl_or_none():
         return None
     try:
         import torchvision  # noqa: F401
-    except ImportError:
+    except Exception:  # absent, or a wheel built for another torch ("operator torchvision::nms does not exist")
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]  # a half-imported broken wheel
         for name in ("torchvision", "torchvision.datasets", "torchvision.transforms"):
-            sys.modules.setdefault(name, _Stub(name))
+            sys.modules[name] = _Stub(name)
         sys.modules["torchvision"].datasets = sys.modules["torchvision.datasets"]
         sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
     try:
