@@ -257,6 +257,7 @@ def _row_norms(x):
 
 
 _GRAM_CHUNK = 1024
+_PAIRWISE_MIN_D = 1024  # vmapped small row sets: pairwise passes from this row length up
 
 
 def _cross(y, u):
@@ -273,7 +274,7 @@ def _cross(y, u):
 
 def _row_products(y, fn):
     """[..., n, n] matrix of fn(yₐ, y_b) summed over the last axis, for a ≤ b mirrored: each pair
-    one fused pass, which stays fast when vmapped over nodes (see :func:`_sq_dists`)."""
+    one fused pass, which stays fast when batched over nodes."""
     n = y.shape[0]
     zero = jnp.zeros(y.shape[1:-1], y.dtype)
     rows = [[zero] * n for _ in range(n)]
@@ -283,15 +284,68 @@ def _row_products(y, fn):
     return jnp.stack([jnp.stack(r, axis=-1) for r in rows], axis=-2)
 
 
+def _small_gram(kind: str):
+    """y yᵀ (``kind="gram"``) or the squared distances |yₐ − y_b|² (``"dist"``) of up to 16 rows.
+
+    One node's rows: a matrix product (a compact program; the squared distances in Gram form).
+    Vmapped over nodes (every node's neighbourhood at once): a GEMM batched by vmap is a slow
+    loop of tiny products on CPU (246 ms against 124 ms for 64 neighbourhoods of 9 rows, d =
+    1e5), so for long rows the batching rule sums each pair directly, one fused pass per pair
+    (distances as exact differences); short rows keep the batched product (a much smaller
+    program to compile: the κ search vmaps rules over trials). The JVP is the product rule, so
+    rules stay differentiable."""
+
+    def plain(y):
+        g = jnp.matmul(y, y.T, precision=_HI)
+        if kind == "gram":
+            return g
+        sq = jnp.diagonal(g)
+        return jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0)
+
+    @jax.custom_jvp
+    @jax.custom_batching.custom_vmap
+    def fn(y):
+        return plain(y)
+
+    @fn.def_vmap
+    def _batched(axis_size, in_batched, y):
+        if not in_batched[0]:
+            return plain(y), False
+        if y.shape[-1] < _PAIRWISE_MIN_D:  # short rows: the batched product is cheap and compact
+            return jax.vmap(plain)(y), True
+        yt = jnp.moveaxis(y, 0, 1)  # [n, B, d]: rows first, as _row_products indexes them
+        if kind == "gram":
+            out = _row_products(yt, jnp.multiply)
+        else:
+            out = _row_products(yt, lambda a, b: jnp.square(a - b))
+        return out, True
+
+    @fn.defjvp
+    def _jvp(primals, tangents):
+        (y,), (dy,) = primals, tangents
+        dg = jnp.matmul(dy, y.T, precision=_HI)
+        dg = dg + dg.T
+        if kind == "gram":
+            return fn(y), dg
+        dsq = jnp.diagonal(dg)
+        return fn(y), dsq[:, None] + dsq[None, :] - 2.0 * dg
+
+    return fn
+
+
+_SMALL_GRAM = _small_gram("gram")
+_SMALL_DIST = _small_gram("dist")
+
+
 def _gram(y):
-    """y yᵀ for ``y [n, d]``. Up to 16 rows, pairwise row products (:func:`_row_products`).
-    Above, XLA's CPU GEMM runs the tall-skinny n × d · d × n product at ~60 GFLOP/s (13 ms at
-    n = 64, d = 1e5; PyTorch 10 ms); as a batched GEMM over d/1024 column chunks (the
-    chunk-major layout written by the producer of ``y``, not by an extra pass) plus the
-    remainder columns, the same sum runs about 1.4x faster."""
+    """y yᵀ for ``y [n, d]``. Up to 16 rows, :func:`_small_gram`. Above, XLA's CPU GEMM runs
+    the tall-skinny n × d · d × n product at ~60 GFLOP/s (13 ms at n = 64, d = 1e5; PyTorch
+    10 ms); as a batched GEMM over d/1024 column chunks (the chunk-major layout written by the
+    producer of ``y``, not by an extra pass) plus the remainder columns, the same sum runs about
+    1.4x faster."""
     n, d = y.shape
     if n <= 16:
-        return _row_products(y, jnp.multiply)
+        return _SMALL_GRAM(y)
     c = d // _GRAM_CHUNK
     if c < 4:
         return jnp.matmul(y, y.T, precision=_HI)
@@ -302,15 +356,11 @@ def _gram(y):
 
 
 def _sq_dists(y):
-    """(squared pairwise distances [n, n] ≥ 0, squared norms [n]) of the rows of ``y``.
-
-    Up to 16 rows (a neighbourhood; under vmap, every node's at once) each pair is summed
-    directly, |yₐ − y_b|², exact and one fused pass per pair: a GEMM batched by vmap is a slow
-    loop of tiny products on CPU (246 ms against 124 ms for 64 neighbourhoods of 9 rows,
-    d = 1e5). Above, the Gram form |a|² + |b|² − 2a·b through :func:`_gram`."""
+    """(squared pairwise distances [n, n] ≥ 0, squared norms [n]) of the rows of ``y``: up to 16
+    rows :func:`_small_gram`, above the Gram form |a|² + |b|² − 2a·b through :func:`_gram`."""
     n = y.shape[0]
     if n <= 16:
-        return _row_products(y, lambda a, b: jnp.square(a - b)), jnp.sum(y * y, axis=-1)
+        return _SMALL_DIST(y), jnp.sum(y * y, axis=-1)
     g = _gram(y)
     sq = jnp.diagonal(g)  # not a second pass over y: that one cost more than the Gram itself
     return jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0), sq
