@@ -19,7 +19,10 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist worksteal -q
 
 bench: $(STAMP)
+	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/round_throughput.py
+	$(PY) benchmarks/robust_rules.py
+	$(PY) benchmarks/federated_step.py
 	$(PY) benchmarks/gossip_cost.py
 	$(PY) benchmarks/dp_overhead.py
 	$(PY) benchmarks/sweep.py

@@ -66,9 +66,12 @@ def block(out):
     return out
 
 
-def interleaved(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each ``fns[name]()``, the calls interleaved (A, B, C, A, B, C, ...) so that
-    load on the machine hits every contender alike; ``warmup`` untimed calls each first."""
+def interleaved(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1, inner: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each ``fns[name]()``, the contenders interleaved (A, B, C, A, B, C, ...)
+    so that load on the machine hits every contender alike; ``warmup`` untimed calls each
+    first. Each sample is ``inner`` back-to-back calls of one contender (time / inner): a
+    millisecond-long call right after another library's would otherwise also time waking
+    XLA's idle worker threads and refilling caches the other library evicted."""
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
@@ -76,8 +79,10 @@ def interleaved(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1) -> 
     for _ in range(repeats):
         for name, fn in fns.items():
             t = time.perf_counter()
-            block(fn())
-            times[name].append(time.perf_counter() - t)
+            for _ in range(inner):
+                out = fn()
+            block(out)
+            times[name].append((time.perf_counter() - t) / inner)
     return times
 
 

@@ -1077,6 +1077,8 @@ def neighbourhood(rule, x, neighbors, f: int, mask=None, *, messages=None, **opt
     stages = _split(name) if name is not None else None
     if stages is not None and not options:
         if stages == ["mean"]:
+            if mask is None:
+                return sum(rows) / jnp.asarray(m, x.dtype)
             w = valid.astype(x.dtype)
             total = sum(jnp.where(valid[:, j, None], rows[j], 0.0) for j in range(m))
             return total / jnp.maximum(jnp.sum(w, axis=1), 1.0)[:, None]
@@ -1114,8 +1116,13 @@ def _neighbourhood_gram(stages, x, idx, valid, f, **options):
     dist = 0.5 * (dist + jnp.swapaxes(dist, -1, -2))
     dist = jnp.where(ok[:, :, None] & ok[:, None, :], dist, jnp.inf)
     n_eff = jnp.sum(valid, axis=1).astype(jnp.int32)
-    rows = [jnp.where(ok[:, j, None], xc[idx[:, j]], 0.0) for j in range(m)]  # clamped, gathered
+
+    def gathered():  # the clamped rows, slot-major; built where used (a conditional's operands
+        # are materialized, so the rows must not be captured by one that rarely runs)
+        return [jnp.where(ok[:, j, None], xc[idx[:, j]], 0.0) for j in range(m)]
+
     if stages[0] == "geometric_median":
+        rows = gathered()
         # Weiszfeld from each neighbourhood's coordinate-wise median z0ᵢ: the Gram matrix of its
         # rows centred at z0ᵢ is (r_a - uᵢ)·(r_b - uᵢ) with r = y (centred globally) and
         # uᵢ = z0ᵢ - center, i.e. G_ab - (r uᵀ)_{a,i} - (r uᵀ)_{b,i} + |uᵢ|²: one more N x N
@@ -1137,6 +1144,7 @@ def _neighbourhood_gram(stages, x, idx, valid, f, **options):
         def tie_key(_):
             # The one-node rule's key: squared distance to the neighbourhood's coordinate-wise
             # median (computed only when some score is tied: m passes over the gathered rows).
+            rows = gathered()
             med = _cw_median(rows, ok.T)
             return jnp.stack([jnp.where(ok[:, j], jnp.sum(jnp.square(rows[j] - med), axis=-1), jnp.inf)
                               for j in range(m)], axis=1)
@@ -1146,6 +1154,7 @@ def _neighbourhood_gram(stages, x, idx, valid, f, **options):
             best = _lex_argmin(scores, tie)
             return xc[jnp.take_along_axis(idx, best[:, None], axis=1)[:, 0]]
         sel = ((_lex_rank(scores, tie) < (n_eff - f)[:, None]) & ok).astype(x.dtype)
+        rows = gathered()
         total = sum(sel[:, j, None] * rows[j] for j in range(m))
         return total / jnp.maximum(jnp.sum(sel, axis=1), 1.0)[:, None]
     # NNM (Allouah et al. 2023): slot a becomes the mean of its n_eff - f nearest slots.
@@ -1154,6 +1163,7 @@ def _neighbourhood_gram(stages, x, idx, valid, f, **options):
     rank = jnp.argsort(jnp.argsort(dn, axis=-1, stable=True), axis=-1, stable=True)
     w = ((rank < (n_eff - f)[:, None, None]) & ok[:, None, :]).astype(x.dtype)   # [N, m, m]
     cnt = jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+    rows = gathered()
     raw = [x] + [x[idx[:, j]] for j in range(1, m)]
     mixed = [jnp.where(ok[:, a, None], sum(w[:, a, b, None] * rows[b] for b in range(m)) / cnt[:, a, None], raw[a])
              for a in range(m)]
