@@ -125,7 +125,7 @@ def sample_indices(key: jax.Array, size, m_max: int, batch_size: int) -> tuple[j
 
     Random-score sampling: each real row gets a uniform score, padded rows
     ``+inf``, and the ``batch_size`` smallest are taken (``lax.top_k`` on the
-    negated scores, or the same indices by a pairwise rank count for small
+    negated scores, or the same indices by a sorting network for small
     shards) — a uniformly random subset (Efraimidis & Spirakis 2006 with equal
     weights) with static shapes. ``size`` may be
     traced; ``m_max`` and ``batch_size`` are static Python ints. ``mask[b] = b < size`` (real rows come first), false only when
