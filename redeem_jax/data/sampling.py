@@ -7,7 +7,6 @@ of one node's arrays and key, which the engine vmaps over nodes.
 from __future__ import annotations
 
 import functools
-
 from typing import NamedTuple
 
 import jax
@@ -16,7 +15,12 @@ import numpy as np
 
 from redeem_jax import _threefry
 from redeem_jax.data.datasets import Dataset
-from redeem_jax.data.partition import PartitionSummary, group_by_node, grouped_summary, node_assignment
+from redeem_jax.data.partition import (
+    PartitionSummary,
+    group_by_node,
+    grouped_summary,
+    node_assignment,
+)
 
 _threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performance.md)
 
