@@ -261,7 +261,8 @@ _PAIRWISE_MIN_D = 1024  # vmapped small row sets: pairwise passes from this row 
 
 
 def _cross(y, u):
-    """y uᵀ for ``y``, ``u`` [n, d] (:func:`_gram`'s chunked GEMM for two different operands)."""
+    """y uᵀ for ``y``, ``u`` [n, d], as a GEMM batched over 1024-column chunks plus the
+    remainder columns (see :func:`_gram`)."""
     n, d = y.shape
     c = d // _GRAM_CHUNK
     if c < 4:
@@ -343,16 +344,9 @@ def _gram(y):
     10 ms); as a batched GEMM over d/1024 column chunks (the chunk-major layout written by the
     producer of ``y``, not by an extra pass) plus the remainder columns, the same sum runs about
     1.4x faster."""
-    n, d = y.shape
-    if n <= 16:
+    if y.shape[0] <= 16:
         return _SMALL_GRAM(y)
-    c = d // _GRAM_CHUNK
-    if c < 4:
-        return jnp.matmul(y, y.T, precision=_HI)
-    yt = y[:, :c * _GRAM_CHUNK].reshape(n, c, _GRAM_CHUNK).transpose(1, 0, 2)
-    g = jnp.sum(lax.dot_general(yt, yt, (((2,), (2,)), ((0,), (0,))), precision=_HI), axis=0)
-    r = y[:, c * _GRAM_CHUNK:]
-    return g + jnp.matmul(r, r.T, precision=_HI) if r.shape[1] else g
+    return _cross(y, y)
 
 
 def _sq_dists(y):
