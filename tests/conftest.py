@@ -18,3 +18,16 @@ jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "redeem_jax_tests_xla_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# Property-based tests (hypothesis): a fast profile in `make test`, a long campaign with
+# `REDEEM_JAX_FUZZ=long pytest -m fuzz` (docs/reliability.md gives its size). No deadline:
+# the first example of a test compiles, and a loaded CI machine must not turn that into a failure.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "fast", max_examples=20, deadline=None, derandomize=True, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "long", max_examples=1000, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("REDEEM_JAX_FUZZ", "fast"))
