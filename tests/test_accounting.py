@@ -243,3 +243,95 @@ def test_unreachable_target_epsilon(monkeypatch):
 def test_spent_invalid_steps():
   with pytest.raises(ValueError, match="steps"):
     accounting.spent(1.0, 0.01, [10, -1], 1e-5)
+
+
+# ---------------------------------------------------------------------------
+# bounded cost (issue 12): PLD grids that would explode fall back to RDP
+# ---------------------------------------------------------------------------
+def _fallback_warning():
+  # On the base commit there is no such class: nothing may match then.
+  return getattr(accounting, "PLDFallbackWarning", type("Never", (Warning,), {}))
+
+
+def _mironov_bound(sigma, steps, delta):
+  """RDP of ``steps`` Gaussian mechanisms (sensitivity 1), ε(α) = T·α/(2σ²)
+  (Mironov 2017, Prop. 7 and 1), converted by Prop. 3: ε = ε(α) + log(1/δ)/(α−1),
+  minimised over dp-accounting's default orders (1.1, 1.2, ..., 1024); its own
+  conversion (Balle et al. 2020) is tighter, so it must report at most this."""
+  alphas = np.array([1 + x / 10 for x in range(1, 100)] + list(range(11, 64))
+                    + [128, 256, 512, 1024], dtype=np.float64)
+  return float(np.min(steps * alphas / (2 * sigma**2)
+                      + np.log(1 / delta) / (alphas - 1)))
+
+
+def test_pld_at_tiny_noise_falls_back_to_rdp_before_allocating():
+  """σ = 1e-4 asked 3.65 TiB of dp-accounting's PLD; now its size is read from
+  the connect-the-dots bounds and the setting is accounted by RDP with a warning
+  that names it. The ε is checked against closed forms, not the same library
+  (q = 1: a plain Gaussian with μ = √T/σ): ε_exact <= ours <= Mironov's bound."""
+  from scipy.stats import norm
+
+  sigma, steps, delta = 1e-4, 10, 1e-5
+  accounting._epsilon_cached.cache_clear()
+  built = accounting.stats["pld_one_step"] if hasattr(accounting, "stats") else 0
+  with pytest.warns(_fallback_warning()) as rec:
+    eps = accounting.epsilon(sigma, 1.0, steps, delta, accountant="pld")
+  msg = str(rec[0].message)
+  for part in ("noise_multiplier=0.0001", "sample_rate=1", "steps=10",
+               "discretization=0.0001", "accountant='rdp'"):
+    assert part in msg, (part, msg)
+  assert "\n" not in msg
+  assert accounting.stats["pld_one_step"] == built      # no grid was built
+  # Exact ε (Balle & Wang 2018): δ(ε) = Φ(−ε/μ + μ/2) − e^ε Φ(−ε/μ − μ/2) <=
+  # Φ(−ε/μ + μ/2), so δ(ε) <= δ needs ε >= μ²/2 − μ·Φ⁻¹(δ)... with the sign of
+  # Φ⁻¹(δ) < 0: ε_exact >= μ²/2 + μ·Φ⁻¹(δ).
+  mu = np.sqrt(steps) / sigma
+  lower = mu**2 / 2 + mu * norm.ppf(delta)
+  assert lower <= eps <= _mironov_bound(sigma, steps, delta) * (1 + 1e-12)
+  assert eps == accounting.epsilon(sigma, 1.0, steps, delta, accountant="rdp")
+
+
+def test_pld_at_sigma_001_is_refused_with_the_setting_and_cached():
+  """σ = 0.01 took over 120 s: its grid (6·10⁷ points per step) is refused, RDP
+  answers, and an identical call is a cache hit that still warns."""
+  accounting._epsilon_cached.cache_clear()
+  before = accounting.stats["pld_one_step"]
+  with pytest.warns(_fallback_warning(), match=r"noise_multiplier=0\.01, sample_rate=0\.01, steps=100"):
+    eps = accounting.epsilon(0.01, 0.01, 100, 1e-5, accountant="pld")
+  with pytest.warns(_fallback_warning()):
+    again = accounting.epsilon(0.01, 0.01, 100, 1e-5, accountant="pld")
+  assert again == eps == accounting.epsilon(0.01, 0.01, 100, 1e-5)
+  info = accounting._epsilon_cached.cache_info()
+  assert info.hits >= 2 and info.misses == 2          # pld (fell back) + rdp, once each
+  assert accounting.stats["pld_one_step"] == before   # no PLD grid was built
+
+
+def test_pld_one_step_is_built_once_per_setting_and_matches_the_accountant():
+  """``spent`` over several step counts builds the one-step PLD once and
+  self-composes it; every count equals dp-accounting's PLDAccountant."""
+  sigma, q, delta = 1.3, 0.02, 1e-5
+  accounting._epsilon_cached.cache_clear()
+  accounting._pld_one_step.cache_clear()
+  before = accounting.stats["pld_one_step"]
+  out = accounting.spent(sigma, q, [10, 20, 40], delta, accountant="pld")
+  assert accounting.stats["pld_one_step"] == before + 1
+  for t, e in zip([10, 20, 40], out):
+    assert e == pytest.approx(_direct(sigma, q, t, delta, "pld"), abs=1e-9)
+
+
+def test_noise_multiplier_for_pld_stays_bounded_for_a_huge_target(monkeypatch):
+  """A target met only at small σ walks the bracket through σ where PLD would
+  explode: those evaluations fall back to RDP instead of allocating, and the
+  answer stays on the private side. (The grid limit is lowered so that the
+  walk is short; the logic is the same at the default.)"""
+  monkeypatch.setattr(accounting, "PLD_MAX_POINTS", 2 * 10**5)   # fallback below σ ≈ 0.45
+  accounting._epsilon_cached.cache_clear()
+  before = accounting.stats["pld_one_step"]
+  with pytest.warns(_fallback_warning(), match="steps=10"):
+    s = accounting.noise_multiplier_for(20.0, 0.01, 10, 1e-5, accountant="pld")
+  assert 0.2 < s < 0.45
+  assert accounting.stats["pld_one_step"] - before <= 2   # σ = 1 and 0.5 only
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    assert accounting.epsilon(s, 0.01, 10, 1e-5, accountant="pld") <= 20.0
