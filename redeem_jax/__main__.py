@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -33,6 +34,9 @@ def _main(argv):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a permission: the path and the reason, not a traceback
+        print(f"error: {_os_error_line(e)}", file=sys.stderr)
+        return 1
     compared = isinstance(result, dict)
     results = result if compared else {"": result}
     for label, r in results.items():
@@ -48,14 +52,29 @@ def _main(argv):
                    f"(σ = {p['noise_multiplier']:.3f}, q = {p['sample_rate']:.3g}), ")
         print(f"{label + ': ' if label else ''}round {row['round']}: {acc}{eps}test loss {row['test_loss']:.4g}, "
               f"consensus distance {row['consensus_distance']:.3g}, {row['wall_time']:.1f}s")
-    per_run = "config.json, metrics.jsonl, metrics.png, partition.png" + (
-        ", checkpoints/" if next(iter(results.values())).config.checkpoint_every else "")
+    per_run = _existing(next(iter(results.values())).workdir, _RUN_OUTPUTS)
     if compared:
         folders = ", ".join(f"{r.workdir.name}/" for r in results.values())
-        print(f"outputs in {workdir}/: comparison.png, comparison.json; one folder per run ({folders}) with {per_run}")
+        top = _existing(Path(workdir), ("comparison.png", "comparison.json"))
+        print(f"outputs in {workdir}/: {top}; one folder per run ({folders}) with {per_run}")
     else:
         print(f"outputs in {workdir}/: {per_run}")
     return 0
+
+
+_RUN_OUTPUTS = ("config.json", "metrics.jsonl", "metrics.png", "partition.json", "partition.png", "checkpoints/")
+
+
+def _existing(folder: Path, names) -> str:
+    """The names of ``names`` that exist in ``folder`` (``plots=False`` writes no PNG)."""
+    return ", ".join(n for n in names if (folder / n.rstrip("/")).exists())
+
+
+def _os_error_line(e: OSError) -> str:
+    """``<path>: <reason>`` of a filesystem error, on one line."""
+    path = e.filename if e.filename is not None else "?"
+    reason = e.strerror or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return f"{path}: {reason}"
 
 
 def main():

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import ml_collections
@@ -24,10 +25,11 @@ from redeem_jax.experiment import config as _config
 from redeem_jax.experiment import loop as _loop
 from redeem_jax.experiment.build import Experiment, build
 
-__all__ = ["RunResult", "run", "check_resumable", "clear_run_outputs", "horizon_dependents", "RESUME_FREE"]
+__all__ = ["RESUME_FREE", "RunResult", "WorkdirError", "check_resumable", "clear_run_outputs", "horizon_dependents",
+           "run"]
 
-# Fields a resumed run may change: they do not enter what was computed.
-RESUME_FREE = ("num_rounds", "progress", "plots", "resume")
+RESUME_FREE = _loop.RESUME_FREE  # fields a resumed run may change: they do not enter what was computed
+WorkdirError = _loop.WorkdirError
 
 
 @dataclasses.dataclass
@@ -71,17 +73,25 @@ def check_resumable(old: dict, c, where: str, prefix: str = "config") -> None:
     """Refuse to resume ``where`` (a workdir made with the config ``old``) under ``c`` when any
     field its past depended on differs; one line naming the field."""
     old, new = _config._flatten(old), _config._flatten(json.loads(c.to_json()))
-    diff = sorted(k for k in set(old) | set(new) if k not in RESUME_FREE and old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new) if k not in RESUME_FREE and _norm(old.get(k)) != _norm(new.get(k)))
     hint = "use a new --workdir or set config.resume=False (which clears it)"
     if diff:
-        raise _config.ConfigError(
-            f"{prefix}.{diff[0]}: the checkpoint in {where} was made with a different value "
-            f"({old.get(diff[0])!r} != {new.get(diff[0])!r}); {hint}")
+        changes = ", ".join(f"{prefix}.{k}: {_show(old, k)} -> {_show(new, k)}" for k in diff)
+        raise _config.ConfigError(f"{changes}: the checkpoint in {where} was made with the value(s) on the left; "
+                                  f"{hint}")
     if old.get("num_rounds") != new.get("num_rounds") and horizon_dependents(c):
         raise _config.ConfigError(
             f"{prefix}.num_rounds: the checkpoint in {where} was made for num_rounds={old.get('num_rounds')} and "
             f"{horizon_dependents(c)[0]}, so resuming with num_rounds={new.get('num_rounds')} would change its past; "
             f"{hint}")
+
+
+def _norm(v):
+    return _norm(list(v)) if isinstance(v, tuple) else [_norm(x) for x in v] if isinstance(v, list) else v
+
+
+def _show(flat: dict, key: str) -> str:
+    return repr(flat[key]) if key in flat else "(absent)"
 
 
 def clear_run_outputs(workdir: Path, names=("checkpoints", "metrics.jsonl", "config.json")) -> None:
@@ -95,16 +105,44 @@ def clear_run_outputs(workdir: Path, names=("checkpoints", "metrics.jsonl", "con
             p.unlink()
 
 
-def _open_workdir(wd: Path, c, record_name: str, record: dict, check) -> object | None:
-    """Prepare a run's (or a sweep group's) workdir: check it before resuming, or clear it; return
-    its checkpoint manager (None without checkpoints)."""
-    wd.mkdir(parents=True, exist_ok=True)
+def read_record(path: Path) -> dict | None:
+    """A workdir's ``config.json`` / ``sweep.json``, None when absent; refused in one line when unreadable."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WorkdirError(path, f"{path}: unreadable ({type(e).__name__}); restore it, or set config.resume=False "
+                                 "(which clears the workdir), or use a new --workdir") from e
+
+
+def refuse_to_discard(wd: Path, c, rows_files=("metrics.jsonl",)) -> None:
+    """``checkpoint_every = 0`` with ``resume`` on a workdir that holds checkpoints would orphan
+    them and overwrite the run's rows: refused in one line. Rows without checkpoints (a run that
+    could never resume) are replaced, with a warning naming them."""
+    steps = _loop.checkpoint_steps(wd / "checkpoints")
+    if steps:
+        raise WorkdirError(wd, f"config.checkpoint_every: 0 would discard the run in {wd}, checkpointed up to round "
+                               f"{steps[0]}; set checkpoint_every as it was to continue it, or set "
+                               "config.resume=False (which clears it), or use a new --workdir")
+    for name in rows_files:
+        rows = _loop.read_rows(wd / name)
+        if rows:
+            warnings.warn(f"{wd / name}: replacing the rows of the previous run in {wd} (up to round "
+                          f"{rows[-1]['round']}, without checkpoints to resume from)", stacklevel=3)
+
+
+def _open_workdir(wd: Path, c, record_name: str, record: dict, check) -> None:
+    """Prepare a run's workdir: check it before resuming, refuse to discard a resumable run, or
+    clear it (``resume=False``); then write its record atomically as strict JSON."""
+    _loop.check_writable(wd)
     if c.resume and c.checkpoint_every:
         check()
+    elif c.resume:
+        refuse_to_discard(wd, c)
     else:  # this run starts afresh: nothing of an older run may stay to be resumed later
         clear_run_outputs(wd, ("checkpoints", "metrics.jsonl", "rows.jsonl", record_name))
-    (wd / record_name).write_text(json.dumps(record, indent=2))
-    return _loop.checkpoint_manager(wd) if c.checkpoint_every else None
+    _loop._write_atomic(wd / record_name, _loop.dumps(record, indent=2))
 
 
 # --------------------------------------------------------------------------- #
@@ -120,6 +158,8 @@ def run(config, workdir: str | os.PathLike | None = None, topology=None):
     joint ``comparison.png``.
     """
     c = _config.validate(config)
+    if workdir is not None:  # before any work: a workdir that cannot take the outputs fails now
+        _loop.check_writable(Path(workdir))
     if c.compare.key:
         return _run_compare(c, workdir, topology)
     return run_experiment(build(c, topology), workdir)
@@ -134,20 +174,21 @@ def run_experiment(exp: Experiment, workdir) -> RunResult:
         from redeem_jax.network import sharding
 
         mesh = sharding.make_mesh(c.perf.mesh, num_nodes=c.num_nodes)
-    lp = _loop.Loop(exp, mesh=mesh, show=c.progress)
-    mgr = None
     if wd is not None:
         config_path = wd / "config.json"
 
         def check():
-            if config_path.exists():
-                check_resumable(json.loads(config_path.read_text()), c, str(wd))
+            old = read_record(config_path)
+            if old is not None:
+                check_resumable(old, c, str(wd))
+            _loop.check_horizon(wd, c.num_rounds)
 
-        mgr = _open_workdir(wd, c, "config.json", json.loads(c.to_json()), check)
+        _open_workdir(wd, c, "config.json", json.loads(c.to_json()), check)
+    lp = _loop.Loop(exp, mesh=mesh, show=c.progress)
     say = (lambda r: f"resuming from the checkpoint at round {r} in {wd}") if c.progress else None
-    rows = _loop.resume_and_run(lp, wd, "metrics.jsonl", mgr, c.resume, say)
+    rows = _loop.resume_and_run(lp, wd, "metrics.jsonl", c.checkpoint_every, c.resume, say)
     if wd is not None:
-        (wd / "partition.json").write_text(json.dumps(exp.partition_summary.to_dict()))
+        _loop._write_atomic(wd / "partition.json", _loop.dumps(exp.partition_summary.to_dict()))
     if wd is not None and c.plots:
         from redeem_jax import plotting
 
@@ -195,6 +236,6 @@ def _run_compare(c, workdir, topology=None):
         plotting.plot_comparison({k: r.rows for k, r in results.items()}, Path(workdir) / "comparison.png",
                                  title=f"{title(c)} · by {key}")
     if workdir is not None:
-        summary = {k: r.final for k, r in results.items()}
-        (Path(workdir) / "comparison.json").write_text(json.dumps(summary, indent=2))
+        summary = {k: _loop._encode(r.final) for k, r in results.items()}
+        _loop._write_atomic(Path(workdir) / "comparison.json", _loop.dumps(summary, indent=2))
     return results

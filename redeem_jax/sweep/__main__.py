@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -73,13 +74,25 @@ def _main(argv):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a permission: the path and the reason, not a traceback
+        print(f"error: {_os_error_line(e)}", file=sys.stderr)
+        return 1
     last = final(df)
     cols = [k for k in _AXES] + [m for m in ("round", "test_accuracy", "test_loss", "epsilon") if m in last.columns]
     print(last[cols].to_string(index=False))
     n = len(last)
-    print(f"{n} runs, {len(df.attrs['traces'])} compiled program(s); outputs in {workdir}/: sweep.csv, final.csv, "
-          "sweep_<metric>.png, sweep.json")
+    wd = Path(workdir)
+    outputs = [n for n in ("sweep.csv", "final.csv", "sweep.json") if (wd / n).exists()]
+    outputs += sorted(p.name for p in wd.glob("sweep_*.png"))
+    print(f"{n} runs, {len(df.attrs['traces'])} compiled program(s); outputs in {workdir}/: {', '.join(outputs)}")
     return 0
+
+
+def _os_error_line(e: OSError) -> str:
+    """``<path>: <reason>`` of a filesystem error, on one line."""
+    path = e.filename if e.filename is not None else "?"
+    reason = e.strerror or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return f"{path}: {reason}"
 
 
 def main():
