@@ -32,6 +32,7 @@ attacks from ``rj.attacks``, or stateful ones such as :func:`mimic_online`.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
@@ -43,7 +44,8 @@ from redeem_jax.metrics import masked_mean
 from redeem_jax.network import gossip as _gossip
 
 __all__ = ["gossip", "robust_gossip", "server", "round_messages", "choco", "error_feedback", "Tamper",
-           "vector_tamper", "edge_tamper", "global_view", "mimic_online", "edge_count"]
+           "vector_tamper", "edge_tamper", "global_view", "mimic_online", "edge_count", "RoundCounter",
+           "channel_metrics", "with_channel_metrics"]
 
 
 # --------------------------------------------------------------------------- #
@@ -183,6 +185,8 @@ def mimic_online(warmup: int = 1) -> Tamper:
                 "target": jnp.zeros((), jnp.int32)}
 
     def update(honest, f, s, ctx):
+        dt = honest.dtype
+        honest = honest.astype(jnp.promote_types(dt, jnp.float32))  # a covariance in float16 overflows
         mu = masked_mean(honest)
         c = honest - mu
         cz = c.T @ (c @ s["z"]) / honest.shape[0]
@@ -191,7 +195,7 @@ def mimic_online(warmup: int = 1) -> Tamper:
         z = jnp.where(jnp.all(jnp.isfinite(z)), z, s["z"])
         best = jnp.argmax(jnp.abs(c @ z)).astype(jnp.int32)
         target = jnp.where(s["t"] < warmup, best, s["target"])
-        out = jnp.broadcast_to(honest[target], (f, honest.shape[1]))
+        out = jnp.broadcast_to(honest[target], (f, honest.shape[1])).astype(dt)
         return out, {"z": z, "t": s["t"] + 1, "target": target}
 
     return Tamper(init, update, "vector", (), "mimic")
@@ -201,6 +205,68 @@ def mimic_online(warmup: int = 1) -> Tamper:
 # robust gossip
 # --------------------------------------------------------------------------- #
 DECENTRALIZED_RULES = ("gossip", "clipped_gossip", "ios", "cs_plus")
+
+
+class RoundCounter(NamedTuple):
+    """A count a channel keeps in its state for the round's metrics (:func:`channel_metrics`):
+    ``value`` belongs to ``round`` (-1 before the first exchange), summed over the exchange's
+    calls within that round."""
+
+    round: jax.Array
+    value: jax.Array
+
+
+def _counter(name: str) -> dict:
+    return {name: RoundCounter(jnp.full((), -1, jnp.int32), jnp.zeros((), jnp.int32))}
+
+
+def _count(counter: RoundCounter, round, n) -> RoundCounter:
+    r = jnp.asarray(round, jnp.int32)
+    return RoundCounter(r, jnp.where(counter.round == r, counter.value, 0) + jnp.asarray(n, jnp.int32))
+
+
+def channel_metrics(channel_states, round) -> dict:
+    """The per-round counts channels keep in their states (e.g. ``robust_fallback_nodes``), each
+    summed over every exchange that counted it in ``round``; {} when no channel counts anything."""
+    out: dict = {}
+    leaves = jax.tree_util.tree_flatten_with_path(channel_states,
+                                                  is_leaf=lambda v: isinstance(v, RoundCounter))[0]
+    r = jnp.asarray(round, jnp.int32)
+    for path, leaf in leaves:
+        if isinstance(leaf, RoundCounter) and path and isinstance(path[-1], jax.tree_util.DictKey):
+            name = str(path[-1].key)
+            out[name] = out.get(name, 0) + jnp.where(leaf.round == r, leaf.value, 0)
+    return out
+
+
+def with_channel_metrics(step: Callable) -> Callable:
+    """``step(state, data, hp) -> (state, metrics)`` whose metrics also hold :func:`channel_metrics`
+    of this round (so that a run logs them in ``metrics.jsonl``)."""
+
+    def wrapped(state, data, hp):
+        new, metrics = step(state, data, hp)
+        return new, {**channel_metrics(new.channels, state.round), **metrics}
+
+    return wrapped
+
+
+def _warn_certain_fallbacks(topology, byz: np.ndarray, need: int, label: str, b: int) -> None:
+    """Warn, on the host, when some honest node has fewer than ``need`` live inputs in some round
+    of the topology's period: it will keep its own value then."""
+    mask = getattr(topology, "edge_mask", None)
+    if mask is None or need <= 1:
+        return
+    mask = np.asarray(mask, bool).reshape(int(topology.period), int(topology.n), -1)
+    fewest = 1 + mask.sum(-1).min(0)  # own row + live in-neighbours, worst round of the period
+    short = (fewest < need) & ~byz
+    if short.any():
+        ids = np.flatnonzero(short)
+        i = int(ids[np.argmin(fewest[ids])])
+        warnings.warn(f"{label}: {ids.size} honest node(s) have fewer than the {need} inputs (own row + "
+                      f"neighbours) the rule needs with b={b}, e.g. node {i} with degree {int(fewest[i]) - 1}; "
+                      "they keep their own value in those rounds (metric robust_fallback_nodes). Lower "
+                      "aggregation.tolerance, use a denser topology or a decentralized rule (clipped_gossip, "
+                      "cs_plus, ios)", stacklevel=3)
 
 
 def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = None, step: float | None = None
@@ -214,16 +280,28 @@ def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = Non
     Byzantine neighbours the rule tolerates. ``step``: CS+'s 1/λ_max(I − W) (computed from the
     topology when None). Non-finite messages count as infinitely far: clipped or cut, never
     averaged in.
+
+    A node whose live inputs (own row + live in-neighbours this round) are fewer than the rule
+    needs (:func:`rj.byzantine.rules.min_inputs`: 2b + 1 for the trimmed mean or the median,
+    2b + 3 for Krum, ...; 1 for the decentralized rules, defined at any degree) keeps its own
+    value that round: a degree-1 node of a path with b = 1 would otherwise be "trimmed" to 0.
+    The channel counts such honest nodes per round (``robust_fallback_nodes`` in the round's
+    metrics, through :func:`channel_metrics`) and warns at construction when the topology
+    makes it certain. Computes in ``promote(dtype, float32)``; integer rows raise TypeError.
     """
     from redeem_jax.byzantine import rules as _rules
 
-    byz = jnp.asarray(np.asarray(byzantine, bool))
+    byz_host = np.asarray(byzantine, bool)
+    byz = jnp.asarray(byz_host)
     if rule == "cs_plus" and step is None:
         step = _rules.laplacian_step(topology)
     stateful = callable(rule) and getattr(rule, "stateful", False)
     if isinstance(rule, str) and rule not in DECENTRALIZED_RULES:
         raise ValueError(f"aggregation.rule: {rule!r} is not a decentralized rule ({', '.join(DECENTRALIZED_RULES)}) "
                          "or an aggregator")
+    name = rule if isinstance(rule, str) else getattr(rule, "__name__", "rule")
+    need = _rules.min_inputs(rule, b)
+    _warn_certain_fallbacks(topology, byz_host, need, f"robust_gossip[{name}]", b)
 
     def node_rule(xi, m, wi, si, mi, prev):
         if rule == "clipped_gossip":
@@ -242,27 +320,46 @@ def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = Non
     def init(x):
         d = x.shape[-1]
         return {"attack": attack.init(d) if attack is not None else (),
-                "rule": jnp.asarray(x) if stateful else ()}
+                "rule": jnp.asarray(x) if stateful else (),
+                **_counter("robust_fallback_nodes")}
 
-    def update(x, s, ctx):
+    def exchange(x, s, ctx):
         e = ctx.edges
         messages = x.at[e.neighbors].get(mode="promise_in_bounds")  # honest senders: one row to all
         atk_state = s["attack"]
         if attack is not None:
             messages, atk_state = attack.update(messages, x, e, byz, atk_state, ctx)
         if rule == "gossip":
-            return _gossip.combine(x, messages, e.weights, e.self_weight), {"attack": atk_state, "rule": s["rule"]}
+            return _gossip.combine(x, messages, e.weights, e.self_weight), atk_state, s["rule"]
         if callable(rule) and not stateful:
             from redeem_jax.byzantine import aggregators
 
-            y = aggregators.neighbourhood(rule, x, e.neighbors, b, e.mask, messages=messages)
-            return y, {"attack": atk_state, "rule": s["rule"]}
+            with warnings.catch_warnings():
+                # This channel warned once at construction and counts every fallback in the
+                # metrics; the trace-time warning of neighbourhood() would repeat it per compile.
+                warnings.filterwarnings("ignore", message=r"neighbourhood\(.*min_inputs", category=UserWarning)
+                y = aggregators.neighbourhood(rule, x, e.neighbors, b, e.mask, messages=messages)
+            return y, atk_state, s["rule"]
         prev = s["rule"] if stateful else jnp.zeros((x.shape[0], 0), x.dtype)
-        y, prev = jax.vmap(node_rule)(x, messages, e.weights.astype(x.dtype), e.self_weight.astype(x.dtype),
-                                      e.mask, prev)
-        return y, {"attack": atk_state, "rule": prev if stateful else s["rule"]}
+        ct = jnp.promote_types(x.dtype, jnp.float32)  # weights never rounded to a narrow dtype
+        y, prev = jax.vmap(node_rule)(x, messages, e.weights.astype(ct), e.self_weight.astype(ct), e.mask, prev)
+        return y, atk_state, prev if stateful else s["rule"]
 
-    name = rule if isinstance(rule, str) else getattr(rule, "__name__", "rule")
+    def update(x, s, ctx):
+        _gossip.check_float(jnp.asarray(x).dtype, f"robust_gossip[{name}]")
+        y, atk_state, rule_state = exchange(x, s, ctx)
+        short = jnp.zeros((x.shape[0],), bool)
+        if need > 1:
+            # Too few rows for the rule's precondition this round: keep the own value (the rule
+            # would return garbage: the trimmed mean of 2 rows with b = 1 is 0).
+            short = 1 + jnp.sum(jnp.asarray(ctx.edges.mask, jnp.int32), axis=1) < need
+            y = jnp.where(short[:, None], x, y.astype(x.dtype))
+            if stateful:
+                rule_state = jnp.where(short[:, None], y, rule_state)
+        count = jnp.sum(short & jnp.asarray(ctx.honest, bool))
+        return y, {"attack": atk_state, "rule": rule_state,
+                   "robust_fallback_nodes": _count(s["robust_fallback_nodes"], ctx.round, count)}
+
     hyp = attack.hypers if attack is not None else ()
     return Channel(init, update, _gossip_wire, False, hyp, f"robust_gossip[{name}]")
 

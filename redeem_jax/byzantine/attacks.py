@@ -51,12 +51,50 @@ _HI = jax.lax.Precision.HIGHEST
 # --------------------------------------------------------------------------- #
 # Shared helpers
 # --------------------------------------------------------------------------- #
+def _float_dtype(dtype, where: str):
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"attacks.{where}: got {dtype.name} rows; attacks forge float vectors, cast the honest "
+                        "rows / messages to a float dtype (float32, bfloat16, ...) first")
+    return dtype
+
+
+def _vector_attack(fn):
+    """A vector attack computed in ``promote(dtype, float32)`` and returned in the honest rows'
+    dtype: float16 / bfloat16 means, standard deviations, SVDs and line searches overflow or
+    lose precision (ALIE's squared deviations pass 65504 at |x| ≈ 256). Integer rows are refused."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(honest, f, key=None, **options):
+        honest = jnp.asarray(honest)
+        dt = _float_dtype(honest.dtype, name)
+        return fn(honest.astype(jnp.promote_types(dt, jnp.float32)), f, key, **options).astype(dt)
+
+    return wrapper
+
+
+def _edge_attack(fn):
+    """An edge attack computed in ``promote(dtype, float32)`` and returned in the messages'
+    dtype; integer messages are refused."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(messages, x, neighbors, weights, self_weight, edge_mask, *args, **options):
+        messages, x = jnp.asarray(messages), jnp.asarray(x)
+        dt = _float_dtype(messages.dtype, name)
+        _float_dtype(x.dtype, name)
+        ct = jnp.promote_types(dt, jnp.float32)
+        out = fn(messages.astype(ct), x.astype(ct), neighbors, weights, self_weight, edge_mask, *args, **options)
+        return out.astype(dt)
+
+    return wrapper
+
+
 def _check(honest, f):
     honest = jnp.asarray(honest)
     if honest.ndim != 2:
         raise ValueError(f"honest must be [h, d], got shape {honest.shape}")
-    if not jnp.issubdtype(honest.dtype, jnp.floating):
-        honest = honest.astype(jnp.float32)
     if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
         raise ValueError(f"f must be a static Python int, got {f!r}")
     if f < 0:
@@ -89,6 +127,7 @@ def _std(x, mask, mu):
 # --------------------------------------------------------------------------- #
 # Vector attacks
 # --------------------------------------------------------------------------- #
+@_vector_attack
 def sign_flip(honest, f: int, key=None, *, scale=1.0, mask=None, num_byzantine=None):
     """Sign flipping: every Byzantine vector is ``-scale * mean(honest)``.
 
@@ -99,6 +138,7 @@ def sign_flip(honest, f: int, key=None, *, scale=1.0, mask=None, num_byzantine=N
     return _rows(-scale * _mean(honest, mask), f)
 
 
+@_vector_attack
 def ipm(honest, f: int, key=None, *, epsilon=0.1, mask=None, num_byzantine=None):
     """Inner-product manipulation, "fall of empires" (Xie, Koyejo & Gupta 2020, Sec. 3).
 
@@ -110,6 +150,7 @@ def ipm(honest, f: int, key=None, *, epsilon=0.1, mask=None, num_byzantine=None)
     return _rows(-epsilon * _mean(honest, mask), f)
 
 
+@_vector_attack
 def gaussian(honest, f: int, key=None, *, sigma=1.0, centered=True, mask=None,
              num_byzantine=None):
     """Gaussian attack: ``mean(honest) + N(0, sigma^2 I)``, independent per attacker.
@@ -125,6 +166,7 @@ def gaussian(honest, f: int, key=None, *, sigma=1.0, centered=True, mask=None,
     return _mean(honest, mask)[None] + noise if centered else noise
 
 
+@_vector_attack
 def huge(honest, f: int, key=None, *, value=1e38, mask=None, num_byzantine=None):
     """Huge values: ``value`` (default 1e38, near float32's max) in every coordinate.
 
@@ -135,12 +177,14 @@ def huge(honest, f: int, key=None, *, value=1e38, mask=None, num_byzantine=None)
     return jnp.full((f, honest.shape[1]), value, honest.dtype)
 
 
+@_vector_attack
 def inf(honest, f: int, key=None, *, mask=None, num_byzantine=None):
     """+inf in every coordinate: the non-finite input robust rules must survive (DESIGN.md)."""
     honest, f = _check(honest, f)
     return jnp.full((f, honest.shape[1]), jnp.inf, honest.dtype)
 
 
+@_vector_attack
 def nan(honest, f: int, key=None, *, mask=None, num_byzantine=None):
     """NaN in every coordinate: the non-finite input robust rules must survive (DESIGN.md)."""
     honest, f = _check(honest, f)
@@ -181,6 +225,7 @@ def _alie_factor(h, f, z, mask, num_byzantine):
     return _alie_z_traced(jnp.asarray(hc + fc, jnp.float32), jnp.asarray(fc, jnp.float32))
 
 
+@_vector_attack
 def alie(honest, f: int, key=None, *, z=None, mask=None, num_byzantine=None):
     """A Little Is Enough (Baruch, Baruch & Goldberg 2019, Alg. 3): ``mean - z * std``.
 
@@ -195,6 +240,7 @@ def alie(honest, f: int, key=None, *, z=None, mask=None, num_byzantine=None):
     return _rows(mu - jnp.asarray(zf, honest.dtype) * sd, f)
 
 
+@_vector_attack
 def mimic(honest, f: int, key=None, *, mask=None, num_byzantine=None):
     """Mimic (Karimireddy, He & Jaggi 2022, Sec. 5): all f copy one honest vector.
 
@@ -254,6 +300,7 @@ def _line_search(honest, f, mask, make_byz, default, grid, aggregator, agg_f):
     return make_byz(best)
 
 
+@_vector_attack
 def alie_opt(honest, f: int, key=None, *, aggregator=None, z=None, grid=None, agg_f=None,
              mask=None, num_byzantine=None):
     """Optimized ALIE: ``mean - z * std`` with z line-searched against ``aggregator``.
@@ -273,6 +320,7 @@ def alie_opt(honest, f: int, key=None, *, aggregator=None, z=None, grid=None, ag
                         aggregator, agg_f)
 
 
+@_vector_attack
 def ipm_opt(honest, f: int, key=None, *, aggregator=None, epsilon=0.1, grid=None, agg_f=None,
             mask=None, num_byzantine=None):
     """Optimized IPM: ``-epsilon * mean`` with epsilon line-searched against ``aggregator``.
@@ -287,6 +335,7 @@ def ipm_opt(honest, f: int, key=None, *, aggregator=None, epsilon=0.1, grid=None
                         aggregator, agg_f)
 
 
+@_vector_attack
 def sign_flip_opt(honest, f: int, key=None, *, aggregator=None, scale=1.0, grid=None,
                   agg_f=None, mask=None, num_byzantine=None):
     """Optimized sign flipping: ``-scale * mean`` with scale line-searched against ``aggregator``.
@@ -371,6 +420,7 @@ def _byz_weight(weights, byz_slot):
     return delta, jnp.where(delta > 0, delta, 1)
 
 
+@_edge_attack
 def dissensus(messages, x, neighbors, weights, self_weight, edge_mask, byzantine, key=None, *,
               epsilon=1.5):
     """Dissensus (He, Karimireddy & Jaggi 2022, Sec. 5): reverse the honest gossip update.
@@ -414,6 +464,7 @@ def make_spectral_attack(topology, byzantine, epsilon: float = 1.0, direction=No
     mask_host = np.asarray(byzantine, bool)
     default_eps, default_dir = epsilon, direction
 
+    @_edge_attack
     def spectral(messages, x, neighbors, weights, self_weight, edge_mask, byzantine=mask_host,
                  key=None, *, epsilon=default_eps, direction=default_dir):
         messages = jnp.asarray(messages)
@@ -450,6 +501,7 @@ def lift(vector_attack, **options) -> Callable:
     """
     atk = get(vector_attack) if isinstance(vector_attack, str) else vector_attack
 
+    @_edge_attack
     def lifted(messages, x, neighbors, weights, self_weight, edge_mask, byzantine, key=None,
                **call_options):
         opts = {**options, **call_options}

@@ -481,6 +481,7 @@ def build(config, topology=None) -> Experiment:
     hp = hypers_of(algorithm, oracle, *channels.values(), list(algo_hypers))
     counter: list = []
     step = _round.make_step(algorithm, oracle, channels, topology=topo, honest=honest, trace_counter=counter)
+    step = _channels.with_channel_metrics(step)  # e.g. robust_fallback_nodes into metrics.jsonl
     n_test = min(c.eval.max_test_examples, ds.x_test.shape[0])
     evaluate = evaluate_fn(model, ds.x_test[:n_test], ds.y_test[:n_test], c.eval.max_nodes)
     return Experiment(c, topo, ds, node_data, summary, model, algorithm, oracle, channels, step, hp, evaluate,

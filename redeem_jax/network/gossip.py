@@ -29,7 +29,7 @@ import numpy as np
 
 from redeem_jax.network.topology import Topology
 
-__all__ = ["mix", "gather", "combine", "consensus_distance", "resolve_method", "METHODS"]
+__all__ = ["mix", "gather", "combine", "consensus_distance", "resolve_method", "check_float", "METHODS"]
 
 METHODS = ("auto", "dense", "sparse", "roll")
 _DENSE_AUTO_MAX_N = 256
@@ -47,6 +47,23 @@ def _out_dtype(dtype):
     return dtype if jnp.issubdtype(dtype, jnp.floating) else _compute_dtype(dtype)
 
 
+def check_float(dtype, where: str):
+    """Raise a one-line TypeError unless ``dtype`` is a float: averaging integer (or bool)
+    rows would silently return floats of another dtype, or truncate."""
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{where}: got {dtype.name} rows; gossip and robust rules average floats, "
+                        "cast them to a float dtype (float32, bfloat16, ...) first")
+    return dtype
+
+
+def dense_limit_error(n: int, what: str = "dense gossip") -> ValueError:
+    """The one refusal of a dense ``n x n`` matrix above ``_DENSE_MAX_N`` (shared by gossip and
+    CS+'s step size)."""
+    gb = n * n * 4 / 2**30
+    return ValueError(f"{what} with n={n} would need a {gb:.1f} GiB W; use method='sparse'")
+
+
 def _is_static_round(round) -> bool:
     return round is None or isinstance(round, (int, np.integer))
 
@@ -58,9 +75,7 @@ def resolve_method(topo: Topology, method: str = "auto") -> str:
     if method == "roll" and not topo.is_circulant:
         raise ValueError(f"method='roll' needs a circulant topology; {topo.name} is not")
     if method == "dense" and topo.n > _DENSE_MAX_N:
-        gb = topo.n * topo.n * 4 / 2**30
-        raise ValueError(f"dense gossip with n={topo.n} would need a {gb:.1f} GiB W; "
-                         "use method='sparse'")
+        raise dense_limit_error(topo.n)
     if method != "auto":
         return method
     n = topo.n
@@ -144,10 +159,13 @@ def combine(x, messages, weights, self_weight):
     The D-SGD consensus step (Lian et al. 2017) written per node, so that
     ``mix(..., method="sparse") == combine(x, gather(topo, x), w, sw)``.
     Zero-weight slots (padding) contribute exactly 0 even if their message is
-    NaN or inf, so an attacker cannot poison a node through a padded slot.
+    NaN or inf, so an attacker cannot poison a node through a padded slot. Sums in
+    ``promote(dtype, float32)``, returned in ``x``'s dtype; integer rows raise TypeError.
     """
     x = jnp.asarray(x)
     messages = jnp.asarray(messages)
+    check_float(x.dtype, "gossip.combine")
+    check_float(messages.dtype, "gossip.combine (messages)")
     ct = _compute_dtype(jnp.result_type(x.dtype, messages.dtype))
     w = jnp.asarray(weights).astype(ct)
     sw = jnp.asarray(self_weight).astype(ct)
@@ -225,11 +243,13 @@ def mix(topo: Topology, x, round=None, method: str = "auto"):
     ``W(round % period)`` and may be a traced integer under ``jit``; static
     topologies ignore it. ``method``: "auto" | "dense" | "sparse" | "roll"
     (see :func:`resolve_method`); all give the same result up to float
-    roundoff. Arithmetic is in ``promote(x.dtype, float32)``.
+    roundoff. Arithmetic is in ``promote(x.dtype, float32)`` (float16 / bfloat16 rows are
+    summed in float32 and rounded once at the end); integer or bool rows raise TypeError.
     """
     xf, shape = _flat(x)
     if xf.shape[0] != topo.n:
         raise ValueError(f"x has {xf.shape[0]} rows but the topology has n={topo.n} nodes")
+    check_float(xf.dtype, "gossip.mix")
     m = resolve_method(topo, method)
     ct = _compute_dtype(xf.dtype)
     if m == "dense":
