@@ -361,9 +361,25 @@ def test_missing_files_clear_error(tmp_path, monkeypatch):
         data.load("mnist", path=tmp_path / "nowhere")
     msg = str(err.value)
     assert "nowhere" in msg and "train-images-idx3-ubyte" in msg and ".npz" in msg and "never downloads" in msg
+    assert "\n" not in msg  # one line: a CLI user sees all of it after "error: "
     monkeypatch.setenv("REDEEM_JAX_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py"):
         data.load("cifar10")
+
+
+def test_partition_summary_refuses_labels_outside_the_classes():
+    labels = np.array([0, 1, 2, 10], np.int32)
+    with pytest.raises(ValueError, match=r"class ids in \[0, 10\); 1 are not \(e.g. 10 at index 3\)"):
+        data.partition_summary(labels, [np.arange(4)], num_classes=10)
+
+
+def test_standardize_leaves_a_constant_channel_finite(tmp_path):
+    raw = _fake_mnist(np.random.default_rng(3))
+    raw["x_train"][:] = 7  # a constant image set: std 0
+    np.savez(tmp_path / "flat.npz", **raw)
+    ds = data.load("mnist", path=tmp_path / "flat.npz", standardize=True)
+    assert np.isfinite(ds.x_train).all() and np.isfinite(ds.x_test).all()
+    np.testing.assert_allclose(ds.x_train, 0.0, atol=1e-7)
 
 
 # ---------------------------------------------------------------- sampling

@@ -18,9 +18,12 @@ from typing import Any, Callable
 import numpy as np
 
 from redeem_jax.data import loaders
+from redeem_jax.data.loaders import DataError
 
 __all__ = [
     "Dataset",
+    "DataError",
+    "check_dataset",
     "load",
     "register_dataset",
     "list_datasets",
@@ -97,6 +100,10 @@ def load(name: str, seed: int = 0, **options: Any) -> Dataset:
     canonical split (MNIST, CIFAR-10, MNIST-1D, text) do not depend on it, so
     a sweep over seeds varies initialisation, partition and sampling but
     always evaluates on the same test set.
+
+    Every dataset, registered ones included, is checked before it is returned
+    (:func:`check_dataset`): a label outside the classes would otherwise give a
+    NaN test loss and a run that exits normally.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; available: {list_datasets()}")
@@ -106,7 +113,47 @@ def load(name: str, seed: int = 0, **options: Any) -> Dataset:
     if unknown:
         valid = [p for p in params if p != "seed"]
         raise TypeError(f"dataset {name!r} got unknown option(s) {unknown}; valid options: {valid}")
-    return builder(seed=seed, **options)
+    return check_dataset(builder(seed=seed, **options))
+
+
+def check_dataset(ds: Dataset) -> Dataset:
+    """``ds`` if it can be learned from as described, with whole-number float class labels cast to
+    int32; else :class:`~redeem_jax.data.loaders.DataError`, one line naming its source.
+
+    Classification and language labels must be integers in ``[0, num_classes)`` (language
+    inputs too: they index an embedding), float features and regression targets finite,
+    every split non-empty for training, images and labels equal in count, and train and test
+    examples of one shape (``input_shape``).
+    """
+    where = ds.info.get("source") or f"dataset {ds.name!r}"
+    for split in ("train", "test"):
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        if np.shape(x)[:1] != np.shape(y)[:1]:
+            raise loaders.DataError(f"{where}: x_{split} has {np.shape(x)[:1]} examples but y_{split} has "
+                                    f"{np.shape(y)[:1]}")
+    if ds.num_train == 0:
+        raise loaders.DataError(f"{where}: no training examples")
+    if tuple(ds.x_train.shape[1:]) != tuple(ds.x_test.shape[1:]) or tuple(ds.input_shape) != tuple(ds.x_train.shape[1:]):
+        raise loaders.DataError(f"{where}: train examples have shape {tuple(ds.x_train.shape[1:])}, test examples "
+                                f"{tuple(ds.x_test.shape[1:])}, input_shape is {tuple(ds.input_shape)}; all three "
+                                "must be equal")
+    changes = {}
+    if ds.task in ("classification", "language"):
+        one_dim = ds.task == "classification"
+        for k in ("y_train", "y_test"):
+            y = loaders.check_labels(getattr(ds, k), ds.num_classes, k, where, one_dim=one_dim)
+            if y.dtype != getattr(ds, k).dtype or y.shape != getattr(ds, k).shape:
+                changes[k] = y
+    if ds.task == "language":
+        for k in ("x_train", "x_test"):
+            loaders.check_labels(getattr(ds, k), ds.num_classes, k, where, one_dim=False)
+    else:
+        for k in ("x_train", "x_test"):
+            loaders.check_features(getattr(ds, k), k, where)
+    if ds.task == "regression":
+        for k in ("y_train", "y_test"):
+            loaders.check_features(getattr(ds, k), k, where)
+    return dataclasses.replace(ds, **changes) if changes else ds
 
 
 def _split_counts(num_examples: int, test_fraction: float) -> tuple[int, int]:
@@ -521,6 +568,7 @@ def _image_builder(name: str):
             # leaks into preprocessing.
             mean = x_tr.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
             std = x_tr.std(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+            std = np.where(std > 0, std, np.float32(1))  # a constant channel is centred, not divided by 0
             x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
             info.update(mean=mean, std=std)
         return Dataset(

@@ -334,6 +334,11 @@ def grouped_summary(labels: Any, order: np.ndarray, sizes: np.ndarray,
         return PartitionSummary(sizes=sizes, histogram=None, num_classes=num_classes)
     if num_classes is None:
         num_classes = int(labels.max()) + 1 if labels.size else 0
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        # bincount would fail on a negative label and reshape on a large one, both far from the cause.
+        bad = (labels < 0) | (labels >= num_classes)
+        raise ValueError(f"labels must be class ids in [0, {num_classes}); {int(bad.sum())} are not "
+                         f"(e.g. {labels[np.argmax(bad)].item()} at index {int(np.argmax(bad))})")
     n = len(sizes)
     node_of = np.repeat(np.arange(n), sizes)
     hist = np.bincount(node_of * num_classes + labels[order].astype(np.int64),
