@@ -5,10 +5,14 @@ static ``bool[n]`` mask (DESIGN.md), so its count never changes the compiled
 round. The helpers below give the per-node Byzantine weight
 ``delta_i = sum_{Byzantine k} W_ik`` (He, Karimireddy & Jaggi 2022, Sec. 4) and
 the Fiedler vector of the honest subgraph's Laplacian (Gaucher, Dieuleveut &
-Hendrikx 2025), both computed from the mixing matrix the run uses.
+Hendrikx 2025), both computed from the mixing matrix the run uses, and the
+connected components of the honest subgraph (:func:`honest_components`): a
+placement that cuts the honest nodes apart leaves no rule able to bring them
+to one model.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -16,7 +20,12 @@ import numpy as np
 from redeem_jax.network.topology import Topology
 
 __all__ = ["place", "PLACEMENTS", "byzantine_weight", "honest_subgraph_weights",
-           "honest_laplacian", "fiedler_vector"]
+           "honest_laplacian", "fiedler_vector", "honest_components", "byzantine_only_listeners",
+           "check_honest_connectivity", "warn_if_cut", "PlacementWarning"]
+
+
+class PlacementWarning(UserWarning):
+    """A Byzantine placement that cuts the honest nodes apart (warned before a run)."""
 
 PLACEMENTS = ("random", "highest_degree", "given")
 
@@ -157,3 +166,96 @@ def fiedler_vector(topology: Topology, byzantine, round=None) -> np.ndarray:
         v = -v
     u[honest] = v / np.linalg.norm(v)
     return u
+
+
+def _live_edges(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
+    """``(receiver, sender)`` of every edge with a nonzero weight in some round of the period.
+
+    From the padded neighbour lists, O(N·K): a dense [N, N] matrix is out of reach at 10^6 nodes.
+    """
+    n = topology.n
+    nbr = np.asarray(topology.neighbors).reshape(topology.period, n, -1)
+    live = (np.asarray(topology.edge_mask) & (np.asarray(topology.weights) != 0)).reshape(nbr.shape)
+    recv = np.broadcast_to(np.arange(n)[None, :, None], nbr.shape)
+    keep = live & (nbr != recv)
+    return recv[keep], nbr[keep]
+
+
+def honest_components(topology: Topology, byzantine) -> list[np.ndarray]:
+    """Connected components of the honest subgraph: sorted int64 node ids, ordered by smallest id.
+
+    Edges count in either direction and in any round of the period (the union graph), so
+    one component means the honest nodes can reach each other without relaying through a
+    Byzantine node. More than one component means no robust rule can bring the honest
+    nodes to one model: every path between two of them crosses an attacker.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    b = _check_mask(topology, byzantine)
+    honest = np.flatnonzero(~b)
+    if honest.size == 0:
+        return []
+    recv, send = _live_edges(topology)
+    keep = ~b[recv] & ~b[send]
+    index = np.full(topology.n, -1, np.int64)
+    index[honest] = np.arange(honest.size)
+    h = honest.size
+    graph = coo_matrix((np.ones(int(keep.sum()), np.int8), (index[recv[keep]], index[send[keep]])), shape=(h, h))
+    _, label = connected_components(graph.tocsr(), directed=True, connection="weak")
+    order = np.argsort(label, kind="stable")  # honest ids ascend within a label
+    groups = np.split(honest[order], np.flatnonzero(np.diff(label[order])) + 1)
+    return sorted(groups, key=lambda g: int(g[0]))
+
+
+def byzantine_only_listeners(topology: Topology, byzantine) -> np.ndarray:
+    """Honest nodes that receive from at least one node, all of them Byzantine (sorted ids).
+
+    Such a node hears nothing but what attackers send: whatever rule it runs, it can only
+    trust itself or follow them.
+    """
+    b = _check_mask(topology, byzantine)
+    recv, send = _live_edges(topology)
+    heard = np.bincount(recv, minlength=topology.n)
+    heard_honest = np.bincount(recv[~b[send]], minlength=topology.n)
+    return np.flatnonzero(~b & (heard > 0) & (heard_honest == 0)).astype(np.int64)
+
+
+def _ids(ids: np.ndarray, limit: int = 8) -> str:
+    shown = ", ".join(map(str, ids[:limit].tolist()))
+    return f"[{shown}, ... {ids.size - limit} more]" if ids.size > limit else f"[{shown}]"
+
+
+def check_honest_connectivity(topology: Topology, byzantine) -> str | None:
+    """One line saying how the Byzantine set cuts the honest nodes apart, or None if it does not.
+
+    Names the honest nodes that hear only Byzantine neighbours
+    (:func:`byzantine_only_listeners`) and the components of the honest subgraph
+    (:func:`honest_components`) when there are several.
+    """
+    b = _check_mask(topology, byzantine)
+    if not b.any():
+        return None
+    parts = []
+    lonely = byzantine_only_listeners(topology, b)
+    if lonely.size:
+        parts.append(f"honest node(s) {_ids(lonely)} receive only from Byzantine nodes")
+    comps = honest_components(topology, b)
+    if len(comps) > 1:
+        shown = "; ".join(_ids(c) for c in comps[:4]) + ("; ..." if len(comps) > 4 else "")
+        parts.append(f"the honest nodes form {len(comps)} groups that reach each other only through "
+                     f"Byzantine nodes ({shown})")
+    if not parts:
+        return None
+    byz = np.flatnonzero(b)
+    return (f"Byzantine nodes {_ids(byz)} on {topology.name} (n={topology.n}) cut the honest nodes apart: "
+            + "; and ".join(parts) + "; the honest nodes cannot reach one model (place the Byzantine nodes "
+            "elsewhere or use a better connected graph)")
+
+
+def warn_if_cut(topology: Topology, byzantine, stacklevel: int = 2) -> str | None:
+    """:func:`check_honest_connectivity`, issued as a :class:`PlacementWarning`; returns the message."""
+    msg = check_honest_connectivity(topology, byzantine)
+    if msg:
+        warnings.warn(msg, PlacementWarning, stacklevel=stacklevel + 1)
+    return msg

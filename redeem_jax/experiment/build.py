@@ -128,6 +128,8 @@ def _dataset_from_config(c):
         return _data.load(d.name, seed=data_seed(c), **options)
     except FileNotFoundError as e:
         raise ConfigError(f"config.data.path: {e}") from e
+    except _data.datasets.DataError as e:  # a damaged file, labels outside the classes, NaN pixels, ...
+        raise ConfigError(f"config.data.{'path' if 'path' in options else 'name'}: {e}") from e
 
 
 def _partition_method(c) -> str:
@@ -145,9 +147,12 @@ def _byzantine_from_config(c, topo) -> np.ndarray:
     seed = c.seed if c.topology.seed < 0 else c.topology.seed
     ids = tuple(c.byzantine.ids) if c.byzantine.placement == "given" else None
     try:
-        return placement.place(topo, c.byzantine.num, c.byzantine.placement, seed=seed, ids=ids)
+        byz = placement.place(topo, c.byzantine.num, c.byzantine.placement, seed=seed, ids=ids)
     except ValueError as e:
         raise ConfigError(f"config.byzantine.placement: {e}") from e
+    if not _config.is_federated(c.algorithm.name):  # a server hears everyone: no graph to cut
+        placement.warn_if_cut(topo, byz, stacklevel=3)
+    return byz
 
 
 def max_byzantine_neighbours(topo, byz: np.ndarray) -> int:

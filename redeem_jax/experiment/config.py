@@ -7,13 +7,14 @@ naming the field and its allowed values; library code below the runner never see
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Callable
 
 import ml_collections
 
 __all__ = ["base_config", "validate", "ConfigError", "set_field", "parse_overrides", "SCHEMA", "check_field", "base_value",
-           "algorithm_exchanges", "is_federated"]
+           "algorithm_exchanges", "is_federated", "inapplicable", "MAX_SEED"]
 
 # Names come from the registries of the modules that own them; nothing here mirrors a list.
 def _registry_names():
@@ -48,6 +49,9 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 ORDERS = ("atc", "cta")
 INITS = ("same", "independent")
 PLACEMENTS = ("random", "highest_degree", "given")
+# Seeds reach the device as uint32 (jax.random.PRNGKey, the sweep's seed axis): 2**32 and 0 would
+# be the same run, so a seed must lie in [0, 2**32).
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -184,13 +188,21 @@ def base_config() -> ml_collections.ConfigDict:
 
 # --- validation ----------------------------------------------------------------------------
 
+def _tagged(check, kind, **bounds):
+    """``check`` with its kind and bounds as attributes (read by the tests that fuzz the schema)."""
+    check.kind = kind
+    check.bounds = bounds
+    return check
+
+
 def _choice(allowed):
     """``allowed``: a tuple, or the name of a registry list (looked up when checked)."""
     def check(v):
         names = _registry_names()[allowed] if isinstance(allowed, str) else allowed
-        if v not in names:
+        # A list or a dict is unhashable: `in` on a tuple of strings compares, it never raises.
+        if not isinstance(v, str) or v not in names:
             return f"{v!r} is not one of {', '.join(map(str, names))}"
-    return check
+    return _tagged(check, "choice", allowed=allowed)
 
 
 def _int(lo=None, hi=None):
@@ -201,7 +213,7 @@ def _int(lo=None, hi=None):
             return f"must be >= {lo}, got {v}"
         if hi is not None and v > hi:
             return f"must be <= {hi}, got {v}"
-    return check
+    return _tagged(check, "int", lo=lo, hi=hi)
 
 
 def _float(lo=None, hi=None, lo_open=False, hi_open=False):
@@ -212,7 +224,7 @@ def _float(lo=None, hi=None, lo_open=False, hi_open=False):
             return f"must be {'>' if lo_open else '>='} {lo}, got {v}"
         if hi is not None and (v >= hi if hi_open else v > hi):
             return f"must be {'<' if hi_open else '<='} {hi}, got {v}"
-    return check
+    return _tagged(check, "float", lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
 
 
 def _bool(v):
@@ -230,7 +242,7 @@ def _int_tuple(min_len=0):
         if not isinstance(v, (tuple, list)) or len(v) < min_len or not all(
                 isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in v):
             return f"must be a tuple of positive integers (at least {min_len}), got {v!r}"
-    return check
+    return _tagged(check, "int_tuple", min_len=min_len)
 
 
 def _positive_or_inf(v):
@@ -249,8 +261,13 @@ def _any_tuple(v):
         return f"must be a tuple of values, got {v!r}"
 
 
+for _check, _kind in ((_bool, "bool"), (_str, "str"), (_positive_or_inf, "positive_or_inf"),
+                      (_mesh_shape, "mesh"), (_any_tuple, "tuple")):
+    _tagged(_check, _kind)
+
+
 SCHEMA: dict[str, Callable[[Any], str | None]] = {
-    "seed": _int(0),
+    "seed": _int(0, MAX_SEED),
     "num_nodes": _int(1),
     "num_rounds": _int(1),
     "eval_every": _int(1),
@@ -264,7 +281,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "topology.p": _float(0.0, 1.0, lo_open=True),
     "topology.k": _int(1),
     "topology.radius": _float(0.0, lo_open=True),
-    "topology.seed": _int(-1),
+    "topology.seed": _int(-1, MAX_SEED),
     "data.name": _choice("DATASETS"),
     "data.partition": _choice(PARTITIONS),
     "data.alpha": _float(0.0, lo_open=True),
@@ -278,7 +295,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "data.heterogeneity": _float(0.0),
     "data.whiten": _bool,
     "data.seq_len": _int(2),
-    "data.seed": _int(-1),
+    "data.seed": _int(-1, MAX_SEED),
     "model.name": _choice("MODEL_NAMES"),
     "model.hidden": _int_tuple(0),
     "model.channels": _int_tuple(1),
@@ -334,12 +351,15 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def _flatten(d, prefix=""):
+def _flatten(d, prefix="", empty=None):
+    """``{"a.b": v}`` from nested dicts; ``empty`` (a list) collects the keys of empty dicts."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, (ml_collections.ConfigDict, dict)):
-            out.update(_flatten(v, key + "."))
+            if empty is not None and not len(v):
+                empty.append(key)
+            out.update(_flatten(v, key + ".", empty))
         else:
             out[key] = v
     return out
@@ -351,11 +371,19 @@ def validate(config) -> ml_collections.ConfigDict:
     Raises :class:`ConfigError` naming the first bad field (``config.<field>``) and the
     values it allows; unknown fields are refused too (a typo must not be silently ignored).
     """
-    user = _flatten(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config))
+    if not isinstance(config, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f"config: must be an ml_collections.ConfigDict or a dict, got {type(config).__name__}")
+    empty: list = []
+    user = _flatten(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config), empty=empty)
     base = base_config()
     flat_base = _flatten(base.to_dict())
     extra = _algorithm_extra_options(user.get("algorithm.name", flat_base["algorithm.name"]), flat_base)
     flat_base.update(extra)
+    for key in empty:  # an empty section is harmless; an empty dict where a value belongs is not
+        if key in flat_base:
+            raise ConfigError(f"config.{key}: {(SCHEMA[key]({}) if key in SCHEMA else None) or 'must be a value'}")
+        if not any(k.startswith(key + ".") for k in flat_base):
+            user[key] = {}
     for key in user:
         if key not in flat_base:
             near = [k for k in flat_base if k.split(".")[-1] == key.split(".")[-1] or k.startswith(key + ".")]
@@ -386,7 +414,7 @@ def _algorithm_extra_options(name, flat_base) -> dict:
     config does not have (e.g. those of an algorithm registered by the user)."""
     from redeem_jax import algorithms
 
-    if name not in algorithms.REGISTRY:
+    if not isinstance(name, str) or name not in algorithms.REGISTRY:
         return {}
     return {f"algorithm.{k}": v for k, v in algorithms.options(name).items() if f"algorithm.{k}" not in flat_base}
 
@@ -454,6 +482,13 @@ def _cross_checks(c: dict) -> None:
                           f"dataset {c['data.name']!r} allows iid, quantity, contiguous")
     if c["model.name"] == "logistic" and c["data.name"] != "logistic":
         raise ConfigError("config.model.name: 'logistic' (one logit) needs the binary data.name = 'logistic'")
+    _synthetic_size_checks(c)
+    _rule_check(c)
+    for key in _REFUSED_WHEN_INAPPLICABLE:
+        why = inapplicable(c, key) if c[key] != base_value(key) else None
+        if why:
+            raise ConfigError(f"config.{key}: is set to {c[key]!r} but has no effect because {why}; "
+                              f"remove it (its default is {base_value(key)!r})")
     _byzantine_checks(c)
     _privacy_checks(c)
     if c["compare.key"]:
@@ -473,13 +508,92 @@ def _cross_checks(c: dict) -> None:
                 raise ConfigError(f"config.compare.reference: value for {key} {msg}")
 
 
+# Fields that a config may not set where they cannot apply (see :func:`inapplicable`). Other fields
+# of an unused mechanism are left alone on purpose: experiments keep e.g. privacy.delta set across
+# privacy modes (experiments/privacy_utility.py) and compare over modes with one config.
+_REFUSED_WHEN_INAPPLICABLE = ("privacy.target_epsilon", "privacy.sample_rate", "byzantine.strength")
+
+
+def inapplicable(config, key: str) -> str | None:
+    """Why field ``key`` can have no effect in ``config`` (a ConfigDict or flat dict), or None.
+
+    The one check behind two refusals: :func:`validate` refuses a config that sets
+    ``privacy.target_epsilon``, ``privacy.sample_rate`` or ``byzantine.strength`` (away from its
+    default) where it cannot apply, and ``rj.sweep`` refuses an axis over any field this names.
+    Refused rather than warned: each was a silent, wrong run (a "private" run that is not, a
+    sampling rate that is not the one accounted, an attack factor nobody reads), and no
+    configuration or experiment of the repository sets one of them where it does not apply.
+    """
+    c = _flatten(config.to_dict()) if isinstance(config, ml_collections.ConfigDict) else config
+    if key.startswith("privacy.") and key != "privacy.mode" and c.get("privacy.mode") == "none":
+        return "privacy.mode is 'none' (set privacy.mode = 'dp_sgd' or 'central')"
+    if key == "privacy.sample_rate":
+        if c.get("privacy.mode") == "central":
+            return "privacy.mode 'central' takes every node's update every round (q = 1)"
+        if c.get("privacy.sampling") != "poisson":
+            return (f"privacy.sampling is {c.get('privacy.sampling')!r}: fixed-size batches sample "
+                    "batch_size / shard size (set privacy.sampling = 'poisson' to choose the rate)")
+    if key == "byzantine.strength":
+        from redeem_jax.byzantine import attacks
+
+        attack = c.get("byzantine.attack")
+        if attack not in attacks.STRENGTH:
+            return (f"byzantine.attack {attack!r} takes no strength factor (those that do: "
+                    f"{', '.join(attacks.STRENGTH)})")
+    return None
+
+
+def _synthetic_size_checks(c: dict) -> None:
+    """Synthetic data is drawn to the config's size: too few examples for the nodes is a config error."""
+    name, m, n = c["data.name"], c["data.num_examples"], c["num_nodes"]
+    if name not in ("linear", "logistic"):
+        return
+    if name == "linear" and (c["data.whiten"] or c["data.heterogeneity"] > 0):
+        # One block of data.num_examples // num_nodes rows per node (see build._dataset_from_config).
+        need = n * (c["data.dim"] if c["data.whiten"] else 1)
+        if m < need:
+            what = "data.whiten needs at least data.dim" if c["data.whiten"] else "data.heterogeneity > 0 needs at least one"
+            raise ConfigError(f"config.data.num_examples: {m} synthetic examples for num_nodes={n}: {what} "
+                              f"example(s) per node, so data.num_examples >= {need}")
+        return
+    from redeem_jax.data import datasets
+
+    frac = inspect.signature(getattr(datasets, name)).parameters["test_fraction"].default
+
+    def train(k: int) -> int:  # the builders' own split (datasets._split_counts)
+        return k - round(k * frac)
+
+    if train(m) < n:
+        need = max(n, int(n / (1 - frac)) - 2)
+        while train(need) < n:
+            need += 1
+        raise ConfigError(f"config.data.num_examples: {m} synthetic examples leave {train(m)} for training "
+                          f"({frac:.0%} are the test set), fewer than num_nodes={n}; use data.num_examples >= {need} "
+                          "or fewer nodes")
+
+
+def _rule_check(c: dict) -> None:
+    """An unknown rule name fails here, not after the data is loaded and the graph built."""
+    from redeem_jax.byzantine import aggregators, rules
+
+    rule = c["aggregation.rule"]
+    if rule == "mean" or rule in rules.DECENTRALIZED_RULES:
+        return
+    try:
+        aggregators.get(rule)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"config.aggregation.rule: {' '.join(str(e).split())} (or mean, "
+                          f"{', '.join(rules.DECENTRALIZED_RULES)})") from e
+
+
 def _byzantine_checks(c: dict) -> None:
     n, f = c["num_nodes"], c["byzantine.num"]
     if f >= n:
         raise ConfigError(f"config.byzantine.num: must be < num_nodes ({n}) so that an honest node remains, got {f}")
     if f > 0 and c["byzantine.placement"] == "given":
         ids = c["byzantine.ids"]
-        if len(ids) != f or len(set(ids)) != len(ids) or not all(isinstance(i, int) and 0 <= i < n for i in ids):
+        if len(ids) != f or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in ids) \
+                or len(set(ids)) != len(ids):
             raise ConfigError(f"config.byzantine.ids: placement 'given' needs {f} distinct node ids in [0, {n}), "
                               f"got {tuple(ids)!r}")
     names = _registry_names()

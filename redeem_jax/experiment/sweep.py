@@ -87,8 +87,9 @@ def _no_effect(c, exp, key: str) -> str | None:
         return None
     if isinstance(value, int) and not isinstance(_config.base_value(key), float):
         return None  # an integer option (a shape, a count): looped over
-    if key.startswith("privacy.") and c.privacy.mode == "none":
-        return "privacy.mode is 'none'"
+    why = _config.inapplicable(c, key)  # the check config.validate refuses a set field with
+    if why:
+        return why
     if key.startswith("optimizer."):
         return f"optimizer.name is {c.optimizer.name!r}"
     if key == "byzantine.strength":
@@ -157,6 +158,10 @@ def sweep(config, axes: Mapping[str, Sequence], workdir: str | Path | None = Non
             _config.set_field(sub, k, v)
         where = f" (in the sweep group {overrides})" if overrides else ""
         try:
+            for key in axes:  # before validate, which would name the field as config.<key>
+                why = _config.inapplicable(sub, key)
+                if why:
+                    raise _config.ConfigError(f"sweep.{key}: has no effect because {why}")
             sub = _pinned(_config.validate(sub))
             exp = base if not overrides else build(sub, topology)
             for key in axes:
