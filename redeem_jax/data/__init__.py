@@ -6,7 +6,7 @@
 """
 
 from redeem_jax.data.datasets import TEXT_MODULES, Dataset, list_datasets, load, register_dataset
-from redeem_jax.data.loaders import load_images, read_idx
+from redeem_jax.data.loaders import DataError, load_images, read_idx
 from redeem_jax.data.partition import METHODS, PartitionSummary, partition, partition_summary
 from redeem_jax.data.sampling import (
     NodeData,
@@ -25,6 +25,7 @@ __all__ = [
     "register_dataset",
     "TEXT_MODULES",
     "load_images",
+    "DataError",
     "read_idx",
     "METHODS",
     "partition",
