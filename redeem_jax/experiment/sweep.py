@@ -143,6 +143,8 @@ def sweep(config, axes: Mapping[str, Sequence], workdir: str | Path | None = Non
     c = _config.validate(config)
     axes = _check_axes(c, axes)
     wd = Path(workdir) if workdir is not None else None
+    if wd is not None:  # before any work: a workdir that cannot take the outputs fails now
+        _loop.check_writable(wd)
     show = c.progress if progress is None else progress
     base = build(_pinned(c), topology)
     dynamic_keys = vmapped_axes(base, list(axes))
@@ -225,13 +227,10 @@ def _run_group(exp, points: list[dict], gdir: Path | None, show: bool, label: st
     by_point = mesh is not None and "sweep" in mesh.axis_names
     lp = _loop.Loop(exp, points=points, hp={k: jnp.asarray(v) for k, v in hp.items()}, seeds=seeds, sigma=sigma,
                     mesh=mesh, by_point=by_point, label=label, show=show)
-    mgr = None
     if gdir is not None:
-        gdir.mkdir(parents=True, exist_ok=True)
-        if c.checkpoint_every:
-            mgr = _loop.checkpoint_manager(gdir)
+        _loop.check_writable(gdir)
     say = (lambda r: f"sweep: resuming {label or 'the grid'} at round {r} from {gdir}") if show else None
-    return _loop.resume_and_run(lp, gdir, "rows.jsonl", mgr, c.resume, say)
+    return _loop.resume_and_run(lp, gdir, "rows.jsonl", c.checkpoint_every, c.resume, say)
 
 
 
@@ -241,11 +240,16 @@ def _prepare_workdir(wd: Path, c, axes: Mapping[str, Sequence]) -> None:
     Resuming needs the same config (up to the fields a resume may change, as for ``rj.run``)
     and the same axes, values and order: a different grid would silently return the old
     table, or fail inside orbax on other shapes."""
-    wd.mkdir(parents=True, exist_ok=True)
+    _loop.check_writable(wd)
     record = {"config": json.loads(c.to_json()), "axes": json.loads(json.dumps({k: list(v) for k, v in axes.items()}))}
     path = wd / "sweep.json"
+    groups = [child for child in (wd.iterdir() if wd.exists() else ()) if child.is_dir() and
+              ((child / "rows.jsonl").exists() or (child / "checkpoints").exists())]
+    if c.resume and not c.checkpoint_every:
+        for child in groups:  # a resumable sweep is not discarded by a rerun without checkpoints
+            _run.refuse_to_discard(child, c, ("rows.jsonl",))
     if c.resume and c.checkpoint_every and path.exists():
-        old = json.loads(path.read_text())
+        old = _run.read_record(path)
         hint = "use a new workdir or set config.resume=False (which clears it)"
         old_axes, new_axes = old.get("axes", {}), record["axes"]
         for key in list(dict.fromkeys([*old_axes, *new_axes])):
@@ -256,12 +260,13 @@ def _prepare_workdir(wd: Path, c, axes: Mapping[str, Sequence]) -> None:
             raise _config.ConfigError(f"sweep: the sweep in {wd} had its axes in the order {list(old_axes)}, "
                                       f"not {list(new_axes)}; {hint}")
         _run.check_resumable(old.get("config", {}), c, str(wd))
+        for child in groups:
+            _loop.check_horizon(child, c.num_rounds)
     else:
-        for child in wd.iterdir() if wd.exists() else ():
-            if child.is_dir() and ((child / "rows.jsonl").exists() or (child / "checkpoints").exists()):
-                _run.clear_run_outputs(child, ("checkpoints", "rows.jsonl"))
+        for child in groups:
+            _run.clear_run_outputs(child, ("checkpoints", "rows.jsonl"))
         _run.clear_run_outputs(wd, ("sweep.json", "sweep.csv", "final.csv"))
-    path.write_text(json.dumps(record, indent=2))
+    _loop._write_atomic(path, _loop.dumps(record, indent=2))
 
 
 def final(df):
