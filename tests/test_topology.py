@@ -1,5 +1,6 @@
 """Topology families: weight rules, padded edge arrays, validation, interop."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from redeem_jax import gossip as rj_gossip
 from redeem_jax import topology as T
 
 
@@ -268,3 +270,193 @@ def test_large_sparse_construction_and_spectral_gap():
     # n > 2048, not circulant: sparse eigensolver path.
     tor = T.torus(48)
     np.testing.assert_allclose(tor.rho(), 3 / 5 + 2 / 5 * np.cos(2 * np.pi / 48), atol=1e-8)
+
+
+# --------------------------------------------------------------------------- #
+# Hub graphs and large Erdős–Rényi graphs in O(n + edges) (issue 12)
+# --------------------------------------------------------------------------- #
+def _stored_bytes(topo) -> int:
+    """Bytes of every numpy array the topology holds (fields, CSR matrices, cache)."""
+    seen, total = set(), 0
+
+    def visit(v):
+        nonlocal total
+        if isinstance(v, np.ndarray):
+            if id(v) not in seen:
+                seen.add(id(v))
+                total += v.nbytes
+        elif hasattr(v, "indptr"):          # scipy sparse
+            for a in (v.data, v.indices, v.indptr):
+                visit(a)
+        elif isinstance(v, (tuple, list)):
+            for x in v:
+                visit(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                visit(x)
+
+    for f in dataclasses.fields(topo):
+        visit(getattr(topo, f.name))
+    return total
+
+
+def _max_intermediate(jaxpr) -> int:
+    """Largest array (elements) any equation of a jaxpr, or of its sub-jaxprs, produces."""
+    from jax.extend import core as jcore
+
+    biggest = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            biggest = max(biggest, int(np.prod(getattr(v.aval, "shape", ()))))
+        for p in eqn.params.values():
+            for sub in (p if isinstance(p, (tuple, list)) else [p]):
+                inner = getattr(sub, "jaxpr", sub)
+                if isinstance(inner, jcore.Jaxpr):
+                    biggest = max(biggest, _max_intermediate(inner))
+    return biggest
+
+
+def test_star_is_stored_and_mixed_in_o_of_n():
+    """star(30000) used to pad its lists to [n, n - 1] (GiBs for n - 1 edges); now it keeps
+    the CSR form, gossip mixes by degree class, and asking for the padded lists is refused
+    with one line that names the graph."""
+    n, d = 30_000, 2
+    topo = T.star(n)
+    budget = 64 * (n + topo.num_edges)                     # bytes: a few arrays of n + edges
+    assert topo.K == n - 1 and topo.num_edges == 2 * (n - 1)
+    assert topo.is_padding_wasteful and _stored_bytes(topo) <= budget
+    x = jax.random.normal(jax.random.PRNGKey(0), (n, d))
+    y = rj_gossip.mix(topo, x)
+    assert _stored_bytes(topo) <= budget                   # mixing built nothing padded
+    jaxpr = jax.make_jaxpr(lambda v: rj_gossip.mix(topo, v))(x).jaxpr
+    assert _max_intermediate(jaxpr) <= 4 * (n + topo.num_edges) * d
+    ref = topo.sparse_mixing_matrix() @ np.asarray(x, np.float64)
+    np.testing.assert_allclose(np.asarray(y), ref, atol=1e-5)
+    with pytest.raises(ValueError, match=r"star: padded neighbour lists \[n=30000, K=29999\].*smaller maximum degree") as e:
+        topo.neighbors
+    assert "\n" not in str(e.value)
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_graph(kind: str, n: int):
+    if kind == "star":
+        return T.star(n)
+    if kind == "two_stars":      # two hubs joined, leaves split between them
+        i = np.arange(2, n)
+        return T.from_adjacency(_sym(n, np.concatenate([i, [1]]), np.concatenate([i % 2, [0]])))
+    # time-varying: a star then a ring (a hub in one round only)
+    W0, W1 = T.star(n).mixing_matrix(), T.ring(n).mixing_matrix()
+    return T.from_mixing_matrices([W0, W1])
+
+
+def _sym(n, r, c):
+    A = np.zeros((n, n), bool)
+    A[r, c] = A[c, r] = True
+    return A
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(kind: str, n: int, which: str, static_round: int = 0):
+    """Compiled once per graph (hypothesis draws only the data and the round)."""
+    from redeem_jax.network import gossip as G
+
+    topo = _hub_graph(kind, n)
+    if which == "static":
+        return jax.jit(lambda v: rj_gossip.mix(topo, v, round=static_round, method="sparse"))
+    if which == "traced":
+        return jax.jit(lambda v, r: rj_gossip.mix(topo, v, round=r, method="sparse"))
+
+    def padded(v, r):                      # the padded slot accumulation (small n: allowed)
+        nbr, w, sw = G._edge_arrays(topo, r, jnp.float32)
+        return G._accumulate(sw[:, None] * v, topo.K, G._slot_fn(v, nbr, w))
+    return jax.jit(padded)
+
+
+@pytest.mark.fuzz
+@settings(deadline=None)
+@given(kind=st.sampled_from(["star", "two_stars", "star_then_ring"]), n=st.sampled_from([40, 72]),
+       round=st.integers(0, 5), seed=st.integers(0, 2**31 - 1))
+def test_hub_gossip_equals_padded_gossip(kind, n, round, seed):
+    """On hub graphs gossip takes the degree-class path; it must equal the padded slot
+    accumulation (same order of additions: equal up to fused multiply-adds) and W(t) x from
+    scipy to float roundoff, with a static and with a traced round."""
+    topo = _hub_graph(kind, n)
+    assert topo.is_padding_wasteful
+    x = jax.random.normal(jax.random.PRNGKey(seed), (n, 3))
+    r = jnp.int32(round)
+    padded = np.asarray(_jitted(kind, n, "padded")(x, r))
+    ref = topo.mixing_matrix(round) @ np.asarray(x, np.float64)
+    for got in (_jitted(kind, n, "static", round % topo.period)(x), _jitted(kind, n, "traced")(x, r)):
+        np.testing.assert_allclose(np.asarray(got), padded, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5)
+
+
+def test_padded_arrays_of_compact_graphs_are_built_with_the_topology():
+    """Graphs whose padding is cheap keep the eager padded lists (and their circulant fast path)."""
+    for topo in (T.ring(12), T.torus(4), T.exponential(16), T.erdos_renyi(30, 0.3, seed=2)):
+        assert not topo.is_padding_wasteful and "padded" in topo._cache
+        assert topo.neighbors.shape == (topo.n, topo.K)
+    assert T.ring(12).is_circulant and T.exponential(16).is_circulant
+
+
+def test_gnp_pairs_edge_count_is_binomial_and_pairs_are_uniform():
+    """G(n, p) by geometric skipping (Batagelj & Brandes 2005): over R draws the edge count
+    has mean N·p and variance N·p(1-p) (N = n(n-1)/2 pairs), every tenth of the pair order
+    gets its share, degrees average (n-1)p, and no pair repeats. Tolerances are 5 standard
+    errors (fixed seed: deterministic)."""
+    n, p, R = 200, 0.05, 400
+    N = n * (n - 1) // 2
+    rng = np.random.default_rng(12)
+    counts, blocks, degree_means = [], np.zeros(10), []
+    for _ in range(R):
+        i, j = T._gnp_pairs(n, p, rng)
+        assert np.all((0 <= j) & (j < i) & (i < n))
+        k = i * (i - 1) // 2 + j
+        assert np.all(np.diff(k) > 0)                       # sorted, hence no repeats
+        counts.append(k.size)
+        blocks += np.bincount(k * 10 // N, minlength=10)
+        degree_means.append(2 * k.size / n)
+    counts = np.asarray(counts, np.float64)
+    sd = np.sqrt(N * p * (1 - p))
+    assert abs(counts.mean() - N * p) <= 5 * sd / np.sqrt(R)
+    assert abs(counts.var(ddof=1) / sd**2 - 1) <= 5 * np.sqrt(2 / (R - 1))
+    per_block = R * (N / 10) * p
+    assert np.all(np.abs(blocks - per_block) <= 5 * np.sqrt(per_block))
+    assert abs(np.mean(degree_means) - (n - 1) * p) <= 5 * 2 * sd / n / np.sqrt(R)
+    assert T._gnp_pairs(n, 0.0, rng)[0].size == 0
+    assert T._gnp_pairs(6, 1.0, rng)[0].size == 15
+
+
+def test_large_erdos_renyi_draws_no_pair_by_pair_coin_flips(monkeypatch):
+    """Above 1024 nodes no coin is flipped per pair: the Python random draws that a pairwise
+    G(n, p) sampler makes (one per pair, n(n-1)/2 = 4.5e6 here) stay O(n + edges) (zero:
+    the sampler draws the gaps in numpy), and the graph is connected with mean degree ~ (n-1)p."""
+    import random
+
+    calls = [0]
+    orig = random.Random.random
+
+    def counting(self):
+        calls[0] += 1
+        return orig(self)
+
+    monkeypatch.setattr(random.Random, "random", counting)
+    n, p = 3000, 0.004
+    topo = T.erdos_renyi(n, p, seed=1)
+    assert calls[0] <= 10 * (n + topo.num_edges)
+    mean_degree = topo.num_edges / n
+    sd = np.sqrt(n * (n - 1) / 2 * p) * 2 / n            # of the mean degree, one draw
+    assert abs(mean_degree - (n - 1) * p) <= 5 * sd
+    assert topo.is_symmetric and topo.is_doubly_stochastic
+
+
+@pytest.mark.fuzz
+@settings(deadline=None)
+@given(n=st.integers(1, 400), p=st.sampled_from([0.0, 1e-4, 0.01, 0.3, 0.99, 1.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_gnp_pairs_are_valid_distinct_pairs(n, p, seed):
+    i, j = T._gnp_pairs(n, p, np.random.default_rng(seed))
+    k = i * (i - 1) // 2 + j
+    assert np.all((0 <= j) & (j < i) & (i < n)) and np.all(np.diff(k) > 0)
+    if p == 1.0:
+        assert k.size == n * (n - 1) // 2

@@ -192,15 +192,44 @@ def _mix_sparse(topo, x, round, ct):
     # One row-gather per neighbour slot, accumulated: XLA fuses these into a
     # single pass and never materialises the [n, K, d] message tensor, which
     # made the gather-then-sum form 3-15x slower on CPU (benchmarks/gossip_cost.py).
+    if topo.is_padding_wasteful:
+        return _mix_buckets(topo, x, round, ct)
     nbr, w, sw = _edge_arrays(topo, round, ct)
     x = x.astype(ct)
+    return _accumulate(sw[:, None] * x, topo.K, _slot_fn(x, nbr, w))
 
+
+def _slot_fn(x, nbr, w):
     def slot(k):
         nk = jax.lax.dynamic_index_in_dim(nbr, k, 1, keepdims=False)
         wk = jax.lax.dynamic_index_in_dim(w, k, 1, keepdims=False)[:, None]
         return _weighted(wk, x.at[nk].get(mode="promise_in_bounds"))
+    return slot
 
-    return _accumulate(sw[:, None] * x, topo.K, slot)
+
+def _mix_buckets(topo, x, round, ct):
+    # Hub graphs (a star): padded [n, K] lists would hold n·K_max slots. Nodes grouped by
+    # in-degree class (Topology._degree_buckets, <= n + 2·edges slots) are accumulated
+    # slot by slot in the padded lists' order: _mix_sparse's sums, up to fused multiply-adds.
+    np_ct = np.dtype(ct)
+    sw64 = topo._self_weight64.reshape(topo.period, topo.n)
+
+    def branch(t):
+        buckets, inverse = topo._degree_buckets(t)
+
+        def f(x):
+            x = x.astype(ct)
+            parts = [_accumulate(jnp.asarray(sw64[t, rows].astype(np_ct))[:, None] * x[rows], nbr.shape[1],
+                                 _slot_fn(x, jnp.asarray(nbr), jnp.asarray(w.astype(np_ct))))
+                     for rows, nbr, w in buckets]
+            return jnp.concatenate(parts).at[jnp.asarray(inverse)].get(mode="promise_in_bounds")
+        return f
+
+    if topo.period == 1:
+        return branch(0)(x)
+    if _is_static_round(round):
+        return branch(0 if round is None else int(round) % topo.period)(x)
+    return jax.lax.switch(jnp.asarray(round) % topo.period, [branch(t) for t in range(topo.period)], x)
 
 
 def _roll_branch(shifts, weights, selfw, ct, roll=None):

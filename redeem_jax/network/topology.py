@@ -53,6 +53,9 @@ WEIGHT_RULES = ("metropolis_hastings", "max_degree", "uniform")
 _ATOL = 1e-6          # tolerance of the stochasticity checks (float32 user matrices pass)
 _DENSE_SPECTRAL_MAX_N = 2048   # above this, spectral norms use sparse eigensolvers
 _MAX_CIRCULANT_SHIFTS = 64     # roll fast path only when few shifts per round
+_PAD_WASTE = 4                 # padded slots / (nodes + edges) above which padding is lazy
+_PADDED_MAX_ENTRIES = 16384 ** 2   # the dense-gossip limit (gossip._DENSE_MAX_N ** 2 entries)
+_PADDED_BYTES_PER_SLOT = 4 + 4 + 8 + 1   # neighbors i32, weights f32 and f64, mask
 
 
 # --------------------------------------------------------------------------- #
@@ -77,6 +80,12 @@ class Topology:
       weights: float32 ``[n, K]`` (``[T, n, K]``): ``W[i, neighbors[i, k]]``.
       self_weight: float32 ``[n]`` (``[T, n]``): ``W[i, i]``.
       edge_mask: bool ``[n, K]`` (``[T, n, K]``): False on padded slots.
+
+    Storage is O(n + edges): the per-round CSR matrices. The padded arrays
+    (``neighbors``, ``weights``, ``edge_mask``) are built with the topology when
+    they hold at most 4x the edge list's slots, and on first access otherwise
+    (hub graphs: a star's would be ``n x (n - 1)``); above the dense-gossip size
+    limit such a build is refused with a ValueError. Plain gossip never needs them.
       is_doubly_stochastic: every ``W(t)`` has unit row and column sums.
       is_symmetric: every ``W(t)`` is symmetric.
       params: family parameters (e.g. ``rows``/``cols`` of a torus).
@@ -86,25 +95,108 @@ class Topology:
     name: str
     period: int
     degrees: np.ndarray
-    neighbors: np.ndarray
-    weights: np.ndarray
     self_weight: np.ndarray
-    edge_mask: np.ndarray
     is_doubly_stochastic: bool
     is_symmetric: bool
     params: Mapping[str, Any]
-    _sparse: tuple            # per-round scipy CSR float64 W(t)
+    _sparse: tuple            # per-round scipy CSR float64 W(t): the O(n + edges) storage
     _adjacency_csr: Any       # union graph, bool CSR, i receives from j
-    _weights64: np.ndarray    # float64 copies: float64 gossip stays exact
     _self_weight64: np.ndarray
     _circulant: Any           # None or (shifts int[T, S], weights f64[T, S], self f64[T])
+    _width: int               # K: max off-diagonal in-degree over the rounds (>= 1)
+    _num_edges: int           # off-diagonal entries of W(t), summed over the period
     _cache: dict
 
     # ------------------------------------------------------------------ shape
     @property
     def K(self) -> int:
         """Padded neighbour-list width: max in-degree over all rounds (>= 1)."""
-        return int(self.neighbors.shape[-1])
+        return self._width
+
+    @property
+    def num_edges(self) -> int:
+        """Off-diagonal entries of ``W(t)`` summed over the period (directed edges used)."""
+        return self._num_edges
+
+    @property
+    def is_padding_wasteful(self) -> bool:
+        """True when the padded ``[T, n, K]`` lists would hold over 4x the slots of the
+        edge list (hub graphs such as :func:`star`): those keep only the CSR form and
+        build the padded arrays on first access (see :meth:`padded_nbytes`)."""
+        return self.period * self.n * self.K > _PAD_WASTE * (self.period * self.n + self.num_edges)
+
+    def padded_nbytes(self) -> int:
+        """Bytes of the padded neighbour arrays (``neighbors``, ``weights``, float64 weights,
+        ``edge_mask``) whether or not they are built."""
+        return self.period * self.n * self.K * _PADDED_BYTES_PER_SLOT
+
+    @property
+    def neighbors(self) -> np.ndarray:
+        """int32 ``[n, K]`` (``[T, n, K]``): row ``i`` lists the nodes ``i`` receives from."""
+        return self._padded()[0]
+
+    @property
+    def weights(self) -> np.ndarray:
+        """float32 ``[n, K]`` (``[T, n, K]``): ``W[i, neighbors[i, k]]`` (0 on padded slots)."""
+        return self._padded()[1]
+
+    @property
+    def edge_mask(self) -> np.ndarray:
+        """bool ``[n, K]`` (``[T, n, K]``): False on padded slots."""
+        return self._padded()[2]
+
+    @property
+    def _weights64(self) -> np.ndarray:
+        # float64 copy: float64 gossip stays exact
+        return self._padded()[3]
+
+    def _padded(self):
+        """``(neighbors, weights f32, edge_mask, weights f64)``, built from the CSR matrices on
+        first use; refused above the dense-gossip size limit when the padding is wasteful."""
+        if "padded" not in self._cache:
+            entries = self.period * self.n * self.K
+            if entries > _PADDED_MAX_ENTRIES and self.is_padding_wasteful:
+                raise ValueError(
+                    f"{self.name}: padded neighbour lists [n={self.n}, K={self.K}] would need "
+                    f"{self.padded_nbytes() / 2**30:.1f} GiB for {self.num_edges} edges (limit "
+                    f"{_PADDED_MAX_ENTRIES} slots, as dense gossip); plain gossip (rj.gossip.mix) "
+                    "does not need them, per-neighbourhood rules do: use a graph of smaller maximum degree")
+            self._cache["padded"] = _padded_arrays(self._sparse)
+        return self._cache["padded"]
+
+    def _degree_buckets(self, t: int = 0):
+        """Round ``t``'s in-edges grouped by in-degree class, for gossip on hub graphs.
+
+        Class ``c`` holds the nodes of off-diagonal in-degree in ``(2^(c-2), 2^(c-1)]``
+        (class 0: no in-edge), each class padded to its own largest degree, so all
+        classes together hold at most ``n + 2 * edges`` slots whatever the maximum
+        degree. Returns ``(buckets, inverse)``: ``buckets`` a list of ``(rows int[n_b],
+        neighbors int32[n_b, K_b], weights f64[n_b, K_b])`` (slots in the padded lists'
+        order, padding pointing at the node itself with weight 0), and ``inverse`` with
+        ``concat(per-bucket rows)[inverse] == arange(n)``.
+        """
+        key = ("buckets", t)
+        if key not in self._cache:
+            o = _offdiag(self._sparse[t])
+            deg = np.diff(o.indptr)
+            cls = np.zeros(self.n, np.int64)
+            has = deg > 0
+            cls[has] = np.ceil(np.log2(deg[has])).astype(np.int64) + 1
+            order = np.argsort(cls, kind="stable")
+            buckets = []
+            for c in np.unique(cls):
+                rows = order[cls[order] == c]
+                k_b = int(deg[rows].max())
+                slot = np.arange(k_b)
+                valid = slot[None, :] < deg[rows][:, None]
+                idx = np.where(valid, o.indptr[rows][:, None] + slot[None, :], 0)
+                nbr = np.where(valid, o.indices[idx] if o.nnz else 0, rows[:, None]).astype(np.int32)
+                w = np.where(valid, o.data[idx] if o.nnz else 0.0, 0.0)
+                buckets.append((rows, nbr, w))
+            inverse = np.empty(self.n, np.int64)
+            inverse[np.concatenate([b[0] for b in buckets])] = np.arange(self.n)
+            self._cache[key] = (buckets, inverse)
+        return self._cache[key]
 
     @property
     def is_time_varying(self) -> bool:
@@ -485,37 +577,56 @@ def _detect_circulant(nbr, wts, mask, selfw):
     return shifts, weights, selfw[:, 0].copy()
 
 
+def _ro(a):
+    a.setflags(write=False)
+    return a
+
+
+def _padded_arrays(mats: Sequence[sp.csr_matrix], padded=None):
+    """``(neighbors i32, weights f32, edge_mask, weights f64)``, ``[n, K]`` or ``[T, n, K]``."""
+    nbr, wts, mask, _ = _pad(mats) if padded is None else padded
+    squeeze = (lambda a: a[0]) if len(mats) == 1 else (lambda a: a)
+    return (_ro(np.ascontiguousarray(squeeze(nbr)).astype(np.int32)),
+            _ro(np.ascontiguousarray(squeeze(wts)).astype(np.float32)),
+            _ro(np.ascontiguousarray(squeeze(mask))),
+            _ro(np.ascontiguousarray(squeeze(wts))))
+
+
 def _build(name: str, mats: Sequence[sp.csr_matrix], adjacency: sp.csr_matrix,
            params: Mapping[str, Any] | None = None) -> Topology:
-    """Assemble a Topology from already-validated per-round CSR matrices."""
+    """Assemble a Topology from already-validated per-round CSR matrices (O(n + edges))."""
     n = mats[0].shape[0]
     T = len(mats)
     _check_connected(adjacency, name)
-    nbr, wts, mask, selfw = _pad(mats)
-    circ = _detect_circulant(nbr, wts, mask, selfw)
+    offdeg = [np.diff(_offdiag(W).indptr) if n else np.zeros(0, int) for W in mats]
+    width = max(1, max(int(d.max()) if d.size else 0 for d in offdeg))
+    edges = sum(int(d.sum()) for d in offdeg)
+    cache = {}
+    circ = None
+    if T * n * width <= _PAD_WASTE * (T * n + edges):
+        # Compact: build the padded lists now, as every consumer has so far.
+        padded = _pad(mats)
+        cache["padded"] = _padded_arrays(mats, padded)
+        uniform = all(np.all(d == d[0]) for d in offdeg if d.size)
+        if uniform and width <= _MAX_CIRCULANT_SHIFTS:  # else _detect_circulant says None
+            circ = _detect_circulant(*padded)
+    selfw = np.stack([W.diagonal() for W in mats])
     degrees = np.asarray(adjacency.sum(axis=1)).reshape(-1).astype(np.int64)
-
-    def ro(a):
-        a.setflags(write=False)
-        return a
-
     squeeze = (lambda a: a[0]) if T == 1 else (lambda a: a)
     return Topology(
         n=n, name=name, period=T,
-        degrees=ro(degrees),
-        neighbors=ro(np.ascontiguousarray(squeeze(nbr)).astype(np.int32)),
-        weights=ro(np.ascontiguousarray(squeeze(wts)).astype(np.float32)),
-        self_weight=ro(np.ascontiguousarray(squeeze(selfw)).astype(np.float32)),
-        edge_mask=ro(np.ascontiguousarray(squeeze(mask))),
+        degrees=_ro(degrees),
+        self_weight=_ro(np.ascontiguousarray(squeeze(selfw)).astype(np.float32)),
         is_doubly_stochastic=all(_is_doubly(W) for W in mats),
         is_symmetric=all(_is_sym(W) for W in mats),
         params=types.MappingProxyType(dict(params or {})),
         _sparse=tuple(mats),
         _adjacency_csr=adjacency,
-        _weights64=ro(np.ascontiguousarray(squeeze(wts))),
-        _self_weight64=ro(np.ascontiguousarray(squeeze(selfw))),
+        _self_weight64=_ro(np.ascontiguousarray(squeeze(selfw))),
         _circulant=circ,
-        _cache={},
+        _width=width,
+        _num_edges=edges,
+        _cache=cache,
     )
 
 
@@ -647,20 +758,61 @@ def hypercube(n: int, weights="metropolis_hastings") -> Topology:
                        params=dict(dim=k))
 
 
+def _gnp_pairs(n: int, p: float, rng: np.random.Generator):
+    """The edges ``(i, j)``, ``j < i``, of one G(n, p) draw in O(n + edges) time and memory.
+
+    Geometric skipping (Batagelj & Brandes 2005, "Efficient generation of large random
+    networks", Alg. 1), vectorized: the gaps between successive present pairs in the
+    lexicographic order of the ``N = n(n-1)/2`` pairs are iid Geometric(p), so their
+    cumulative sums are the present pairs' indices; index ``k`` is row
+    ``i = floor((1 + sqrt(1 + 8k)) / 2)``, column ``k - i(i-1)/2``.
+    """
+    total = n * (n - 1) // 2
+    if p <= 0.0 or total == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    chunks, last = [], -1
+    mean = total * p
+    while last < total - 1:
+        # Enough gaps to pass the end with overwhelming probability; loop otherwise.
+        size = int(mean + 8 * math.sqrt(mean * (1 - p) + 1) + 16)
+        k = last + np.cumsum(rng.geometric(p, size=size), dtype=np.int64)
+        chunks.append(k[k < total])
+        last = int(k[-1])
+    k = np.concatenate(chunks)
+    i = np.floor((1 + np.sqrt(1 + 8 * k.astype(np.float64))) / 2).astype(np.int64)
+    # float64 sqrt can be one off near perfect squares when k ~ 1e12: fix exactly.
+    i -= (i * (i - 1) // 2 > k)
+    i += ((i + 1) * i // 2 <= k)
+    return i, k - i * (i - 1) // 2
+
+
+_ER_PAIRWISE_MAX_N = 1024   # up to here, networkx's pairwise draw (graphs of earlier versions)
+
+
 def erdos_renyi(n: int, p: float, seed: int = 0, weights="metropolis_hastings",
                 max_tries: int = 100) -> Topology:
     """Erdős–Rényi G(n, p) (Erdős & Rényi 1959), resampled until connected.
 
     Tries seeds ``seed, seed + 1, ...`` (the one used is in ``params["seed"]``);
     raises ValueError after ``max_tries``. MH weights by default (Xiao & Boyd 2004).
+    For ``n <= 1024`` each pair is drawn as networkx's ``gnp_random_graph`` does (the
+    graphs of earlier versions, seed for seed); above, in O(n + edges) by geometric
+    skipping (Batagelj & Brandes 2005, :func:`_gnp_pairs`): a 10^5-node graph of mean
+    degree 20 builds in seconds, where the pairwise draw needs 5·10^9 coin flips.
     """
     n = _check_n(n, "erdos_renyi")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"erdos_renyi: p must be in [0, 1], got p={p}")
     for t in range(max_tries):
-        G = nx.gnp_random_graph(n, p, seed=seed + t)
-        if nx.is_connected(G):
-            return _from_networkx_graph("erdos_renyi", G, weights, dict(p=p, seed=seed + t))
+        if n <= _ER_PAIRWISE_MAX_N:
+            G = nx.gnp_random_graph(n, p, seed=seed + t)
+            if nx.is_connected(G):
+                return _from_networkx_graph("erdos_renyi", G, weights, dict(p=p, seed=seed + t))
+            continue
+        i, j = _gnp_pairs(n, p, np.random.default_rng(seed + t))
+        A = _csr_from_edges(n, i, j, symmetric=True)
+        if csgraph.connected_components(A, directed=False, return_labels=False) == 1:
+            return _from_graph("erdos_renyi", A, weights, dict(p=p, seed=seed + t))
     raise ValueError(f"erdos_renyi(n={n}, p={p}): graph not connected after {max_tries} tries; "
                      f"increase p (connectivity threshold ~ ln(n)/n = {math.log(max(n, 2)) / n:.3g})")
 
