@@ -19,7 +19,7 @@ from _configs import small_config  # noqa: E402
 
 c = small_config(**json.loads(overrides), **{"perf.mesh": (-1,), "distributed.coordinator": f"localhost:{port}",
                                                  "distributed.num_processes": nproc, "distributed.process_id": pid})
-assert distributed.initialize(c, initialization_timeout=30)
+assert distributed.initialize(c, initialization_timeout=300)
 assert distributed.initialize(c)  # idempotent
 assert jax.process_count() == nproc and len(jax.devices()) == 4 * nproc, jax.devices()
 result = rj.run(c)

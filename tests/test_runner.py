@@ -139,13 +139,13 @@ def test_cli_runs_writes_outputs_and_reports_bad_fields(tmp_path):
            "--config.num_nodes=4", "--config.num_rounds=4", "--config.eval_every=2", "--config.byzantine.num=0",
            "--config.compare.key=",
            "--config.checkpoint_every=2", "--config.model.hidden=(8,)", "--workdir", str(tmp_path / "w")]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "outputs in" in out.stdout
     for name in ("metrics.jsonl", "config.json", "metrics.png", "checkpoints"):
         assert (tmp_path / "w" / name).exists()
     bad = subprocess.run(cmd[:-2] + ["--config.optimizer.name=sdg", "--workdir", str(tmp_path / "b")],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "config.optimizer.name: 'sdg' is not one of" in bad.stderr
 
 

@@ -140,7 +140,7 @@ def test_command_line(tmp_path):
            "--config.num_nodes=4", "--config.num_rounds=2", "--config.eval_every=2", "--config.model.hidden=(8,)",
            "--config.progress=False", "--sweep.seed=0,1", "--sweep.optimizer.learning_rate=0.05,0.2",
            "--workdir", str(tmp_path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=root)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "4 runs, 1 compiled program(s)" in out.stdout
     last = pd.read_csv(tmp_path / "final.csv")

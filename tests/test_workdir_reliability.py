@@ -377,14 +377,14 @@ def test_command_lines_print_one_line_errors_and_list_only_written_outputs(tmp_p
             "--config.num_nodes=4", "--config.num_rounds=2", "--config.eval_every=2", "--config.byzantine.num=0",
             "--config.compare.key=", "--config.checkpoint_every=2", "--config.model.hidden=(8,)",
             "--config.progress=False", "--config.plots=False"]
-    bad = subprocess.run(base + ["--workdir", str(afile)], capture_output=True, text=True, timeout=300, check=False)
+    bad = subprocess.run(base + ["--workdir", str(afile)], capture_output=True, text=True, timeout=600, check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith(f"error: workdir {afile}")
     sweep = subprocess.run([sys.executable, "-m", "redeem_jax.sweep", "--config", str(ROOT / "configs/sweep.py"),
                             "--sweep.seed=0,1", "--workdir", str(afile / "sub")], capture_output=True, text=True,
-                           timeout=300, check=False)
+                           timeout=600, check=False)
     assert sweep.returncode == 2 and "Traceback" not in sweep.stderr and str(afile) in sweep.stderr
-    good = subprocess.run(base + ["--workdir", str(tmp_path / "w")], capture_output=True, text=True, timeout=300, check=False)
+    good = subprocess.run(base + ["--workdir", str(tmp_path / "w")], capture_output=True, text=True, timeout=600, check=False)
     assert good.returncode == 0, good.stderr[-2000:]
     listed = good.stdout.strip().splitlines()[-1]
     assert "metrics.jsonl" in listed and "checkpoints/" in listed and ".png" not in listed
@@ -406,7 +406,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_run(tmp_path):
     wd = tmp_path / "killed"
     code = KILLED.format(tests=str(ROOT / "tests"), tiny=TINY, n=n, wd=str(wd))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240  # only catches a hang
+    deadline = time.monotonic() + 600  # only catches a hang
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if any(s >= 10 for s in _steps(wd / "checkpoints")):
