@@ -812,7 +812,7 @@ def erdos_renyi(n: int, p: float, seed: int = 0, weights="metropolis_hastings",
         i, j = _gnp_pairs(n, p, np.random.default_rng(seed + t))
         A = _csr_from_edges(n, i, j, symmetric=True)
         if csgraph.connected_components(A, directed=False, return_labels=False) == 1:
-            return _from_graph("erdos_renyi", A, weights, dict(p=p, seed=seed + t))
+            return _from_graph("erdos_renyi", A, weights, {"p": p, "seed": seed + t})
     raise ValueError(f"erdos_renyi(n={n}, p={p}): graph not connected after {max_tries} tries; "
                      f"increase p (connectivity threshold ~ ln(n)/n = {math.log(max(n, 2)) / n:.3g})")
 
