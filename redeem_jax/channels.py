@@ -301,6 +301,10 @@ def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = Non
                          "or an aggregator")
     name = rule if isinstance(rule, str) else getattr(rule, "__name__", "rule")
     need = _rules.min_inputs(rule, b)
+    K = getattr(topology, "K", None)
+    if K is not None and K + 1 < need:
+        raise ValueError(f"aggregation.rule: {name} with b={b} needs {need} inputs (own row + neighbours) but no node "
+                         f"of {topology.name} has more than {K + 1}; lower aggregation.tolerance or use a denser topology")
     _warn_certain_fallbacks(topology, byz_host, need, f"robust_gossip[{name}]", b)
 
     def node_rule(xi, m, wi, si, mi, prev):
@@ -348,12 +352,13 @@ def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = Non
     def update(x, s, ctx):
         _gossip.check_float(jnp.asarray(x).dtype, f"robust_gossip[{name}]")
         y, atk_state, rule_state = exchange(x, s, ctx)
+        y = y.astype(x.dtype)
         short = jnp.zeros((x.shape[0],), bool)
         if need > 1:
             # Too few rows for the rule's precondition this round: keep the own value (the rule
             # would return garbage: the trimmed mean of 2 rows with b = 1 is 0).
             short = 1 + jnp.sum(jnp.asarray(ctx.edges.mask, jnp.int32), axis=1) < need
-            y = jnp.where(short[:, None], x, y.astype(x.dtype))
+            y = jnp.where(short[:, None], x, y)
             if stateful:
                 rule_state = jnp.where(short[:, None], y, rule_state)
         count = jnp.sum(short & jnp.asarray(ctx.honest, bool))

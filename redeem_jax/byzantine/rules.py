@@ -173,7 +173,12 @@ def ios(x_i, messages, weights, self_weight, mask, b: int):
         drop = jnp.argmax(dist)
         return keep.at[drop].set(keep[drop] & (dist[drop] < 0))
 
-    keep = jax.lax.fori_loop(0, max(int(b), 0), body, ok)
+    keep = ok
+    if int(b) <= 8:  # unrolled: no loop to compile per call outside jit, the same program inside
+        for t in range(max(int(b), 0)):
+            keep = body(t, keep)
+    else:
+        keep = jax.lax.fori_loop(0, int(b), body, ok)
     return average(keep)
 
 
