@@ -10,7 +10,17 @@ Conventions shared by every rule (see ``docs/aggregators.md``):
 
 * ``f`` is the static Byzantine tolerance (a Python int); ``n`` is the static number of rows.
 * ``mask: bool[n]`` marks valid rows; masked rows are *absent*: ranks and counts use
-  ``n_eff = mask.sum()`` while shapes stay static. ``agg(x, f, mask) == agg(x[mask], f)``.
+  ``n_eff = mask.sum()`` while shapes stay static. ``agg(x, f, mask) == agg(x[mask], f)``
+  whenever ``n_eff >= min_inputs(rule, f)``.
+* Below the precondition (``n_eff < min_inputs(rule, f)``, e.g. a degree-1 node of a path with
+  f = 1) a masked call returns the **first live row** unchanged: rows come "own row first"
+  (:func:`neighbourhood`, robust gossip), so the node keeps its own value; with no live row,
+  zeros. A select on the result (jittable, one row gather); a concrete mask also triggers a
+  ``warnings.warn`` naming the rule, the live count and the precondition. An unmasked call
+  below the precondition raises ValueError (``check_preconditions``, the same table).
+* float16 / bfloat16 rows are computed in float32 (distances, sums, sorts, ``eigh``, the
+  finite-value cap) and the result is cast back to the input dtype; integer and bool rows are
+  refused with a TypeError.
 * Non-finite rows (any NaN/±inf entry) are *present but infinitely far away*: distance-based
   rules give them distance +inf (they are never selected and get zero weight); coordinate-wise
   rules sort NaN as +inf. Finite entries are clamped to ``±C`` with
@@ -21,7 +31,8 @@ Conventions shared by every rule (see ``docs/aggregators.md``):
 * Pairwise distances use the Gram form ``|a|^2 + |b|^2 - 2 a.b`` (clamped at 0) on rows centred
   at the coordinate-wise median (for precision under large translations), never an
   ``[n, n, d]`` tensor.
-* Preconditions are checked statically (``check_preconditions``) from ``n`` and ``f``.
+* Preconditions are data (:func:`min_inputs`), checked statically (``check_preconditions``)
+  from ``n`` and ``f``.
 """
 from __future__ import annotations
 
@@ -29,6 +40,7 @@ import functools
 import inspect
 import itertools
 import math
+import warnings
 from typing import Callable
 
 import jax
@@ -45,7 +57,7 @@ from redeem_jax.metrics import weighted_rows
 _threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performance.md)
 
 __all__ = [
-    "get", "RULES", "PRE_AGGREGATORS", "is_pre_aggregator", "check_preconditions",
+    "get", "RULES", "PRE_AGGREGATORS", "is_pre_aggregator", "check_preconditions", "min_inputs",
     "kappa_bound", "kappa_lower_bound", "kappa_ratio", "empirical_kappa",
     "mean", "median", "trimmed_mean", "geometric_median", "krum", "multi_krum", "bulyan",
     "centered_clipping", "mda", "meamed", "monna", "caf", "smea",
@@ -439,49 +451,142 @@ def _static_int(f, what="f"):
     return f
 
 
+_KIND: dict[str, str] = {}
+_TAKES_FULL: dict[str, bool] = {}
+_STATIC_OPTIONS = ("s", "m", "reference")  # options that change shapes or preconditions
+
+_FALLBACK_DOC = """
+    Below the precondition (``mask`` leaving fewer than :func:`min_inputs` live rows): the first
+    live row unchanged (the node keeps its own value; zeros when no row is live), with a warning
+    when the mask is concrete. float16 / bfloat16 rows are computed in float32 and returned in
+    their dtype; integer and bool rows are refused."""
+
+
 def _register(name, kind):
     # A rule whose signature has ``full`` learns, statically, that no mask was given (every row
     # present): the order statistics it needs are then at static positions of the network.
     def deco(fn):
         _IMPL[name] = fn
-        takes_full = "full" in inspect.signature(fn).parameters
+        _KIND[name] = kind
+        _TAKES_FULL[name] = "full" in inspect.signature(fn).parameters
         if kind == "rule":
             @functools.wraps(fn)
             def wrapper(x, f, mask=None, **options):
-                full = mask is None
+                given = mask  # warned about as given: inside jit, converted arrays are traced
                 x, f, mask = _check_call(name, x, f, mask, options)
-                if takes_full:
-                    options["full"] = full
-                return fn(x, f, mask, **options)
+                xw = x.astype(_compute_dtype(name, x.dtype))
+                out = _stage(name, xw, f, mask, options)
+                if mask is not None:
+                    need = min_inputs(name, f, **_static(options))
+                    _warn_below(name, f, given, need)
+                    out = _keep_first_live(out, xw, mask, need)
+                return out.astype(x.dtype)
             wrapper.rule_name = name
             _RULES[name] = wrapper
         else:
             @functools.wraps(fn)
             def wrapper(x, f, mask=None, return_mask=False, **options):
-                full = mask is None
+                given = mask
                 x, f, mask = _check_call(name, x, f, mask, options)
-                y, m = fn(x, f, mask, **options)
-                if full and m is mask:  # rows kept as they were: still no mask for the next stage
-                    m = None
+                xw = x.astype(_compute_dtype(name, x.dtype))
+                y, m = _stage(name, xw, f, mask, options)
+                if mask is not None:
+                    need = min_inputs(name, f, **_static(options))
+                    _warn_below(name, f, given, need)
+                    y = _pass_through(y, xw, mask, need)
+                y = y.astype(x.dtype)
                 return (y, m) if return_mask else y
             _PRES[name] = wrapper
+        wrapper.__doc__ = (fn.__doc__ or "") + _FALLBACK_DOC
+        wrapper.aggregator = (name, {})
         return wrapper
     return deco
 
 
+def _static(options):
+    """The options that change shapes or preconditions (``bucketing={"s": 3}`` included)."""
+    return {k: v for k, v in options.items()
+            if k in _STATIC_OPTIONS or (k == "bucketing" and isinstance(v, dict))}
+
+
+def _stage(name, x, f, mask, options):
+    """One rule or pre-aggregator on already checked, widened rows; ``mask`` None means every row
+    is present (rules then use static order-statistic positions). A pre-aggregator returns
+    (rows, mask), the mask None again when no row changed validity."""
+    fn = _IMPL[name]
+    full = mask is None
+    m = jnp.ones((x.shape[0],), bool) if full else mask
+    if _KIND[name] == "rule":
+        if _TAKES_FULL[name]:
+            options = {**options, "full": full}
+        return fn(x, f, m, **options)
+    y, mo = fn(x, f, m, **options)
+    return y, (None if full and mo is m else mo)
+
+
+def _compute_dtype(name, dtype):
+    """The dtype a rule computes in: float16 / bfloat16 (and narrower) rows are widened to float32
+    (their range would cap honest values near ±3.4 through the finite-value clamp, and ``eigh``
+    has no half-precision kernel); other floating dtypes as they are."""
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name}: rows must be floating point, got dtype {dtype}; cast them first "
+                        "(e.g. x.astype(jnp.float32))")
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+
+
+def _keep_first_live(out, x, mask, need: int):
+    """``out`` where at least ``need`` rows of ``mask`` are live, else the first live row of ``x``
+    (the node's own value: its own row comes first), zeros when none is live. A select on the
+    result, so it stays jittable and costs one row gather."""
+    cnt = jnp.sum(mask.astype(jnp.int32))
+    own = jnp.where(cnt > 0, x[jnp.argmax(mask)], jnp.zeros_like(out))
+    return jnp.where(cnt >= need, out, own.astype(out.dtype))
+
+
+def _pass_through(y, x, mask, need: int):
+    """A pre-aggregator below its precondition leaves its rows as they were (the next rule then
+    applies its own fallback); bucketing and clip (need 1) change nothing here."""
+    if need <= 1 or y.shape != x.shape:
+        return y
+    return jnp.where(jnp.sum(mask.astype(jnp.int32)) >= need, y, x)
+
+
+def _warn_below(name, f, mask, need: int, what="rows"):
+    """Warn when a concrete mask leaves fewer than ``need`` live rows (traced masks cannot be
+    inspected: the fallback is then silent but documented). ``mask`` [n] or [N, n] (one row set
+    per node, for :func:`neighbourhood`)."""
+    if need <= 0 or isinstance(mask, jax.core.Tracer):
+        return
+    try:
+        live = np.asarray(mask).sum(axis=-1)
+    except Exception:  # noqa: BLE001 - an abstract value (e.g. under eval_shape): nothing to report
+        return
+    low = live < need
+    if not np.any(low):
+        return
+    if live.ndim == 0:
+        msg = (f"{name} (f={f}): {int(live)} live {what}, below min_inputs = {need}; returning the first "
+               "live row unchanged (zeros if none)")
+    else:
+        msg = (f"{name} (f={f}): {int(low.sum())} of {live.size} nodes have fewer than min_inputs = {need} "
+               f"live {what} (fewest {int(live.min())}); they keep their own row")
+    warnings.warn(msg, stacklevel=3)
+
+
 def _check_call(name, x, f, mask, options):
+    """Validate one call statically (shape, f, preconditions on the static n); the mask stays None
+    when none was given."""
     x = jnp.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name}: x must be [n, d] (vmap over the node axis), got {x.shape}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
+    _compute_dtype(name, x.dtype)
     f = _static_int(f)
     n = x.shape[0]
-    static = {k: v for k, v in options.items() if k in ("s", "m", "reference")}
-    check_preconditions(name, n, f, **static)
-    mask = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
-    if mask.shape != (n,):
-        raise ValueError(f"{name}: mask must be bool[{n}], got shape {mask.shape}")
+    check_preconditions(name, n, f, **_static(options))
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        if mask.shape != (n,):
+            raise ValueError(f"{name}: mask must be bool[{n}], got shape {mask.shape}")
     return x, f, mask
 
 
@@ -936,12 +1041,78 @@ def _split(name: str):
     return stages
 
 
-def check_preconditions(name: str, n: int, f: int, **options) -> None:
-    """Raise ValueError when rule ``name`` cannot work on n rows with f Byzantine (static).
+# The one table of preconditions: stage -> (a, b, condition, source); the stage needs at least
+# a*f + b live rows. check_preconditions() refuses a static n below it; a masked call whose live
+# count falls below it returns the documented fallback (the first live row).
+_HONEST_MAJORITY = (2, 1, "n > 2f")
+_PRECONDITIONS = {
+    "mean": (0, 1, "n >= 1", "defined on any non-empty set; not robust"),
+    "median": _HONEST_MAJORITY + ("Yin et al. 2018, breakdown point 1/2",),
+    "trimmed_mean": _HONEST_MAJORITY + ("Yin et al. 2018: f < n/2 leaves n - 2f values",),
+    "geometric_median": _HONEST_MAJORITY + ("breakdown point 1/2; Pillutla et al. 2022",),
+    "krum": (2, 3, "n >= 2f + 3", "Blanchard et al. 2017, Prop. 1: 2f + 2 < n"),
+    "multi_krum": (2, 3, "n >= 2f + 3", "Blanchard et al. 2017"),
+    "bulyan": (4, 3, "n >= 4f + 3", "El Mhamdi et al. 2018"),
+    "centered_clipping": _HONEST_MAJORITY + (("a honest majority; Karimireddy et al. 2021 "
+                                              "analyse a small constant fraction f/n"),),
+    "mda": _HONEST_MAJORITY + ("El Mhamdi et al. 2018: n - f rows must hold a honest majority",),
+    "meamed": _HONEST_MAJORITY + ("Xie et al. 2018: q < n/2",),
+    "monna": _HONEST_MAJORITY + ("Farhadkhani et al. 2023",),
+    "caf": _HONEST_MAJORITY + ("the filter stops at weight n - 2f > 0",),
+    "smea": _HONEST_MAJORITY + ("Allouah et al. 2023 (trilemma)",),
+    "nnm": _HONEST_MAJORITY + ("Allouah et al. 2023 (fixing by mixing)",),
+    "arc": _HONEST_MAJORITY + ("Allouah et al. 2024: k = floor(2(f/n)(n - f)) for f < n/2",),
+    "clip": (0, 1, "n >= 1", "defined on any set"),
+    "bucketing": (0, 1, "n >= 1", "maps n rows to ceil(n / s) buckets for the next stage"),
+}
 
-    Krum / Multi-Krum need n >= 2f + 3 (Blanchard et al. 2017), Bulyan n >= 4f + 3 (El Mhamdi et
-    al. 2018), every other robust rule n > 2f (MDA and SMEA above C(n, f) > MAX_SUBSETS use
-    their documented approximations).
+
+def _bucket_size(options):
+    s = options.get("s", 2)
+    if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 1:
+        raise ValueError(f"bucketing needs an int bucket size s >= 1, got {s!r}")
+    return int(s)
+
+
+def min_inputs(rule, f: int, **options) -> int:
+    """The smallest number of live rows for which ``rule`` (a name such as ``"nnm+krum"``, or a
+    callable from :func:`get`) is defined and keeps its guarantee with ``f`` Byzantine rows.
+
+    Median, trimmed mean, MeaMed, geometric median, centered clipping, MDA, MoNNA, CAF, SMEA,
+    NNM and ARC: 2f + 1 (a honest majority; no rule is (f, κ)-robust for n ≤ 2f, Allouah et al.
+    2023); Krum and Multi-Krum: 2f + 3 (Blanchard et al. 2017 need n > 2f + 2); Bulyan: 4f + 3
+    (El Mhamdi et al. 2018); mean, clip and bucketing: 1. A composition needs the most of its
+    stages, counted before bucketing (``s`` rows per bucket: ceil(n / s) ≥ k needs n ≥ s(k − 1) + 1).
+
+    :func:`check_preconditions` refuses an unmasked call below this number; a masked call
+    (padded neighbourhoods, :func:`neighbourhood`) whose live count falls below it returns the
+    first live row unchanged, zeros when no row is live."""
+    if isinstance(rule, str):
+        name, bound = rule, {}
+    else:
+        name, bound = getattr(rule, "aggregator", (getattr(rule, "rule_name", None), {}))
+        if name is None:
+            raise TypeError(f"min_inputs: {rule!r} is not an aggregator from aggregators.get(); pass its name")
+    options = {**bound, **options}
+    f = _static_int(f)
+    if f < 0:
+        raise ValueError(f"min_inputs({name!r}): f must be >= 0, got {f}")
+    need = 1
+    for st in reversed(_split(name)):
+        if st == "bucketing":
+            stage = options.get("bucketing")
+            need = _bucket_size({**options, **(stage if isinstance(stage, dict) else {})}) * (need - 1) + 1
+        else:
+            a, b = _PRECONDITIONS[st][:2]
+            need = max(need, a * f + b)
+    return need
+
+
+def check_preconditions(name: str, n: int, f: int, **options) -> None:
+    """Raise ValueError when rule ``name`` cannot work on n rows with f Byzantine (static), from
+    the same table as :func:`min_inputs`: Krum / Multi-Krum need n >= 2f + 3 (Blanchard et al.
+    2017), Bulyan n >= 4f + 3 (El Mhamdi et al. 2018), every other robust rule n > 2f (MDA and
+    SMEA above C(n, f) > MAX_SUBSETS use their documented approximations).
     Compositions are checked stage by stage (bucketing maps n to ceil(n / s))."""
     stages = _split(name)
     if not isinstance(n, (int, np.integer)) or not isinstance(f, (int, np.integer)):
@@ -949,32 +1120,22 @@ def check_preconditions(name: str, n: int, f: int, **options) -> None:
     if f < 0 or n < 1:
         raise ValueError(f"{name}: need n >= 1 and f >= 0, got n={n}, f={f}")
     for st in stages:
-        if st == "mean" or st == "clip":
-            pass
-        elif st in ("krum", "multi_krum"):
-            if n < 2 * f + 3:
-                raise ValueError(f"{st} needs n >= 2f + 3 (Blanchard et al. 2017), got n={n}, f={f}")
+        a, b, cond, source = _PRECONDITIONS[st]
+        if n < a * f + b:
+            raise ValueError(f"{st} needs {cond} ({source}), got n={n}, f={f}; lower f or give each "
+                             f"aggregation at least {a * f + b} rows")
+        if st == "multi_krum":
             m = options.get("m")
-            if st == "multi_krum" and isinstance(m, (int, np.integer)) and not 1 <= m <= n:
+            if isinstance(m, (int, np.integer)) and not 1 <= m <= n:
                 raise ValueError(f"multi_krum needs 1 <= m <= n, got m={m}, n={n}")
-        elif st == "bulyan":
-            if n < 4 * f + 3:
-                raise ValueError(f"bulyan needs n >= 4f + 3 (El Mhamdi et al. 2018), got n={n}, f={f}")
         elif st == "bucketing":
-            s = options.get("s", 2)
-            if not isinstance(s, (int, np.integer)) or s < 1:
-                raise ValueError(f"bucketing needs an int bucket size s >= 1, got {s!r}")
-            n = -(-n // s)
-            continue
-        else:
-            if n <= 2 * f:
-                raise ValueError(f"{st} needs n > 2f (a honest majority), got n={n}, f={f}")
-            if st == "monna":
-                r = options.get("reference", 0)
-                if not isinstance(r, (int, np.integer)):
-                    raise ValueError(f"monna: reference must be a static int index, got {r!r}")
-                if not -n <= r < n:
-                    raise ValueError(f"monna: reference index {r} out of range for n={n}")
+            n = -(-n // _bucket_size(options))
+        elif st == "monna":
+            r = options.get("reference", 0)
+            if not isinstance(r, (int, np.integer)):
+                raise ValueError(f"monna: reference must be a static int index, got {r!r}")
+            if not -n <= r < n:
+                raise ValueError(f"monna: reference index {r} out of range for n={n}")
 
 
 def _accepted(fn):
@@ -989,30 +1150,44 @@ def get(name: str, **defaults) -> Callable:
     (``return_mask=True`` also returns the bool[n'] validity mask). ``"arc+nnm+krum"`` composes
     left to right: pre-aggregators, then one final rule, each seeing the previous stage's output
     and mask with the same f. Options go to every stage that accepts them; ``stage={...}`` (e.g.
-    ``clip={"tau": 2.0}``) targets one stage. ``defaults`` are bound options."""
+    ``clip={"tau": 2.0}``) targets one stage. ``defaults`` are bound options.
+
+    With a mask leaving fewer than ``min_inputs(name, f)`` live rows, a composition ending in a
+    rule returns the first live row of its input (zeros if none); a pre-aggregator passes its
+    rows through unchanged. Half-precision rows run the whole chain in float32."""
     stages = _split(name)
     if len(stages) == 1 and not defaults:
         return _RULES.get(stages[0]) or _PRES[stages[0]]
-    fns = [(_RULES.get(s) or _PRES[s], s) for s in stages]
+    final_rule = stages[-1] in _RULES
 
     def composed(x, f, mask=None, return_mask=False, **options):
         opts = {**defaults, **options}
-        if jnp.ndim(x) == 2:  # fail before running any stage
-            static = {k: v for k, v in opts.items() if k in ("s", "m", "reference")}
-            check_preconditions(name, jnp.shape(x)[0], _static_int(f), **static)
-        m = mask
-        for i, (fn, st) in enumerate(fns):
-            acc = _accepted(_IMPL[st])
-            o = {k: v for k, v in opts.items() if k in acc}
+        given = mask
+        x, f, mask = _check_call(name, x, f, mask, opts)  # fail before running any stage
+        # Widened once for the whole chain: no rounding to half precision between stages.
+        xw = x.astype(_compute_dtype(name, x.dtype))
+        y, m = xw, mask
+        for st in stages:
+            o = {k: v for k, v in opts.items() if k in _accepted(_IMPL[st])}
             o.update(opts.get(st, {}) if isinstance(opts.get(st), dict) else {})
-            if st in _PRES:
-                x, m = fn(x, f, m, return_mask=True, **o)
+            check_preconditions(st, y.shape[0], f, **_static(o))
+            if _KIND[st] == "pre":
+                y_new, m_new = _stage(st, y, f, m, o)
+                if m is not None and not final_rule:  # a chain of pre-aggregators only
+                    y_new = _pass_through(y_new, y, m, min_inputs(st, f, **_static(o)))
+                y, m = y_new, m_new
             else:
-                return fn(x, f, m, **o)
-        return (x, m) if return_mask else x
+                y = _stage(st, y, f, m, o)
+        if final_rule and mask is not None:
+            need = min_inputs(name, f, **_static(opts))
+            _warn_below(name, f, given, need)
+            y = _keep_first_live(y, xw, mask, need)
+        y = y.astype(x.dtype)
+        return (y, m) if return_mask and not final_rule else y
 
     composed.__name__ = name
     composed.rule_name = None if defaults else name  # bound options: no fast path in neighbourhood()
+    composed.aggregator = (name, dict(defaults))
     composed.__doc__ = " then ".join(f"{s}: {(_IMPL[s].__doc__ or '').splitlines()[0]}" for s in stages)
     return composed
 
@@ -1045,22 +1220,43 @@ def neighbourhood(rule, x, neighbors, f: int, mask=None, *, messages=None, **opt
     ``neighbors``: int[N, K]; ``mask``: bool[N, K], False on padded slots (their index is then
     ignored); ``messages``: the [N, K, d] rows as received (e.g. Byzantine senders' per-edge
     vectors), by default the neighbours' own rows. ``f`` is the tolerance of each neighbourhood
-    of K + 1 rows (static)."""
+    of K + 1 rows (static).
+
+    A node whose live rows (itself and its unmasked slots) number fewer than ``min_inputs(rule,
+    f)`` keeps its own row, on every path above; a concrete ``mask`` where that happens triggers
+    one warning. float16 / bfloat16 rows are aggregated in float32 and returned in their dtype."""
     x = jnp.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"neighbourhood: x must be [N, d], got shape {x.shape}")
+    name = rule if isinstance(rule, str) else getattr(rule, "rule_name", None)
+    label = f"neighbourhood({name or getattr(rule, '__name__', 'rule')})"
+    cdt = _compute_dtype(label, x.dtype)
+    if cdt != x.dtype:  # half precision: every path computes in float32, the result is cast back
+        msgs = None if messages is None else jnp.asarray(messages).astype(cdt)
+        return neighbourhood(rule, x.astype(cdt), neighbors, f, mask, messages=msgs, **options).astype(x.dtype)
     nbr = jnp.asarray(neighbors, jnp.int32)
     if nbr.ndim != 2 or nbr.shape[0] != x.shape[0]:
         raise ValueError(f"neighbourhood: neighbors must be int[N, K] with N = {x.shape[0]}, got {nbr.shape}")
     n_nodes, k = nbr.shape
     m = k + 1
     f = _static_int(f)
-    name = rule if isinstance(rule, str) else getattr(rule, "rule_name", None)
     if name is not None:
-        static = {o: v for o, v in options.items() if o in ("s", "m", "reference")}
-        check_preconditions(name, m, f, **static)
+        check_preconditions(name, m, f, **_static(options))
+    known = name is not None or hasattr(rule, "aggregator")
+    need = min_inputs(name if name is not None else rule, f, **_static(options)) if known else 0
     slot_ok = jnp.ones((n_nodes, k), bool) if mask is None else jnp.asarray(mask, bool)
     valid = jnp.concatenate([jnp.ones((n_nodes, 1), bool), slot_ok], axis=1)   # [N, m]
+    if mask is not None and not isinstance(mask, jax.core.Tracer):
+        # Counted on the mask as given: inside jit, arrays built from it are traced.
+        _warn_below(label, f, np.concatenate([np.ones((n_nodes, 1), bool), np.asarray(mask, bool)], axis=1), need)
+
+    def keep_own(out):
+        # Below the precondition a node keeps its own row (slot 0, always live), as the rule does
+        # on one neighbourhood: one select, skipped statically when no mask can trigger it.
+        if mask is None or need <= 1:
+            return out
+        return jnp.where((jnp.sum(valid, axis=1) >= need)[:, None], out, x)
+
     own = jnp.arange(n_nodes, dtype=jnp.int32)[:, None]
     idx = jnp.concatenate([own, jnp.where(slot_ok, jnp.clip(nbr, 0, n_nodes - 1), own)], axis=1)
     if messages is not None:
@@ -1077,15 +1273,16 @@ def neighbourhood(rule, x, neighbors, f: int, mask=None, *, messages=None, **opt
             total = sum(jnp.where(valid[:, j, None], rows[j], 0.0) for j in range(m))
             return total / jnp.maximum(jnp.sum(w, axis=1), 1.0)[:, None]
         if stages in (["median"], ["trimmed_mean"]) and m <= 16:
-            return _coordinate_wise(stages[0], rows, f, valid)
+            return keep_own(_coordinate_wise(stages[0], rows, f, valid))
         final_ok = len(stages) == 1 or (len(stages) == 2 and stages[0] == "nnm"
                                         and stages[1] in ("mean",) + _COORDINATE_WISE)
         if (messages is None and n_nodes <= _GLOBAL_GRAM_MAX_N and final_ok
                 and stages[0] in ("krum", "multi_krum", "nnm", "geometric_median")):
-            return _neighbourhood_gram(stages, x, idx, valid, f)
+            return keep_own(_neighbourhood_gram(stages, x, idx, valid, f))
     if (stages == ["geometric_median"] and messages is None and n_nodes <= _GLOBAL_GRAM_MAX_N
             and set(options) <= {"nu", "max_iter", "tol"}):
-        return _neighbourhood_gram(stages, x, idx, valid, f, **options)
+        return keep_own(_neighbourhood_gram(stages, x, idx, valid, f, **options))
+    # The rule from get() applies the same fallback per node (its mask is traced here: no warning).
     agg = functools.partial(rule, **options) if callable(rule) else get(name, **options)
     return jax.vmap(lambda rows_i, valid_i: agg(rows_i, f, valid_i))(jnp.stack(rows, axis=1), valid)
 
