@@ -674,22 +674,21 @@ def test_masked_call_below_the_precondition_keeps_the_first_live_row(name):
     fn = A.get(name)
     opts = CASES.get(name, (0, 0, {}))[2]
     need = paper_min(name.split("+")[-1], f)
+    traced = jax.jit(lambda v, m: fn(v, f, m, **opts))  # one compilation for every mask below
     for live_count in (need - 1, 1, 0):
         if name == "mean" and live_count:
             continue
         x, live = _below_case(name, f, live_count)
         want = x[np.argmax(live)] if live_count else np.zeros(D, np.float32)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            got = np.asarray(fn(x, f, live, **opts))
-        np.testing.assert_array_equal(got, want)
-        said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-        assert any(re.search(rf"{re.escape(name)}.*\b{live_count} live rows.*min_inputs = {need}", m)
-                   for m in said), said
-        traced = np.asarray(jax.jit(lambda v, m: fn(v, f, m, **opts))(x, live))  # jittable, no warning
-        np.testing.assert_array_equal(traced, want)
-        per_node = np.asarray(jax.vmap(lambda v, m: fn(v, f, m, **opts))(x[None], live[None]))[0]
-        np.testing.assert_array_equal(per_node, want)
+        np.testing.assert_array_equal(np.asarray(traced(x, live)), want)  # jittable, silent
+    x, live = _below_case(name, f, need - 1)
+    with warnings.catch_warnings(record=True) as caught:  # a concrete mask: the call says so
+        warnings.simplefilter("always")
+        got = np.asarray(fn(x, f, live, **opts))
+    np.testing.assert_array_equal(got, x[np.argmax(live)] if need > 1 else np.zeros(D, np.float32))
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert any(re.search(rf"{re.escape(name)}.*\b{need - 1} live rows.*min_inputs = {need}", m)
+               for m in said), said
 
 
 @pytest.mark.parametrize("name", ["trimmed_mean", "median", "geometric_median", "meamed",
@@ -703,15 +702,16 @@ def test_degree_one_nodes_of_a_path_keep_their_own_value(name):
     mask = np.ones((n, 2), bool)
     mask[0, 1] = mask[n - 1, 1] = False
     x = data(5, n, d) + 10.0
-    with pytest.warns(UserWarning, match=r"2 of 6 nodes .* min_inputs = 3"):
-        got = np.asarray(A.neighbourhood(name, x, nbr, 1, mask))
-    traced = np.asarray(jax.jit(lambda v, m: A.neighbourhood(name, v, nbr, 1, m))(x, mask))
-    np.testing.assert_array_equal(traced, got)
+    with pytest.warns(UserWarning, match=r"2 of 6 nodes .* min_inputs = 3"):  # concrete mask
+        got = np.asarray(jax.jit(lambda v: A.neighbourhood(name, v, nbr, 1, mask))(x))
+    if name == "trimmed_mean":  # the case, with the mask traced as in the gossip round
+        traced = np.asarray(jax.jit(lambda v, m: A.neighbourhood(name, v, nbr, 1, m))(x, mask))
+        np.testing.assert_array_equal(traced, got)
     np.testing.assert_array_equal(got[[0, n - 1]], x[[0, n - 1]])
     agg = A.get(name)
-    for i in range(1, n - 1):
-        want = np.asarray(agg(x[[i, i - 1, i + 1]], 1))
-        np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
+    inner = np.stack([x[[i, i - 1, i + 1]] for i in range(1, n - 1)])
+    want = np.asarray(jax.vmap(lambda r: agg(r, 1))(inner))
+    np.testing.assert_allclose(got[1:-1], want, rtol=1e-5, atol=1e-5)
 
 
 HALF = [jnp.float16, jnp.bfloat16]
@@ -734,18 +734,19 @@ def test_half_precision_rows_keep_honest_values(name, dtype):
     assert np.all(np.abs(np.asarray(got, np.float32) - 5.0) < 1.0)
 
 
-@pytest.mark.parametrize("name", ["trimmed_mean", "krum", "geometric_median", "nnm+median", "caf"])
+@pytest.mark.parametrize("name", ["trimmed_mean", "geometric_median", "caf"])  # sort, Gram, vmap paths
 def test_half_precision_neighbourhoods_and_poison(name):
     n, k, d, f = 12, 4, 3, 1
     rng = np.random.default_rng(2)
     nbr = np.stack([rng.choice(np.delete(np.arange(n), i), k, replace=False) for i in range(n)])
-    x = (rng.normal(size=(n, d)) * 0.1 + 5.0).astype(np.float32)
+    # Multiples of 1/16 near 5: exact in float16 and bfloat16, so one float32 reference serves both.
+    x = np.round((rng.normal(size=(n, d)) * 0.1 + 5.0) * 16).astype(np.float32) / 16
+    x[3] = np.inf
+    x[7, 0] = np.nan
+    want = A.neighbourhood(name, x, nbr, f)
     for dtype in HALF:
-        xh = jnp.asarray(x, dtype)
-        bad = xh.at[3].set(jnp.inf).at[7, 0].set(jnp.nan)
-        got = A.neighbourhood(name, bad, nbr, f)
+        got = A.neighbourhood(name, jnp.asarray(x, dtype), nbr, f)
         assert got.dtype == dtype
-        want = A.neighbourhood(name, bad.astype(jnp.float32), nbr, f)
         # Honest nodes whose neighbourhood holds at most f = 1 poisoned row: the float32 result,
         # rounded to the dtype, near the honest 5 (with two poisoned rows the rule owes nothing).
         ok = np.isin(np.arange(n), [3, 7], invert=True) & (np.isin(nbr, [3, 7]).sum(1) <= 1)
