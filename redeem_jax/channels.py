@@ -54,6 +54,11 @@ __all__ = ["gossip", "robust_gossip", "server", "round_messages", "choco", "erro
 def edge_count(ctx: Ctx):
     """Rows one gossip exchange sends in this round: one per live (sender, receiver) edge."""
     e = ctx.edges
+    if e.topology is not None:  # host counts: a hub graph's padded slots are never built for this
+        counts = e.topology.live_edge_counts()
+        if counts.size == 1 or isinstance(e.round, (int, np.integer)):
+            return jnp.asarray(counts[0 if counts.size == 1 else int(e.round) % counts.size])
+        return jnp.asarray(counts)[jnp.asarray(e.round) % counts.size]
     return jnp.sum(jnp.asarray(e.mask) & (jnp.asarray(e.weights) != 0))
 
 

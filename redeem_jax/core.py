@@ -91,26 +91,42 @@ def hypers_of(*trees) -> dict[str, float]:
 # --------------------------------------------------------------------------- #
 # The round's context
 # --------------------------------------------------------------------------- #
-class Edges(NamedTuple):
+class Edges:
     """This round's graph in the padded layout of DESIGN.md: ``neighbors i32[N, K]`` (whom node i
     receives from), ``weights f32[N, K]``, ``self_weight f32[N]``, ``mask bool[N, K]``.
 
     ``topology`` and ``round`` let a channel use the topology's fast paths (dense ``W``, rolls,
-    ppermute) for a static or periodic graph; they are host objects, not traced arrays.
+    ppermute, degree classes) for a static or periodic graph; they are host objects, not traced
+    arrays. For such a graph the padded arrays are built on first access only: a hub graph
+    (a star of 10^5 nodes) never materialises ``[N, N-1]`` unless a channel really needs
+    per-neighbour slots (robust gossip), and then under the topology's size limit.
     """
 
-    neighbors: jax.Array
-    weights: jax.Array
-    self_weight: jax.Array
-    mask: jax.Array
-    topology: Any = None
-    round: Any = None
+    __slots__ = ("_arrays", "topology", "round")
+
+    def __init__(self, neighbors=None, weights=None, self_weight=None, mask=None, topology=None,
+                 round=None):
+        given = (neighbors, weights, self_weight, mask)
+        if any(a is None for a in given) and topology is None:
+            raise ValueError("Edges needs the four arrays, or a topology to take them from")
+        self._arrays = None if any(a is None for a in given) else given
+        self.topology = topology
+        self.round = round
 
     @classmethod
     def of(cls, topology, round) -> "Edges":
         """The edges a (static or periodic) topology uses at ``round`` (may be traced)."""
-        nbr, w, sw, m = topology.edge_arrays(round)
-        return cls(nbr, w, sw, m, topology, round)
+        return cls(topology=topology, round=round)
+
+    def _get(self, i):
+        if self._arrays is None:
+            self._arrays = tuple(self.topology.edge_arrays(self.round))
+        return self._arrays[i]
+
+    neighbors = property(lambda self: self._get(0))
+    weights = property(lambda self: self._get(1))
+    self_weight = property(lambda self: self._get(2))
+    mask = property(lambda self: self._get(3))
 
 
 def tag(name: str) -> int:

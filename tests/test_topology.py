@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import redeem_jax as rj
 from redeem_jax import gossip as rj_gossip
 from redeem_jax import topology as T
 
@@ -335,6 +336,26 @@ def test_star_is_stored_and_mixed_in_o_of_n():
     with pytest.raises(ValueError, match=r"star: padded neighbour lists \[n=30000, K=29999\].*smaller maximum degree") as e:
         _ = topo.neighbors
     assert "\n" not in str(e.value)
+
+
+def test_a_gossip_round_on_a_hub_graph_builds_no_padded_lists():
+    """The round hands channels lazy Edges: a gossip round on star(30000), its wire count
+    included, runs from the CSR form and never asks for the refused [n, n - 1] lists."""
+    n, d = 30_000, 2
+    topo = T.star(n)
+    ch = rj.channels.gossip(topo)
+    x = jax.random.normal(jax.random.PRNGKey(0), (n, d))
+
+    @jax.jit
+    def step(x, r):
+        ctx = rj.core.Ctx(r, jax.random.PRNGKey(0), rj.core.Edges.of(topo, r), jnp.ones(n, bool), {})
+        y, _ = ch.update(x, ch.init(x), ctx)
+        return y, rj.channels.edge_count(ctx)
+
+    y, sent = step(x, jnp.int32(3))
+    assert int(sent) == 2 * (n - 1)                         # every leaf <-> hub link, both ways
+    np.testing.assert_allclose(np.asarray(y), topo.sparse_mixing_matrix() @ np.asarray(x, np.float64), atol=1e-5)
+    assert _stored_bytes(topo) <= 64 * (n + topo.num_edges)
 
 
 @functools.cache

@@ -125,6 +125,14 @@ class Topology:
         build the padded arrays on first access (see :meth:`padded_nbytes`)."""
         return self.period * self.n * self.K > _PAD_WASTE * (self.period * self.n + self.num_edges)
 
+    def live_edge_counts(self) -> np.ndarray:
+        """int64 ``[T]``: the nonzero off-diagonal weights of each ``W(t)`` in float32 (the rows
+        one gossip exchange sends in round t), counted on the host without padded lists."""
+        if "live_edges" not in self._cache:
+            self._cache["live_edges"] = np.array(
+                [int(np.count_nonzero(_offdiag(w).data.astype(np.float32))) for w in self._sparse], np.int64)
+        return self._cache["live_edges"]
+
     def padded_nbytes(self) -> int:
         """Bytes of the padded neighbour arrays (``neighbors``, ``weights``, float64 weights,
         ``edge_mask``) whether or not they are built."""
