@@ -174,6 +174,17 @@ def test_epsilon_matrix_monotone_and_consistent():
     assert a == pytest.approx(p, rel=1e-2)
 
 
+def test_pld_at_a_huge_leakage_is_bounded_by_the_accountant_limit():
+    """mu = 1e4 (noise multiplier 1e-4) used to ask dp-accounting for a multi-TiB PLD grid;
+    now the PLD path refuses the grid before allocating and reports the RDP bound, which lies
+    above the exact Gaussian epsilon (Balle & Wang 2018, an independent closed form)."""
+    from redeem_jax.privacy.analysis.accounting import PLDFallbackWarning
+
+    with pytest.warns(PLDFallbackWarning, match="noise_multiplier=0.0001"):
+        p = nd.gaussian_epsilon(1e4, 1e-5, "pld")
+    assert np.isfinite(p) and p >= nd.gaussian_epsilon(1e4, 1e-5, "analytic")
+
+
 def test_invalid_arguments():
     W = nd.mixing_sequence(topology.ring(6), 2)
     with pytest.raises(ValueError):
