@@ -158,3 +158,24 @@ def test_compare_runs_each_value_and_plots(tmp_path):
     assert (tmp_path / "comparison.png").exists() and (tmp_path / "ring" / "metrics.jsonl").exists()
     # The complete graph averages exactly each round.
     assert res["complete"].final["consensus_distance"] < 1e-10 < res["ring"].final["consensus_distance"]
+
+
+def test_the_default_experiment_keeps_its_honest_nodes_connected():
+    """The first command a user runs must not start with a warning: the default attackers sit
+    side by side, so the honest nodes of its ring stay one component, each with an honest
+    neighbour (spread out, the same three would cut the ring into honest arcs)."""
+    from redeem_jax.byzantine import placement
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_default_config", ROOT / "configs" / "default.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    topo = rj.topology.ring(c.num_nodes)
+    byz = np.zeros(c.num_nodes, bool)
+    byz[list(c.byzantine.ids)] = True
+    assert placement.check_honest_connectivity(topo, byz) is None
+    byz[:] = False
+    byz[[0, 5, 10]] = True
+    assert len(placement.honest_components(topo, byz)) == 3
