@@ -84,7 +84,11 @@ def gossip(topology, method: str = "auto", mesh=None) -> Channel:
     """One gossip step ``x ← W(t) x`` (Lian et al. 2017; Koloskova et al. 2020): the consensus step
     of D-SGD. ``method`` as :func:`rj.gossip.mix`; with ``mesh`` (node axis sharded over
     devices) circulant graphs use ppermute (``rj.sharding.ppermute_mix``)."""
-    if mesh is not None:
+    if getattr(topology, "is_drawn", False):
+        if method not in ("auto", "sparse"):
+            raise ValueError(f"gossip method {method!r}: {topology.name} draws its edges every round, so only the "
+                             "gathered ('sparse' or 'auto') mix applies")
+    elif mesh is not None:
         from redeem_jax.network import sharding
 
         sharding._check_nodes(topology.n, mesh)

@@ -114,8 +114,14 @@ class Edges:
         self.round = round
 
     @classmethod
-    def of(cls, topology, round) -> "Edges":
-        """The edges a (static or periodic) topology uses at ``round`` (may be traced)."""
+    def of(cls, topology, round, key=None) -> "Edges":
+        """The edges ``topology`` uses at ``round`` (may be traced). A drawn topology
+        (:class:`rj.network.dynamic.DrawnTopology`) draws them from ``key``; the result then
+        carries no host topology, and channels take the gathered path."""
+        if getattr(topology, "is_drawn", False):
+            if key is None:
+                raise ValueError(f"{topology.name} draws its edges every round: Edges.of needs the round's graph key")
+            return cls(*topology.draw(round, key), topology=None, round=round)
         return cls(topology=topology, round=round)
 
     def _get(self, i):
