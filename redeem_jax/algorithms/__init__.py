@@ -11,9 +11,10 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from redeem_jax.algorithms import dsgd, exact_diffusion, gradient_tracking
+from redeem_jax.algorithms import dsgd, exact_diffusion, gradient_tracking, push_sum
 
-__all__ = ["REGISTRY", "register", "get", "options", "dsgd", "exact_diffusion", "gradient_tracking"]
+__all__ = ["REGISTRY", "register", "get", "options", "dsgd", "exact_diffusion", "gradient_tracking",
+           "push_sum"]
 
 REGISTRY: dict[str, Callable] = {}
 
@@ -51,3 +52,6 @@ register("exact_diffusion", exact_diffusion.exact_diffusion)
 register("d2", exact_diffusion.d2)
 register("choco_sgd", dsgd.choco_sgd)
 register("deepsqueeze", dsgd.deepsqueeze)
+register("push_sum", push_sum.push_sum)
+register("sgp", push_sum.sgp)
+register("push_diging", push_sum.push_diging)
