@@ -117,3 +117,37 @@ def test_drawn_topologies_refuse_static_only_gossip_methods():
         rj.channels.gossip(RandomCycle(N), method="dense")
     with pytest.raises(ValueError, match="needs the round's graph key"):
         rj.core.Edges.of(RandomCycle(N), 0)
+
+
+# --------------------------------------------------------------------------- from a config
+def _tiny_run(workdir=None, **over):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from _configs import small_config
+
+    c = small_config(**{"num_rounds": 6, "eval_every": 3, "checkpoint_every": 3, **over})
+    return rj.run(c, workdir)
+
+
+@pytest.mark.parametrize("over", [
+    {"topology.name": "epidemic_oracle", "topology.s": 2},
+    {"topology.link_up": 0.5, "byzantine.num": 1, "byzantine.attack": "alie", "aggregation.rule": "clipped_gossip"},
+])
+def test_drawn_topologies_run_from_a_config_and_resume_to_the_same_graphs(tmp_path, over):
+    """A config selects a drawn family (or makes a static graph unreliable); a run stopped at
+    round 3 and resumed draws the same graphs as the uninterrupted one: equal rows."""
+    full = _tiny_run(tmp_path / "full", **over)
+    _tiny_run(tmp_path / "resumed", **{**over, "num_rounds": 3})
+    resumed = _tiny_run(tmp_path / "resumed", **over)
+    assert [r["test_loss"] for r in resumed.rows] == [r["test_loss"] for r in full.rows]
+    assert np.isfinite(full.final["test_loss"])
+
+
+def test_config_mistakes_on_drawn_topologies_name_the_field():
+    from redeem_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^config\.topology\.link_up: failures and churn apply to a static graph"):
+        _tiny_run(**{"topology.name": "epidemic_oracle", "topology.link_up": 0.5})
+    with pytest.raises(ConfigError, match=r"^config\.topology\.policy: 'x' is not one of self, renormalize"):
+        _tiny_run(**{"topology.online": 0.5, "topology.policy": "x"})

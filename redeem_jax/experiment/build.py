@@ -93,17 +93,46 @@ class Experiment(NamedTuple):
 # --------------------------------------------------------------------------- #
 # host-side pieces: graph, data, Byzantine set
 # --------------------------------------------------------------------------- #
-def _topology_from_config(c) -> Any:
+def _static_topology(c, name: str, field: str) -> Any:
     t = c.topology
     n = c.num_nodes
     seed = c.seed if t.seed < 0 else t.seed
     options = {"p": t.p, "k": t.k, "radius": t.radius, "seed": seed}
-    accepted = inspect.signature(_topology.FAMILIES[t.name]).parameters
+    accepted = inspect.signature(_topology.FAMILIES[name]).parameters
     options = {k: v for k, v in options.items() if k in accepted}
     try:
-        return _topology.get(t.name, n, weights=t.weights, **options)
+        return _topology.get(name, n, weights=t.weights, **options)
     except ValueError as e:
-        raise ConfigError(f"config.topology.name: {t.name!r} with num_nodes={n}: {e}") from e
+        raise ConfigError(f"config.{field}: {name!r} with num_nodes={n}: {e}") from e
+
+
+def _topology_from_config(c) -> Any:
+    """The round's graph: a static family, a family drawn every round (``rj.network.dynamic``),
+    or a static graph made unreliable (link failures, churn: ``rj.network.unreliable``)."""
+    from redeem_jax.network import dynamic, unreliable
+
+    t = c.topology
+    n = c.num_nodes
+    unreliable_wanted = t.link_up < 1.0 or t.online < 1.0
+    if t.name in dynamic.FAMILIES:
+        if unreliable_wanted:
+            field = "link_up" if t.link_up < 1.0 else "online"
+            raise ConfigError(f"config.topology.{field}: failures and churn apply to a static graph; "
+                              f"{t.name!r} is already drawn every round (use topology.name={t.base!r} instead)")
+        base = None if t.name.startswith("epidemic") else _static_topology(c, t.base, "topology.base")
+        try:
+            return dynamic.get(t.name, n, base=base, s=t.s, k=t.k)
+        except ValueError as e:
+            raise ConfigError(f"config.topology.name: {t.name!r} with num_nodes={n}: {e}") from e
+    topo = _static_topology(c, t.name, "topology.name")
+    if not unreliable_wanted:
+        return topo
+    try:
+        if t.online < 1.0:
+            return unreliable.churn(topo, q=t.online, p=t.link_up, policy=t.policy)
+        return unreliable.link_failures(topo, t.link_up, policy=t.policy)
+    except ValueError as e:
+        raise ConfigError(f"config.topology.link_up: {e}") from e
 
 
 def data_seed(c) -> int:
@@ -146,6 +175,13 @@ def _byzantine_from_config(c, topo) -> np.ndarray:
 
     seed = c.seed if c.topology.seed < 0 else c.topology.seed
     ids = tuple(c.byzantine.ids) if c.byzantine.placement == "given" else None
+    if getattr(topo, "is_drawn", False):
+        # An unreliable graph fails edges of its static base: place and check on the base (its
+        # Byzantine in-degree bounds every round's). Other drawn graphs have no fixed neighbours.
+        if getattr(topo, "base", None) is None:
+            raise ConfigError(f"config.byzantine.num: Byzantine nodes on {topo.name}, a graph drawn every round, "
+                              "are not supported yet; use a static topology (with topology.link_up / online)")
+        topo = topo.base
     try:
         byz = placement.place(topo, c.byzantine.num, c.byzantine.placement, seed=seed, ids=ids)
     except ValueError as e:
@@ -160,6 +196,7 @@ def max_byzantine_neighbours(topo, byz: np.ndarray) -> int:
     byz = np.asarray(byz, bool)
     if not byz.any() or byz.all():
         return 0
+    topo = getattr(topo, "base", topo) if getattr(topo, "is_drawn", False) else topo
     # From the padded neighbour lists, O(N·K): a dense [N, N] W per round is 8 TB at N = 10^6.
     nbr = topo.neighbors.reshape(topo.period, topo.n, -1)
     live = (topo.edge_mask & (topo.weights != 0)).reshape(nbr.shape)

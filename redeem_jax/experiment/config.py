@@ -22,12 +22,13 @@ def _registry_names():
     from redeem_jax.byzantine import attacks, rules
     from redeem_jax.data import datasets
     from redeem_jax.local import optim
-    from redeem_jax.network import compress, gossip, topology
+    from redeem_jax.network import compress, dynamic, gossip, topology
 
     vector = tuple(attacks.ATTACKS)
     edge = ("dissensus", "spectral")
     return {
-        "TOPOLOGIES": tuple(topology.FAMILIES), "MIXING": tuple(topology.WEIGHT_RULES),
+        "TOPOLOGIES": tuple(topology.FAMILIES) + dynamic.FAMILIES, "STATIC_TOPOLOGIES": tuple(topology.FAMILIES),
+        "MIXING": tuple(topology.WEIGHT_RULES),
         "DATASETS": tuple(datasets.list_datasets()), "MODEL_NAMES": tuple(models.MODELS),
         "OPTIMIZERS": tuple(optim.OPTIMIZERS), "ALGORITHMS": tuple(algorithms.REGISTRY),
         "GOSSIP_METHODS": tuple(gossip.METHODS), "VECTOR_ATTACKS": vector, "EDGE_ATTACKS": edge,
@@ -78,6 +79,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.topology.k = 4  # random_regular degree; small_world neighbours
     c.topology.radius = 0.4  # random_geometric
     c.topology.seed = -1  # -1: use the run's seed
+    # Drawn every round (docs/dynamic_networks.md): epidemic_oracle / epidemic_local fan-out s;
+    # random_matching, pairwise and k_out (k) sample the static graph `base` (built with p, k,
+    # radius, weights). link_up < 1 or online < 1 make any static graph unreliable: each link up
+    # with probability link_up, each node online with probability online, every round; missing
+    # weight goes back to the node itself ("self": doubly stochastic, the mean is kept) or the
+    # received weights are renormalized ("renormalize": the peer simulators' rule; the mean drifts).
+    c.topology.base = "ring"
+    c.topology.s = 1
+    c.topology.link_up = 1.0
+    c.topology.online = 1.0
+    c.topology.policy = "self"
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"
@@ -282,6 +294,11 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "topology.k": _int(1),
     "topology.radius": _float(0.0, lo_open=True),
     "topology.seed": _int(-1, MAX_SEED),
+    "topology.base": _choice("STATIC_TOPOLOGIES"),
+    "topology.s": _int(1),
+    "topology.link_up": _float(0.0, 1.0, lo_open=True),
+    "topology.online": _float(0.0, 1.0, lo_open=True),
+    "topology.policy": _choice(("self", "renormalize")),
     "data.name": _choice("DATASETS"),
     "data.partition": _choice(PARTITIONS),
     "data.alpha": _float(0.0, lo_open=True),

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DrawnTopology", "is_drawn"]
+__all__ = ["DrawnTopology", "is_drawn", "FAMILIES", "get"]
 
 
 class DrawnTopology:
@@ -72,3 +72,29 @@ class DrawnTopology:
 def is_drawn(topology) -> bool:
     """True for a topology whose edges are drawn inside the round (:class:`DrawnTopology`)."""
     return bool(getattr(topology, "is_drawn", False))
+
+
+# Registered names (DESIGN.md, Public API): config.topology.name selects them; the base graph of
+# the families that sample a static graph is config.topology.base.
+FAMILIES = ("epidemic_oracle", "epidemic_local", "random_matching", "pairwise", "k_out")
+
+
+def get(name: str, n: int, *, base=None, s: int = 1, k: int = 1):
+    """A drawn topology by its registered name: ``epidemic_oracle`` / ``epidemic_local``
+    (de Vos et al. 2023, fan-out ``s``), ``random_matching`` / ``pairwise`` (Boyd et al. 2006, on
+    the static ``base``), ``k_out`` (``k`` random neighbours of ``base`` per round)."""
+    from redeem_jax.network import random_graphs as rg
+
+    if name == "epidemic_oracle":
+        return rg.el_oracle(n, s)
+    if name == "epidemic_local":
+        return rg.el_local(n, s)
+    if base is None:
+        raise ValueError(f"{name} samples a static base graph: give base=")
+    if name == "random_matching":
+        return rg.random_matching(base)
+    if name == "pairwise":
+        return rg.pairwise(base)
+    if name == "k_out":
+        return rg.k_out(base, k)
+    raise ValueError(f"unknown drawn topology {name!r}; expected one of {', '.join(FAMILIES)}")
