@@ -87,7 +87,9 @@ def _debias(x, w):
 def push_sum(optimizer=None) -> Algorithm:
     """Push-sum averaging (Kempe, Dobra & Gehrke 2003, Protocol Push-Sum; Nedić & Olshevsky
     2015, Eq. 2 without gradients): ``x ← Ax``, ``w ← Aw`` (w₀ = 1), models ``x / w``.
-    ``optimizer`` is ignored (no gradients; the registry's factories all take one)."""
+    ``optimizer`` is ignored (no step is taken; the registry's factories all take one). The
+    round reports the training loss of the de-biased models (one oracle call, its gradient
+    unused), so a run from a config logs the same columns as every other algorithm."""
     del optimizer
 
     def init(x0, ctx):
@@ -95,9 +97,9 @@ def push_sum(optimizer=None) -> Algorithm:
         return PushSumState(x0, jnp.ones(x0.shape[:1], x0.dtype), ())
 
     def update(a, oracle, channels, ctx):
-        del oracle
+        loss, _ = oracle(_debias(a.x, a.w), ctx)
         x, w = _push(channels, ctx, a.x, a.w)
-        return PushSumState(x, w, ()), {}
+        return PushSumState(x, w, ()), {"train_loss": masked_mean(loss, ctx.honest)}
 
     return Algorithm(init, update, lambda a: _debias(a.x, a.w), {"push": Exchange(robust=False, doc=_PUSH_DOC)},
                      "push_sum", (), check_column_stochastic)

@@ -1035,6 +1035,23 @@ FAMILIES: dict[str, Callable[..., Topology]] = {
 }
 
 
+def _directed_family(name: str) -> Callable[..., Topology]:
+    def make(n: int, weights=None) -> Topology:
+        # Directed graphs always carry the out-degree rule's column-stochastic weights (push-sum,
+        # Kempe et al. 2003); the symmetric weight rules do not apply, so ``weights`` is ignored.
+        from redeem_jax.network import directed
+
+        return getattr(directed, name)(n)
+
+    make.__name__ = name
+    make.__doc__ = f"``rj.network.directed.{name}`` (column stochastic, for push-sum, SGP, push-DIGing)."
+    return make
+
+
+for _name in ("directed_ring", "directed_exponential", "one_peer_directed_exponential"):
+    FAMILIES[_name] = _directed_family(_name)
+
+
 def get(name: str, n: int, **options) -> Topology:
     """Resolve a config name to a topology: ``get("erdos_renyi", 32, p=0.2, seed=1)``.
 
