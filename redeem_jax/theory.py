@@ -31,7 +31,7 @@ __all__ = [
     "kappa_lower_bound", "kappa_bound", "breakdown_point", "robust_error_lower_bound",
     "dsgd_fixed_point", "dsgd_consensus_bias", "dsgd_mode_shrink", "dsgd_rate",
     "diging_rate", "exact_diffusion_rate", "d2_rate", "iteration_matrix", "linear_rate",
-    "choco_constants", "choco_identity_rate",
+    "choco_constants", "choco_identity_rate", "mean_square_contraction", "expected_mixing_matrix",
 ]
 
 
@@ -606,3 +606,28 @@ def choco_identity_rate(W, gamma: float) -> float:
     W = _as_w(W)
     lam = _disagreement_eigs(W)
     return float(np.max(np.abs(1.0 + float(gamma) * (lam - 1.0)), initial=0.0))
+
+
+# --------------------------------------------------------------------------- graphs drawn per round
+def mean_square_contraction(topology) -> float:
+    """One round's expected mean-square contraction of the disagreement for a graph drawn every
+    round: ``lambda = lambda_max(E[W^T (I - J) W])`` on ``1^perp``, so that
+    ``E||(I-J) W x||^2 <= lambda ||(I-J) x||^2`` (Boyd et al. 2006 Sec. II for randomized gossip;
+    de Vos et al. 2023 for Epidemic Learning; Koloskova et al. 2020 Assumption 4 with
+    ``p = 1 - lambda``). From the exact second moment each drawn family derives
+    (``rj.network.random_graphs``, ``rj.network.unreliable``); a static graph gives ``rho(W)^2``.
+    For row-stochastic draws (EL-Local, k-out, renormalized failures) it bounds the disagreement
+    around the new mean only: the mean itself drifts."""
+    if not getattr(topology, "is_drawn", False):
+        return float(rho(topology)) ** 2
+    from redeem_jax.network import random_graphs
+
+    return random_graphs.mean_square_contraction(topology)
+
+
+def expected_mixing_matrix(topology) -> np.ndarray:
+    """``E[W(t)]`` (dense float64, host) of a graph drawn every round, in closed form; a static
+    graph gives its ``W`` (a periodic one, the average over its period)."""
+    if getattr(topology, "is_drawn", False):
+        return topology.expected_mixing_matrix()
+    return np.mean(topology.mixing_matrices(), axis=0)

@@ -160,3 +160,21 @@ def test_push_sum_family_runs_from_a_config_on_a_directed_graph(algo):
     res = _tiny_run(**{"algorithm.name": algo, "topology.name": "directed_exponential", "checkpoint_every": 0})
     assert np.isfinite(res.final["train_loss"]) and np.isfinite(res.final["test_loss"])
     assert res.final["bytes_sent"] > 0
+
+
+def test_theory_gives_each_drawn_models_contraction_and_the_static_one():
+    """rj.theory.mean_square_contraction: for a static symmetric W, lambda_max of P W^T W P
+    (a direct eigen-computation); for EL-Oracle the closed form (n-1-s)/((s+1)(n-1)); for link
+    failures the value of the unreliable module (exact second moment)."""
+    from redeem_jax.network import random_graphs as rg, unreliable as ur
+
+    ring = rj.topology.ring(N)
+    W = ring.mixing_matrix()
+    P = np.eye(N) - 1.0 / N
+    assert rj.theory.mean_square_contraction(ring) == pytest.approx(np.linalg.eigvalsh(P @ W.T @ W @ P).max())
+    assert rj.theory.mean_square_contraction(rg.el_oracle(N, 2)) == pytest.approx((N - 1 - 2) / (3 * (N - 1)))
+    for policy in ("self", "renormalize"):
+        lf = ur.link_failures(ring, 0.6, policy=policy)
+        assert rj.theory.mean_square_contraction(lf) == pytest.approx(ur.mean_square_contraction(lf))
+    np.testing.assert_allclose(rj.theory.expected_mixing_matrix(ring), W)
+    np.testing.assert_allclose(rj.theory.expected_mixing_matrix(rg.el_oracle(N, 2)).sum(1), 1.0)

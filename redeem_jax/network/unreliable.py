@@ -259,6 +259,10 @@ class Unreliable(DrawnTopology):
                     A[e, r, r] -= W[r, c]
         return W, B0, A
 
+    def second_moment(self) -> np.ndarray:
+        """``E[W^T (I - J) W]`` exactly (module function :func:`second_moment`)."""
+        return second_moment(self)
+
     def expected_mixing_matrix(self) -> np.ndarray:
         """``E[W(t)]`` (float64 [n, n]).
 
