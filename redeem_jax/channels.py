@@ -72,7 +72,7 @@ def _gossip_wire(d, ctx):
 def _mix(topology, x, ctx: Ctx, method: str, mesh):
     e = ctx.edges
     if e is not None and e.topology is None:  # a graph drawn in this round: the edges are all there is
-        return _gossip.combine(x, x.at[e.neighbors].get(mode="promise_in_bounds"), e.weights, e.self_weight)
+        return _gossip.mix_edges(x, e.neighbors, e.weights, e.self_weight)
     if mesh is not None:
         from redeem_jax.network import sharding
 

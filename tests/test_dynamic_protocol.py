@@ -178,3 +178,17 @@ def test_theory_gives_each_drawn_models_contraction_and_the_static_one():
         assert rj.theory.mean_square_contraction(lf) == pytest.approx(ur.mean_square_contraction(lf))
     np.testing.assert_allclose(rj.theory.expected_mixing_matrix(ring), W)
     np.testing.assert_allclose(rj.theory.expected_mixing_matrix(rg.el_oracle(N, 2)).sum(1), 1.0)
+
+
+def test_mix_edges_equals_gather_then_combine_and_ignores_poison_in_padded_slots():
+    topo = RandomCycle(N)
+    for r in range(3):
+        nbr, w, sw, m = topo.draw(r, jax.random.PRNGKey(r))
+        x = jax.random.normal(jax.random.PRNGKey(10 + r), (N, D))
+        ref = rj.gossip.combine(x, x[nbr], w, sw)
+        np.testing.assert_allclose(np.asarray(rj.gossip.mix_edges(x, nbr, w, sw)), np.asarray(ref), rtol=1e-6, atol=1e-7)
+    # a zero-weight slot pointing at a NaN row contributes exactly 0
+    x = jnp.ones((3, 2)).at[2].set(jnp.nan)
+    y = rj.gossip.mix_edges(x, jnp.array([[1, 2], [0, 2], [2, 2]]), jnp.array([[0.5, 0.0], [0.5, 0.0], [0.0, 0.0]]),
+                            jnp.array([0.5, 0.5, 1.0]))
+    np.testing.assert_array_equal(np.asarray(y[:2]), 1.0)

@@ -305,3 +305,40 @@ def test_el_rounds_run_through_make_step_with_one_trace():
         assert np.linalg.norm(x - x.mean(0)) < 0.05 * spread0                 # consensus
         if topo.is_doubly_stochastic:
             np.testing.assert_allclose(x.mean(0), np.asarray(x0).mean(0), atol=1e-5)
+
+
+def test_el_oracle_without_relabelling_has_the_same_two_moments_exactly():
+    """relabel=False draws a random circulant (s distinct shifts, no permutation). Exact
+    enumeration over every s-subset of shifts gives the closed-form E[W] and E[W^T (I-J) W]; the
+    jitted draw has s distinct in-neighbours at the same offsets for every node."""
+    import itertools
+
+    for n, s in ((6, 2), (7, 3), (5, 1)):
+        topo = rg.el_oracle(n, s, relabel=False)
+        EW = np.zeros((n, n))
+        M = np.zeros((n, n))
+        P = np.eye(n) - 1.0 / n
+        subsets = list(itertools.combinations(range(1, n), s))
+        for C in subsets:
+            W = np.eye(n) / (s + 1)
+            for c in C:
+                W[np.arange(n), (np.arange(n) + c) % n] += 1.0 / (s + 1)
+            EW += W / len(subsets)
+            M += W.T @ P @ W / len(subsets)
+        np.testing.assert_allclose(EW, topo.expected_mixing_matrix(), atol=1e-12)
+        np.testing.assert_allclose(M, topo.second_moment(), atol=1e-12)
+        nbr = np.asarray(topo.draw(0, jax.random.PRNGKey(n))[0])
+        offsets = (nbr - np.arange(n)[:, None]) % n
+        assert (offsets == offsets[0]).all() and len(set(offsets[0])) == s and 0 not in offsets[0]
+
+
+def test_floyd_subsets_are_distinct_and_uniform():
+    """EL-Oracle's shifts: Floyd's algorithm gives every s-subset of {0..m-1} with probability
+    1/C(m, s) (chi-square over the 20 subsets of 3 out of 6, fixed keys) and never repeats."""
+    from scipy.stats import chisquare
+
+    out = np.asarray(jax.jit(jax.vmap(lambda k: rg._floyd_subset(k, 6, 3)))(jax.random.split(jax.random.PRNGKey(1), 100_000)))
+    assert (np.sort(out, 1)[:, 1:] != np.sort(out, 1)[:, :-1]).all() and out.min() >= 0 and out.max() <= 5
+    counts = np.bincount(np.ravel_multi_index(np.sort(out, 1).T, (6, 6, 6)), minlength=216)
+    counts = counts[counts > 0]
+    assert counts.size == math.comb(6, 3) and chisquare(counts).pvalue > 1e-4

@@ -29,7 +29,7 @@ import numpy as np
 
 from redeem_jax.network.topology import Topology
 
-__all__ = ["mix", "gather", "combine", "consensus_distance", "resolve_method", "check_float", "METHODS"]
+__all__ = ["mix", "mix_edges", "gather", "combine", "consensus_distance", "resolve_method", "check_float", "METHODS"]
 
 METHODS = ("auto", "dense", "sparse", "roll")
 _DENSE_AUTO_MAX_N = 256
@@ -179,6 +179,30 @@ def combine(x, messages, weights, self_weight):
         return _weighted(wk, jax.lax.dynamic_index_in_dim(m, k, 1, keepdims=False))
 
     y = _accumulate(sw.reshape(sw.shape + tail) * x.astype(ct), messages.shape[1], slot)
+    return y.astype(_out_dtype(x.dtype))
+
+
+def mix_edges(x, neighbors, weights, self_weight):
+    """``W x`` for one round's padded edges (a graph drawn in the round, DESIGN.md): node i gets
+    ``self_weight_i x_i + sum_k weights_ik x[neighbors_ik]`` (the D-SGD consensus step, Lian et
+    al. 2017). Equal to ``combine(x, x[neighbors], weights, self_weight)`` but one fused row
+    gather per slot instead of materialising the ``[n, K, d]`` messages (3-15x on CPU,
+    benchmarks/gossip_cost.py); zero-weight slots contribute exactly 0."""
+    x = jnp.asarray(x)
+    check_float(x.dtype, "gossip.mix_edges")
+    ct = _compute_dtype(x.dtype)
+    w = jnp.asarray(weights).astype(ct)
+    sw = jnp.asarray(self_weight).astype(ct)
+    xc = x.astype(ct)
+    tail = (1,) * (x.ndim - 1)
+    nbr = jnp.asarray(neighbors)
+
+    def slot(k):
+        nk = jax.lax.dynamic_index_in_dim(nbr, k, 1, keepdims=False)
+        wk = jax.lax.dynamic_index_in_dim(w, k, 1, keepdims=False).reshape(w.shape[:1] + tail)
+        return _weighted(wk, xc.at[nk].get(mode="promise_in_bounds"))
+
+    y = _accumulate(sw.reshape(sw.shape + tail) * xc, nbr.shape[1], slot)
     return y.astype(_out_dtype(x.dtype))
 
 

@@ -116,11 +116,12 @@ class ELOracle(DrawnTopology):
     name = "el_oracle"
     is_doubly_stochastic = True
 
-    def __init__(self, n: int, s: int):
+    def __init__(self, n: int, s: int, relabel: bool = True):
         n, s = int(n), int(s)
         if n < 2 or not 1 <= s <= n - 1:
             raise ValueError(f"EL-Oracle needs n >= 2 and 1 <= s <= n-1, got n={n}, s={s}")
-        self.n, self.s, self.K, self.params = n, s, s, {"s": s}
+        self.n, self.s, self.K, self.relabel = n, s, s, bool(relabel)
+        self.params = {"s": s, "relabel": self.relabel}
 
     def draw(self, round, key):
         import jax
@@ -128,8 +129,16 @@ class ELOracle(DrawnTopology):
 
         n, s = self.n, self.s
         k_perm, k_shift = jax.random.split(key)
+        shifts = _floyd_subset(k_shift, n - 1, s) + 1  # s distinct shifts in {1..n-1}
+        if not self.relabel:
+            # relabel=False: a random circulant in the fixed labelling. Its E[W] and E[W^T W] are
+            # those above too: a difference c_r - c_r' of two distinct shifts is uniform over the
+            # n - 1 non-zero residues (n - 2 ordered pairs each), so every off-diagonal entry of
+            # E[W^T W] is equal. It skips the per-round permutation (a sort), the cost at large n.
+            nbr = (jnp.arange(n, dtype=jnp.int32)[:, None] + shifts[None, :]) % n
+            w = jnp.full((n, s), 1.0 / (s + 1), jnp.float32)
+            return nbr, w, jnp.full((n,), 1.0 / (s + 1), jnp.float32), jnp.ones((n, s), bool)
         perm = jax.random.permutation(k_perm, n).astype(jnp.int32)
-        shifts = (jax.random.permutation(k_shift, n - 1)[:s] + 1).astype(jnp.int32)
         pos = jnp.zeros(n, jnp.int32).at[perm].set(jnp.arange(n, dtype=jnp.int32))  # pi^{-1}
         nbr = perm[(pos[:, None] + shifts[None, :]) % n]
         w = jnp.full((n, s), 1.0 / (s + 1), jnp.float32)
@@ -145,9 +154,26 @@ class ELOracle(DrawnTopology):
         return el_oracle_contraction(n, self.s) * (np.eye(n) - np.ones((n, n)) / n)
 
 
-def el_oracle(n: int, s: int) -> ELOracle:
-    """EL-Oracle of de Vos et al. 2023 on n nodes with s out-/in-neighbours per round."""
-    return ELOracle(n, s)
+def _floyd_subset(key, m: int, s: int):
+    """A uniformly random s-subset of {0..m-1} as int32[s] in O(s^2) work (Floyd's algorithm,
+    Bentley & Floyd 1987): for j = m-s..m-1 draw t in [0, j]; keep t unless already chosen, else
+    j. A sort or top_k over m values would cost O(m) or O(m log m) every round."""
+    import jax
+    import jax.numpy as jnp
+
+    ts = jax.random.randint(key, (s,), 0, jnp.arange(m - s + 1, m + 1), dtype=jnp.int32)
+    chosen = jnp.full((s,), -1, jnp.int32)
+    for r in range(s):  # s is static and small (a fan-out): unrolled, no per-node loop
+        j = m - s + r
+        t = ts[r]
+        chosen = chosen.at[r].set(jnp.where(jnp.any(chosen == t), j, t))
+    return chosen
+
+
+def el_oracle(n: int, s: int, relabel: bool = True) -> ELOracle:
+    """EL-Oracle of de Vos et al. 2023 on n nodes with s out-/in-neighbours per round
+    (``relabel=False``: a random circulant per round, the same two moments, no per-round sort)."""
+    return ELOracle(n, s, relabel)
 
 
 def el_oracle_contraction(n: int, s: int) -> float:
