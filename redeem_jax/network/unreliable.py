@@ -214,10 +214,10 @@ class Unreliable(DrawnTopology):
         if self.policy == "self":
             # Missing weight returns to the node itself: W = I + sum_e z_e A_e (doubly stochastic
             # when the base is). An offline node's row is exactly e_i.
-            self_w = sw + jnp.sum(jnp.where(mask, w, 0.0) - w_live, axis=1)
+            self_w = sw + _row_sum(jnp.where(mask, w, 0.0) - w_live)
             self_w = jnp.where(on, self_w, 1.0)
         else:
-            total = sw + jnp.sum(w_live, axis=1)
+            total = sw + _row_sum(w_live)
             safe = jnp.where(total > 0, total, 1.0)
             w_live = w_live / safe[:, None]
             self_w = jnp.where(total > 0, sw / safe, 1.0)
@@ -306,6 +306,15 @@ class Unreliable(DrawnTopology):
 
 
 # ---------------------------------------------------------------------- constructors
+def _row_sum(a):
+    """``a.sum(1)`` over the K slots as K - 1 elementwise adds: XLA's CPU reduction fusion made the
+    row sum 10x the whole gossip round at N = 65536 (benchmarks/dynamic_graphs.py)."""
+    out = a[:, 0]
+    for k in range(1, a.shape[1]):
+        out = out + a[:, k]
+    return out
+
+
 def link_failures(base, p, policy="self", *, name=None) -> Unreliable:
     """Each undirected edge of ``base`` is up independently with probability ``p`` every round
     (both directions together); missing weights follow ``policy`` ("self" or "renormalize").
