@@ -122,9 +122,10 @@ def make_step(algorithm: Algorithm, oracle: Oracle, channels: Mapping[str, Chann
 
     ``topology`` gives each round's edges (``ctx.edges``); ``honest`` (bool[N]) is the mask
     metrics are taken over. Metrics: the algorithm's own (``train_loss``, ...), plus
-    ``bytes_sent`` (every row sent in the round's exchanges). Nothing that needs a pass over the
-    ``[N, d]`` models is computed per round (a consensus distance was 2/3 of a D-SGD round on
-    CPU): the host loop measures ``metrics.consensus_distance`` of ``models`` when it evaluates.
+    ``bytes_sent`` (every row sent in the round's exchanges), and on a graph drawn every round
+    ``live_nodes`` / ``live_edges`` (nodes that sent or received, directed links used). Nothing
+    that needs a pass over the ``[N, d]`` models is computed per round (a consensus distance
+    was 2/3 of a D-SGD round on CPU): the host loop measures ``metrics.consensus_distance`` of ``models`` when it evaluates.
     ``trace_counter`` (a list) grows by one per trace.
     """
     missing = [k for k in algorithm.exchanges if k not in channels]
@@ -132,6 +133,9 @@ def make_step(algorithm: Algorithm, oracle: Oracle, channels: Mapping[str, Chann
         raise ValueError(f"{algorithm.name} exchanges {sorted(algorithm.exchanges)} but no channel was given for "
                          f"{missing}")
     first = next(iter(algorithm.exchanges), None)
+    drawn = bool(getattr(topology, "is_drawn", False))
+    if drawn:
+        from redeem_jax.network.unreliable import live_counts
 
     def step(state: RoundState, data, hp):
         if trace_counter is not None:
@@ -143,6 +147,8 @@ def make_step(algorithm: Algorithm, oracle: Oracle, channels: Mapping[str, Chann
         a, metrics = algorithm.update(state.algorithm, bo, bc, ctx)
         metrics = dict(metrics)
         metrics["bytes_sent"] = bc.bytes
+        if drawn:  # what this round's random graph left live (DESIGN: metrics say it)
+            metrics["live_nodes"], metrics["live_edges"] = live_counts(ctx.edges)
         return RoundState(a, bo.state, bc.states, state.round + 1, state.key), metrics
 
     return step

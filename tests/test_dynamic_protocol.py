@@ -192,3 +192,17 @@ def test_mix_edges_equals_gather_then_combine_and_ignores_poison_in_padded_slots
     y = rj.gossip.mix_edges(x, jnp.array([[1, 2], [0, 2], [2, 2]]), jnp.array([[0.5, 0.0], [0.5, 0.0], [0.0, 0.0]]),
                             jnp.array([0.5, 0.5, 1.0]))
     np.testing.assert_array_equal(np.asarray(y[:2]), 1.0)
+
+
+def test_runs_on_drawn_graphs_log_how_many_nodes_and_edges_were_live(tmp_path):
+    """With each link of the 8-ring up with probability 1/2, every logged row's mean of live
+    directed edges lies strictly between 0 and the ring's 2N = 16 (its expectation is 8; a row
+    averages 3 rounds), and of live nodes in (0, N]; a static run logs neither."""
+    import json
+
+    _tiny_run(tmp_path / "lf", **{"topology.link_up": 0.5, "checkpoint_every": 0})
+    rows = [json.loads(line) for line in open(tmp_path / "lf" / "metrics.jsonl")][1:]
+    n = 8
+    assert all(0 < r["live_edges"] < 2 * n and 0 < r["live_nodes"] <= n for r in rows)
+    res = _tiny_run(**{"checkpoint_every": 0})
+    assert "live_edges" not in res.final
