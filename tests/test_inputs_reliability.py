@@ -567,6 +567,14 @@ _GOOD_NPZ = _good_npz_bytes()
 _GOOD_IDX = _idx_bytes(_raw()["y_train"])
 
 
+def _flipped(data_, good: bytes, most: int) -> bytes:
+    """``good`` with 1..``most`` bytes XOR-ed by a non-zero value at drawn offsets."""
+    payload = bytearray(good)
+    for _ in range(data_.draw(st.integers(1, most))):
+        payload[data_.draw(st.integers(0, len(payload) - 1))] ^= data_.draw(st.integers(1, 255))
+    return bytes(payload)
+
+
 @pytest.mark.fuzz
 @given(how=st.sampled_from(["random", "zip_prefixed", "truncate", "flip"]), data_=st.data())
 def test_fuzz_damaged_npz_is_refused_naming_the_file(how, data_):
@@ -577,10 +585,7 @@ def test_fuzz_damaged_npz_is_refused_naming_the_file(how, data_):
     elif how == "truncate":
         payload = _GOOD_NPZ[: data_.draw(st.integers(0, len(_GOOD_NPZ) - 1))]
     else:
-        payload = bytearray(_GOOD_NPZ)
-        for _ in range(data_.draw(st.integers(1, 4))):
-            payload[data_.draw(st.integers(0, len(payload) - 1))] ^= data_.draw(st.integers(1, 255))
-        payload = bytes(payload)
+        payload = _flipped(data_, _GOOD_NPZ, 4)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "fuzzed.npz"
         path.write_bytes(payload)
@@ -599,10 +604,7 @@ def test_fuzz_damaged_idx_is_refused_naming_the_file(how, data_):
     elif how.startswith("truncate"):
         payload = good[: data_.draw(st.integers(0, len(good) - 1))]
     else:
-        payload = bytearray(good)
-        for _ in range(data_.draw(st.integers(1, 3))):
-            payload[data_.draw(st.integers(0, len(payload) - 1))] ^= data_.draw(st.integers(1, 255))
-        payload = bytes(payload)
+        payload = _flipped(data_, good, 3)
     with tempfile.TemporaryDirectory() as d:
         _idx_dir(Path(d), gz=gz, y_train=payload)
         name = _STEMS["y_train"] + (".gz" if gz else "")
