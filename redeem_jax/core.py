@@ -100,28 +100,44 @@ class Edges:
     arrays. For such a graph the padded arrays are built on first access only: a hub graph
     (a star of 10^5 nodes) never materialises ``[N, N-1]`` unless a channel really needs
     per-neighbour slots (robust gossip), and then under the topology's size limit.
+
+    ``active`` (optional ``bool[N]``): which nodes take their local step this round (DESIGN.md:
+    "an active[N] mask covers asynchrony and stragglers"). ``None`` — every static graph and
+    every drawn one without stragglers — means all nodes are active, and algorithms then trace
+    exactly as without the mask (:meth:`Ctx.where_active`).
     """
 
-    __slots__ = ("_arrays", "topology", "round")
+    __slots__ = ("_arrays", "topology", "round", "active")
 
     def __init__(self, neighbors=None, weights=None, self_weight=None, mask=None, topology=None,
-                 round=None):
+                 round=None, active=None):
         given = (neighbors, weights, self_weight, mask)
         if any(a is None for a in given) and topology is None:
             raise ValueError("Edges needs the four arrays, or a topology to take them from")
         self._arrays = None if any(a is None for a in given) else given
         self.topology = topology
         self.round = round
+        self.active = active
 
     @classmethod
-    def of(cls, topology, round, key=None) -> "Edges":
+    def of(cls, topology, round, key=None, hp: Mapping[str, Any] | None = None) -> "Edges":
         """The edges ``topology`` uses at ``round`` (may be traced). A drawn topology
         (:class:`rj.network.dynamic.DrawnTopology`) draws them from ``key``; the result then
-        carries no host topology, and channels take the gathered path."""
+        carries no host topology, and channels take the gathered path. ``hp`` (the round's
+        hyper-parameters) reaches the draw of a topology whose options are :class:`Hyper` s
+        (a swept link-up probability p, online probability q or fan-out s), so that a sweep
+        over them is one compiled step."""
         if getattr(topology, "is_drawn", False):
             if key is None:
                 raise ValueError(f"{topology.name} draws its edges every round: Edges.of needs the round's graph key")
-            return cls(*topology.draw(round, key), topology=None, round=round)
+            # Only a topology with hyper-parameters takes hp: other drawn topologies keep draw(round, key).
+            drawn = topology.draw(round, key, hp=hp) if getattr(topology, "hypers", ()) else topology.draw(round, key)
+            # The active mask (stragglers) is a separate draw, None by default, so that draw()'s
+            # 4-tuple stays as it is.
+            act = getattr(topology, "active", None)
+            if act is not None:
+                act = act(round, key, hp=hp) if getattr(topology, "hypers", ()) else act(round, key)
+            return cls(*drawn, topology=None, round=round, active=act)
         return cls(topology=topology, round=round)
 
     def _get(self, i):
@@ -175,6 +191,37 @@ class Ctx(NamedTuple):
     @property
     def num_nodes(self) -> int:
         return int(self.honest.shape[0])
+
+    @property
+    def active(self):
+        """``bool[N]``: the nodes that take their local step this round, or ``None`` (all)."""
+        return None if self.edges is None else getattr(self.edges, "active", None)
+
+    def where_active(self, new, old):
+        """``new`` for the nodes active this round, ``old`` for the stragglers (row-wise over
+        every leaf with the node axis first; a leaf without it keeps ``new``). ``old`` may be a
+        callable, called only when there is a mask. Without a mask this returns ``new`` itself,
+        so the trace of a synchronous round is unchanged."""
+        active = self.active
+        if active is None:
+            return new
+        if callable(old):
+            old = old()
+        n = active.shape[0]
+
+        def pick(a, b):
+            if jnp.ndim(a) == 0 or a.shape[0] != n:
+                return a
+            return jnp.where(active.reshape((n,) + (1,) * (a.ndim - 1)), a, b)
+
+        return jax.tree.map(pick, new, old)
+
+    def skip_step(self, step, opt, old_opt):
+        """A local optimizer step masked by the active nodes: ``(step ⊙ active, opt where active
+        else old_opt)`` — a straggler moves by zero and keeps its optimizer state (momentum, Adam
+        moments, step count). Without a mask, ``(step, opt)`` unchanged."""
+        return (self.where_active(step, lambda: jax.tree.map(jnp.zeros_like, step)),
+                self.where_active(opt, old_opt))
 
 
 # --------------------------------------------------------------------------- #
