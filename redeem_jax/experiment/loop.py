@@ -664,8 +664,20 @@ def resume_and_run(lp: Loop, wd: Path | None, rows_file: str, checkpoint_every: 
         if checkpoint_every:
             mgr = checkpoint_manager(wd)
 
+    tb = None
+    if wd is not None and not lp.batched:  # TensorBoard scalars beside metrics.jsonl (optional tensorboardX)
+        from redeem_jax.experiment import tensorboard_log
+
+        tb = tensorboard_log.open_writer(wd, rows[-1]["round"] + 1 if rows else 0)
+
     def log(new):
         if wd is not None:
             _append(wd / rows_file, new)
+        if tb is not None:
+            tb.write(new)
 
-    return lp.run(rows, log, mgr, wall)
+    try:
+        return lp.run(rows, log, mgr, wall)
+    finally:
+        if tb is not None:
+            tb.close()

@@ -52,7 +52,17 @@ class RunResult:
 
     @property
     def params(self):
+        """The evaluated models ``[N, d]`` of the final state."""
         return self.experiment.models(self.state)
+
+    def to_pandas(self):
+        """The logged rows as a ``pandas.DataFrame``: one row per logged round, a column per metric
+        and one per config field under its dotted name (``topology.name``, ...), as
+        :func:`~redeem_jax.experiment.results.load_run` reads the workdir back."""
+        from redeem_jax.experiment import results
+
+        extra = {"workdir": str(self.workdir)} if self.workdir is not None else {}
+        return results.frame(self.rows, self.config, **extra)
 
 
 # --------------------------------------------------------------------------- #
