@@ -110,7 +110,7 @@ def _round_context(state: RoundState, topology, honest, hp) -> tuple[Ctx, jax.Ar
     # One graph key per round (a drawn topology's edges; every channel sees the same ones). A
     # fold_in of round_key, so no existing stream moves.
     graph_key = jax.random.fold_in(round_key, tag("topology"))
-    edges = Edges.of(topology, state.round, graph_key) if topology is not None else None
+    edges = Edges.of(topology, state.round, graph_key, hp) if topology is not None else None
     algo_key = jax.random.fold_in(round_key, tag("algorithm"))
     ctx = Ctx(state.round, algo_key, edges, honest, hp)
     return ctx, round_key, comm_key
@@ -165,7 +165,8 @@ def init_state(algorithm: Algorithm, oracle: Oracle, channels: Mapping[str, Chan
     h = jnp.ones((x0.shape[0],), bool) if honest is None else jnp.asarray(honest, bool)
     r0 = jnp.zeros((), jnp.int32)
     init_key = jax.random.fold_in(key, tag("init"))
-    edges = Edges.of(topology, 0, jax.random.fold_in(init_key, tag("topology"))) if topology is not None else None
+    edges = Edges.of(topology, 0, jax.random.fold_in(init_key, tag("topology")), dict(hp or {})) \
+        if topology is not None else None
     ctx = Ctx(r0, init_key, edges, h, dict(hp or {}))
     state = RoundState(algorithm.init(x0, ctx), oracle.init(x0), {k: c.init(x0) for k, c in channels.items()},
                        r0, key)

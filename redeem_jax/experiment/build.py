@@ -120,17 +120,24 @@ def _topology_from_config(c) -> Any:
             raise ConfigError(f"config.topology.{field}: failures and churn apply to a static graph; "
                               f"{t.name!r} is already drawn every round (use topology.name={t.base!r} instead)")
         base = None if t.name.startswith("epidemic") else _static_topology(c, t.base, "topology.base")
+        # topology.s_max > 0 (a sweep over topology.s sets it): s is a hyper-parameter of the
+        # step, the draw padded to s_max, so one compile serves every s of the sweep.
+        s_max = t.get("s_max", 0)
+        s = hyper("topology.s", t.s) if s_max and t.name.startswith("epidemic") else t.s
         try:
-            return dynamic.get(t.name, n, base=base, s=t.s, k=t.k)
+            return dynamic.get(t.name, n, base=base, s=s, k=t.k, s_max=s_max or None)
         except ValueError as e:
             raise ConfigError(f"config.topology.name: {t.name!r} with num_nodes={n}: {e}") from e
     topo = _static_topology(c, t.name, "topology.name")
     if not unreliable_wanted:
         return topo
+    # p and q are hyper-parameters of the step (the same float32 values as constants), so that
+    # rj.sweep vmaps over them with one compile.
+    p = hyper("topology.link_up", t.link_up) if t.link_up < 1.0 else 1.0
     try:
         if t.online < 1.0:
-            return unreliable.churn(topo, q=t.online, p=t.link_up, policy=t.policy)
-        return unreliable.link_failures(topo, t.link_up, policy=t.policy)
+            return unreliable.churn(topo, q=hyper("topology.online", t.online), p=p, policy=t.policy)
+        return unreliable.link_failures(topo, p, policy=t.policy)
     except ValueError as e:
         raise ConfigError(f"config.topology.link_up: {e}") from e
 
@@ -520,7 +527,7 @@ def build(config, topology=None) -> Experiment:
     oracle, privacy = _privacy(c, model, node_data)
     if c.privacy.mode == "central":
         privacy = _central_privacy(c)[1]
-    hp = hypers_of(algorithm, oracle, *channels.values(), list(algo_hypers))
+    hp = hypers_of(algorithm, oracle, *channels.values(), list(algo_hypers), topo)
     counter: list = []
     step = _round.make_step(algorithm, oracle, channels, topology=topo, honest=honest, trace_counter=counter)
     step = _channels.with_channel_metrics(step)  # e.g. robust_fallback_nodes into metrics.jsonl

@@ -87,6 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
     # received weights are renormalized ("renormalize": the peer simulators' rule; the mean drifts).
     c.topology.base = "ring"
     c.topology.s = 1
+    # Padded fan-out of epidemic_oracle / epidemic_local when > 0: s becomes a traced
+    # hyper-parameter (slots >= s masked), so rj.sweep over topology.s compiles once; a sweep
+    # sets it to its largest s. 0: the static draw of width s.
+    c.topology.s_max = 0
     c.topology.link_up = 1.0
     c.topology.online = 1.0
     c.topology.policy = "self"
@@ -296,6 +300,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "topology.seed": _int(-1, MAX_SEED),
     "topology.base": _choice("STATIC_TOPOLOGIES"),
     "topology.s": _int(1),
+    "topology.s_max": _int(0),
     "topology.link_up": _float(0.0, 1.0, lo_open=True),
     "topology.online": _float(0.0, 1.0, lo_open=True),
     "topology.policy": _choice(("self", "renormalize")),

@@ -97,12 +97,26 @@ def _no_effect(c, exp, key: str) -> str | None:
     return "no mechanism of this run uses it"
 
 
-def _pinned(c) -> ml_collections.ConfigDict:
+def _pinned(c, axes: Mapping[str, Sequence] | None = None) -> ml_collections.ConfigDict:
     sub = ml_collections.ConfigDict(c.to_dict())
     if sub.topology.seed < 0:
         sub.topology.seed = sub.seed
     if sub.data.seed < 0:
         sub.data.seed = sub.seed
+    return _graph_axes(sub, axes or {})
+
+
+def _graph_axes(sub, axes: Mapping[str, Sequence]):
+    """``sub`` built so that swept graph fields are hyper-parameters of one step: a swept s pads
+    the draw to the largest s (``topology.s_max``); a swept link_up / online < 1 makes the graph
+    unreliable even where the config's own value (1.0) would leave it static."""
+    t = sub.topology
+    if "topology.s" in axes and t.name.startswith("epidemic"):
+        t.s_max = max(int(t.s_max), int(t.s), *(int(v) for v in axes["topology.s"]))
+    for key in ("topology.link_up", "topology.online"):
+        field = key.split(".")[1]
+        if key in axes and t[field] >= 1.0:
+            t[field] = min(float(v) for v in axes[key])
     return sub
 
 
@@ -146,7 +160,7 @@ def sweep(config, axes: Mapping[str, Sequence], workdir: str | Path | None = Non
     if wd is not None:  # before any work: a workdir that cannot take the outputs fails now
         _loop.check_writable(wd)
     show = c.progress if progress is None else progress
-    base = build(_pinned(c), topology)
+    base = build(_pinned(c, axes), topology)
     dynamic_keys = vmapped_axes(base, list(axes))
     static_keys = [k for k in axes if k not in dynamic_keys]
     groups = grid({k: axes[k] for k in static_keys}) if static_keys else [{}]
@@ -164,7 +178,7 @@ def sweep(config, axes: Mapping[str, Sequence], workdir: str | Path | None = Non
                 why = _config.inapplicable(sub, key)
                 if why:
                     raise _config.ConfigError(f"sweep.{key}: has no effect because {why}")
-            sub = _pinned(_config.validate(sub))
+            sub = _pinned(_config.validate(sub), axes)
             exp = base if not overrides else build(sub, topology)
             for key in axes:
                 why = _no_effect(sub, exp, key)

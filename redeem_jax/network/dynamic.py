@@ -40,24 +40,30 @@ class DrawnTopology:
     # Fast paths of static graphs (circulant rolls, a fixed period) never apply to a drawn graph.
     is_circulant: bool = False
     period: int = 1
+    # Options that are core.Hyper placeholders (a swept p, q or s): draw(round, key, hp) resolves
+    # them from the round's hp; hypers_of finds them here, so the step's hp argument holds them.
+    hypers: tuple = ()
 
-    def draw(self, round, key):
+    def draw(self, round, key, hp=None):
         """This round's edges ``(neighbors i32[N, K], weights f32[N, K], self_weight f32[N],
         mask bool[N, K])`` in the padded layout of DESIGN.md (row i lists whom node i receives
         from; padded slots point at i itself with weight 0 and mask False). Jittable: ``round``
-        and ``key`` may be traced, shapes are fixed."""
+        and ``key`` may be traced, shapes are fixed. ``hp`` (the round's hyper-parameters) is
+        passed only to a topology with :attr:`hypers`; others may omit the argument."""
         raise NotImplementedError
 
     def expected_mixing_matrix(self) -> np.ndarray:
         """``E[W(t)]`` as a dense float64 ``[n, n]`` (host; closed form, not sampled)."""
         raise NotImplementedError
 
-    def sample_mixing_matrix(self, round: int, key) -> np.ndarray:
+    def sample_mixing_matrix(self, round: int, key, hp=None) -> np.ndarray:
         """The dense ``W(t)`` of one draw (host, for tests and network-DP leakage): row i holds
-        what node i receives, ``W[i, j] = weight of j at i``."""
+        what node i receives, ``W[i, j] = weight of j at i``. ``hp``: values of the topology's
+        hyper-parameters (:attr:`hypers`), as the round passes them."""
         import jax
 
-        nbr, w, sw, m = (np.asarray(a) for a in jax.device_get(self.draw(round, key)))
+        drawn = self.draw(round, key, hp=hp) if self.hypers else self.draw(round, key)
+        nbr, w, sw, m = (np.asarray(a) for a in jax.device_get(drawn))
         W = np.zeros((self.n, self.n))
         rows = np.repeat(np.arange(self.n), nbr.shape[1])
         np.add.at(W, (rows, nbr.ravel()), np.where(m, w, 0.0).ravel())
@@ -79,16 +85,17 @@ def is_drawn(topology) -> bool:
 FAMILIES = ("epidemic_oracle", "epidemic_local", "random_matching", "pairwise", "k_out")
 
 
-def get(name: str, n: int, *, base=None, s: int = 1, k: int = 1):
+def get(name: str, n: int, *, base=None, s=1, k=1, s_max: int | None = None):
     """A drawn topology by its registered name: ``epidemic_oracle`` / ``epidemic_local``
-    (de Vos et al. 2023, fan-out ``s``), ``random_matching`` / ``pairwise`` (Boyd et al. 2006, on
-    the static ``base``), ``k_out`` (``k`` random neighbours of ``base`` per round)."""
+    (de Vos et al. 2023, fan-out ``s``; a :class:`~redeem_jax.core.Hyper` padded to ``s_max``
+    when swept), ``random_matching`` / ``pairwise`` (Boyd et al. 2006, on the static ``base``),
+    ``k_out`` (``k`` random neighbours of ``base`` per round)."""
     from redeem_jax.network import random_graphs as rg
 
     if name == "epidemic_oracle":
-        return rg.el_oracle(n, s)
+        return rg.el_oracle(n, s, s_max=s_max)
     if name == "epidemic_local":
-        return rg.el_local(n, s)
+        return rg.el_local(n, s, s_max=s_max)
     if base is None:
         raise ValueError(f"{name} samples a static base graph: give base=")
     if name == "random_matching":

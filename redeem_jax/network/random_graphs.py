@@ -34,6 +34,7 @@ import math
 
 import numpy as np
 
+from redeem_jax.core import Hyper, resolve
 from redeem_jax.network.dynamic import DrawnTopology
 
 __all__ = [
@@ -45,6 +46,30 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- helpers
+def _fan_out(value, s_max, lo: int, hi: int, label: str):
+    """``(default, s_max, option)`` of a fan-out that may be swept: ``value`` is an int or a
+    :class:`~redeem_jax.core.Hyper` (the sweep's traced s); ``s_max`` (structural) is the padded
+    width, ``None`` for the static draw. Traced mode is ``s_max is not None``."""
+    default = int(round(resolve(value, None)))
+    if isinstance(value, Hyper) and s_max is None:
+        s_max = default
+    if s_max is not None:
+        s_max = int(s_max)
+        if not lo <= default <= s_max <= hi:
+            raise ValueError(f"{label} needs {lo} <= s <= s_max <= {hi}, got s={default}, s_max={s_max}")
+    elif not lo <= default <= hi:
+        raise ValueError(f"{label} needs {lo} <= s <= {hi}, got s={default}")
+    return default, s_max, value
+
+
+def _traced_fan_out(option, hp, s_max: int):
+    """The round's fan-out as an int32 scalar in ``[1, s_max]`` (hp holds it as a float32)."""
+    import jax.numpy as jnp
+
+    s = jnp.round(jnp.asarray(resolve(option, hp), jnp.float32)).astype(jnp.int32)
+    return jnp.clip(s, 1, s_max)
+
+
 def _partner_layout(partner):
     """Padded K = 1 layout of a matching given ``partner[i]`` (``i`` itself when unmatched):
     a matched node keeps 1/2 and takes 1/2 of its partner (Boyd et al. 2006, Sec. II)."""
@@ -111,22 +136,34 @@ class ELOracle(DrawnTopology):
         lambda     = (1/(s+1)) (1 - s/(n-1))  = (n-1-s)/((s+1)(n-1)),
 
     with *equality* ``E||Wx - xbar 1||^2 = lambda ||x - xbar 1||^2`` for every x.
+
+    A swept fan-out (``s`` a :class:`~redeem_jax.core.Hyper`, or ``s_max`` given): ``K = s_max``,
+    the s_max Floyd shifts are put in a uniformly random order and the first s (traced) are live,
+    the rest masked. A uniform s_max-subset in uniform order is a uniform injection, so its first
+    s entries are a uniform s-subset: the same law as the static draw with that s (not the same
+    graphs unless s = s_max, where the live shifts are the static draw's set).
     """
 
     name = "el_oracle"
     is_doubly_stochastic = True
 
-    def __init__(self, n: int, s: int, relabel: bool = True):
-        n, s = int(n), int(s)
-        if n < 2 or not 1 <= s <= n - 1:
-            raise ValueError(f"EL-Oracle needs n >= 2 and 1 <= s <= n-1, got n={n}, s={s}")
-        self.n, self.s, self.K, self.relabel = n, s, s, bool(relabel)
+    def __init__(self, n: int, s, relabel: bool = True, s_max: int | None = None):
+        n = int(n)
+        if n < 2:
+            raise ValueError(f"EL-Oracle needs n >= 2, got n={n}")
+        s, self.s_max, self._s_opt = _fan_out(s, s_max, 1, n - 1, "EL-Oracle")
+        self.n, self.s, self.K, self.relabel = n, s, (s if self.s_max is None else self.s_max), bool(relabel)
+        self.hypers = (self._s_opt,) if isinstance(self._s_opt, Hyper) else ()
         self.params = {"s": s, "relabel": self.relabel}
+        if self.s_max is not None:
+            self.params["s_max"] = self.s_max
 
-    def draw(self, round, key):
+    def draw(self, round, key, hp=None):
         import jax
         import jax.numpy as jnp
 
+        if self.s_max is not None:
+            return self._draw_traced(key, hp)
         n, s = self.n, self.s
         k_perm, k_shift = jax.random.split(key)
         shifts = _floyd_subset(k_shift, n - 1, s) + 1  # s distinct shifts in {1..n-1}
@@ -143,6 +180,31 @@ class ELOracle(DrawnTopology):
         nbr = perm[(pos[:, None] + shifts[None, :]) % n]
         w = jnp.full((n, s), 1.0 / (s + 1), jnp.float32)
         return nbr, w, jnp.full((n,), 1.0 / (s + 1), jnp.float32), jnp.ones((n, s), bool)
+
+    def _draw_traced(self, key, hp):
+        """The draw with a traced fan-out s <= s_max (class docstring): same keys as the static draw."""
+        import jax
+        import jax.numpy as jnp
+
+        n, K = self.n, self.s_max
+        s = _traced_fan_out(self._s_opt, hp, K)
+        k_perm, k_shift = jax.random.split(key)
+        shifts = _floyd_subset(k_shift, n - 1, K) + 1
+        # Floyd's output is a uniform set in a biased order (slot r comes from {0..m-K+r}): a
+        # uniform order makes every prefix a uniform subset. K is small, so this sort is cheap.
+        shifts = shifts[jax.random.permutation(jax.random.fold_in(k_shift, 1), K)]
+        live = jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32)[None, :] < s, (n, K))
+        me = jnp.arange(n, dtype=jnp.int32)
+        if self.relabel:
+            perm = jax.random.permutation(k_perm, n).astype(jnp.int32)
+            pos = jnp.zeros(n, jnp.int32).at[perm].set(me)
+            nbr = perm[(pos[:, None] + shifts[None, :]) % n]
+        else:
+            nbr = (me[:, None] + shifts[None, :]) % n
+        inv = 1.0 / (s.astype(jnp.float32) + 1.0)
+        nbr = jnp.where(live, nbr, me[:, None]).astype(jnp.int32)
+        w = jnp.where(live, inv, 0.0).astype(jnp.float32)
+        return nbr, w, jnp.full((n,), inv, jnp.float32), live
 
     def expected_mixing_matrix(self) -> np.ndarray:
         n, s = self.n, self.s
@@ -170,10 +232,11 @@ def _floyd_subset(key, m: int, s: int):
     return chosen
 
 
-def el_oracle(n: int, s: int, relabel: bool = True) -> ELOracle:
+def el_oracle(n: int, s, relabel: bool = True, s_max: int | None = None) -> ELOracle:
     """EL-Oracle of de Vos et al. 2023 on n nodes with s out-/in-neighbours per round
-    (``relabel=False``: a random circulant per round, the same two moments, no per-round sort)."""
-    return ELOracle(n, s, relabel)
+    (``relabel=False``: a random circulant per round, the same two moments, no per-round sort).
+    ``s`` may be a :class:`~redeem_jax.core.Hyper` (a swept fan-out, padded to ``s_max``)."""
+    return ELOracle(n, s, relabel, s_max)
 
 
 def el_oracle_contraction(n: int, s: int) -> float:
@@ -217,18 +280,26 @@ class ELLocal(DrawnTopology):
     ``E||W^T 1||^2 = n mu1 + 2 n(n-1) T1 + n(n-1)(n-2) T2`` with
     ``T1 = E[W_jj W_ij]``, ``T2 = E[W_ij W_kj]`` (i, j, k distinct), computed by exact
     enumeration of the joint in-degrees (:meth:`second_moment`).
+
+    A swept fan-out (``s`` a :class:`~redeem_jax.core.Hyper`, or ``s_max``): each sender takes the
+    ``s_max`` largest uniforms and pushes to the first s (traced); ``top_k`` sorts, so these are
+    exactly the static draw's s targets (the same graphs, for every s).
     """
 
     name = "el_local"
     is_doubly_stochastic = False
 
-    def __init__(self, n: int, s: int):
-        n, s = int(n), int(s)
-        if n < 2 or not 1 <= s <= n - 1:
-            raise ValueError(f"EL-Local needs n >= 2 and 1 <= s <= n-1, got n={n}, s={s}")
+    def __init__(self, n: int, s, s_max: int | None = None):
+        n = int(n)
+        if n < 2:
+            raise ValueError(f"EL-Local needs n >= 2, got n={n}")
+        s, self.s_max, self._s_opt = _fan_out(s, s_max, 1, n - 1, "EL-Local")
         self.n, self.s, self.K, self.params = n, s, n - 1, {"s": s}
+        self.hypers = (self._s_opt,) if isinstance(self._s_opt, Hyper) else ()
+        if self.s_max is not None:
+            self.params["s_max"] = self.s_max
 
-    def draw(self, round, key):
+    def draw(self, round, key, hp=None):
         import jax
         import jax.numpy as jnp
 
@@ -236,9 +307,17 @@ class ELLocal(DrawnTopology):
         # s distinct uniform targets per sender: the s largest of n iid uniforms, self excluded.
         u = jax.random.uniform(key, (n, n))
         u = jnp.where(jnp.eye(n, dtype=bool), -1.0, u)
-        _, targets = jax.lax.top_k(u, s)                                     # [sender, s]
-        senders = jnp.repeat(jnp.arange(n), s)
-        A = jnp.zeros((n, n), bool).at[targets.reshape(-1), senders].set(True)  # A[i, j]: j -> i
+        if self.s_max is None:
+            _, targets = jax.lax.top_k(u, s)                                 # [sender, s]
+            senders = jnp.repeat(jnp.arange(n), s)
+            A = jnp.zeros((n, n), bool).at[targets.reshape(-1), senders].set(True)  # A[i, j]: j -> i
+        else:
+            _, targets = jax.lax.top_k(u, self.s_max)
+            pushes = jnp.arange(self.s_max)[None, :] < _traced_fan_out(self._s_opt, hp, self.s_max)
+            senders = jnp.repeat(jnp.arange(n), self.s_max)
+            # (target, sender) pairs are distinct, so set() writes each cell once: live or not.
+            A = jnp.zeros((n, n), bool).at[targets.reshape(-1), senders].set(
+                jnp.broadcast_to(pushes, targets.shape).reshape(-1))
         # stable sort puts each receiver's senders first (ascending id); padded slots -> i itself.
         order = jnp.argsort(~A, axis=1, stable=True)[:, : n - 1].astype(jnp.int32)
         mask = jnp.take_along_axis(A, order, axis=1)
@@ -290,9 +369,10 @@ class ELLocal(DrawnTopology):
         return self.contraction() * (np.eye(n) - np.ones((n, n)) / n)
 
 
-def el_local(n: int, s: int) -> ELLocal:
-    """EL-Local of de Vos et al. 2023: each of n nodes pushes to s uniform others per round."""
-    return ELLocal(n, s)
+def el_local(n: int, s, s_max: int | None = None) -> ELLocal:
+    """EL-Local of de Vos et al. 2023: each of n nodes pushes to s uniform others per round
+    (``s`` may be a :class:`~redeem_jax.core.Hyper`, padded to ``s_max``)."""
+    return ELLocal(n, s, s_max)
 
 
 def el_local_overflow_probability(n: int, s: int, cap: int) -> float:
@@ -420,17 +500,19 @@ class KOut(DrawnTopology):
     ``E[w_i w_i^T] = c_i^2 [e_i e_i^T + r_i (e_i 1_Ni^T + 1_Ni e_i^T + diag 1_Ni)
     + r'_i (1_Ni 1_Ni^T - diag 1_Ni)]`` with ``c_i = 1/(k_i+1)``, ``r_i = k_i/d_i``,
     ``r'_i = k_i(k_i-1)/(d_i(d_i-1))`` (inclusion probabilities of a uniform k_i-subset).
+
+    A swept k (a :class:`~redeem_jax.core.Hyper`, or ``k_max``): ``top_k`` of the ``min(k_max,
+    max degree)`` largest uniforms, the first k live; sorted, so exactly the static draw's slots.
     """
 
     name = "k_out"
     is_doubly_stochastic = False
 
-    def __init__(self, base, k: int):
+    def __init__(self, base, k, k_max: int | None = None):
         if getattr(base, "is_drawn", False) or getattr(base, "period", 1) != 1:
             raise ValueError("the base graph must be a static Topology (period 1, not drawn)")
-        k = int(k)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k, self.k_max, self._k_opt = _fan_out(k, k_max, 1, 1 << 30, "k_out")
+        self.hypers = (self._k_opt,) if isinstance(self._k_opt, Hyper) else ()
         A = np.asarray(base.adjacency, bool)
         self.base, self._A = base, A
         self.n = int(base.n)
@@ -438,14 +520,14 @@ class KOut(DrawnTopology):
         self._deg = deg
         self._ki = np.minimum(k, deg)
         Kb = max(1, int(deg.max()))
-        self.K, self.k, self.params = min(k, Kb), k, {"base": base.name, "k": k}
+        self.K, self.k, self.params = min(k if self.k_max is None else self.k_max, Kb), k, {"base": base.name, "k": k}
         # padded base neighbour lists (host, once): row i lists i's in-neighbours, then i itself.
         order = np.argsort(~A, axis=1, kind="stable")[:, :Kb]
         valid = np.take_along_axis(A, order, axis=1)
         self._nbr = np.where(valid, order, np.arange(self.n)[:, None]).astype(np.int32)
         self._valid = valid
 
-    def draw(self, round, key):
+    def draw(self, round, key, hp=None):
         import jax
         import jax.numpy as jnp
 
@@ -454,9 +536,14 @@ class KOut(DrawnTopology):
         u = jnp.where(valid, jax.random.uniform(key, valid.shape), -1.0)
         top, slot = jax.lax.top_k(u, K)              # K largest iid uniforms: a uniform subset
         mask = top >= 0.0                             # fewer than K real neighbours: padding
+        if self.k_max is None:
+            c = jnp.asarray(1.0 / (self._ki + 1.0), jnp.float32)
+        else:
+            k = _traced_fan_out(self._k_opt, hp, self.k_max)
+            mask = mask & (jnp.arange(K)[None, :] < k)
+            c = 1.0 / (jnp.minimum(k, jnp.asarray(self._deg, jnp.int32)).astype(jnp.float32) + 1.0)
         nbr = jnp.where(mask, jnp.take_along_axis(jnp.asarray(self._nbr), slot, axis=1),
                         jnp.arange(n, dtype=jnp.int32)[:, None])
-        c = jnp.asarray(1.0 / (self._ki + 1.0), jnp.float32)
         return nbr.astype(jnp.int32), jnp.where(mask, c[:, None], 0.0).astype(jnp.float32), c, mask
 
     def _coeffs(self):
@@ -485,10 +572,11 @@ class KOut(DrawnTopology):
         return S - cc / n
 
 
-def k_out(base, k: int) -> KOut:
+def k_out(base, k, k_max: int | None = None) -> KOut:
     """Random k-out peer sampling (pull) on the static ``base``: each node receives from k uniform
-    distinct base neighbours (all of them when fewer), weights 1/(k_i + 1)."""
-    return KOut(base, k)
+    distinct base neighbours (all of them when fewer), weights 1/(k_i + 1). ``k`` may be a
+    :class:`~redeem_jax.core.Hyper` (a swept fan-out, padded to ``k_max``)."""
+    return KOut(base, k, k_max)
 
 
 # ----------------------------------------------------------------------------- theory

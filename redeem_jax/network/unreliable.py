@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from redeem_jax.core import Hyper, resolve
 from redeem_jax.network.dynamic import DrawnTopology
 
 __all__ = [
@@ -66,7 +67,9 @@ _ENUM_LIMIT = 20  # at most 2**20 up/down patterns in an exact enumeration
 
 
 def _concrete(x) -> float | None:
-    """``float(x)`` when ``x`` is a concrete number, ``None`` for a tracer."""
+    """``float(x)`` when ``x`` is a concrete number (a :class:`~redeem_jax.core.Hyper`: its
+    default), ``None`` for a tracer."""
+    x = resolve(x, None)
     try:
         return float(x)
     except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
@@ -133,6 +136,8 @@ class Unreliable(DrawnTopology):
             if beyond not in ("hold", "cycle"):
                 raise ValueError(f"unreliable: beyond must be 'hold' or 'cycle', got {beyond!r}")
             self._trace = tr
+        # p or q given as core.Hyper (a swept config field): draw(round, key, hp) resolves them.
+        self.hypers = tuple(v for v in (self.p, self.q) if isinstance(v, Hyper))
         self.name = name or f"unreliable_{base.name}"
         self.params = {"base": base.name, "p": p, "node_model": node_model, "q": self.q, "policy": policy}
         base_doubly = bool(getattr(base, "is_doubly_stochastic", False))
@@ -151,6 +156,7 @@ class Unreliable(DrawnTopology):
         for k, v in kw.items():
             setattr(new, k, v)
         new.params = dict(self.params, **kw)
+        new.hypers = tuple(v for v in (new.p, new.q) if isinstance(v, Hyper))
         return new
 
     # ------------------------------------------------------------------ drawing
@@ -180,13 +186,13 @@ class Unreliable(DrawnTopology):
         x, _ = jax.lax.scan(step, x0, V[1:])
         return x
 
-    def online(self, round, key):
+    def online(self, round, key, hp=None):
         """bool[n]: which nodes are online this round (the same draw :meth:`draw` uses)."""
         k_node = jax.random.split(key)[1]
         if self.node_model == "always":
             return jnp.ones((self.n,), bool)
         if self.node_model == "bernoulli":
-            return jax.random.uniform(k_node, (self.n,)) < jnp.asarray(self.q, jnp.float32)
+            return jax.random.uniform(k_node, (self.n,)) < jnp.asarray(resolve(self.q, hp), jnp.float32)
         if self.node_model == "markov":
             return self._markov_online(round)
         tr = jnp.asarray(self._trace)
@@ -195,20 +201,20 @@ class Unreliable(DrawnTopology):
         t = r % R if self.beyond == "cycle" else jnp.minimum(r, R - 1)
         return tr[t]
 
-    def link_up(self, key):
+    def link_up(self, key, hp=None):
         """bool[m]: which undirected base pairs are up this round (one Bernoulli(p) each)."""
         if self.m == 0:
             return jnp.zeros((0,), bool)
         k_link = jax.random.split(key)[0]
-        return jax.random.uniform(k_link, (self.m,)) < jnp.asarray(self.p, jnp.float32)
+        return jax.random.uniform(k_link, (self.m,)) < jnp.asarray(resolve(self.p, hp), jnp.float32)
 
-    def draw(self, round, key):
+    def draw(self, round, key, hp=None):
         """This round's edges ``(neighbors, weights, self_weight, mask)`` (DESIGN.md, "One
         round"): slot ``i <- j`` is live when its pair is up and both ends are online; the
         weights follow ``self.policy`` (module docstring). Jittable, fixed shapes."""
         nbr, w, sw, mask = (jnp.asarray(a) for a in (self._nbr, self._w, self._sw, self._mask))
-        on = self.online(round, key)
-        up = self.link_up(key)[jnp.asarray(self._eid)] if self.m else jnp.zeros_like(mask)
+        on = self.online(round, key, hp)
+        up = self.link_up(key, hp)[jnp.asarray(self._eid)] if self.m else jnp.zeros_like(mask)
         live = mask & up & on[:, None] & on[nbr]
         w_live = jnp.where(live, w, 0.0)
         if self.policy == "self":
