@@ -28,6 +28,7 @@ def register(name: str, factory: Callable, *, overwrite: bool = False) -> Callab
 
 
 def get(name: str) -> Callable:
+    """The factory registered under ``name`` (``config.algorithm.name``); one line naming the known ones if none."""
     if name not in REGISTRY:
         raise ValueError(f"{name!r} is not one of {', '.join(REGISTRY)}")
     return REGISTRY[name]

@@ -25,6 +25,8 @@ __all__ = ["DSGDState", "dsgd", "fedavg", "choco_sgd", "deepsqueeze"]
 
 
 class DSGDState(NamedTuple):
+    """D-SGD's and FedAvg's state: every node's model and its optimizer state."""
+
     x: Any  # f32[N, d]: every node's model
     opt: Any  # the optimizer state, vmapped over nodes
 

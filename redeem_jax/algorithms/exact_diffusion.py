@@ -27,6 +27,8 @@ __all__ = ["DiffusionState", "exact_diffusion", "d2"]
 
 
 class DiffusionState(NamedTuple):
+    """Exact diffusion's and D²'s state: the models X_t, the last adapt step ψ_t, the optimizer."""
+
     x: Any  # f32[N, d] models X_t
     psi: Any  # f32[N, d] ψ_t
     opt: Any

@@ -29,6 +29,8 @@ __all__ = ["TrackingState", "diging"]
 
 
 class TrackingState(NamedTuple):
+    """DIGing's state: the models, the gradient trackers y and the last local gradients."""
+
     x: Any  # f32[N, d] models
     y: Any  # f32[N, d] trackers of the average gradient
     g: Any  # f32[N, d] each node's last gradient G_{t-1}

@@ -38,12 +38,16 @@ __all__ = ["PushSumState", "PushDIGingState", "push_sum", "sgp", "push_diging", 
 
 
 class PushSumState(NamedTuple):
+    """Push-sum's (and SGP's) state: numerators x, weights w; the de-biased models are x / w."""
+
     x: Any  # f32[N, d] push-sum numerators
     w: Any  # f32[N] push-sum weights (w₀ = 1)
     opt: Any  # optimizer state, vmapped over nodes (() for plain averaging)
 
 
 class PushDIGingState(NamedTuple):
+    """Push-DIGing's state: model numerators u, push-sum weights v, the mixed trackers y."""
+
     u: Any  # f32[N, d] numerators of the models
     v: Any  # f32[N] push-sum weights
     y: Any  # f32[N, d] A·Y of the last round (the mixed trackers, before this round's gradient)

@@ -123,6 +123,7 @@ def _write_atomic(path: Path, text: str) -> None:
 # checkpoints of the whole state pytree
 # --------------------------------------------------------------------------- #
 def checkpoint_manager(workdir: Path):
+    """The orbax manager of ``workdir/checkpoints``: the last two steps kept, written synchronously."""
     import orbax.checkpoint as ocp
 
     options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False)
@@ -356,6 +357,7 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 
 def columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    """The numeric fields of ``rows`` as float64 arrays over the rows (NaN where a row lacks one)."""
     keys = sorted({k for r in rows for k in r if not isinstance(r[k], str)})
     return {k: np.array([r.get(k, np.nan) for r in rows], dtype=np.float64) for k in keys}
 

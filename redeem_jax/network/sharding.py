@@ -37,7 +37,12 @@ __all__ = [
     "uses_ppermute",
 ]
 
-NODES, MODEL, SWEEP = "nodes", "model", "sweep"
+NODES = "nodes"
+"""The mesh axis the node axis of the state and data is sharded over."""
+MODEL = "model"
+"""The second mesh axis of a 2-D mesh: the model dimension ``d`` of ``[N, d]`` split over it."""
+SWEEP = "sweep"
+"""The mesh axis a sweep's points are split over (``rj.sweep(..., sweep_devices=k)``)."""
 
 
 # --------------------------------------------------------------------------- #
