@@ -1,0 +1,198 @@
+"""Everything keeps working on graphs drawn every round (issue 13, part 4): p, q and s as swept
+hyper-parameters (one compile), network-DP leakage from a run's realised matrices, sharding of a
+drawn graph, and edge attacks only along this round's live edges."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import redeem_jax as rj
+from redeem_jax.core import hyper
+from redeem_jax.network import random_graphs as rg
+from redeem_jax.network import unreliable as U
+from redeem_jax.sweep import final
+from _configs import small_config
+
+TINY = {"num_nodes": 6, "model.hidden": (8,), "num_rounds": 4, "eval_every": 2, "eval.max_test_examples": 200}
+METRICS = ["test_loss", "train_loss", "consensus_distance"]
+
+
+def tiny(**overrides):
+    return small_config(**{**TINY, **overrides})
+
+
+def pinned(c, **values):
+    """The single-run config of one sweep point (host-side seeds pinned, as rj.sweep does)."""
+    sub = ml_collections.ConfigDict(c.to_dict())
+    sub.topology.seed = c.seed
+    sub.data.seed = c.seed
+    for k, v in values.items():
+        rj.config.set_field(sub, k, v)
+    return sub
+
+
+# --------------------------------------------------------------------------- 1. sweeps over p, q, s
+def _dense(n, edges):
+    return np.asarray(U.dense_mixing(n, tuple(edges)), np.float64)
+
+
+@pytest.mark.parametrize("axes, overrides", [
+    ({"topology.link_up": [0.3, 0.9], "topology.online": [0.5, 0.9]}, {}),
+    ({"topology.s": [1, 2, 4]}, {"topology.name": "epidemic_oracle"}),
+])
+def test_graph_sweeps_compile_once_and_each_point_is_its_run(axes, overrides):
+    c = tiny(**overrides)
+    df = rj.sweep(c, axes)
+    assert df.attrs["traces"] == [1]          # one compiled step for every point of the grid
+    last = final(df)
+    points = int(np.prod([len(v) for v in axes.values()]))
+    assert last["train_loss"].nunique() == points   # every value reaches the draw
+    # A point equals rj.run of its config (s: with the sweep's padded width s_max), to float rounding.
+    point = last.iloc[-1]
+    values = {k: int(point[k]) if k == "topology.s" else float(point[k]) for k in axes}
+    if "topology.s" in axes:
+        values["topology.s_max"] = max(axes["topology.s"])
+    alone = rj.run(pinned(c, **values))
+    rows = df[df["point"] == point["point"]].sort_values("round")
+    for m in METRICS:
+        np.testing.assert_allclose(rows[m].to_numpy(), alone.metrics[m], rtol=2e-5, atol=1e-6, err_msg=m)
+
+
+def test_traced_link_up_draws_the_static_value_graphs():
+    base = rj.topology.ring(8)
+    keys = jax.random.split(jax.random.PRNGKey(5), 6)
+    traced = U.link_failures(base, hyper("topology.link_up", 0.5))
+    assert traced.hypers and rj.core.hypers_of(traced) == {"topology.link_up": 0.5}
+    for p in (0.2, 0.7):
+        static = U.link_failures(base, p)
+        got = jax.jit(jax.vmap(lambda k, v: U.dense_mixing(8, traced.draw(0, k, hp={"topology.link_up": v})),
+                               in_axes=(0, None)))(keys, jnp.float32(p))
+        for i, k in enumerate(keys):
+            np.testing.assert_array_equal(np.asarray(got[i]), np.asarray(U.dense_mixing(8, static.draw(0, k))))
+
+
+@pytest.mark.parametrize("family", ["el_local", "k_out"])
+def test_traced_fan_out_is_the_static_draw_for_every_s(family):
+    """EL-Local and k-out take the first s of top_k(s_max): exactly the static draw's slots."""
+    n, s_max = 9, 4
+    base = rj.topology.erdos_renyi(n, 0.7, seed=1)
+    keys = jax.random.split(jax.random.PRNGKey(2), 3)
+    for s in range(1, s_max + 1):
+        if family == "el_local":
+            static, traced = rg.el_local(n, s), rg.el_local(n, hyper("topology.s", 1), s_max=s_max)
+        else:
+            static, traced = rg.k_out(base, s), rg.k_out(base, hyper("topology.s", 1), k_max=s_max)
+        for k in keys:
+            np.testing.assert_array_equal(_dense(n, traced.draw(0, k, hp={"topology.s": jnp.float32(s)})),
+                                          _dense(n, static.draw(0, k)))
+
+
+def test_traced_el_oracle_s_max_is_the_static_draw_and_smaller_s_the_static_law():
+    n, s_max, R = 6, 4, 6000
+    static = rg.el_oracle(n, s_max)
+    traced = rg.el_oracle(n, hyper("topology.s", 2), s_max=s_max)
+    keys = jax.random.split(jax.random.PRNGKey(0), 8)
+    for k in keys:  # s = s_max: the same live edges (in another slot order), the same W
+        np.testing.assert_allclose(_dense(n, traced.draw(0, k, hp={"topology.s": jnp.float32(s_max)})),
+                                   _dense(n, static.draw(0, k)), rtol=0, atol=1e-7)
+    # s = 2 < s_max: node 0's in-neighbour set must be a uniform 2-subset of the other n - 1 nodes
+    # (the static law: every node receives from a uniform s-subset), each of C(5, 2) = 10 sets
+    # with probability 1/10. Compared within 5 standard errors.
+    keys = jax.random.split(jax.random.PRNGKey(1), R)
+    nbr, w, sw, mask = jax.jit(jax.vmap(lambda k: traced.draw(0, k, hp={"topology.s": jnp.float32(2)})))(keys)
+    nbr, mask = np.asarray(nbr), np.asarray(mask)
+    assert (mask.sum(-1) == 2).all() and np.allclose(np.asarray(sw), 1 / 3)
+    sets = [tuple(sorted(row[m])) for row, m in zip(nbr[:, 0], mask[:, 0])]
+    subsets = list(itertools.combinations(range(1, n), 2))
+    freq = np.array([sum(x == t for x in sets) for t in subsets]) / R
+    se = math.sqrt(0.1 * 0.9 / R)
+    assert np.all(np.abs(freq - 0.1) < 5 * se), freq
+    # and the mean-square contraction is the closed form of s = 2 (the second moment of the law)
+    W = jax.vmap(lambda a, b, c_, d: U.dense_mixing(n, (a, b, c_, d)))(*map(jnp.asarray, (nbr, w, sw, mask)))
+    x = np.random.default_rng(0).standard_normal(n)
+    x -= x.mean()
+    ratio = np.sum((np.asarray(W, np.float64) @ x - 0.0) ** 2, axis=1) / np.sum(x ** 2)
+    lam = rg.el_oracle_contraction(n, 2)
+    assert abs(ratio.mean() - lam) < 5 * ratio.std() / math.sqrt(R)
+
+
+# --------------------------------------------------------------------------- 3. sharding a drawn graph
+RUN_TOL = dict(rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("over, mesh", [
+    ({"topology.name": "epidemic_oracle", "topology.s": 2}, (8,)),
+    ({"topology.link_up": 0.5}, (4, 2)),
+    ({"topology.link_up": 0.5, "aggregation.rule": "clipped_gossip", "byzantine.num": 1,
+      "byzantine.attack": "alie"}, (8,)),
+])
+def test_a_drawn_graph_shards_and_equals_the_unsharded_run(over, mesh):
+    """The node axis split over 8 devices: the round's graph is drawn from the same key on every
+    device (replicated), the gathers of the drawn neighbours cross devices; same result."""
+    cfg = dict(num_nodes=8, num_rounds=6, eval_every=3, **over)
+    ref = rj.run(small_config(**cfg))
+    got = rj.run(small_config(**cfg, **{"perf.mesh": mesh}))
+    assert got.params.sharding.spec[0] == "nodes" and len(got.params.sharding.device_set) == 8
+    assert got.compilations == 1
+    assert "live_edges" in got.metrics       # the graph really was drawn every round
+    np.testing.assert_allclose(got.params, ref.params, **RUN_TOL)
+    for k in ref.metrics:
+        if k != "wall_time":
+            np.testing.assert_allclose(got.metrics[k], ref.metrics[k], err_msg=k, **RUN_TOL)
+
+
+# --------------------------------------------------------------------------- 4. edge attacks on live edges
+def _tampers(byz):
+    from redeem_jax import channels
+    from redeem_jax.byzantine import attacks
+
+    return {
+        "alie_global": channels.global_view(channels.vector_tamper(attacks.get("alie")), byz),
+        "huge_lifted": channels.edge_tamper(attacks.lift("huge", value=1e6)),
+        "dissensus": channels.edge_tamper(attacks.dissensus),
+    }
+
+
+@pytest.mark.parametrize("rule", ["gossip", "clipped_gossip", "ios", "trimmed_mean"])
+def test_a_byzantine_node_reaches_only_the_nodes_it_is_linked_to_this_round(rule):
+    """Link failures p = 0.3 on a 3-regular graph, Byzantine node 0. Every round, an honest node
+    with no live link to node 0 gets exactly the attack-free update (for every attack); when
+    all of node 0's links are down, every honest node does; and some linked node is moved
+    (the attack does reach its live neighbours)."""
+    from redeem_jax import channels
+    from redeem_jax.byzantine import aggregators
+
+    n, d, R = 10, 3, 12
+    base = rj.topology.random_regular(n, 3, seed=2)
+    topo = U.link_failures(base, 0.3)
+    byz = np.zeros(n, bool)
+    byz[0] = True
+    agg = aggregators.get("trimmed_mean") if rule == "trimmed_mean" else rule
+    x = jax.random.normal(jax.random.PRNGKey(7), (n, d))
+    clean = channels.robust_gossip(topo, agg, 1, byz, attack=None)
+    tampered = {k: channels.robust_gossip(topo, agg, 1, byz, attack=t) for k, t in _tampers(byz).items()}
+
+    def outputs(key):
+        edges = rj.core.Edges.of(topo, jnp.int32(0), key)
+        ctx = rj.core.Ctx(jnp.int32(0), jax.random.fold_in(key, 1), edges, jnp.asarray(~byz), {})
+        ys = {k: ch.update(x, ch.init(x), ctx)[0] for k, ch in {"clean": clean, **tampered}.items()}
+        # linked[i]: node 0 is a live in-neighbour of i this round
+        linked = jnp.any((edges.neighbors == 0) & edges.mask, axis=1)
+        return ys, linked
+
+    outputs = jax.jit(outputs)
+    isolated_rounds = moved = 0
+    for r in range(R):
+        ys, linked = outputs(jax.random.PRNGKey(100 + r))
+        ys, linked = {k: np.asarray(v) for k, v in ys.items()}, np.asarray(linked)
+        unlinked = ~linked & ~byz
+        isolated_rounds += not linked[~byz].any()
+        for k in tampered:
+            np.testing.assert_array_equal(ys[k][unlinked], ys["clean"][unlinked], err_msg=f"{k}, round {r}")
+            moved += bool(np.any(np.abs(ys[k][linked & ~byz] - ys["clean"][linked & ~byz]) > 1e-6))
+    assert isolated_rounds >= 1 and moved >= 1   # both cases occurred among the R rounds
