@@ -11,10 +11,10 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from redeem_jax.algorithms import dsgd, exact_diffusion, gradient_tracking, push_sum
+from redeem_jax.algorithms import ad_psgd, dsgd, exact_diffusion, gradient_tracking, push_sum
 
 __all__ = ["REGISTRY", "register", "get", "options", "dsgd", "exact_diffusion", "gradient_tracking",
-           "push_sum"]
+           "push_sum", "ad_psgd"]
 
 REGISTRY: dict[str, Callable] = {}
 
@@ -56,3 +56,4 @@ register("deepsqueeze", dsgd.deepsqueeze)
 register("push_sum", push_sum.push_sum)
 register("sgp", push_sum.sgp)
 register("push_diging", push_sum.push_diging)
+register("ad_psgd", ad_psgd.ad_psgd)

@@ -59,6 +59,8 @@ def dsgd(optimizer, order: str = "atc", local_steps: int = 1, *, over: str = "gr
 
     def update(a, oracle, channels, ctx):
         x_local, opt, loss = _local(optimizer, a.x, a.opt, oracle, ctx, local_steps)
+        # A straggler (ctx.active False) skips its local steps but still gossips its model.
+        x_local, opt = ctx.where_active((x_local, opt), (a.x, a.opt))
         if order == "atc":
             x = channels["model"](x_local, ctx)
         else:

@@ -49,7 +49,8 @@ def _diffusion(optimizer, lazy: bool, name: str, validate) -> Algorithm:
 
     def update(a, oracle, channels, ctx):
         loss, g = oracle(a.x, ctx)
-        step, opt = optimizer.update(g, a.opt, a.x, ctx)
+        # A straggler skips the adapt step (psi = X, optimizer state kept); correct and combine run.
+        step, opt = ctx.skip_step(*optimizer.update(g, a.opt, a.x, ctx), a.opt)
         psi = optax.apply_updates(a.x, step)
         phi = psi + (a.x - a.psi)  # the small correction first: (ψ + X) − ψ_prev would cancel
         mixed = channels["model"](phi, ctx)

@@ -50,13 +50,16 @@ def diging(optimizer, order: str = "cta") -> Algorithm:
 
     def update(a, oracle, channels, ctx):
         loss, g = oracle(a.x, ctx)
+        # A straggler keeps its last gradient (its tracker gets no new G - G_prev, so the sum
+        # invariant holds) and takes no model step; it still gossips both.
+        g = ctx.where_active(g, a.g)
         if order == "cta":
             y = channels["tracker"](a.y, ctx) + (g - a.g)
-            step, opt = optimizer.update(y, a.opt, a.x, ctx)
+            step, opt = ctx.skip_step(*optimizer.update(y, a.opt, a.x, ctx), a.opt)
             x = optax.apply_updates(channels["model"](a.x, ctx), step)
         else:
             y = channels["tracker"](a.y + (g - a.g), ctx)
-            step, opt = optimizer.update(y, a.opt, a.x, ctx)
+            step, opt = ctx.skip_step(*optimizer.update(y, a.opt, a.x, ctx), a.opt)
             x = channels["model"](optax.apply_updates(a.x, step), ctx)
         return TrackingState(x, y, g, opt), {"train_loss": masked_mean(loss, ctx.honest)}
 

@@ -121,7 +121,7 @@ def sgp(optimizer) -> Algorithm:
     def update(a, oracle, channels, ctx):
         z = _debias(a.x, a.w)
         loss, g = oracle(z, ctx)
-        step, opt = optimizer.update(g, a.opt, z, ctx)
+        step, opt = ctx.skip_step(*optimizer.update(g, a.opt, z, ctx), a.opt)  # a straggler only pushes
         x, w = _push(channels, ctx, optax.apply_updates(a.x, step), a.w)
         return PushSumState(x, w, opt), {"train_loss": masked_mean(loss, ctx.honest)}
 
@@ -143,8 +143,9 @@ def push_diging(optimizer) -> Algorithm:
     def update(a, oracle, channels, ctx):
         x = _debias(a.u, a.v)
         loss, g = oracle(x, ctx)
+        g = ctx.where_active(g, a.g)  # a straggler keeps its last gradient: Σy = Σg still holds
         y = a.y + (g - a.g)
-        step, opt = optimizer.update(y, a.opt, x, ctx)
+        step, opt = ctx.skip_step(*optimizer.update(y, a.opt, x, ctx), a.opt)
         u, y_mixed, v = _push(channels, ctx, optax.apply_updates(a.u, step), y, a.v)
         return PushDIGingState(u, v, y_mixed, g, opt), {"train_loss": masked_mean(loss, ctx.honest)}
 

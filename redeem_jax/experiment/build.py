@@ -107,6 +107,21 @@ def _static_topology(c, name: str, field: str) -> Any:
 
 
 def _topology_from_config(c) -> Any:
+    """The round's graph (:func:`_graph_from_config`), with stragglers when ``topology.straggle``
+    > 0: each node skips its local step with that probability every round (``ctx.active``)."""
+    topo = _graph_from_config(c)
+    r = c.topology.get("straggle", 0.0)
+    if r <= 0.0:
+        return topo  # no mask at all: the run is exactly the one without the option
+    from redeem_jax.network import unreliable
+
+    try:
+        return unreliable.stragglers(topo, r)
+    except ValueError as e:
+        raise ConfigError(f"config.topology.straggle: {e}") from e
+
+
+def _graph_from_config(c) -> Any:
     """The round's graph: a static family, a family drawn every round (``rj.network.dynamic``),
     or a static graph made unreliable (link failures, churn: ``rj.network.unreliable``)."""
     from redeem_jax.network import dynamic, unreliable

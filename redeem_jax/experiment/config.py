@@ -94,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.topology.link_up = 1.0
     c.topology.online = 1.0
     c.topology.policy = "self"
+    # Stragglers: each node skips its local step with probability straggle every round (it still
+    # gossips); 0 keeps every node active and the run exactly as without the option.
+    c.topology.straggle = 0.0
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"
@@ -304,6 +307,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "topology.link_up": _float(0.0, 1.0, lo_open=True),
     "topology.online": _float(0.0, 1.0, lo_open=True),
     "topology.policy": _choice(("self", "renormalize")),
+    "topology.straggle": _float(0.0, 1.0, hi_open=True),
     "data.name": _choice("DATASETS"),
     "data.partition": _choice(PARTITIONS),
     "data.alpha": _float(0.0, lo_open=True),

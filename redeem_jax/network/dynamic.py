@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DrawnTopology", "is_drawn", "FAMILIES", "get"]
+__all__ = ["DrawnTopology", "is_drawn", "FAMILIES", "get", "Straggling", "straggler_mask"]
 
 
 class DrawnTopology:
@@ -105,3 +105,87 @@ def get(name: str, n: int, *, base=None, s=1, k=1, s_max: int | None = None):
     if name == "k_out":
         return rg.k_out(base, k)
     raise ValueError(f"unknown drawn topology {name!r}; expected one of {', '.join(FAMILIES)}")
+
+
+# --------------------------------------------------------------------------- stragglers
+def straggler_mask(key, n: int, r):
+    """``bool[n]``: the nodes that take their local step this round, each independently a
+    straggler with probability ``r`` (``uniform(key, [n]) >= r``; ``r`` may be traced). The
+    straggler model of the issue (a node skips its local step but still gossips), drawn from
+    its own ``fold_in`` of the graph key so no other draw of the round moves."""
+    import jax
+    import jax.numpy as jnp
+
+    from redeem_jax.core import tag
+
+    u = jax.random.uniform(jax.random.fold_in(key, tag("straggle")), (n,))
+    return u >= jnp.asarray(r, jnp.float32)
+
+
+class Straggling(DrawnTopology):
+    """A drawn topology whose nodes straggle: the edges of ``inner`` unchanged, plus an active
+    mask (:meth:`active`) in which each node skips its local step with probability ``r`` every
+    round; a straggler still gossips, sending its current, un-updated model. An offline node of
+    a churning ``inner`` (one with ``online(round, key)``) is inactive as well.
+
+    ``r`` may be a float, a JAX value or a :class:`~redeem_jax.core.Hyper` (resolved from the
+    round's ``hp``). The mixing-matrix theory is ``inner``'s: stragglers do not change ``W``.
+    Attributes not defined here (``base``, ``policy``, ``online``, ...) are ``inner``'s.
+    """
+
+    def __init__(self, inner, r):
+        from redeem_jax.core import Hyper
+
+        if not getattr(inner, "is_drawn", False):
+            raise ValueError("Straggling wraps a drawn topology (use unreliable.stragglers for a static graph)")
+        rv = r.default if isinstance(r, Hyper) else r
+        try:
+            rv = float(rv)
+        except Exception:  # a tracer: checked by whoever traced it
+            rv = None
+        if rv is not None and not 0.0 <= rv < 1.0:
+            raise ValueError(f"stragglers: r must be in [0, 1), got {rv}")
+        self.inner, self.r = inner, r
+        self.n, self.K, self.name = inner.n, inner.K, inner.name
+        self.params = dict(getattr(inner, "params", {}), straggle=r)
+        self.is_doubly_stochastic = bool(getattr(inner, "is_doubly_stochastic", False))
+        self.hypers = tuple(getattr(inner, "hypers", ())) + ((r,) if isinstance(r, Hyper) else ())
+
+    def __getattr__(self, name):
+        # Only reached for names not found on the instance or class: the inner topology's.
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _call_inner(self, fn, round, key, hp):
+        return fn(round, key, hp=hp) if getattr(self.inner, "hypers", ()) else fn(round, key)
+
+    def draw(self, round, key, hp=None):
+        """``inner``'s edges of this round (stragglers still gossip)."""
+        return self._call_inner(self.inner.draw, round, key, hp)
+
+    def active(self, round, key, hp=None):
+        """``bool[n]``: not a straggler (:func:`straggler_mask`) and, under churn, online."""
+        from redeem_jax.core import resolve
+
+        act = straggler_mask(key, self.n, resolve(self.r, hp))
+        online = getattr(self.inner, "online", None)
+        if online is not None:
+            act = act & self._call_inner(online, round, key, hp)
+        return act
+
+    def with_params(self, **kw):
+        """A copy with a new ``straggle`` (JAX value allowed); other keywords go to ``inner``."""
+        r = kw.pop("straggle", self.r)
+        inner = self.inner.with_params(**kw) if kw else self.inner
+        return Straggling(inner, r)
+
+    def expected_mixing_matrix(self) -> np.ndarray:
+        return self.inner.expected_mixing_matrix()
+
+    def sample_mixing_matrix(self, round: int, key, hp=None) -> np.ndarray:
+        return self.inner.sample_mixing_matrix(round, key, hp) if getattr(self.inner, "hypers", ()) \
+            else self.inner.sample_mixing_matrix(round, key)
+
+    def __repr__(self) -> str:
+        return f"Straggling({self.inner!r}, r={self.r!r})"

@@ -60,6 +60,7 @@ __all__ = [
     "live_counts",
     "mean_square_contraction",
     "second_moment",
+    "stragglers",
 ]
 
 POLICIES = ("self", "renormalize")
@@ -346,6 +347,22 @@ def churn(base, q=None, *, mean_on=None, mean_off=None, trace=None, beyond="hold
         return Unreliable(base, p=p, node_model="trace", trace=trace, beyond=beyond, policy=policy, name=name)
     return Unreliable(base, p=p, node_model="markov", mean_on=mean_on, mean_off=mean_off, seed=seed,
                       policy=policy, name=name)
+
+
+def stragglers(base, r, *, name=None):
+    """Stragglers (issue 13; the slow workers of Lian et al. 2018, Sec. 1): each node of ``base``
+    independently skips its local step with probability ``r`` every round, drawn from the
+    round's graph key (``rj.network.dynamic.straggler_mask``), and still gossips its current,
+    un-updated model. The graph's edges are ``base``'s: a static ``base`` becomes a drawn
+    topology with every link up (``link_failures(base, 1.0)``), a drawn one (link failures,
+    churn, EL, matchings) keeps its own draw, and under churn an offline node is inactive too.
+    The round's ``ctx.edges.active`` carries the mask; algorithms mask their local update with
+    ``ctx.where_active`` / ``ctx.skip_step``. ``r`` in [0, 1) may be a JAX value or a Hyper."""
+    from redeem_jax.network.dynamic import Straggling
+
+    if not getattr(base, "is_drawn", False):
+        base = link_failures(base, 1.0, name=name or base.name)
+    return Straggling(base, r)
 
 
 # ---------------------------------------------------------------------- metrics helpers
