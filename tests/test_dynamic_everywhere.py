@@ -16,6 +16,7 @@ from redeem_jax.core import hyper
 from redeem_jax.network import random_graphs as rg
 from redeem_jax.network import unreliable as U
 from redeem_jax.sweep import final
+
 from _configs import small_config
 
 TINY = {"num_nodes": 6, "model.hidden": (8,), "num_rounds": 4, "eval_every": 2, "eval.max_test_examples": 200}
@@ -196,3 +197,90 @@ def test_a_byzantine_node_reaches_only_the_nodes_it_is_linked_to_this_round(rule
             np.testing.assert_array_equal(ys[k][unlinked], ys["clean"][unlinked], err_msg=f"{k}, round {r}")
             moved += bool(np.any(np.abs(ys[k][linked & ~byz] - ys["clean"][linked & ~byz]) > 1e-6))
     assert isolated_rounds >= 1 and moved >= 1   # both cases occurred among the R rounds
+
+
+# --------------------------------------------------------------------------- 2. network DP from a run
+def _run_key(seed):
+    # build.Experiment.init_state: PRNGKey(seed) split into (init key, run key)
+    return jax.random.split(jax.random.PRNGKey(seed))[1]
+
+
+def _graph_key(run_key, t):
+    # round.py: round t starts from fold_in(key, t), split into (round key, channels key); the
+    # graph is drawn from fold_in(round key, tag("topology"))
+    return jax.random.fold_in(jax.random.split(jax.random.fold_in(run_key, t))[0], rj.core.tag("topology"))
+
+
+def _dense_leakage(W, v):
+    """Independent dense NumPy network-DP leakage (noise once, neighbours observed, the observer
+    knows its own value): rows of P_t = W_{t-1}...W_0 for v and its live in-neighbours at t,
+    a_u^T (N N^T)^+ a_u with N = A (Cyffers & Bellet 2022)."""
+    n = W.shape[1]
+    P, rows = np.eye(n), []
+    for t in range(W.shape[0]):
+        seen = np.union1d(np.flatnonzero(W[t, v]), [v])
+        rows.append(P[seen])
+        P = W[t] @ P
+    A = np.concatenate(rows)
+    A[:, v] = 0.0
+    N = np.delete(A, v, axis=1)
+    G = np.linalg.pinv(N @ N.T, rcond=1e-10, hermitian=True)
+    out = np.einsum("ru,rs,su->u", A, G, A)
+    out[v] = 1.0
+    return np.clip(out, 0, 1)
+
+
+def test_network_dp_from_the_recorded_matrices_of_a_run(tmp_path):
+    from redeem_jax.privacy.analysis import network_dp as ndp
+
+    # static ring: the recording is the static sequence, the leakage exactly the static computation
+    c = tiny(**{"num_rounds": 4, "privacy.network_dp_record": True})
+    res = rj.run(c, tmp_path / "static")
+    W = ndp.load_mixing_sequence(tmp_path / "static")
+    np.testing.assert_array_equal(W, ndp.mixing_sequence(res.experiment.topology, 4))
+    np.testing.assert_array_equal(ndp.leakage_from_run(tmp_path / "static"),
+                                  ndp.leakage_matrix(ndp.mixing_sequence(res.experiment.topology, 4)))
+
+    # link failures p = 0.5: the recording holds W(t) of the run's own graph keys
+    c = tiny(**{"num_rounds": 5, "topology.link_up": 0.5, "privacy.network_dp_record": True, "seed": 3})
+    res = rj.run(c, tmp_path / "drawn")
+    W = ndp.load_mixing_sequence(tmp_path / "drawn")
+    topo = res.experiment.topology
+    assert W.shape == (5, 6, 6)
+    np.testing.assert_array_equal(np.asarray(res.state.key), np.asarray(_run_key(3)))
+    hp = {"topology.link_up": jnp.float32(0.5)}
+    for t in range(5):
+        np.testing.assert_allclose(W[t], topo.sample_mixing_matrix(t, _graph_key(_run_key(3), t), hp), rtol=0,
+                                   atol=1e-7)
+    assert len({W[t].tobytes() for t in range(5)}) > 1          # the graph really changed
+    L = ndp.leakage_from_run(tmp_path / "drawn")
+    for v in range(6):
+        np.testing.assert_allclose(L[:, v], _dense_leakage(W, v), atol=1e-8, err_msg=f"observer {v}")
+    np.testing.assert_allclose(ndp.leakage_from_run(res), L, atol=1e-12)   # from the RunResult alone
+
+
+def test_realised_matrices_are_the_ones_the_step_gossiped_with():
+    """A gossip-only round (x <- W(t) x) through make_step on a drawn graph with a traced p: after
+    T rounds the models are prod_t W(t) x0 with the matrices realised_mixing_sequence returns."""
+    from redeem_jax.core import Algorithm, Exchange, Oracle
+    from redeem_jax.privacy.analysis import network_dp as ndp
+
+    n, d, T = 7, 3, 5
+    topo = U.link_failures(rj.topology.erdos_renyi(n, 0.6, seed=3), hyper("topology.link_up", 0.5))
+    alg = Algorithm(lambda x0, ctx: x0,
+                    lambda a, oracle, channels, ctx: (channels["gossip"](a, ctx), {"train_loss": jnp.zeros(())}),
+                    lambda a: a, {"gossip": Exchange()})
+    oracle = Oracle(lambda x: (), lambda x, s, ctx, data: (jnp.zeros(x.shape[0]), jnp.zeros_like(x), s))
+    chans = {"gossip": rj.channels.gossip(topo)}
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (n, d))
+    hp = {"topology.link_up": jnp.float32(0.4)}
+    state = rj.round.init_state(alg, oracle, chans, x0, jax.random.PRNGKey(9), topology=topo, hp=hp)
+    step = jax.jit(rj.round.make_step(alg, oracle, chans, topology=topo))
+    for _ in range(T):
+        state, _ = step(state, jnp.zeros((n, 1)), hp)
+    W = ndp.realised_mixing_sequence(topo, state.key, T, hp)
+    want = np.asarray(x0, np.float64)
+    for t in range(T):
+        want = W[t] @ want
+    np.testing.assert_allclose(np.asarray(state.algorithm), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(W[0], W[1])

@@ -177,6 +177,9 @@ def base_config() -> ml_collections.ConfigDict:
     #                               (add/remove-one, sensitivity C: the tight accounting; see docs/privacy_accounting.md)
     c.privacy.sample_rate = -1.0  # poisson: q; -1 means batch_size / (mean shard size)
     c.privacy.accountant = "rdp"  # rdp | pld
+    # Write each round's realised mixing matrix, W [rounds, N, N], to workdir/mixing_matrices.npz for
+    # network-DP leakage from the graphs a run really drew (rj.privacy.network_dp.leakage_from_run).
+    c.privacy.network_dp_record = False
     c.privacy.clipping = "auto"  # ghost (dense models, no per-example gradients) | vmap | auto
 
     # Performance knobs: how a run is computed, never what it computes (beyond dtype rounding).
@@ -361,6 +364,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "privacy.sample_rate": _float(),
     "privacy.accountant": _choice(("rdp", "pld")),
     "privacy.clipping": _choice(("auto", "ghost", "vmap")),
+    "privacy.network_dp_record": _bool,
     "perf.gossip": _choice("GOSSIP_METHODS"),
     "perf.message_dtype": _choice(("float32", "bfloat16", "float16")),
     "perf.donate": _bool,

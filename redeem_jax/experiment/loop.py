@@ -40,7 +40,7 @@ __all__ = ["RESUME_FREE", "EpsilonLedger", "Loop", "WorkdirError", "check_horizo
 _FORMAT = 1  # checkpoint layout: the state's leaves in tree order, and its structure beside them
 _SEAL = "redeem_jax"  # the key of this library's entry in a step's orbax custom metadata
 # Fields a resumed run may change: they do not enter what was computed.
-RESUME_FREE = ("num_rounds", "progress", "plots", "resume")
+RESUME_FREE = ("num_rounds", "progress", "plots", "resume", "privacy.network_dp_record")
 
 
 class WorkdirError(_config.ConfigError, OSError):

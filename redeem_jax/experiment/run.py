@@ -194,9 +194,19 @@ def run_experiment(exp: Experiment, workdir) -> RunResult:
             _loop.check_horizon(wd, c.num_rounds)
 
         _open_workdir(wd, c, "config.json", json.loads(c.to_json()), check)
+    record = bool(c.privacy.get("network_dp_record", False))
+    if record:  # before any work: a recording too large for dense [T, N, N] fails now
+        from redeem_jax.privacy.analysis import network_dp
+
+        try:
+            network_dp.check_record_size(c.num_rounds, c.num_nodes)
+        except ValueError as e:
+            raise _config.ConfigError(f"config.{e}") from e
     lp = _loop.Loop(exp, mesh=mesh, show=c.progress)
     say = (lambda r: f"resuming from the checkpoint at round {r} in {wd}") if c.progress else None
     rows = _loop.resume_and_run(lp, wd, "metrics.jsonl", c.checkpoint_every, c.resume, say)
+    if record and wd is not None:  # the graphs of every round, drawn again from the run's key
+        network_dp.record_run(exp, lp.state, wd)
     if wd is not None:
         _loop._write_atomic(wd / "partition.json", _loop.dumps(exp.partition_summary.to_dict()))
     if wd is not None and c.plots:

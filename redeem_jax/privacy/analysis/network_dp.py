@@ -44,6 +44,7 @@ is set to 1 (a node knows its own value).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -51,6 +52,7 @@ __all__ = [
     "mixing_sequence", "observation_matrix", "leakage_matrix", "muffliato_per_step",
     "leakage_vs_distance", "graph_distances", "epsilon_matrix", "gaussian_epsilon",
     "underestimated_pairs", "NOISE_REGIMES", "OBSERVE_MODES",
+    "realised_mixing_sequence", "record_run", "load_mixing_sequence", "leakage_from_run", "RECORD_FILE",
 ]
 
 NOISE_REGIMES = ("once", "fresh")
@@ -66,6 +68,89 @@ _OUT_OF_RANGE = 1e-7  # relative residual of a_u outside range(N): noiseless vie
 def mixing_sequence(topology, T: int) -> np.ndarray:
     """``[T, n, n]`` stack of ``topology.mixing_matrix(round=t)`` for ``t < T``: the matrices a run used."""
     return np.stack([np.asarray(topology.mixing_matrix(round=t), dtype=np.float64) for t in range(int(T))])
+
+
+# --------------------------------------------------------------------------- #
+# The matrices a run really used (graphs drawn every round)
+# --------------------------------------------------------------------------- #
+RECORD_FILE = "mixing_matrices.npz"
+"""What a run with ``config.privacy.network_dp_record`` writes in its workdir: ``W [T, n, n]``."""
+RECORD_LIMIT = 1 << 26  # floats of [T, n, n] a run may record (512 MiB in float64): small N only
+
+
+def realised_mixing_sequence(topology, key, T: int, hp=None, start: int = 0) -> np.ndarray:
+    """``[T, n, n]`` float64: ``W(t)`` of rounds ``start..start+T-1`` of the run whose round key is
+    ``key`` (``RoundState.key``), as the round draws them: graph key
+    ``fold_in(split(fold_in(key, t))[0], tag("topology"))`` (``rj.round``), the run's
+    hyper-parameters ``hp`` (a swept p, q or s). A static or periodic topology ignores the key
+    (:func:`mixing_sequence`). One jitted, vmapped draw over the rounds: no Python per round."""
+    import jax
+    import jax.numpy as jnp
+
+    from redeem_jax.core import tag
+
+    if not getattr(topology, "is_drawn", False):
+        seq = [np.asarray(topology.mixing_matrix(round=t), np.float64) for t in range(start, start + int(T))]
+        return np.stack(seq)
+    from redeem_jax.network.unreliable import dense_mixing
+
+    hp = dict(hp or {})
+    takes_hp = bool(getattr(topology, "hypers", ()))
+
+    def one(t):
+        round_key = jax.random.split(jax.random.fold_in(key, t))[0]
+        graph_key = jax.random.fold_in(round_key, tag("topology"))
+        drawn = topology.draw(t, graph_key, hp=hp) if takes_hp else topology.draw(t, graph_key)
+        return dense_mixing(topology.n, drawn)
+
+    rounds = jnp.arange(start, start + int(T), dtype=jnp.int32)
+    # float32 is what the step's gossip used; float64 holds it exactly (leakage is computed in it)
+    return np.asarray(jax.jit(jax.vmap(one))(rounds), np.float64)
+
+
+def record_run(experiment, state, workdir) -> Path:
+    """Write the mixing matrices of every round a finished run used, ``W [T, n, n]`` (float64: the
+    weights the step used; a static graph's float64 W) to ``workdir/mixing_matrices.npz`` (with ``rounds``), for network-DP
+    leakage from the realised graphs (:func:`leakage_from_run`; Cyffers & Bellet 2022 with a
+    time-varying W_t). ``state`` is the run's final :class:`~redeem_jax.round.RoundState`."""
+    c = experiment.config
+    T, n = int(state.round), int(c.num_nodes)
+    check_record_size(T, n)
+    W = realised_mixing_sequence(experiment.topology, state.key, T, experiment.hp_values())
+    path = Path(workdir) / RECORD_FILE
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, W=W, rounds=np.arange(T, dtype=np.int32))
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    return path
+
+
+def check_record_size(T: int, n: int) -> None:
+    """Refuse a recording of more than :data:`RECORD_LIMIT` floats (dense ``[T, n, n]``)."""
+    if T * n * n > RECORD_LIMIT:
+        raise ValueError(f"privacy.network_dp_record: {T} rounds of dense {n}x{n} matrices is {T * n * n:.3g} "
+                         f"floats, above {RECORD_LIMIT:.3g}; record fewer rounds or nodes")
+
+
+def load_mixing_sequence(workdir) -> np.ndarray:
+    """The ``[T, n, n]`` matrices a run recorded (:func:`record_run`), as float64."""
+    with np.load(Path(workdir) / RECORD_FILE) as f:
+        return np.asarray(f["W"], np.float64)
+
+
+def leakage_from_run(run, noise: str = "once", observe: str = "neighbors", value: str = "once",
+                     rounds: int | None = None, **options) -> np.ndarray:
+    """:func:`leakage_matrix` over the matrices a run really used: ``run`` is a workdir with a
+    recording (:func:`record_run`) or a ``RunResult`` (recomputed from its key with
+    :func:`realised_mixing_sequence`); ``rounds`` keeps the first ones only. Exact pairwise
+    network DP (Cyffers & Bellet 2022) for a time-varying ``W_t``."""
+    if hasattr(run, "experiment") and hasattr(run, "state"):
+        exp = run.experiment
+        W = realised_mixing_sequence(exp.topology, run.state.key, int(run.state.round), exp.hp_values())
+    else:
+        W = load_mixing_sequence(run)
+    if rounds is not None:
+        W = W[: int(rounds)]
+    return leakage_matrix(np.asarray(W, np.float64), noise=noise, observe=observe, value=value, **options)
 
 
 def _as_stack(mixing_matrices) -> np.ndarray:
