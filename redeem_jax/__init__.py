@@ -50,6 +50,7 @@ _LAZY = {
     "build": "redeem_jax.experiment.build:build", "Experiment": "redeem_jax.experiment.build:Experiment",
     "run": "redeem_jax.experiment.run:run", "RunResult": "redeem_jax.experiment.run:RunResult",
     "load_run": "redeem_jax.experiment.results:load_run",
+    "configs": "redeem_jax.configs",
     "sweep": "redeem_jax.experiment.sweep:sweep",  # the function; the module is redeem_jax.sweep (the CLI)
 }
 
