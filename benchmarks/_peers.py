@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 import types
-from typing import Callable
+from collections.abc import Callable
 
 INSTALL = "pip install .[bench]   (on CPU: pip install torch==2.13.0 first; or pip install --no-deps byzfl seaborn)"
 

@@ -26,11 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _machine import cpu_name  # noqa: E402
-from _peers import interleaved, load_average, ratio_cell  # noqa: E402
 
 import redeem_jax as rj  # noqa: E402
 from redeem_jax.network import random_graphs, unreliable  # noqa: E402
+
+from _machine import cpu_name  # noqa: E402
+from _peers import interleaved, load_average, ratio_cell  # noqa: E402
 
 D, ROUNDS, S = 64, 20, 7
 

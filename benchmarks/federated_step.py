@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import redeem_jax as rj  # noqa: E402
+
 import _peers  # noqa: E402
 from _machine import cpu_name  # noqa: E402
-
-import redeem_jax as rj  # noqa: E402
 
 D_IN, HIDDEN, CLASSES, LR, MOMENTUM = 784, 100, 10, 0.1, 0.9
 

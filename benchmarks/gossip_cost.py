@@ -31,6 +31,7 @@ import sys
 import time
 
 import numpy as np
+
 from _machine import cpu_name  # benchmarks/ is the script directory
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

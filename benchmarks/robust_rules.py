@@ -28,11 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _peers  # noqa: E402
-from _machine import cpu_name  # noqa: E402
-
 import redeem_jax as rj  # noqa: E402
 
+import _peers  # noqa: E402
+from _machine import cpu_name  # noqa: E402
 
 IN_PLACE = ("Clipping", "ARC")  # ByzFL pre-aggregators that overwrite their input rows
 INNER = 3  # back-to-back calls per timed sample (see _peers.interleaved)
@@ -72,7 +71,7 @@ def rule_table(n: int, d: int, f: int, repeats: int):
     ]
     rows = []
     for name, opts, peer, peer_opts, label in cases:
-        fns = {"copy": lambda: copy(xj), "ours": (lambda fn=_ours(name, f, **opts): fn(xj))}
+        fns = {"copy": lambda: copy(xj), "ours": (lambda fn=_ours(name, f, **opts): fn(xj))}  # noqa: B008 (bound now)
         if peer in IN_PLACE:
             # ByzFL overwrites its input; ours may too: the jitted rule donates a fresh copy.
             donated = jax.jit(lambda a, name=name, opts=opts: rj.aggregators.get(name, **opts)(a, f), donate_argnums=0)

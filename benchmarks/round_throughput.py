@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import redeem_jax as rj
+
 import _peers
 from _machine import cpu_name
-
-import redeem_jax as rj
 
 D_IN, HIDDEN, CLASSES, BATCH, PER_NODE, LR = 784, 128, 10, 32, 64, 0.05
 FLOPS_PER_NODE_STEP = 6 * BATCH * (D_IN * HIDDEN + HIDDEN * CLASSES)  # forward + backward GEMMs

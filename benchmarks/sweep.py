@@ -102,7 +102,7 @@ def main(argv=None):
     print(f"# {n} runs = {args.seeds} seeds x {len(lrs)} learning rates, {c.num_nodes} nodes, {c.num_rounds} rounds, "
           f"evaluation every {c.eval_every}")
     print(f"{'method':<28}{'seconds':>10}{'runs/s':>10}{'speed-up':>10}")
-    for name, sec in (("rj.run x %d (baseline)" % n, t_runs), ("one compile, %d calls" % n, t_loop),
+    for name, sec in ((f"rj.run x {n} (baseline)", t_runs), (f"one compile, {n} calls", t_loop),
                       ("rj.sweep (one program)", t_sweep)):
         print(f"{name:<28}{sec:>10.2f}{n / sec:>10.2f}{t_runs / sec:>9.2f}x")
     ref = np.asarray(alone)

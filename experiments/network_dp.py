@@ -160,8 +160,8 @@ def main(argv=None):
     r = res["results"]["ring"]
     print(f"ring n=16 noise once T=5, distance 3: exact {r['once']['exact']['3']['mean']:.3f}, "
           f"formula {r['once']['muffliato']['3']['mean']:.3f}")
-    print("ring fresh-every-step T=%d, distances 1-4: %s" % (
-        r["fresh_every"]["T"], ", ".join(f"{r['fresh_every']['exact'][str(d)]['mean']:.3f}" for d in (1, 2, 3, 4))))
+    means = ", ".join(f"{r['fresh_every']['exact'][str(d)]['mean']:.3f}" for d in (1, 2, 3, 4))
+    print(f"ring fresh-every-step T={r['fresh_every']['T']}, distances 1-4: {means}")
     for tn, t in res["results"].items():
         print(tn, {reg: f"{100 * g['underestimated_fraction']:.0f}% underestimated" for reg, g in t.items()})
     print("checks:", res["checks"], f"({res['seconds']:.1f} s)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _oddeven_merge_pairs(p: int) -> tuple:
     """The comparators (i, j), i < j, of Batcher's odd-even merge sort of p = 2^k inputs."""
     pairs = []
@@ -32,7 +32,7 @@ def _oddeven_merge_pairs(p: int) -> tuple:
     return tuple(pairs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sorting_network(n: int) -> tuple:
     """Comparators sorting n rows: the power-of-two network, pruned of the padding rows (they
     hold +inf and never move, so a comparator touching one is a no-op)."""

@@ -33,7 +33,8 @@ attacks from ``rj.attacks``, or stateful ones such as :func:`mimic_online`.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -23,7 +23,8 @@ the one compiled step instead of rebuilding anything inside the trace.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -120,7 +121,7 @@ class Edges:
         self.active = active
 
     @classmethod
-    def of(cls, topology, round, key=None, hp: Mapping[str, Any] | None = None) -> "Edges":
+    def of(cls, topology, round, key=None, hp: Mapping[str, Any] | None = None) -> Edges:
         """The edges ``topology`` uses at ``round`` (may be traced). A drawn topology
         (:class:`rj.network.dynamic.DrawnTopology`) draws them from ``key``; the result then
         carries no host topology, and channels take the gathered path. ``hp`` (the round's
@@ -176,16 +177,16 @@ class Ctx(NamedTuple):
         """Resolve an option that may be a :class:`Hyper` (see :func:`resolve`)."""
         return resolve(v, self.hp)
 
-    def fold(self, data) -> "Ctx":
+    def fold(self, data) -> Ctx:
         """This context with the key ``fold_in(key, data)`` (``data`` an int or a name)."""
         if isinstance(data, str):
             data = tag(data)
         return self._replace(key=jax.random.fold_in(self.key, data))
 
-    def with_key(self, key) -> "Ctx":
+    def with_key(self, key) -> Ctx:
         return self._replace(key=key)
 
-    def at_step(self, step) -> "Ctx":
+    def at_step(self, step) -> Ctx:
         return self._replace(step=step)
 
     @property

@@ -7,7 +7,8 @@ Every model is a flax module wrapped into a :class:`Model`: ``init(key) -> f32[d
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 import redeem_jax as rj  # noqa: E402
 from redeem_jax import distributed  # noqa: E402
+
 from _configs import small_config  # noqa: E402
 
 c = small_config(**json.loads(overrides), **{"perf.mesh": (-1,), "distributed.coordinator": f"localhost:{port}",

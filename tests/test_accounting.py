@@ -1,9 +1,8 @@
 """DP-SGD accounting: agreement with dp-accounting, inversion, invariants, errors."""
 
+import dp_accounting
 import numpy as np
 import pytest
-
-import dp_accounting
 from dp_accounting import pld, rdp
 
 from redeem_jax.privacy import accounting

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from redeem_jax import aggregators as A
 
@@ -39,13 +40,13 @@ NOT_SCALING = {"centered_clipping"}
 TOL = {"geometric_median": 2e-4}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted(name, f, opts=()):
     fn = A.get(name)
     return jax.jit(lambda x, m: fn(x, f, m, **dict(opts)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_pre(name, f, opts=()):
     fn = A.get(name)
     return jax.jit(lambda x, m: fn(x, f, m, return_mask=True, **dict(opts)))

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from redeem_jax.privacy import accounting
-from redeem_jax.privacy import audit
+from redeem_jax.privacy import accounting, audit
 
 DELTA = 1e-5
 

@@ -19,17 +19,17 @@ T = 4000  # Monte Carlo trials
 Z = 5.0   # sigmas of tolerance
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _get(name, **opts):
     return C.get(name, **opts)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jit(c):
     return jax.jit(c.compress)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sampler(c):
     return jax.jit(jax.vmap(c.compress, in_axes=(None, 0)))
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from redeem_jax import models
 import redeem_jax as rj
+from redeem_jax import models
 from redeem_jax.privacy import dp_sgd
 
 MODEL = models.get("mlp", (6,), 3, hidden=(8,))

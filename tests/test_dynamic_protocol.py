@@ -166,7 +166,8 @@ def test_theory_gives_each_drawn_models_contraction_and_the_static_one():
     """rj.theory.mean_square_contraction: for a static symmetric W, lambda_max of P W^T W P
     (a direct eigen-computation); for EL-Oracle the closed form (n-1-s)/((s+1)(n-1)); for link
     failures the value of the unreliable module (exact second moment)."""
-    from redeem_jax.network import random_graphs as rg, unreliable as ur
+    from redeem_jax.network import random_graphs as rg
+    from redeem_jax.network import unreliable as ur
 
     ring = rj.topology.ring(N)
     W = ring.mixing_matrix()

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+
 from _configs import load_experiment
 
 

@@ -43,7 +43,7 @@ TOPOLOGIES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _topo(name):
     return TOPOLOGIES[name]()
 
@@ -57,7 +57,7 @@ def _f32(a):
 
 
 # --------------------------------------------------------------------------- vector attacks
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _vector_attack(name, f, masked):
     """``attack(honest, key, mask)`` jitted once per (attack, f, masked) and shape."""
     opts = {"aggregator": rj.aggregators.get("median")} if name.endswith("_opt") else {}
@@ -100,14 +100,14 @@ def test_vector_attacks_shape_dtype_and_finite(name, shape, f, dtype, data, seed
 EDGE = ("dissensus", "spectral") + tuple(f"lift:{a}" for a in A.ATTACKS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _spectral(topo_name, byz_ids):
     byz = np.zeros(_topo(topo_name).n, bool)
     byz[list(byz_ids)] = True
     return A.make_spectral_attack(_topo(topo_name), byz)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _edge_attack(name, topo_name, byz_ids):
     if name == "spectral":
         atk = _spectral(topo_name, byz_ids)
@@ -181,7 +181,7 @@ def test_gossip_of_finite_rows_is_finite_and_keeps_the_mean(topo_name, path, dty
 RULES = ("clipped_gossip", "ios", "cs_plus", "trimmed_mean", "median", "krum")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _channel(topo_name, rule, byz_ids, attack):
     topo = _topo(topo_name)
     byz = np.zeros(topo.n, bool)

@@ -8,6 +8,7 @@ import pytest
 
 from redeem_jax import topology
 from redeem_jax.privacy import network_dp as nd
+
 from _configs import load_experiment
 
 

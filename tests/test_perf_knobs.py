@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import redeem_jax as rj
+
 from _configs import small_config
 
 TINY = {"num_nodes": 6, "model.hidden": (8,), "num_rounds": 6, "eval_every": 3, "eval.max_test_examples": 200}

@@ -164,9 +164,9 @@ def test_the_default_experiment_keeps_its_honest_nodes_connected():
     """The first command a user runs must not start with a warning: the default attackers sit
     side by side, so the honest nodes of its ring stay one component, each with an honest
     neighbour (spread out, the same three would cut the ring into honest arcs)."""
-    from redeem_jax.byzantine import placement
-
     import importlib.util
+
+    from redeem_jax.byzantine import placement
 
     spec = importlib.util.spec_from_file_location("_default_config", ROOT / "configs" / "default.py")
     mod = importlib.util.module_from_spec(spec)

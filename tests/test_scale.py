@@ -10,6 +10,7 @@ import tracemalloc
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 import redeem_jax as rj
 
 # rj.data.partition is the function; the module holds node_assignment / group_by_node.

@@ -11,6 +11,7 @@ import pytest
 
 import redeem_jax as rj
 from redeem_jax.sweep import final
+
 from _configs import small_config
 
 TINY = {"num_nodes": 4, "model.hidden": (8,), "num_rounds": 4, "eval_every": 2, "eval.max_test_examples": 200}

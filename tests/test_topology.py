@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import networkx as nx
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import redeem_jax as rj
 from redeem_jax import gossip as rj_gossip

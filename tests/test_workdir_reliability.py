@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _configs import small_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import redeem_jax as rj
 from redeem_jax.experiment import loop as _loop
 from redeem_jax.experiment.config import ConfigError
+
+from _configs import small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"num_nodes": 4, "model.hidden": (8,), "eval_every": 2, "checkpoint_every": 2, "eval.max_test_examples": 200}

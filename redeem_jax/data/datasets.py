@@ -13,7 +13,8 @@ import functools
 import importlib
 import inspect
 import random as _py_random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -532,9 +533,12 @@ def text(
         buf = np.frombuffer(module_text(name).encode("utf-8"), dtype=np.uint8)
         cut = int(round(len(buf) * (1.0 - test_fraction)))
         x, y = _windows(buf[:cut], seq_len, stride)
-        xs_tr.append(x); ys_tr.append(y); src.append(np.full(len(x), i, np.int32))
+        xs_tr.append(x)
+        ys_tr.append(y)
+        src.append(np.full(len(x), i, np.int32))
         x, y = _windows(buf[cut:], seq_len, stride)
-        xs_te.append(x); ys_te.append(y)
+        xs_te.append(x)
+        ys_te.append(y)
     x_tr, y_tr = np.concatenate(xs_tr), np.concatenate(ys_tr)
     if len(x_tr) == 0:
         raise ValueError(f"seq_len={seq_len} is longer than every source text")

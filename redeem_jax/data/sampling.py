@@ -181,7 +181,7 @@ def _select(columns, k: int):
     return ids[:k]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _network_smallest(k: int):
     @jax.custom_batching.custom_vmap
     def smallest(scores):

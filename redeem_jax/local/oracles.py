@@ -9,7 +9,7 @@ so a run's random stream does not depend on how it was chunked or which algorith
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -21,12 +21,13 @@ No ``pmap`` anywhere: ``jit`` + ``NamedSharding`` + ``shard_map`` only.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from redeem_jax.network import gossip as _gossip
 from redeem_jax.network.topology import Topology

@@ -33,7 +33,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import networkx as nx
 import numpy as np

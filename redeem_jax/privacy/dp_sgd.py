@@ -16,13 +16,12 @@ shapes stay static and the expected batch size is q·|Dᵢ|. Accounting for both
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from redeem_jax import _threefry
-from redeem_jax import models
+from redeem_jax import _threefry, models
 from redeem_jax.models import Model, loss_and_metrics
 
 _threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performance.md)

@@ -65,14 +65,13 @@ import functools
 import math
 import numbers
 import warnings
-from typing import Sequence
-
-import numpy as np
-from scipy import optimize
+from collections.abc import Sequence
 
 import dp_accounting
+import numpy as np
 from dp_accounting import pld as _pld
 from dp_accounting import rdp as _rdp
+from scipy import optimize
 
 __all__ = [
     "ACCOUNTANTS",

@@ -24,7 +24,7 @@ Membership inference (an observer of the released model):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -25,7 +25,8 @@ noise drawn once it is ``z_u + eta_u`` for identifiable ``u`` (local DP, FIELD_N
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
