@@ -229,7 +229,7 @@ def test_mimic_tracks_the_top_principal_direction_online():
     direction[2] = 1.0
     s = tamper.init(6)
     ctx = rj.core.Ctx(jnp.int32(0), jax.random.PRNGKey(0), None, jnp.ones(7, bool), {})
-    for t in range(12):
+    for _ in range(12):
         # honest rows spread mostly along e₂: the top principal direction
         honest = rng.normal(size=(7, 6)) * 0.1 + rng.normal(size=(7, 1)) * 3.0 * direction
         out, s = tamper.update(jnp.asarray(honest, jnp.float32), 2, s, ctx)
