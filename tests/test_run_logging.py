@@ -173,3 +173,14 @@ def test_sweep_workdir_reads_back_as_the_sweep_table(tmp_path):
         assert back[col].tolist() == df[col].tolist()
     np.testing.assert_array_equal(back["test_loss"].to_numpy(np.float64), df["test_loss"].to_numpy(np.float64))
     assert (back["num_nodes"] == 4).all()
+
+
+def test_comparison_workdir_reads_back_one_run_per_folder(tmp_path):
+    c = _tiny(num_rounds=5, **{"compare.key": "topology.name", "compare.choices": ("ring", "complete")})
+    results = rj.run(c, tmp_path)
+    df = rj.load_run(tmp_path)
+    assert sorted(df["run"].unique()) == ["complete", "ring"]
+    for label, res in results.items():
+        part = df[df["run"] == label]
+        assert (part["topology.name"] == label).all() and (part["compare.key"] == "").all()
+        np.testing.assert_array_equal(part["test_loss"].to_numpy(np.float64), res.metrics["test_loss"])
