@@ -2,6 +2,7 @@
 docstrings (``mkdocs build --strict``, as ``make docs``) documents every one of them."""
 
 import importlib
+import importlib.util
 import inspect
 import shutil
 import subprocess
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "docs" / "reference"))
-import generate  # noqa: E402  (docs/reference/generate.py: the reference's page generator)
-
-sys.path.pop(0)
+# docs/reference/generate.py: the reference's page generator (a MkDocs hook, not a package module)
+_spec = importlib.util.spec_from_file_location("_docs_reference_generate", ROOT / "docs" / "reference" / "generate.py")
+generate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(generate)
 
 
 def _modules():
