@@ -9,7 +9,7 @@ that algorithm accepts. :func:`register` adds one (a new algorithm is its own fi
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 from redeem_jax.algorithms import ad_psgd, dsgd, exact_diffusion, gradient_tracking, push_sum
 

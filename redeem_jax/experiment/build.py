@@ -12,7 +12,8 @@ without a hand-kept list and without rebuilding anything inside the trace.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -266,8 +267,8 @@ def _privacy(c, model, node_data):
     p = c.privacy
     if p.mode != "dp_sgd":
         return oracles.minibatch(model, c.data.batch_size), None
-    from redeem_jax.privacy.analysis import accounting
     from redeem_jax.privacy import dp_sgd
+    from redeem_jax.privacy.analysis import accounting
 
     sizes = np.asarray(node_data.sizes)
     m_max = int(node_data.x.shape[1])
