@@ -40,6 +40,8 @@ __all__ = ["ADPSGDState", "ad_psgd"]
 
 
 class ADPSGDState(NamedTuple):
+    """AD-PSGD's state: the models, the ring buffer of past models and the optimizer state."""
+
     """AD-PSGD's state: the models, the ring buffer of past models read with delay, the optimizer."""
 
     x: Any  # f32[N, d] models X_t

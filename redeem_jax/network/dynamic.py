@@ -181,9 +181,11 @@ class Straggling(DrawnTopology):
         return Straggling(inner, r)
 
     def expected_mixing_matrix(self) -> np.ndarray:
+        """``inner``'s ``E[W]`` (stragglers do not change the mixing)."""
         return self.inner.expected_mixing_matrix()
 
     def sample_mixing_matrix(self, round: int, key, hp=None) -> np.ndarray:
+        """``inner``'s dense ``W`` of this round's draw."""
         return self.inner.sample_mixing_matrix(round, key, hp) if getattr(self.inner, "hypers", ()) \
             else self.inner.sample_mixing_matrix(round, key)
 
