@@ -10,6 +10,7 @@ docstrings, and an index of the top-level names of ``redeem_jax`` (``rj.*``).
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -87,6 +88,34 @@ def on_files(files, config):
     for path, text in pages().items():
         files.append(File.generated(config, path, content=text))
     return files
+
+
+# The docstrings cross-reference in Sphinx's roles (:func:`~redeem_jax.x.f`), which Markdown
+# renders as the role's text before a code span: each becomes a link (autorefs, optional so an
+# unresolvable name stays plain code).
+_ROLE = re.compile(r":(?:func|class|meth|attr|data|mod|obj|exc):<code>(~?)([\w.]+)(\(\))?</code>")
+
+
+def _identifier(path: str, module: str | None) -> str:
+    head, _, rest = path.partition(".")
+    if head == "rj":
+        target = _lazy_names().get(rest.partition(".")[0], "").replace(":", ".")
+        return target + rest[len(rest.partition(".")[0]):] if target else path
+    if head != "redeem_jax" and module:  # relative to the page's module (``f``, ``Ctx.value``)
+        return f"{module}.{path}"
+    return path
+
+
+def on_page_content(html, page, config, files):
+    uri = page.file.src_uri
+    module = uri[len("reference/"):-len(".md")] if uri.startswith("reference/redeem_jax") else None
+
+    def link(m):
+        path = m[2]
+        shown = (path.rsplit(".", 1)[-1] if m[1] else path) + (m[3] or "")
+        return f'<autoref identifier="{_identifier(path, module)}" optional><code>{shown}</code></autoref>'
+
+    return _ROLE.sub(link, html)
 
 
 if __name__ == "__main__":
