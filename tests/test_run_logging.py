@@ -104,24 +104,25 @@ def test_event_files_hold_the_same_scalars_as_metrics_jsonl(finished):
     assert {"test_accuracy", "test_loss", "consensus_distance"} <= set(_scalars(wd))
 
 
-def test_resumed_run_purges_the_points_past_its_checkpoint(tmp_path):
+def test_resumed_run_purges_the_points_past_its_checkpoint_and_a_fresh_run_replaces_them(tmp_path):
     pytest.importorskip("tensorboardX")
     rj.run(_tiny(num_rounds=15, checkpoint_every=10), tmp_path)  # rows up to 15, checkpoint at 10
     res = rj.run(_tiny(num_rounds=20, checkpoint_every=10), tmp_path)  # resumes at 10: rows 15, 20 anew
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
     assert [r["round"] for r in res.rows] == [0, 5, 10, 15, 20]
     _same_scalars(tmp_path)
-
-
-def test_fresh_run_replaces_old_event_files_and_switch_off(tmp_path, monkeypatch):
-    pytest.importorskip("tensorboardX")
-    rj.run(_tiny(num_rounds=5), tmp_path)
-    rj.run(_tiny(num_rounds=10, resume=False), tmp_path)
+    rj.run(_tiny(num_rounds=10, checkpoint_every=10, resume=False), tmp_path)  # starts afresh
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
     _same_scalars(tmp_path)
+
+
+def test_event_files_are_off_when_switched_off_or_without_a_workdir(tmp_path, monkeypatch):
+    from redeem_jax.experiment import tensorboard_log
+
+    assert tensorboard_log.open_writer(None, 0) is None
     monkeypatch.setenv("REDEEM_JAX_TENSORBOARD", "0")
-    rj.run(_tiny(num_rounds=5, resume=False), tmp_path / "off")
-    assert not list((tmp_path / "off").glob("events.out.tfevents.*"))
+    assert not tensorboard_log.available() and tensorboard_log.open_writer(tmp_path, 0) is None
+    assert not list(tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------------- #
@@ -154,14 +155,6 @@ def test_running_workdir_with_a_torn_last_line_reads_its_whole_rows(finished, tm
     assert (df["topology.name"] == "ring").all()
 
 
-def test_runs_of_many_workdirs_are_one_concat_away(finished, tmp_path):
-    _, wd = finished
-    rj.run(_tiny(**{"topology.name": "complete"}), tmp_path)
-    both = pd.concat([rj.load_run(wd), rj.load_run(tmp_path)], ignore_index=True)
-    last = both.sort_values("round").groupby("topology.name")["round"].last()
-    assert last.to_dict() == {"complete": 20, "ring": 20}
-
-
 def test_sweep_workdir_reads_back_as_the_sweep_table(tmp_path):
     c = _tiny(num_rounds=10)
     df = rj.sweep(c, {"topology.name": ["ring", "complete"], "seed": [0, 1]}, tmp_path)
@@ -184,3 +177,7 @@ def test_comparison_workdir_reads_back_one_run_per_folder(tmp_path):
         part = df[df["run"] == label]
         assert (part["topology.name"] == label).all() and (part["compare.key"] == "").all()
         np.testing.assert_array_equal(part["test_loss"].to_numpy(np.float64), res.metrics["test_loss"])
+    # runs of many workdirs are one concat away
+    both = pd.concat([rj.load_run(tmp_path / "ring"), rj.load_run(tmp_path / "complete")], ignore_index=True)
+    last = both.sort_values("round").groupby("topology.name")["round"].last()
+    assert last.to_dict() == {"complete": 5, "ring": 5}
