@@ -1,6 +1,7 @@
 """The command lines as a user meets them (issue 17): configs by name or path, one-line errors
 for every family of config mistake, ``--help``, and the CPU device count from the command line."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,13 @@ def test_the_command_line_sets_the_cpu_device_count_before_jax_starts(args, coun
                          cwd=ROOT, env={k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.split()[-1]) == count
+
+
+@pytest.mark.parametrize("key,hint", [("topology.nmae", "topology.name"), ("topolgy.name", "topology.name"),
+                                      ("num_round", "num_rounds"), ("privacy.nois_multiplier", "privacy.noise_multiplier")])
+def test_the_python_api_names_the_closest_field_too(key, hint):
+    c = rj.config.base_config().to_dict()
+    c[key] = 1  # a dotted key in a plain dict: a field at that path, as a sweep axis or a JSON config gives it
+    with pytest.raises(rj.config.ConfigError, match=rf"^config\.{re.escape(key)}: unknown field \(did you mean "
+                                                    rf"{re.escape(hint)}\?\)$"):
+        rj.config.validate(c)

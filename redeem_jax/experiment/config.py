@@ -417,7 +417,13 @@ def validate(config) -> ml_collections.ConfigDict:
             user[key] = {}
     for key in user:
         if key not in flat_base:
-            near = [k for k in flat_base if k.split(".")[-1] == key.split(".")[-1] or k.startswith(key + ".")]
+            import difflib
+
+            same = [k for k in flat_base if k.split(".")[-1] == key.split(".")[-1] or k.startswith(key + ".")]
+            # A misspelled dotted field (topology.nmae, topolgy.name): the closest field by spelling;
+            # a bare name: the fields of that name, or of that section, else the closest by spelling.
+            spelt = difflib.get_close_matches(key, list(flat_base), n=1, cutoff=0.6)
+            near = (spelt or same) if "." in key else (same or spelt)
             hint = f" (did you mean {', '.join(near)}?)" if near else ""
             raise ConfigError(f"config.{key}: unknown field{hint}")
     resolved = base.to_dict()
