@@ -156,16 +156,14 @@ def test_running_workdir_with_a_torn_last_line_reads_its_whole_rows(finished, tm
 
 
 def test_sweep_workdir_reads_back_as_the_sweep_table(tmp_path):
-    c = _tiny(num_rounds=10)
-    df = rj.sweep(c, {"topology.name": ["ring", "complete"], "seed": [0, 1]}, tmp_path)
+    # model.hidden is looped (one folder per value, a tuple in JSON as a list), seed vmapped
+    df = rj.sweep(_tiny(num_rounds=10), {"model.hidden": [(8,), (16,)], "seed": [0, 1]}, tmp_path)
     back = rj.load_run(tmp_path)
-    keys = ["topology.name", "seed", "round"]
-    df, back = df.sort_values(keys).reset_index(drop=True), back.sort_values(keys).reset_index(drop=True)
     assert len(back) == len(df) == 2 * 2 * 3
-    for col in ("topology.name", "seed", "point", "round"):
+    for col in ("model.hidden", "seed", "point", "round"):
         assert back[col].tolist() == df[col].tolist()
     np.testing.assert_array_equal(back["test_loss"].to_numpy(np.float64), df["test_loss"].to_numpy(np.float64))
-    assert (back["num_nodes"] == 4).all()
+    assert (back["num_nodes"] == 4).all() and (back["topology.name"] == "ring").all()
 
 
 def test_comparison_workdir_reads_back_one_run_per_folder(tmp_path):

@@ -79,15 +79,17 @@ def _load_sweep(wd: Path):
     from redeem_jax.experiment import sweep as _sweep
 
     record = json.loads((wd / "sweep.json").read_text())
-    axes = record.get("axes", {})
+    axes = {k: [_hashable(v) for v in vs] for k, vs in record.get("axes", {}).items()}  # JSON lists were tuples
+    found = {p.name: _loop.read_rows(p / "rows.jsonl") for p in wd.iterdir() if (p / "rows.jsonl").exists()}
+    # The vmapped axes are in every row; the looped ones name the group's folder ("grid" when none).
+    first = next((rows[0] for rows in found.values() if rows), {})
+    looped = [k for k in axes if k not in first]
     frames = []
-    for gdir in sorted(p for p in wd.iterdir() if (p / "rows.jsonl").exists()):
-        rows = _loop.read_rows(gdir / "rows.jsonl")
-        # The vmapped axes are in each row; the looped ones name the group's folder.
-        looped = [k for k in axes if not rows or k not in rows[0]]
-        overrides = next((g for g in _sweep.grid({k: axes[k] for k in looped})
-                          if _sweep._group_dir(g if looped else {}) == gdir.name), {})
-        frames.append(frame([{**overrides, **r} for r in rows], record.get("config"), workdir=str(gdir)))
+    for overrides in _sweep.grid({k: axes[k] for k in looped}) if looped else [{}]:  # the sweep's order
+        rows = found.get(_sweep._group_dir(overrides))
+        if rows is not None:
+            frames.append(frame([{**overrides, **r} for r in rows], record.get("config"),
+                                workdir=str(wd / _sweep._group_dir(overrides))))
     if not frames:
         return frame([], record.get("config"), workdir=str(wd))
     return pd.concat(frames, ignore_index=True)
