@@ -18,7 +18,8 @@ Models (the papers' definitions; the distribution each ``draw`` samples is state
 
 * :class:`ELOracle` -- Epidemic Learning EL-Oracle (de Vos et al. 2023, Alg. 1 with a global
   s-regular sampler): every node receives from s others and sends to s others, weights
-  ``1/(s+1)``. Drawn as a uniformly relabelled random circulant (see the class).
+  ``1/(s+1)``. Drawn as a relabelled random circulant (see the class; the relabelling is a
+  keyed swap-or-not permutation by default, a uniform one with ``relabel="uniform"``).
 * :class:`ELLocal` -- EL-Local (de Vos et al. 2023): every node pushes to s uniform others;
   receivers average what arrived, weights ``1/(1 + in-degree)``.
 * :func:`random_matching` / :func:`pairwise` -- randomized gossip (Boyd, Ghosh, Prabhakar &
@@ -38,7 +39,7 @@ from redeem_jax.core import Hyper, resolve
 from redeem_jax.network.dynamic import DrawnTopology
 
 __all__ = [
-    "ELOracle", "ELLocal", "RandomMatching", "Pairwise", "KOut",
+    "ELOracle", "ELLocal", "swap_or_not", "RandomMatching", "Pairwise", "KOut",
     "el_oracle", "el_local", "random_matching", "pairwise", "k_out",
     "mean_square_contraction", "el_oracle_contraction", "pairwise_complete_contraction",
     "matching_complete_contraction", "el_local_overflow_probability",
@@ -121,14 +122,24 @@ class ELOracle(DrawnTopology):
     """EL-Oracle (de Vos et al. 2023, "Epidemic Learning", Sec. 3): an s-regular digraph per round;
     node i averages itself and its s in-neighbours with weights ``1/(s+1)`` (doubly stochastic).
 
-    The draw: a uniform random permutation ``pi`` (a relabelling) and s distinct shifts
-    ``c_1..c_s`` drawn uniformly without replacement from ``{1, ..., n-1}``; the node at position
-    ``a`` of ``pi`` receives from the nodes at positions ``a + c_r (mod n)``. So every node
-    receives from s distinct others and sends to s distinct others, no self loops, fixed shapes,
-    O(n s) work -- a uniformly relabelled random circulant, *not* the uniform s-regular digraph.
-    It is however exchangeable (invariant under conjugation by any permutation) and s-regular,
-    and for every such distribution (uniform s-regular included) the first two moments are
-    the same:
+    The draw: a permutation ``pi`` of the labels (the relabelling, below) and s distinct shifts
+    ``c_1..c_s`` drawn uniformly without replacement from ``{1, ..., n-1}``, independently of
+    ``pi``; the node at position ``a`` of ``pi`` receives from the nodes at positions
+    ``a + c_r (mod n)``, ``W = P C P^T`` with C the circulant. So every node receives from s
+    distinct others and sends to s distinct others, no self loops, fixed shapes, O(n s) work --
+    a relabelled random circulant, *not* the uniform s-regular digraph. The random circulant C
+    alone already has the exchangeable first two moments below (see ``relabel=False`` in
+    :meth:`draw`), and they are invariant under conjugation by any permutation, so
+    ``E[P C P^T] = E[C]`` and ``E[(P C P^T)^T (P C P^T)] = P E[C^T C] P^T = E[C^T C]`` for *every*
+    law of ``pi`` independent of the shifts: the moments are exact whichever relabelling is used,
+    and they equal those of the uniform s-regular digraph (any exchangeable s-regular law):
+
+    ``relabel`` (the law of ``pi``): ``"keyed"`` (default; ``True`` means it) -- a keyed
+    swap-or-not permutation of Z_n (:func:`swap_or_not`, Hoang, Morris & Rogaway 2012), O(n)
+    elementwise work and no sort, not uniform over the n! permutations; ``"uniform"`` -- a
+    uniform permutation (``jax.random.permutation``: a sort of n keys per round, which costs
+    several gossip rounds at N >= 4096 on CPU, docs/performance.md); ``False`` -- none (a random circulant in the fixed
+    labelling: the graphs of successive rounds commute).
 
         E[W]       = I/(s+1) + s/((s+1)(n-1)) (11^T - I)
         E[W^T W]   = the same matrix  (diag: a column holds s+1 entries 1/(s+1), so 1/(s+1);
@@ -147,12 +158,12 @@ class ELOracle(DrawnTopology):
     name = "el_oracle"
     is_doubly_stochastic = True
 
-    def __init__(self, n: int, s, relabel: bool = True, s_max: int | None = None):
+    def __init__(self, n: int, s, relabel: bool | str = True, s_max: int | None = None):
         n = int(n)
         if n < 2:
             raise ValueError(f"EL-Oracle needs n >= 2, got n={n}")
         s, self.s_max, self._s_opt = _fan_out(s, s_max, 1, n - 1, "EL-Oracle")
-        self.n, self.s, self.K, self.relabel = n, s, (s if self.s_max is None else self.s_max), bool(relabel)
+        self.n, self.s, self.K, self.relabel = n, s, (s if self.s_max is None else self.s_max), _relabel_mode(relabel)
         self.hypers = (self._s_opt,) if isinstance(self._s_opt, Hyper) else ()
         self.params = {"s": s, "relabel": self.relabel}
         if self.s_max is not None:
@@ -175,9 +186,7 @@ class ELOracle(DrawnTopology):
             nbr = (jnp.arange(n, dtype=jnp.int32)[:, None] + shifts[None, :]) % n
             w = jnp.full((n, s), 1.0 / (s + 1), jnp.float32)
             return nbr, w, jnp.full((n,), 1.0 / (s + 1), jnp.float32), jnp.ones((n, s), bool)
-        perm = jax.random.permutation(k_perm, n).astype(jnp.int32)
-        pos = jnp.zeros(n, jnp.int32).at[perm].set(jnp.arange(n, dtype=jnp.int32))  # pi^{-1}
-        nbr = perm[(pos[:, None] + shifts[None, :]) % n]
+        nbr = _relabelled_circulant(k_perm, n, shifts, self.relabel)
         w = jnp.full((n, s), 1.0 / (s + 1), jnp.float32)
         return nbr, w, jnp.full((n,), 1.0 / (s + 1), jnp.float32), jnp.ones((n, s), bool)
 
@@ -196,9 +205,7 @@ class ELOracle(DrawnTopology):
         live = jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32)[None, :] < s, (n, K))
         me = jnp.arange(n, dtype=jnp.int32)
         if self.relabel:
-            perm = jax.random.permutation(k_perm, n).astype(jnp.int32)
-            pos = jnp.zeros(n, jnp.int32).at[perm].set(me)
-            nbr = perm[(pos[:, None] + shifts[None, :]) % n]
+            nbr = _relabelled_circulant(k_perm, n, shifts, self.relabel)
         else:
             nbr = (me[:, None] + shifts[None, :]) % n
         inv = 1.0 / (s.astype(jnp.float32) + 1.0)
@@ -232,9 +239,101 @@ def _floyd_subset(key, m: int, s: int):
     return chosen
 
 
-def el_oracle(n: int, s, relabel: bool = True, s_max: int | None = None) -> ELOracle:
+_RELABEL_MODES = ("keyed", "uniform")
+# Swap-or-not rounds of the keyed relabelling. Any permutation keeps EL-Oracle's two moments exact;
+# the rounds only decide how scrambled the labels look (each round swaps about half the labels
+# with a keyed partner); each costs a few integer operations per label (docs/performance.md).
+SWAP_ROUNDS = 6
+
+
+def _relabel_mode(relabel):
+    if relabel is True:
+        return "keyed"
+    if relabel is False or relabel is None:
+        return False
+    if relabel not in _RELABEL_MODES:
+        raise ValueError(f"EL-Oracle: relabel must be True, False, 'keyed' or 'uniform', got {relabel!r}")
+    return relabel
+
+
+def _fmix(h):
+    # murmur3's 32-bit finaliser (Appleby): full avalanche, so one output bit of it is a fair coin.
+    import jax.numpy as jnp
+
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _swap_round(x, off, seed, n: int):
+    # One swap-or-not round: x and its partner off - x (mod n) share the coin F(max(x, x')).
+    import jax.numpy as jnp
+
+    d = off - x
+    xp = jnp.where(d < 0, d + n, d)
+    coin = _fmix(jnp.maximum(x, xp).astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + seed) >> 31
+    return jnp.where(coin == 1, xp, x)
+
+
+def _swap_keys(key, n: int, rounds: int):
+    import jax
+    import jax.numpy as jnp
+
+    k_off, k_seed = jax.random.split(key)
+    return (jax.random.randint(k_off, (rounds,), 0, n, dtype=jnp.int32),
+            jax.random.bits(k_seed, (rounds,), jnp.uint32))
+
+
+def swap_or_not(key, x, n: int, rounds: int = SWAP_ROUNDS, inverse: bool = False):
+    """A keyed permutation of Z_n applied elementwise to ``x`` (int32 in [0, n)): the swap-or-not
+    shuffle of Hoang, Morris & Rogaway (CRYPTO 2012, Fig. 1). Round r draws ``K_r`` uniform in
+    Z_n and a hash seed; ``x' = K_r - x (mod n)`` and x becomes x' when the keyed coin
+    ``F_r(max(x, x'))`` is 1. Each round is an involution on Z_n (x and x' share the coin), so
+    the whole is a bijection for any n, with no cycle-walking; ``inverse=True`` runs the rounds
+    backwards. O(rounds) elementwise integer work per label, no sort."""
+    import jax.numpy as jnp
+
+    offs, seeds = _swap_keys(key, n, rounds)
+    x = jnp.asarray(x, jnp.int32)
+    for r in (range(rounds - 1, -1, -1) if inverse else range(rounds)):  # static, few rounds
+        x = _swap_round(x, offs[r], seeds[r], n)
+    return x
+
+
+def _relabelled_circulant(key, n: int, shifts, mode: str):
+    """``nbr[i, r] = pi^{-1}(pi(i) + c_r mod n)``: node i sits at position pi(i) and receives from
+    the nodes s_r positions further on (:class:`ELOracle`)."""
+    import jax
+    import jax.numpy as jnp
+
+    me = jnp.arange(n, dtype=jnp.int32)
+    if mode == "uniform":
+        perm = jax.random.permutation(key, n).astype(jnp.int32)           # position -> node
+        pos = jnp.zeros(n, jnp.int32).at[perm].set(me)                    # node -> position
+    else:
+        offs, seeds = _swap_keys(key, n, SWAP_ROUNDS)
+        R = SWAP_ROUNDS
+
+        # The rounds run in a loop (not unrolled) so both tables are materialised: XLA CPU fuses
+        # straight-line code into the gather below and re-ran every round (and the Threefry draws
+        # of the round keys) for each of the n*s gathered labels, 50x slower (an
+        # optimization_barrier is dropped before fusion on CPU).
+        def body(r, c):
+            pos, perm = c
+            return (_swap_round(pos, offs[r], seeds[r], n),
+                    _swap_round(perm, offs[R - 1 - r], seeds[R - 1 - r], n))
+
+        pos, perm = jax.lax.fori_loop(0, R, body, (me, me))
+    a = pos[:, None] + shifts[None, :].astype(jnp.int32)
+    return perm.at[jnp.where(a >= n, a - n, a)].get(mode="promise_in_bounds")
+
+
+def el_oracle(n: int, s, relabel: bool | str = True, s_max: int | None = None) -> ELOracle:
     """EL-Oracle of de Vos et al. 2023 on n nodes with s out-/in-neighbours per round
-    (``relabel=False``: a random circulant per round, the same two moments, no per-round sort).
+    (``relabel``: ``True``/``"keyed"`` a keyed swap-or-not relabelling, ``"uniform"`` a uniform
+    one (a sort per round), ``False`` none: a random circulant; all have the same two moments).
     ``s`` may be a :class:`~redeem_jax.core.Hyper` (a swept fan-out, padded to ``s_max``)."""
     return ELOracle(n, s, relabel, s_max)
 
