@@ -43,8 +43,8 @@ def _dense(n, edges):
 
 
 @pytest.mark.parametrize("axes, overrides", [
-    ({"topology.link_up": [0.3, 0.9], "topology.online": [0.5, 0.9]}, {}),
-    ({"topology.s": [1, 2, 4]}, {"topology.name": "epidemic_oracle"}),
+    ({"topology.link_up": [0.3, 0.9], "topology.online": [0.5, 0.9]}, {"num_rounds": 2}),
+    ({"topology.s": [1, 2, 4]}, {"topology.name": "epidemic_oracle", "num_rounds": 2}),
 ])
 def test_graph_sweeps_compile_once_and_each_point_is_its_run(axes, overrides):
     c = tiny(**overrides)
@@ -126,16 +126,52 @@ def test_traced_el_oracle_s_max_is_the_static_draw_and_smaller_s_the_static_law(
 RUN_TOL = dict(rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("over, mesh", [
-    ({"topology.name": "epidemic_oracle", "topology.s": 2}, (8,)),
-    ({"topology.link_up": 0.5}, (4, 2)),
-    ({"topology.link_up": 0.5, "aggregation.rule": "clipped_gossip", "byzantine.num": 1,
-      "byzantine.attack": "alie"}, (8,)),
-])
-def test_a_drawn_graph_shards_and_equals_the_unsharded_run(over, mesh):
-    """The node axis split over 8 devices: the round's graph is drawn from the same key on every
-    device (replicated), the gathers of the drawn neighbours cross devices; same result."""
-    cfg = dict(num_nodes=8, num_rounds=6, eval_every=3, **over)
+def _gossip_rounds(topo, n, d, T, hp, mesh=None):
+    """T rounds of x <- W(t) x through make_step (gossip-only algorithm), optionally sharded."""
+    from redeem_jax.core import Algorithm, Exchange, Oracle
+    from redeem_jax.network import sharding
+
+    alg = Algorithm(lambda x0, ctx: x0,
+                    lambda a, oracle, channels, ctx: (channels["gossip"](a, ctx), {"train_loss": jnp.zeros(())}),
+                    lambda a: a, {"gossip": Exchange()})
+    oracle = Oracle(lambda x: (), lambda x, s, ctx, data: (jnp.zeros(x.shape[0]), jnp.zeros_like(x), s))
+    chans = {"gossip": rj.channels.gossip(topo)}
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (n, d))
+    state = rj.round.init_state(alg, oracle, chans, x0, jax.random.PRNGKey(9), topology=topo, hp=hp)
+    data = jnp.zeros((n, 1))
+    if mesh is not None:
+        state, data = sharding.shard_nodes((state, data), mesh, num_nodes=n)
+    step = rj.round.make_step(alg, oracle, chans, topology=topo)
+    run = jax.jit(lambda st, h: rj.round.scan_rounds(step, st, data, h, T, T)[0])
+    return run(state, hp), alg, oracle, chans
+
+
+@pytest.mark.parametrize("family", ["el_oracle", "link_failures"])
+def test_a_drawn_graph_shards_through_make_step(family):
+    """The node axis over 8 devices: every device draws the round's graph from the same key and
+    the gathers of the drawn neighbours cross devices; equal to the unsharded rounds."""
+    from redeem_jax.network import sharding
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py asks for 8 CPU devices)")
+    n, d, T = 16, 5, 4
+    if family == "el_oracle":
+        topo, hp = rg.el_oracle(n, 2), {}
+    else:
+        topo, hp = U.link_failures(rj.topology.ring(n), hyper("topology.link_up", 0.5)), {"topology.link_up": 0.5}
+    ref = _gossip_rounds(topo, n, d, T, hp)[0]
+    got = _gossip_rounds(topo, n, d, T, hp, sharding.make_mesh((8,), num_nodes=n))[0]
+    assert got.algorithm.sharding.spec[0] == "nodes" and len(got.algorithm.sharding.device_set) == 8
+    np.testing.assert_allclose(np.asarray(got.algorithm), np.asarray(ref.algorithm), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(np.asarray(ref.algorithm), np.asarray(jax.random.normal(jax.random.PRNGKey(0), (n, d))))
+
+
+def test_a_drawn_graph_shards_through_the_runner():
+    """ClippedGossip under ALIE with link failures p = 0.5, nodes over a 4 x 2 mesh: the same run."""
+    over = {"topology.link_up": 0.5, "aggregation.rule": "clipped_gossip", "byzantine.num": 1,
+            "byzantine.attack": "alie"}
+    mesh = (4, 2)
+    cfg = dict(num_nodes=8, num_rounds=4, eval_every=2, **over)
     ref = rj.run(small_config(**cfg))
     got = rj.run(small_config(**cfg, **{"perf.mesh": mesh}))
     assert got.params.sharding.spec[0] == "nodes" and len(got.params.sharding.device_set) == 8
@@ -234,12 +270,13 @@ def test_network_dp_from_the_recorded_matrices_of_a_run(tmp_path):
     from redeem_jax.privacy.analysis import network_dp as ndp
 
     # static ring: the recording is the static sequence, the leakage exactly the static computation
-    c = tiny(**{"num_rounds": 4, "privacy.network_dp_record": True})
-    res = rj.run(c, tmp_path / "static")
+    exp = rj.build(tiny())
+    (tmp_path / "static").mkdir()
+    ndp.record_run(exp, exp.init_state()._replace(round=jnp.int32(4)), tmp_path / "static")
     W = ndp.load_mixing_sequence(tmp_path / "static")
-    np.testing.assert_array_equal(W, ndp.mixing_sequence(res.experiment.topology, 4))
+    np.testing.assert_array_equal(W, ndp.mixing_sequence(exp.topology, 4))
     np.testing.assert_array_equal(ndp.leakage_from_run(tmp_path / "static"),
-                                  ndp.leakage_matrix(ndp.mixing_sequence(res.experiment.topology, 4)))
+                                  ndp.leakage_matrix(ndp.mixing_sequence(exp.topology, 4)))
 
     # link failures p = 0.5: the recording holds W(t) of the run's own graph keys
     c = tiny(**{"num_rounds": 5, "topology.link_up": 0.5, "privacy.network_dp_record": True, "seed": 3})
@@ -262,22 +299,13 @@ def test_network_dp_from_the_recorded_matrices_of_a_run(tmp_path):
 def test_realised_matrices_are_the_ones_the_step_gossiped_with():
     """A gossip-only round (x <- W(t) x) through make_step on a drawn graph with a traced p: after
     T rounds the models are prod_t W(t) x0 with the matrices realised_mixing_sequence returns."""
-    from redeem_jax.core import Algorithm, Exchange, Oracle
     from redeem_jax.privacy.analysis import network_dp as ndp
 
     n, d, T = 7, 3, 5
     topo = U.link_failures(rj.topology.erdos_renyi(n, 0.6, seed=3), hyper("topology.link_up", 0.5))
-    alg = Algorithm(lambda x0, ctx: x0,
-                    lambda a, oracle, channels, ctx: (channels["gossip"](a, ctx), {"train_loss": jnp.zeros(())}),
-                    lambda a: a, {"gossip": Exchange()})
-    oracle = Oracle(lambda x: (), lambda x, s, ctx, data: (jnp.zeros(x.shape[0]), jnp.zeros_like(x), s))
-    chans = {"gossip": rj.channels.gossip(topo)}
-    x0 = jax.random.normal(jax.random.PRNGKey(0), (n, d))
     hp = {"topology.link_up": jnp.float32(0.4)}
-    state = rj.round.init_state(alg, oracle, chans, x0, jax.random.PRNGKey(9), topology=topo, hp=hp)
-    step = jax.jit(rj.round.make_step(alg, oracle, chans, topology=topo))
-    for _ in range(T):
-        state, _ = step(state, jnp.zeros((n, 1)), hp)
+    state = _gossip_rounds(topo, n, d, T, hp)[0]
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (n, d))
     W = ndp.realised_mixing_sequence(topo, state.key, T, hp)
     want = np.asarray(x0, np.float64)
     for t in range(T):
