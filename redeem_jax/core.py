@@ -35,7 +35,7 @@ from redeem_jax import _threefry
 _threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performance.md)
 
 __all__ = ["Hyper", "hyper", "resolve", "hypers_of", "Edges", "Ctx", "Oracle", "Channel", "Algorithm",
-           "Exchange", "chain", "stateless_channel", "tag"]
+           "Exchange", "chain", "stateless_channel", "tag", "materialize"]
 
 
 # --------------------------------------------------------------------------- #
@@ -138,6 +138,7 @@ class Edges:
             act = getattr(topology, "active", None)
             if act is not None:
                 act = act(round, key, hp=hp) if getattr(topology, "hypers", ()) else act(round, key)
+                act = materialize(act)
             return cls(*drawn, topology=None, round=round, active=act)
         return cls(topology=topology, round=round)
 
@@ -150,6 +151,17 @@ class Edges:
     weights = property(lambda self: self._get(1))
     self_weight = property(lambda self: self._get(2))
     mask = property(lambda self: self._get(3))
+
+
+def materialize(v):
+    """``v`` (node axis first) through an identity gather, so that XLA computes it once.
+
+    XLA's fusion counts the integer ops of a random draw as cheap and fuses them into every
+    consumer, also into an ``[N, d]`` select that reads each of the N values d times: a D-SGD
+    round with a straggler mask recomputed the mask's random bits per element and was 150x the
+    plain round on CPU. A gather is "expensive" to XLA and is not duplicated that way
+    (``optimization_barrier`` does not help: XLA removes it before fusion)."""
+    return v[jnp.arange(v.shape[0])]
 
 
 def tag(name: str) -> int:

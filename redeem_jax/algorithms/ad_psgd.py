@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from redeem_jax.core import Algorithm, Edges, Exchange, resolve
+from redeem_jax.core import Algorithm, Edges, Exchange, materialize, resolve
 from redeem_jax.metrics import masked_mean
 
 __all__ = ["ADPSGDState", "ad_psgd"]
@@ -105,10 +105,11 @@ def ad_psgd(optimizer, max_delay: int = 0, wake: float = 1.0) -> Algorithm:
         awake = jax.random.uniform(ctx.fold("wake").key, (n,)) < p_wake
         if ctx.active is not None:
             awake = awake & ctx.active
+        awake = materialize(awake)  # else XLA recomputes its random bits per element of [N, d]
         if max_delay:
             slot = ctx.round % slots
             buf = jax.lax.dynamic_update_slice_in_dim(a.buf, a.x[:, None, :], slot, axis=1)
-            tau = jax.random.randint(ctx.fold("delay").key, (n,), 0, slots)
+            tau = materialize(jax.random.randint(ctx.fold("delay").key, (n,), 0, slots))
             stale = buf[jnp.arange(n), (ctx.round - tau) % slots]
             staleness = jnp.minimum(tau, ctx.round).astype(jnp.float32)
         else:
