@@ -15,6 +15,11 @@ noise and the attackers' randomness. The graph, the data partition and the Byzan
 are host-side arrays that fix shapes, so they come from ``config.seed`` for the whole sweep
 (``topology.seed`` and ``data.seed`` are pinned to it); a point of the sweep equals ``rj.run``
 of its config with those two seeds pinned the same way.
+
+Graph parameters sweep too (docs/dynamic_networks.md): ``topology.link_up`` and
+``topology.online`` are traced probabilities of the round's draw, and ``topology.s`` a traced
+fan-out padded to the largest swept s (the sweep sets ``topology.s_max``; a point with a
+smaller s equals ``rj.run`` of its config with that ``s_max``).
 """
 
 from __future__ import annotations

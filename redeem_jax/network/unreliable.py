@@ -25,12 +25,12 @@ Weight policies (FIELD_NOTES "Dynamic graphs"):
 * ``policy="renormalize"``: divide what arrived (own weight included) by its total, as the EPFL
   simulator and decentralizepy do: row-stochastic only, the network mean drifts.
 
-Hyper-parameters that sweep (``p``, ``q``): the object stores them as plain attributes that may
-hold JAX values (tracers) and reads them with ``jnp.asarray`` at draw time; host precomputation
-(pair ids, dense base ``W``) never touches them. :meth:`Unreliable.with_params` returns a copy
-with new values that shares the precomputed arrays, so a sweep builds its step inside the traced
-function, ``make_step(..., topology=topo.with_params(p=hp["p"]))``, and compiles once for all
-values (the protocol's ``draw(round, key)`` does not see ``ctx.hp``).
+Hyper-parameters that sweep (``p``, ``q``): either a :class:`~redeem_jax.core.Hyper`
+(``link_failures(base, core.hyper("topology.link_up", 0.5))``, what a config builds), resolved at
+draw time from the round's ``hp`` (``draw(round, key, hp)``; ``rj.sweep`` vmaps it, one compile),
+or a plain attribute holding a JAX value (a tracer): :meth:`Unreliable.with_params` returns a copy
+with new values that shares the precomputed arrays (pair ids, dense base ``W``), for a step built
+inside a traced function. Host precomputation never touches either.
 
 Theory (host, float64): :meth:`Unreliable.expected_mixing_matrix` (``E[W]``),
 :func:`second_moment` (``E[W^T (I - J) W]``) and :func:`mean_square_contraction`
