@@ -212,7 +212,8 @@ def test_a_byzantine_node_reaches_only_the_nodes_it_is_linked_to_this_round(rule
     agg = aggregators.get("trimmed_mean") if rule == "trimmed_mean" else rule
     x = jax.random.normal(jax.random.PRNGKey(7), (n, d))
     clean = channels.robust_gossip(topo, agg, 1, byz, attack=None)
-    tampered = {k: channels.robust_gossip(topo, agg, 1, byz, attack=t) for k, t in _tampers(byz).items()}
+    tampers = _tampers(byz)
+    tampered = {k: channels.robust_gossip(topo, agg, 1, byz, attack=t) for k, t in tampers.items()}
 
     def outputs(key):
         edges = rj.core.Edges.of(topo, jnp.int32(0), key)
@@ -220,12 +221,20 @@ def test_a_byzantine_node_reaches_only_the_nodes_it_is_linked_to_this_round(rule
         ys = {k: ch.update(x, ch.init(x), ctx)[0] for k, ch in {"clean": clean, **tampered}.items()}
         # linked[i]: node 0 is a live in-neighbour of i this round
         linked = jnp.any((edges.neighbors == 0) & edges.mask, axis=1)
-        return ys, linked
+        # per-edge messages: a tamper may change only live slots from node 0 into honest nodes
+        msgs = x[edges.neighbors]
+        stray = jnp.zeros((), bool)
+        for t in tampers.values():
+            forged = t.update(msgs, x, edges, jnp.asarray(byz), t.init(d), ctx)[0]
+            changed = jnp.any(forged != msgs, axis=-1)
+            stray = stray | jnp.any(changed & ~((edges.neighbors == 0) & edges.mask & ~jnp.asarray(byz)[:, None]))
+        return ys, linked, stray
 
     outputs = jax.jit(outputs)
     isolated_rounds = moved = 0
     for r in range(R):
-        ys, linked = outputs(jax.random.PRNGKey(100 + r))
+        ys, linked, stray = outputs(jax.random.PRNGKey(100 + r))
+        assert not bool(stray), f"a forged message on a down or non-Byzantine slot, round {r}"
         ys, linked = {k: np.asarray(v) for k, v in ys.items()}, np.asarray(linked)
         unlinked = ~linked & ~byz
         isolated_rounds += not linked[~byz].any()
