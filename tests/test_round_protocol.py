@@ -129,10 +129,10 @@ def test_ported_dsgd_is_the_hand_written_round_bit_for_bit():
     x = exp.models(s)
     for t in range(3):
         round_key = jax.random.split(jax.random.fold_in(s.key, t))[0]
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(jax.random.split(round_key, 4))
-        bkeys = jax.vmap(jax.random.split)(keys)[:, 0]
-        xb, yb, mask = jax.vmap(lambda k, a, b, n: rj.data.sample_batch(k, a, b, n, 8))(bkeys, data.x, data.y,
-                                                                                    data.sizes)
+        # The minibatch oracle's schedule: one key per local step, every node's rows from it.
+        key = jax.random.fold_in(jax.random.fold_in(round_key, rj.core.tag("minibatch")), 0)
+        idx, mask = rj.data.subset_indices(key, data.sizes, data.x.shape[1], 8)
+        xb, yb = (jax.vmap(lambda a, i: a[i])(a, idx) for a in (data.x, data.y))
         grads = jax.vmap(jax.grad(lambda p, a, b, m: rj.models.loss_and_metrics(model, p, a, b, m)[0]))(
             x, xb, yb, mask)
         x = jnp.matmul(W, x - 0.1 * grads, precision=jax.lax.Precision.HIGHEST)

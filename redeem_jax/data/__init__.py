@@ -15,6 +15,8 @@ from redeem_jax.data.sampling import (
     sample_batch,
     sample_indices,
     sample_node_batches,
+    sample_network_batches,
+    subset_indices,
     stack_parts,
 )
 
@@ -38,4 +40,6 @@ __all__ = [
     "sample_indices",
     "sample_batch",
     "sample_node_batches",
+    "subset_indices",
+    "sample_network_batches",
 ]

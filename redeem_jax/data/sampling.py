@@ -33,6 +33,8 @@ __all__ = [
     "sample_indices",
     "sample_batch",
     "sample_node_batches",
+    "subset_indices",
+    "sample_network_batches",
 ]
 
 
@@ -215,3 +217,70 @@ def sample_node_batches(key: jax.Array, nd: NodeData, batch_size: int):
     key per node split from ``key``."""
     keys = jax.random.split(key, nd.sizes.shape[0])
     return jax.vmap(sample_batch, in_axes=(0, 0, 0, 0, None))(keys, nd.x, nd.y, nd.sizes, batch_size)
+
+
+def _mulhi32(u: jax.Array, n: jax.Array) -> jax.Array:
+    """``⌊u·n / 2³²⌋`` for uint32 ``u`` and ``n``, exactly, from 16-bit limbs (no 64-bit ints
+    without ``jax_enable_x64``): with u uniform on [0, 2³²), a uniform integer in [0, n) up to a
+    relative bias below n / 2³² (Lemire 2019, "Fast random integer generation in an interval")."""
+    mask = jnp.uint32(0xFFFF)
+    ul, uh, nl, nh = u & mask, u >> 16, n & mask, n >> 16
+    lh, hl = ul * nh, uh * nl
+    mid = ((ul * nl) >> 16) + (lh & mask) + (hl & mask)
+    return uh * nh + (lh >> 16) + (hl >> 16) + (mid >> 16)
+
+
+def _words(key: jax.Array, n: int, count: int) -> list[jax.Array]:
+    """``count`` uint32 words per row of ``n`` rows, two per Threefry-2x32 hash of the counter
+    (row, pair): ``ceil(count / 2)`` hashes a row (Salmon et al. 2011), written as elementwise code
+    that fuses into its consumer."""
+    key = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    k1, k2 = key[0].astype(jnp.uint32), key[1].astype(jnp.uint32)
+    row = jnp.arange(n, dtype=jnp.uint32)
+    out = []
+    for p in range((count + 1) // 2):
+        y1, y2 = _threefry.threefry2x32(k1, k2, row, jnp.full((n,), p, jnp.uint32))
+        out += [y1, y2]
+    return out[:count]
+
+
+def subset_indices(key: jax.Array, sizes: jax.Array, m_max: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """Every node's minibatch indices at once, ``(idx [N, B] int32, mask [N, B])``: a uniformly
+    random ``B``-subset of the first ``sizes[i]`` rows of node ``i`` (without replacement, in no
+    particular order), from one counter-based draw of ``B`` 32-bit words per node.
+
+    Floyd's algorithm (Bentley & Floyd 1987, "Programming pearls: a sample of brilliance"): for
+    ``j = s−B, …, s−1`` draw ``t`` uniform in ``[0, j]`` and take ``t``, or ``j`` if ``t`` was
+    taken; every B-subset has probability ``1 / C(s, B)``. Its cost is ``B`` words and
+    ``B(B−1)/2`` comparisons per node, independent of ``m_max``; the per-node keys and ``m_max``
+    scores of :func:`sample_indices` were 3 + ``m_max`` hashes per node, most of a 10⁶-node
+    round (docs/performance.md). A node with ``sizes[i] ≤ B`` takes all its rows: ``idx = b``,
+    ``mask[b] = b < sizes[i]``, as :func:`sample_indices`; ``batch_size ≥ m_max`` is
+    deterministic full batch.
+    """
+    m_max, batch_size = int(m_max), int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sizes = jnp.asarray(sizes, jnp.int32)
+    n = sizes.shape[0]
+    col = jnp.arange(min(batch_size, m_max), dtype=jnp.int32)
+    if batch_size >= m_max:
+        return jnp.broadcast_to(col, (n, m_max)), col[None, :] < sizes[:, None]
+    full = sizes <= batch_size
+    words = _words(key, n, batch_size)
+    picks: list[jax.Array] = []
+    for b, u in enumerate(words):
+        j = jnp.maximum(sizes - batch_size + b, 0)            # Floyd's j (clamped where sizes < B)
+        t = _mulhi32(u, (j + 1).astype(jnp.uint32)).astype(jnp.int32)
+        taken = functools.reduce(jnp.logical_or, [t == q for q in picks], jnp.zeros_like(full))
+        picks.append(jnp.where(full, b, jnp.where(taken, j, t)))
+    idx = jnp.stack(picks, axis=1)
+    return idx, col[None, :] < sizes[:, None]
+
+
+def sample_network_batches(key: jax.Array, nd: NodeData, batch_size: int):
+    """Every node's minibatch ``(xb [N, B, ...], yb [N, B, ...], mask [N, B])`` drawn by
+    :func:`subset_indices` from one key (see there for the distribution)."""
+    idx, mask = subset_indices(key, nd.sizes, nd.x.shape[1], batch_size)
+    take = jax.vmap(lambda a, i: a.at[i].get(mode="promise_in_bounds"))
+    return take(nd.x, idx), take(nd.y, idx), mask

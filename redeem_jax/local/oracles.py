@@ -2,20 +2,24 @@
 
 An :class:`~redeem_jax.core.Oracle` takes the rows ``x [N, d]`` of the whole network and the
 node data (an argument of the step) and returns every node's loss and gradient, vmapped over
-nodes: no loop over nodes or examples. Keys: node i at local step h of round t samples with
-``fold_in(split(k_t, N)[i], h)`` split into a batch key and a noise key, as the first engine did,
-so a run's random stream does not depend on how it was chunked or which algorithm consumes it.
+nodes: no loop over nodes or examples. Keys: :func:`minibatch` draws every node's indices at
+local step h of round t from the one key ``fold_in(fold_in(k_t, tag("minibatch")), h)``
+(counter-based: node i's words are the hash of (i, ·)); :func:`dp_sgd` gives node i the key
+``fold_in(split(k_t, N)[i], h)`` split into a batch key and a noise key, as the first engine did.
+Either way a run's random stream does not depend on how it was chunked or which algorithm
+consumes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from redeem_jax import _threefry
-from redeem_jax.core import Hyper, Oracle
+from redeem_jax.core import Hyper, Oracle, tag
 from redeem_jax.data import sampling as _sampling
 from redeem_jax.models import Model, loss_and_metrics
 
@@ -45,6 +49,13 @@ def _node_keys(ctx):
     return batch_keys[:, 0], grad_keys[:, 0]
 
 
+class _OneDraw(NamedTuple):
+    """The sampler of :func:`minibatch`: ``batch_size`` rows per node by
+    ``rj.data.subset_indices``, all nodes from one key (no per-node keys)."""
+
+    batch_size: int
+
+
 def _oracle(make_fns: Callable, hypers: tuple = ()) -> Oracle:
     """An oracle from ``make_fns(ctx) -> (sample_fn, gradient_fn)`` (hyper-parameters resolved in ctx)."""
 
@@ -54,8 +65,13 @@ def _oracle(make_fns: Callable, hypers: tuple = ()) -> Oracle:
 
     def update(x, s, ctx, data):
         sample_fn, grad_fn = make_fns(ctx)
-        batch_keys, grad_keys = _node_keys(ctx)
-        xb, yb, mask = jax.vmap(sample_fn)(batch_keys, data.x, data.y, data.sizes)
+        if isinstance(sample_fn, _OneDraw):  # every node's indices from one counter-based draw
+            key = jax.random.fold_in(jax.random.fold_in(ctx.key, tag("minibatch")), ctx.step)
+            xb, yb, mask = _sampling.sample_network_batches(key, data, sample_fn.batch_size)
+            grad_keys = jnp.zeros((x.shape[0], 2), jnp.uint32)  # unused by gradient_fn
+        else:
+            batch_keys, grad_keys = _node_keys(ctx)
+            xb, yb, mask = jax.vmap(sample_fn)(batch_keys, data.x, data.y, data.sizes)
         loss, grads = jax.vmap(grad_fn)(x, xb, yb, mask, grad_keys)
         return loss, grads, s
 
@@ -64,14 +80,11 @@ def _oracle(make_fns: Callable, hypers: tuple = ()) -> Oracle:
 
 def minibatch(model: Model, batch_size: int) -> Oracle:
     """Every node's minibatch gradient: ``batch_size`` rows of its own shard drawn without
-    replacement (``rj.data.sample_batch``), the model's mean loss over them (Lian et al. 2017's
-    stochastic gradient oracle)."""
+    replacement (``rj.data.subset_indices``: Floyd's algorithm, every node from one draw keyed by
+    ``fold_in(fold_in(k_t, tag("minibatch")), h)``), the model's mean loss over them (Lian et al.
+    2017's stochastic gradient oracle)."""
     grad = gradient_fn(model)
-
-    def sample_fn(key, node_x, node_y, size):
-        return _sampling.sample_batch(key, node_x, node_y, size, batch_size)
-
-    return _oracle(lambda ctx: (sample_fn, grad))
+    return _oracle(lambda ctx: (_OneDraw(int(batch_size)), grad))
 
 
 def dp_sgd(model: Model, batch_size: int, *, clip_norm, noise_multiplier, sampling: str = "fixed",
