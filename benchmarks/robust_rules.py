@@ -4,7 +4,7 @@
 warm-up, against ByzFL's NumPy and torch backends (single-threaded torch) on the same rows, and
 against the machine's memory copy of the same bytes. Where ByzFL's defaults differ from ours
 the rule runs with ByzFL's settings too (geometric median: ByzFL's 3 Weiszfeld steps from 0,
-ν = 0.1; centered clipping: one step, τ = 100, from 0), so the comparison is like for like.
+ν = 0.1, ``start="zero"``; centered clipping: one step, τ = 100, from 0), so the comparison is like for like.
 (2) All 64 nodes of a random 8-regular graph aggregating their neighbourhood (own row first,
 9 rows of d = 100,000) in one call of ``rj.aggregators.neighbourhood``, against a Python loop
 of ByzFL NumPy calls (NNM then TrMean for the composition).
@@ -13,7 +13,7 @@ Each timed sample is 3 back-to-back calls of one contender. ByzFL's Clipping and
 overwrite their input rows: they get a fresh copy per call, made before the timing, and so
 does ours, donated to the jitted rule (it may then write its output in place).
 
-Run:  python benchmarks/robust_rules.py [--d 100000 --n 64 --f 16 --repeats 5] [--md out.md]
+Run:  python benchmarks/robust_rules.py [--d 100000 --n 64 --f 16 --repeats 5] [--md out.md] [--tables hood]
       (ByzFL and torch: see benchmarks/_peers.py; without them only our times are printed)
 """
 
@@ -42,7 +42,7 @@ def _ours(name: str, f: int, **options):
     return jax.jit(lambda x: rule(x, f))
 
 
-def rule_table(n: int, d: int, f: int, repeats: int):
+def rule_table(n: int, d: int, f: int, repeats: int, only: str = ""):
     byzfl = _peers.byzfl_or_none()
     torch = _peers.torch_or_none() if byzfl else None
     x = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
@@ -57,8 +57,8 @@ def rule_table(n: int, d: int, f: int, repeats: int):
         ("meamed", {}, "Meamed", {"f": f}, "MeaMed"),
         ("krum", {}, "Krum", {"f": f}, "Krum"),
         ("multi_krum", {}, "MultiKrum", {"f": f}, "Multi-Krum"),
-        ("geometric_median", {"max_iter": 3, "nu": 0.1}, "GeometricMedian", {"nu": 0.1, "T": 3},
-         "geometric median (3 steps, ByzFL's)"),
+        ("geometric_median", {"max_iter": 3, "nu": 0.1, "start": "zero"}, "GeometricMedian", {"nu": 0.1, "T": 3},
+         "geometric median (3 steps from 0, ByzFL's)"),
         ("geometric_median", {}, None, {}, "geometric median (converged, ours)"),
         ("centered_clipping", {"tau": 100.0, "iterations": 1, "start": jnp.zeros(d)}, "CenteredClipping",
          {"tau": 100.0, "L": 1}, "centered clipping (1 step, τ = 100)"),
@@ -71,6 +71,8 @@ def rule_table(n: int, d: int, f: int, repeats: int):
     ]
     rows = []
     for name, opts, peer, peer_opts, label in cases:
+        if only and only not in label:
+            continue
         fns = {"copy": lambda: copy(xj), "ours": (lambda fn=_ours(name, f, **opts): fn(xj))}  # noqa: B008 (bound now)
         if peer in IN_PLACE:
             # ByzFL overwrites its input; ours may too: the jitted rule donates a fresh copy.
@@ -111,7 +113,7 @@ def neighbourhood_table(n: int, d: int, f: int, degree: int, repeats: int):
     x = np.random.default_rng(1).normal(size=(n, d)).astype(np.float32)
     xj = jnp.asarray(x)
     b = 2  # what each neighbourhood of degree + 1 rows tolerates
-    gm = {"max_iter": 3, "nu": 0.1}  # ByzFL's geometric median: 3 Weiszfeld steps, nu = 0.1
+    gm = {"max_iter": 3, "nu": 0.1, "start": "zero"}  # ByzFL's geometric median: 3 Weiszfeld steps from 0, nu = 0.1
     rows = []
     for name, opts, peers in [
             ("mean", {}, [("Average", {})]), ("median", {}, [("Median", {})]),
@@ -134,7 +136,7 @@ def neighbourhood_table(n: int, d: int, f: int, degree: int, repeats: int):
                 return out
             fns["byzfl loop"] = loop
         ts = _peers.interleaved(fns, repeats=repeats, inner=INNER)
-        label = name + (" (3 steps, ByzFL's)" if name == "geometric_median" else "")
+        label = name + (" (3 steps from 0, ByzFL's)" if name == "geometric_median" else "")
         row = {"rule": label, "ours_ms": 1e3 * _peers.spread(ts["ours"])[1]}
         if "byzfl loop" in ts:
             row["byzfl loop"] = (1e3 * _peers.spread(ts["byzfl loop"])[1], _peers.ratio_cell(ts["byzfl loop"], ts["ours"]))
@@ -152,11 +154,14 @@ def main(argv=None):
     ap.add_argument("--degree", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--md", default="")
+    ap.add_argument("--tables", default="rules,hood", help="which tables: rules, hood or both")
+    ap.add_argument("--only", default="", help="only the rules whose label contains this (first table)")
     args = ap.parse_args(argv)
     print(f"# {cpu_name()}, {jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}, "
           f"{_peers.load_average()}; machine: {_peers.machine_rates()}")
-    rules = rule_table(args.n, args.d, args.f, args.repeats)
-    hood = neighbourhood_table(args.n, args.d, args.f, args.degree, args.repeats)
+    tables = set(args.tables.split(","))
+    rules = rule_table(args.n, args.d, args.f, args.repeats, args.only) if "rules" in tables else []
+    hood = neighbourhood_table(args.n, args.d, args.f, args.degree, args.repeats) if "hood" in tables else []
     if args.md:
         lines = [f"Command: `python benchmarks/robust_rules.py --n {args.n} --d {args.d} --f {args.f}`  ",
                  f"Machine: {cpu_name()}, jax {jax.__version__}, {_peers.load_average()}", "",

@@ -775,3 +775,40 @@ def test_meamed_can_leave_the_honest_range():
     out = float(A.get("meamed")(x, 2)[0])
     assert out == pytest.approx(3.4 / 3, rel=1e-6) and out > 1.0
     assert out <= 1.0 + (1.0 - -10.0)
+
+
+def ref_weiszfeld_from_origin(x, nu, steps):
+    # ByzFL's GeometricMedian (v0.1): z = 0, rows with an inf entry dropped, exactly `steps` smoothed
+    # Weiszfeld steps z <- sum b_i x_i / sum b_i, b_i = 1 / max(nu, |x_i - z|).
+    v = x[~np.any(np.isinf(x), axis=1)]
+    z = np.zeros(x.shape[1])
+    for _ in range(steps):
+        b = 1.0 / np.maximum(nu, np.linalg.norm(v - z, axis=1))
+        z = (b[:, None] * v).sum(0) / b.sum()
+    return z
+
+
+@pytest.mark.parametrize("steps", [0, 1, 3, 12])
+def test_geometric_median_from_the_origin_is_weiszfelds_iteration(steps):
+    rng = np.random.default_rng(steps)
+    x = (rng.normal(size=(11, 40)) + 3.0).astype(np.float32)
+    x[-2:] *= 25.0
+    x[4, 7] = np.inf  # dropped (zero weight), as ByzFL drops it
+    rule = jax.jit(lambda v, m: A.get("geometric_median")(v, 2, m, nu=0.1, max_iter=steps, tol=0.0, start="zero"))
+    want = ref_weiszfeld_from_origin(x.astype(np.float64), 0.1, steps)
+    got = np.asarray(rule(x, np.ones(11, bool)))
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6 * np.abs(want).max())
+    mask = np.ones(11, bool)
+    mask[[1, 9]] = False  # masked rows are absent: the rule on the remaining rows
+    want_m = ref_weiszfeld_from_origin(x[mask].astype(np.float64), 0.1, steps)
+    np.testing.assert_allclose(np.asarray(rule(x, mask)), want_m, rtol=2e-6, atol=2e-6 * np.abs(want_m).max())
+
+
+def test_geometric_median_start_is_checked_and_converges_to_the_same_point():
+    x = data(3, 9) + 5.0
+    a = np.asarray(A.get("geometric_median")(x, 2))
+    b = np.asarray(A.get("geometric_median")(x, 2, start="zero", tol=1e-9, max_iter=500))
+    np.testing.assert_allclose(b, ref_geometric_median(x.astype(np.float64), 2), atol=2e-4, rtol=2e-4)
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-4)
+    with pytest.raises(ValueError, match="start must be"):
+        A.get("geometric_median")(x, 2, start="mean")

@@ -182,3 +182,61 @@ def test_import_loads_neither_jax_nor_numpy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
     assert out.stdout.split() == ["False", "False"]
     assert rj.__version__
+
+
+def test_neighbourhood_geometric_median_from_the_origin_equals_a_per_node_loop():
+    # ByzFL's setting (3 steps from the origin, nu = 0.1): every node's result from the one N x N
+    # Gram equals the one-node rule and a NumPy loop over nodes; N = 64, d = 9000 runs the final
+    # weighted sum in column blocks (2048 columns and a remainder).
+    from tests.test_aggregators import ref_weiszfeld_from_origin
+
+    n, k, d = 64, 6, 9000
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(n, d)).astype(np.float32) + 2.0
+    x[9] *= 50.0
+    nbr = np.stack([rng.choice(np.delete(np.arange(n), i), k, replace=False) for i in range(n)])
+    opts = dict(nu=0.1, max_iter=3, start="zero")
+    got = np.asarray(jax.jit(lambda v: A.neighbourhood("geometric_median", v, nbr, 2, **opts))(x))
+    stack = np.concatenate([x[:, None], x[nbr]], axis=1)
+    agg = A.get("geometric_median", **opts)
+    one = np.asarray(jax.jit(jax.vmap(lambda r: agg(r, 2)))(stack))
+    loop = np.stack([ref_weiszfeld_from_origin(s.astype(np.float64), 0.1, 3) for s in stack])
+    scale = np.abs(loop).max()
+    np.testing.assert_allclose(got, loop, rtol=2e-5, atol=2e-5 * scale)
+    np.testing.assert_allclose(got, one, rtol=2e-5, atol=2e-5 * scale)
+
+
+def test_neighbourhood_mean_in_column_blocks_is_bitwise_the_unblocked_sum(monkeypatch):
+    # N = 64, d = 9000: four blocks of 2048 columns and a remainder of 808, against the unblocked
+    # fused sum (block size forced above d) and a NumPy loop over nodes.
+    n, k, d = 64, 8, 9000
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[3, 5] = np.nan  # a poisoned row poisons exactly the nodes that read it
+    nbr = np.stack([rng.choice(np.delete(np.arange(n), i), k, replace=False) for i in range(n)])
+    mask = rng.random((n, k)) > 0.3
+    for m in (None, mask):
+        blocked = np.asarray(jax.jit(lambda v: A.neighbourhood("mean", v, nbr, 0, m))(x))
+        with monkeypatch.context() as mp:
+            mp.setattr(A, "_BLOCK_BYTES", 1 << 40)
+            whole = np.asarray(jax.jit(lambda v: A.neighbourhood("mean", v, nbr, 0, m))(x))
+        np.testing.assert_array_equal(blocked, whole)
+        live = np.ones((n, k), bool) if m is None else m
+        loop = np.stack([np.mean(np.concatenate([x[i:i + 1], x[nbr[i][live[i]]]]), axis=0) for i in range(n)])
+        np.testing.assert_array_equal(np.isnan(blocked), np.isnan(loop))
+        ok = ~np.isnan(loop)
+        np.testing.assert_allclose(blocked[ok], loop[ok], rtol=1e-6, atol=1e-6)
+
+
+def test_neighbourhood_geometric_median_from_the_origin_with_masks_and_poison():
+    x, nbr, mask = _hood_inputs()  # a NaN row, a 1e38 entry, a row 40x the others, padded slots
+    opts = dict(nu=0.1, max_iter=5, start="zero")
+    agg = A.get("geometric_median", **opts)
+    for m in (None, mask):
+        got = np.asarray(jax.jit(lambda v: A.neighbourhood("geometric_median", v, nbr, 2, m, **opts))(x))
+        stack = np.concatenate([x[:, None], x[nbr]], axis=1)
+        valid = np.ones(stack.shape[:2], bool) if m is None else np.concatenate([np.ones((len(x), 1), bool), m], 1)
+        want = np.asarray(jax.jit(jax.vmap(lambda r, v: agg(r, 2, v)))(stack, valid))
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+        ok = np.isfinite(want)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=2e-5, atol=2e-5 * (1 + np.abs(want[ok]).max()))

@@ -41,7 +41,7 @@ import inspect
 import itertools
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -641,45 +641,65 @@ def trimmed_mean(x, f, mask=None, full=False, ranked=False):
 
 
 @_register("geometric_median", "rule")
-def geometric_median(x, f, mask=None, *, nu=1e-6, max_iter=100, tol=1e-7):
+def geometric_median(x, f, mask=None, *, nu=1e-6, max_iter=100, tol=1e-7, start="median"):
     """Geometric median argmin_z sum_i |z - x_i| by smoothed Weiszfeld (Pillutla, Kakade &
     Harchaoui 2022, RFA, Alg. 2): z <- sum_i b_i x_i / sum_i b_i, b_i = 1 / max(nu, |z - x_i|).
 
-    Conventions: start at the coordinate-wise median (a robust start; RFA starts at the mean,
-    which a 1e38 row would ruin); ``nu`` is absolute (units of x); stop after ``max_iter``
+    Conventions: ``start="median"`` (default) starts at the coordinate-wise median (a robust
+    start; RFA starts at the mean, which a 1e38 row would ruin); ``start="zero"`` at the origin,
+    as Weiszfeld (1937) and ByzFL do (its ``GeometricMedian(nu=0.1, T=3)`` is ``nu=0.1,
+    max_iter=3, start="zero"``). ``nu`` is absolute (units of x); stop after ``max_iter``
     iterations or when the step is below ``tol`` times the median distance of the rows to the
-    start (scale-free, robust). Non-finite rows get weight 0 (infinitely far). ``f`` is unused
-    by the iteration (only the precondition n > 2f).
+    start (scale-free, robust; from the origin the first step is always taken). Non-finite rows
+    get weight 0 (infinitely far). ``f`` is unused by the iteration (only the precondition n > 2f).
 
-    Iterated in Gram space: with y the rows centred at the start and z = aᵀy, every distance is
-    |y_i - z|² = G_ii - 2(Ga)_i + aᵀGa from one n x n Gram matrix G, so an iteration costs
-    O(n²) instead of two passes over [n, d]; one GEMV at the end forms z."""
+    Iterated in Gram space: with y the rows centred at the coordinate-wise median z0 and
+    z = z0 + aᵀy, every distance is |y_i - z|² = G_ii - 2(Ga)_i + aᵀGa from one n x n Gram
+    matrix G, so an iteration costs O(n²) instead of two passes over [n, d]; one GEMV at the end
+    forms z. From the origin, the first step's distances are the row norms and every later
+    iterate is a convex combination of the rows (sum a = 1), so z = (sum a) z0 + aᵀy throughout."""
+    zero = _gm_start(start)
     xc, valid, _ = _prep(x, mask)
     z0 = _cw_median(xc, valid)
     y = jnp.where(valid[:, None], xc - z0, 0.0)
-    a = _weiszfeld(_gram(y), valid, nu, max_iter, tol)
-    return z0 + jnp.matmul(a, y, precision=_HI)
+    if not zero:
+        a = _weiszfeld(_gram(y), valid, nu, max_iter, tol)
+        return z0 + jnp.matmul(a, y, precision=_HI)
+    d0 = jnp.sqrt(jnp.sum(jnp.square(xc), axis=-1))
+    a = _weiszfeld(_gram(y), valid, nu, max_iter, tol, d0=d0)
+    return jnp.sum(a) * z0 + jnp.matmul(a, y, precision=_HI)
 
 
-def _weiszfeld(g, valid, nu, max_iter, tol):
+def _gm_start(start) -> bool:
+    """True for the geometric median's start at the origin, False for the coordinate-wise median."""
+    if isinstance(start, str) and start in ("median", "zero"):
+        return start == "zero"
+    raise ValueError(f"geometric_median: start must be 'median' or 'zero', got {start!r}")
+
+
+def _weiszfeld(g, valid, nu, max_iter, tol, d0=None):
     """Weights a [..., n] of the smoothed Weiszfeld iterate z = aᵀy from the Gram matrix g
-    [..., n, n] of rows y centred at the start (see :func:`geometric_median`)."""
+    [..., n, n] of rows y centred at the start (see :func:`geometric_median`). With ``d0``
+    [..., n], the rows' distances to a start outside their span (the origin): the first step's
+    weights come from them, and the later steps run on g (their iterates sum a = 1)."""
     dt = g.dtype
     tiny = jnp.finfo(dt).tiny
     sq = jnp.diagonal(g, axis1=-2, axis2=-1)
-    norms = jnp.sqrt(jnp.maximum(sq, 0.0))
-    r0 = _cw_median(jnp.moveaxis(norms, -1, 0), jnp.moveaxis(valid, -1, 0))
+    first = jnp.sqrt(jnp.maximum(sq, 0.0)) if d0 is None else d0  # distances to the start
+    r0 = _cw_median(jnp.moveaxis(first, -1, 0), jnp.moveaxis(valid, -1, 0))
     thresh = tol * jnp.maximum(r0, tiny)
 
     def quad(u):  # uᵀ g u over the last axis
         return jnp.sum(u * jnp.einsum("...ij,...j->...i", g, u, precision=_HI), axis=-1)
 
+    def normalized(beta):
+        return beta / jnp.maximum(jnp.sum(beta, axis=-1, keepdims=True), tiny)
+
     def body(state):
         it, a, step = state
         ga = jnp.einsum("...ij,...j->...i", g, a, precision=_HI)
         dist = jnp.sqrt(jnp.maximum(sq - 2.0 * ga + jnp.sum(a * ga, axis=-1, keepdims=True), 0.0))
-        beta = jnp.where(valid, 1.0 / jnp.maximum(nu, dist), 0.0)
-        a_new = beta / jnp.maximum(jnp.sum(beta, axis=-1, keepdims=True), tiny)
+        a_new = normalized(jnp.where(valid, 1.0 / jnp.maximum(nu, dist), 0.0))
         # A batch of row sets (every node's neighbourhood): a converged set stays where it is.
         go = step > thresh
         step_new = jnp.sqrt(jnp.maximum(quad(a_new - a), 0.0))
@@ -689,7 +709,13 @@ def _weiszfeld(g, valid, nu, max_iter, tol):
         it, _, step = state
         return (it < max_iter) & jnp.any(step > thresh)
 
-    init = (jnp.asarray(0, jnp.int32), jnp.zeros(sq.shape, dt), jnp.full(thresh.shape, jnp.inf, dt))
+    inf = jnp.full(thresh.shape, jnp.inf, dt)
+    if d0 is None:
+        init = (jnp.asarray(0, jnp.int32), jnp.zeros(sq.shape, dt), inf)
+    else:  # the first step, from the origin (a = 0 stands for z = 0 until it is taken)
+        take = jnp.asarray(max_iter) >= 1
+        a1 = normalized(jnp.where(valid, 1.0 / jnp.maximum(nu, d0), 0.0))
+        init = (take.astype(jnp.int32), jnp.where(take, a1, 0.0), inf)
     return lax.while_loop(cond, body, init)[1]
 
 
@@ -1267,6 +1293,8 @@ def neighbourhood(rule, x, neighbors, f: int, mask=None, *, messages=None, **opt
     stages = _split(name) if name is not None else None
     if stages is not None and not options:
         if stages == ["mean"]:
+            if messages is None:
+                return _neighbourhood_mean(x, idx, None if mask is None else valid)
             if mask is None:
                 return sum(rows) / jnp.asarray(m, x.dtype)
             w = valid.astype(x.dtype)
@@ -1280,11 +1308,55 @@ def neighbourhood(rule, x, neighbors, f: int, mask=None, *, messages=None, **opt
                 and stages[0] in ("krum", "multi_krum", "nnm", "geometric_median")):
             return keep_own(_neighbourhood_gram(stages, x, idx, valid, f))
     if (stages == ["geometric_median"] and messages is None and n_nodes <= _GLOBAL_GRAM_MAX_N
-            and set(options) <= {"nu", "max_iter", "tol"}):
+            and set(options) <= {"nu", "max_iter", "tol", "start"}):
         return keep_own(_neighbourhood_gram(stages, x, idx, valid, f, **options))
     # The rule from get() applies the same fallback per node (its mask is traced here: no warning).
     agg = functools.partial(rule, **options) if callable(rule) else get(name, **options)
     return jax.vmap(lambda rows_i, valid_i: agg(rows_i, f, valid_i))(jnp.stack(rows, axis=1), valid)
+
+
+_BLOCK_BYTES = 1 << 19  # a column block of every node's row: half of a 1 MiB L2 cache
+
+
+def _gathered_blocks(x, idx, combine):
+    """``combine(rows)`` for every node, where ``rows[j] = x[idx[:, j]]`` (a list of m arrays
+    [N, d]) and ``combine`` is elementwise along the columns (e.g. a weighted sum of the rows),
+    computed column block by column block when that pays.
+
+    One fused pass of m row gathers reads m rows per output row: 9 x 25.6 MB from L3 or memory
+    at N = 64, d = 1e5, m = 9. A loop over blocks of b columns of all N rows (N b floats, kept
+    in cache) reads x once and the m gathers hit the cache: about 1.5x less CPU time. Every slot
+    is a gather, the own row too: a fusion mixing the block itself with gathered rows was not
+    vectorized (3.5x slower). The same terms are summed in the same order, so results are
+    bitwise those of the unblocked form."""
+    n, d = x.shape
+    m = idx.shape[1]
+    b = _BLOCK_BYTES // (n * x.dtype.itemsize)
+    if b < 256 or d < 4 * b:  # too many nodes for a useful block, or too few columns to loop over
+        return combine([x] + [x.at[idx[:, j]].get(mode="promise_in_bounds") for j in range(1, m)])
+
+    def part(xs):
+        return combine([jnp.take(xs, idx[:, j], axis=0, mode="clip") for j in range(m)])
+
+    c = d // b
+
+    def body(t, out):
+        return lax.dynamic_update_slice_in_dim(out, part(lax.dynamic_slice_in_dim(x, t * b, b, axis=1)), t * b, axis=1)
+
+    out = lax.fori_loop(0, c, body, jnp.zeros_like(x))
+    r = c * b
+    return out if r == d else lax.dynamic_update_slice_in_dim(out, part(x[:, r:]), r, axis=1)
+
+
+def _neighbourhood_mean(x, idx, valid=None):
+    """Every node's mean of its rows ``x[idx[i]]`` (``valid`` [N, m] marks live slots; None: all),
+    through :func:`_gathered_blocks`."""
+    m = idx.shape[1]
+    if valid is None:
+        return _gathered_blocks(x, idx, lambda rows: sum(rows) / jnp.asarray(m, x.dtype))
+    den = jnp.maximum(jnp.sum(valid.astype(x.dtype), axis=1), 1.0)[:, None]
+    return _gathered_blocks(
+        x, idx, lambda rows: sum(jnp.where(valid[:, j, None], r, 0.0) for j, r in enumerate(rows)) / den)
 
 
 def _neighbourhood_gram(stages, x, idx, valid, f, **options):
@@ -1313,6 +1385,18 @@ def _neighbourhood_gram(stages, x, idx, valid, f, **options):
         return [jnp.where(ok[:, j, None], xc[idx[:, j]], 0.0) for j in range(m)]
 
     if stages[0] == "geometric_median":
+        nu, max_iter, tol = options.get("nu", 1e-6), options.get("max_iter", 100), options.get("tol", 1e-7)
+        if _gm_start(options.get("start", "median")):
+            # From the origin: row j's distance to the start is |x_j| at every node, and later
+            # iterates are convex combinations of the node's rows, so the globally centred
+            # sub-Gram gi serves every step: no per-node start, no second N x N product.
+            nrm = jnp.sqrt(jnp.sum(jnp.square(xc), axis=-1))
+            gl = jnp.where(ok[:, :, None] & ok[:, None, :], gi, 0.0)
+            a = _weiszfeld(gl, ok, nu, max_iter, tol, d0=nrm[idx])
+            w = jnp.where(ok, a, 0.0)
+            # z = (sum a) center + aᵀy = sum_j a_j xc_j, the clamp redone per block (not stored)
+            return _gathered_blocks(x, idx, lambda r: sum(
+                w[:, j, None] * jnp.where(finite[idx[:, j], None], jnp.clip(r[j], -c, c), 0.0) for j in range(m)))
         rows = gathered()
         # Weiszfeld from each neighbourhood's coordinate-wise median z0ᵢ: the Gram matrix of its
         # rows centred at z0ᵢ is (r_a - uᵢ)·(r_b - uᵢ) with r = y (centred globally) and
@@ -1325,7 +1409,7 @@ def _neighbourhood_gram(stages, x, idx, valid, f, **options):
         uu = jnp.sum(u * u, axis=-1)
         gl = gi - rui[:, :, None] - rui[:, None, :] + uu[:, None, None]
         gl = jnp.where(ok[:, :, None] & ok[:, None, :], gl, 0.0)
-        a = _weiszfeld(gl, ok, options.get("nu", 1e-6), options.get("max_iter", 100), options.get("tol", 1e-7))
+        a = _weiszfeld(gl, ok, nu, max_iter, tol)
         return z0 + sum(a[:, j, None] * jnp.where(ok[:, j, None], rows[j] - z0, 0.0) for j in range(m))
     if stages[0] in ("krum", "multi_krum"):
         scores = _krum_scores(dist, valid, ok, n_eff - f - 2)
