@@ -163,19 +163,22 @@ def main(argv=None):
     rules = rule_table(args.n, args.d, args.f, args.repeats, args.only) if "rules" in tables else []
     hood = neighbourhood_table(args.n, args.d, args.f, args.degree, args.repeats) if "hood" in tables else []
     if args.md:
-        lines = [f"Command: `python benchmarks/robust_rules.py --n {args.n} --d {args.d} --f {args.f}`  ",
-                 f"Machine: {cpu_name()}, jax {jax.__version__}, {_peers.load_average()}", "",
-                 "| rule | ours (ms) | ours / memory copy | ByzFL NumPy (ms) | ours faster by | ByzFL torch (ms) | "
-                 "ours faster by |", "|---|---|---|---|---|---|---|"]
+        extra = "".join(f" --{k} {getattr(args, k)!r}" for k in ("tables", "only") if getattr(args, k) != ap.get_default(k))
+        lines = [f"Command: `python benchmarks/robust_rules.py --n {args.n} --d {args.d} --f {args.f}{extra}`  ",
+                 f"Machine: {cpu_name()}, jax {jax.__version__}, {_peers.load_average()}"]
+        if rules:
+            lines += ["", "| rule | ours (ms) | ours / memory copy | ByzFL NumPy (ms) | ours faster by | ByzFL torch (ms) | "
+                      "ours faster by |", "|---|---|---|---|---|---|---|"]
         for r in rules:
             npy, trc = r.get("byzfl numpy", ("–", "–")), r.get("byzfl torch", ("–", "–"))
             fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else v  # noqa: E731
             lines.append(f"| {r['rule']} | {r['ours_ms']:.2f} | {r['vs_copy']:.2f} | {fmt(npy[0])} | {npy[1]} | "
                          f"{fmt(trc[0])} | {trc[1]} |")
-        lines += ["", f"All {args.n} nodes of a random {args.degree}-regular graph, each aggregating its "
-                  f"{args.degree + 1} rows (f = 2), d = {args.d}:", "",
-                  "| rule | ours, one `neighbourhood` call (ms) | ByzFL NumPy, loop over nodes (ms) | ours faster by |",
-                  "|---|---|---|---|"]
+        if hood:
+            lines += ["", f"All {args.n} nodes of a random {args.degree}-regular graph, each aggregating its "
+                      f"{args.degree + 1} rows (f = 2), d = {args.d}:", "",
+                      "| rule | ours, one `neighbourhood` call (ms) | ByzFL NumPy, loop over nodes (ms) | ours faster by |",
+                      "|---|---|---|---|"]
         for r in hood:
             loop = r.get("byzfl loop", ("–", "–"))
             lines.append(f"| {r['rule']} | {r['ours_ms']:.2f} | "
