@@ -284,6 +284,9 @@ def test_ad_psgd_validates_its_options_and_graph():
         adp.ad_psgd(SGD, wake=0.0)
     with pytest.raises(ValueError, match="undirected"):
         adp.ad_psgd(SGD).validate(directed.directed_ring(N))
+    with pytest.raises(ValueError, match="needs a matching"):
+        adp.ad_psgd(SGD).validate(U.stragglers(rj.topology.ring(N), 0.3))
+    adp.ad_psgd(SGD).validate(U.stragglers(rg.random_matching(rj.topology.ring(N)), 0.3))
     assert "ad_psgd" in rj.algorithms.REGISTRY
     assert rj.algorithms.options("ad_psgd") == {"max_delay": 0, "wake": 1.0}
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
@@ -303,14 +306,15 @@ def _tiny_run(workdir=None, **over):
 
 
 def test_stragglers_and_ad_psgd_run_from_a_config_and_resume_identically(tmp_path):
-    """AD-PSGD (max_delay 2, wake 0.7) on a ring with stragglers (r = 0.3), from a config: a run
+    """AD-PSGD (max_delay 2, wake 0.7) on random matchings of a ring with stragglers (r = 0.3),
+    from a config: a run
     stopped at round 3 and resumed equals the uninterrupted one (the ring buffer is in the
     checkpointed state, the masks and delays are drawn from the round's key); the rows log how
     many nodes were active and the mean staleness."""
     import json
 
-    over = {"topology.straggle": 0.3, "algorithm.name": "ad_psgd", "algorithm.max_delay": 2,
-            "algorithm.wake": 0.7, "model.hidden": ()}
+    over = {"topology.name": "random_matching", "topology.straggle": 0.3, "algorithm.name": "ad_psgd",
+            "algorithm.max_delay": 2, "algorithm.wake": 0.7, "model.hidden": ()}
     full = _tiny_run(tmp_path / "full", **over)
     _tiny_run(tmp_path / "resumed", **{**over, "num_rounds": 3})
     resumed = _tiny_run(tmp_path / "resumed", **over)

@@ -10,9 +10,10 @@ random matching per round plus bounded staleness") is
     X_{t+1} = W_t X_t − γ · diag(a_t) · ∇F(X_{t−τ_t}),
 
 * ``W_t``: a random matching of the graph (matched pairs average, Boyd et al. 2006): the round's
-  own edges when the topology is drawn (``random_matching``, ``pairwise``; any drawn graph is
-  used as it is), else a locally dominant random matching of the static graph
-  (``rj.network.random_graphs.random_matching``) drawn from the algorithm's key;
+  own edges when the topology is drawn, which must then be a matching (``random_matching``,
+  ``pairwise``, also with stragglers: K = 1; wider drawn graphs are refused), else a locally
+  dominant random matching of the static graph (``rj.network.random_graphs.random_matching``)
+  drawn from the algorithm's key;
 * ``a_t``: the awake nodes, each independently with probability ``wake`` (and active under the
   topology's own mask: stragglers, churn); a sleeping node still averages when matched (the
   paper's passive neighbour) but applies no gradient and keeps its optimizer state;
@@ -68,12 +69,24 @@ def _round_edges(ctx, awake) -> Edges:
     if e.topology is not None:
         arrays = _matching_of(e.topology).draw(ctx.round, ctx.fold("matching").key)
     else:
+        if e.neighbors.shape[1] != 1:
+            raise ValueError(_NOT_A_MATCHING)
         arrays = (e.neighbors, e.weights, e.self_weight, e.mask)
     return Edges(*arrays, topology=None, round=ctx.round, active=awake)
 
 
+_NOT_A_MATCHING = ("ad_psgd averages over one random neighbour: on a graph drawn every round it needs a matching "
+                   "(topology.name = random_matching or pairwise, K = 1); a static graph gets its own random "
+                   "matching. Failures or stragglers on a static graph (K > 1) are refused: ad_psgd's wake "
+                   "probability already idles nodes, and random_matching with topology.straggle combines both")
+
+
 def _validate(topology):
-    if topology is None or getattr(topology, "is_drawn", False):
+    if topology is None:
+        return
+    if getattr(topology, "is_drawn", False):
+        if int(topology.K) != 1:
+            raise ValueError(_NOT_A_MATCHING)
         return
     if getattr(topology, "period", 1) != 1:
         raise ValueError(f"ad_psgd draws a random matching of a static graph; {topology.name!r} is periodic "
