@@ -14,10 +14,10 @@ from redeem_jax.data.sampling import (
     distribute_with_summary,
     sample_batch,
     sample_indices,
-    sample_node_batches,
     sample_network_batches,
-    subset_indices,
+    sample_node_batches,
     stack_parts,
+    subset_indices,
 )
 
 __all__ = [
