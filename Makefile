@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(PY) -m redeem_jax --config configs/default.py --workdir runs/default
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist worksteal -q
 
 # The documentation site with the API reference generated from the docstrings, offline, failing
