@@ -42,6 +42,7 @@ experiments: $(STAMP)
 	$(PY) experiments/network_dp.py --out runs/network_dp
 	$(PY) experiments/privacy_utility.py --out runs/privacy_utility
 	$(PY) experiments/trilemma.py --out runs/trilemma
+	$(PY) experiments/dynamic_networks.py --out runs/dynamic_networks
 
 clean:
 	rm -rf runs .pytest_cache
