@@ -17,9 +17,11 @@ Bytes per round is the least traffic a round must move (float32 = 4 bytes):
 read and write the parameters ``2·N·d``, gather ``N·K·d`` neighbour rows, read
 the edge arrays (neighbour id + weight per slot, self weight), read the
 minibatch ``N·B·(d + 1)`` and the shard sizes, read and write the optimizer
-state. Baseline, measured in the same run: a jitted ``y = x + 1`` over a
-1 GiB float32 array (reads and writes 2 GiB), i.e. the machine's attainable
-memory bandwidth; "of copy" is achieved GB/s / copy GB/s.
+state. Baseline: a jitted, donated ``y = x + 1`` over a ``--copy-mib`` float32
+array (reads and writes twice that), i.e. the machine's attainable memory
+bandwidth, timed in each worker between its round calls (round, copy, round,
+copy, ...); "of copy" is achieved GB/s / copy GB/s of each pair, min / median /
+max over the ``--reps`` pairs. The header's 1 GiB figure is a separate process's.
 
 Memory: "peak RSS" is the worker's high-water resident set (``VmHWM``; in
 parentheses, the high-water mark right after ``rj.build``), "RSS after rounds"
@@ -166,6 +168,54 @@ def worker(n: int, args) -> dict:
 
     peak = peak_rss_bytes()
     rss_rounds = _status_bytes("VmRSS")   # resident after rounds and evaluation (host dataset included)
+
+    # The copy baseline in this process, interleaved with round calls (round, copy, round, copy,
+    # ...), after the peaks were read: a loaded machine slows both alike within a pair.
+    cx = jnp.zeros((int(args.copy_mib * 2**20 / 4),), jnp.float32)
+    cf = jax.jit(lambda x: x + 1.0, donate_argnums=0)
+    cx = cf(cx)
+    cx.block_until_ready()
+    prev = None
+    if args.previous_sampler:
+        # The minibatch oracle as it was before issue 11: per-node keys, m_max uniform scores and
+        # the smallest B by a sorting network (rj.data.sample_batch); same model, same gossip.
+        from redeem_jax import round as rj_round
+        from redeem_jax.local import oracles
+
+        def per_node(key, node_x, node_y, size):
+            return rj.data.sample_batch(key, node_x, node_y, size, args.batch)
+
+        old_oracle = oracles._oracle(lambda ctx: (per_node, oracles.gradient_fn(exp.model)))
+        old_step = rj_round.make_step(exp.algorithm, old_oracle, exp.channels, topology=topo, honest=exp.honest)
+
+        def many_prev(s, data):
+            return jax.lax.scan(lambda s, _: old_step(s, data, hp), s, None, length=rounds)
+
+        prev = jax.jit(many_prev, donate_argnums=0).lower(state, data).compile()
+        prev_state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+        prev_state, _ = prev(prev_state, data)
+
+    def timed(fn, s):
+        t0 = time.perf_counter()
+        s, _ = fn(s, data)
+        jax.block_until_ready(s)
+        return s, (time.perf_counter() - t0) / rounds
+
+    def copy_gbs():
+        nonlocal cx
+        t0 = time.perf_counter()
+        cx = cf(cx)
+        cx.block_until_ready()
+        return 2 * cx.nbytes / (time.perf_counter() - t0) / 1e9
+
+    pairs, prev_pairs = [], []
+    for _ in range(args.reps):
+        state, t_round = timed(run, state)
+        pairs.append((t_round, copy_gbs()))
+        if prev is not None:
+            prev_state, t_prev = timed(prev, prev_state)
+            prev_pairs.append((t_prev, copy_gbs()))
+    del cx
     # For comparison: the round closing over the node data (a constant of the program).
     t0 = time.perf_counter()
     jax.jit(lambda s: jax.lax.scan(lambda s, _: exp.round_fn(s, hp), s, None, length=rounds)).lower(state).compile()
@@ -180,7 +230,16 @@ def worker(n: int, args) -> dict:
         "batch": n * B * (d + 1) * f32 + n * 4,
         "opt": 2 * (_nbytes(state.algorithm) - _nbytes(exp.models(state))),  # optimizer state: read and written
     }
-    return dict(
+    bpr = int(sum(traffic.values()))
+    ratios = [bpr / t / 1e9 / g for t, g in pairs]
+    extra = {}
+    if prev_pairs:
+        pr = [bpr / t / 1e9 / g for t, g in prev_pairs]
+        extra = dict(previous_sampler=dict(round_s=[t for t, _ in prev_pairs],
+                                           of_copy=dict(min=min(pr), median=float(np.median(pr)), max=max(pr))))
+    return dict(**extra,
+        copy_gbs_interleaved=[g for _, g in pairs], round_s_interleaved=[t for t, _ in pairs],
+        of_copy=dict(min=min(ratios), median=float(np.median(ratios)), max=max(ratios)),
         n=n, K=K, d=d, m=int(exp.node_data.x.shape[1]), B=B, build_s=build_s, compile_s=compile_s,
         round_s=round_s, rounds_per_s=1.0 / round_s, node_rounds_per_s=n / round_s, eval_s=eval_s,
         bytes_per_round=int(sum(traffic.values())), traffic=traffic,
@@ -199,7 +258,8 @@ def _fmt_bytes(b: float) -> str:
 
 
 def table(rows, copy_gbs: float) -> str:
-    head = ("| N | K | build | compile (closure) | rounds/s | node-rounds/s | bytes/round | GB/s (of copy) "
+    """The markdown table; "of copy" is min / median / max over the interleaved (round, copy) pairs."""
+    head = ("| N | K | build | compile (closure) | rounds/s | node-rounds/s | bytes/round | GB/s (of copy: min / median / max) "
             "| evaluate | peak RSS (at build) | RSS after rounds | arrays/node |\n"
             "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     lines = [head]
@@ -209,7 +269,7 @@ def table(rows, copy_gbs: float) -> str:
         lines.append(
             f"| {r['n']:,} | {r['K']} | {r['build_s']:.1f} s | {r['compile_s']:.1f} s ({r['compile_closure_s']:.1f} s) | {r['rounds_per_s']:.2f} "
             f"| {r['node_rounds_per_s']:,.0f} | {_fmt_bytes(r['bytes_per_round'])} "
-            f"| {gbs:.2f} ({gbs / copy_gbs:.1%}) | {r['eval_s']:.2f} s | {_fmt_bytes(r['peak_rss_bytes'])} ({_fmt_bytes(r['peak_build_bytes'])}) "
+            f"| {gbs:.2f} ({r['of_copy']['min']:.1%} / {r['of_copy']['median']:.1%} / {r['of_copy']['max']:.1%}) | {r['eval_s']:.2f} s | {_fmt_bytes(r['peak_rss_bytes'])} ({_fmt_bytes(r['peak_build_bytes'])}) "
             f"| {_fmt_bytes(r['rss_rounds_bytes'])} ({r['rss_rounds_bytes'] / r['n']:,.0f} B/node) | {per_node:.0f} B |")
     return "\n".join(lines)
 
@@ -228,6 +288,10 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=4, help="minibatch per node")
     p.add_argument("--rounds", type=int, default=10, help="rounds per timed lax.scan call")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--copy-mib", type=float, default=512.0,
+                   help="size of the x + 1 copy baseline timed between round calls in each worker")
+    p.add_argument("--previous-sampler", action="store_true",
+                   help="also time the minibatch sampler used before issue 11 (per-node keys), interleaved")
     p.add_argument("--md", default="", help="write the markdown table here")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -244,8 +308,9 @@ def main(argv=None):
 
     sizes = ([int(float(s)) for s in args.sizes.split(",")] if args.sizes
              else [10**4, 10**5] if args.quick else [10**4, 10**5, 10**6])
-    forwarded = [f"--{k}={getattr(args, k)}" for k in
-                 ("topology", "degree", "task", "dim", "examples", "batch", "rounds", "reps")]
+    forwarded = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+                 ("topology", "degree", "task", "dim", "examples", "batch", "rounds", "reps", "copy_mib")]
+    forwarded += ["--previous-sampler"] if args.previous_sampler else []
 
     def sub(n: int) -> dict:
         # Every measurement in its own process: peaks and allocator state don't mix,
@@ -267,7 +332,18 @@ def main(argv=None):
         t0 = time.perf_counter()
         row = sub(n)
         rows.append(row)
-        print(f"N={n:,}: {row['rounds_per_s']:.2f} rounds/s, {row['rounds_done']} rounds done, "
+        oc = row["of_copy"]
+        if "previous_sampler" in row:
+            ps = row["previous_sampler"]
+            rs = np.array(ps["round_s"]) * 1e3
+            po = ps["of_copy"]
+            print(f"N={n:,} previous sampler: {rs.min():.0f} / {np.median(rs):.0f} / {rs.max():.0f} ms/round, "
+                  f"{po['min']:.1%} / {po['median']:.1%} / {po['max']:.1%} of copy; this sampler: "
+                  f"{1e3 * min(row['round_s_interleaved']):.0f} / {1e3 * np.median(row['round_s_interleaved']):.0f} / "
+                  f"{1e3 * max(row['round_s_interleaved']):.0f} ms/round")
+        print(f"N={n:,}: {row['rounds_per_s']:.2f} rounds/s, {oc['min']:.1%} / {oc['median']:.1%} / {oc['max']:.1%} "
+              f"of the interleaved copy (min / median / max), load {os.getloadavg()[0]:.1f}, "
+              f"{row['rounds_done']} rounds done, "
               f"train loss {row['train_loss']:.4f}, peak RSS {_fmt_bytes(row['peak_rss_bytes'])} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
     md = table(rows, copy_gbs)

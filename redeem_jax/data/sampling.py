@@ -1,7 +1,8 @@
 """Node data on device (``[N, m_max, ...]`` + sizes) and per-round sampling.
 
-Partitioning happens once on the host; sampling is a pure, jittable function
-of one node's arrays and key, which the engine vmaps over nodes.
+Partitioning happens once on the host. Sampling is a pure, jittable function: of
+one node's arrays and key (:func:`sample_batch`, vmapped over nodes), or of every
+node at once from one key (:func:`subset_indices`, what the minibatch oracle uses).
 """
 
 from __future__ import annotations
