@@ -84,7 +84,8 @@ def make_mesh(shape: Sequence[int] = (-1,), axis_names: Sequence[str] | None = N
     need = math.prod(shape)
     if need > total:
         raise ValueError(f"mesh shape {shape} needs {need} devices but only {total} exist "
-                         f"({jax.default_backend()}; on CPU set jax_num_cpu_devices before JAX starts)")
+                         f"({jax.default_backend()}; on CPU pass --cpu_devices {need} on the command line, or set "
+                         f"jax.config.update('jax_num_cpu_devices', {need}) before JAX starts)")
     # Auto axes: sharding is a layout hint the partitioner propagates, not part
     # of the types (Explicit, the make_mesh default, would reject unannotated ops).
     mesh = jax.make_mesh(shape, axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
