@@ -1,6 +1,6 @@
 """A round on a graph drawn every round against the same round on a static graph of the same degree.
 
-    python benchmarks/dynamic_graphs.py            # N in {256, 4096, 65536}, ~2 min on 2 CPU cores
+    python benchmarks/dynamic_graphs.py            # N in {256, 4096, 65536}, ~3 min on 2 CPU cores
     python benchmarks/dynamic_graphs.py --quick    # N in {256, 4096}
 
 The round is the consensus part of D-SGD as the library runs it (``rj.round.make_step`` with the
@@ -10,7 +10,14 @@ interleaved in one process (``_peers.interleaved``), ratio = static time / drawn
 the drawn graph is as fast):
 
 * EL-Oracle with s = 7 (de Vos et al. 2023; a fresh 7-in/7-out graph every round) against the
-  static random 7-regular... circulant of the same in-degree (offsets 1..7, gathered path);
+  static circulant of the same in-degree (offsets 1..7, gathered path): as a random circulant
+  (``relabel=False``), relabelled by the default keyed swap-or-not permutation (O(n), no sort)
+  and by a uniform permutation (``relabel="uniform"``, a sort per round);
+* the keyed EL-Oracle also against a static graph whose rows are as scattered as its own: the
+  circulant relabelled once by a fixed uniform permutation (same degree, same gathered path).
+  At N = 65536 the rows no longer fit in cache and a scattered gather costs 2-4x a sequential
+  one, for a static graph as much as for a drawn one: this column separates the cost of drawing
+  from the cost of random access;
 * link failures with p = 0.5 on that circulant (policy "self") against the circulant itself.
 
 The issue's target: the drawn round within 1.5x of the static one (ratio >= 0.67).
@@ -66,23 +73,44 @@ def circulant(n, s):
     return rj.topology.from_mixing_matrices([W], name=f"circulant{s}")
 
 
+def relabelled_circulant(n, s, seed=0):
+    """The circulant above relabelled once by a fixed uniform permutation: a static s-regular
+    digraph with scattered neighbours (what one EL-Oracle round looks like), gathered path."""
+    import scipy.sparse as sp
+
+    perm = np.random.default_rng(seed).permutation(n)
+    pos = np.empty(n, np.int64)
+    pos[perm] = np.arange(n)
+    rows = np.repeat(np.arange(n), s + 1)
+    cols = perm[(pos[rows] + np.tile(np.arange(s + 1), n)) % n]
+    W = sp.csr_matrix((np.full(rows.size, 1.0 / (s + 1)), (rows, cols)), shape=(n, n))
+    return rj.topology.from_mixing_matrices([W], name=f"relabelled_circulant{s}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     sizes = (256, 4096) if args.quick else (256, 4096, 65536)
     print(f"# {cpu_name()}, {load_average()}; d = {D}, {ROUNDS} rounds per call")
-    print("| N | EL-Oracle s=7 (random circulant) | EL-Oracle s=7 (relabelled) | link failures p=0.5 |")
-    print("|---|---|---|---|")
+    print("| N | EL-Oracle s=7, random circulant | EL-Oracle s=7, keyed relabel (default) | keyed relabel vs "
+          "static relabelled circulant | EL-Oracle s=7, uniform relabel | link failures p=0.5 |")
+    print("|---|---|---|---|---|---|")
     for n in sizes:
         static = circulant(n, S)
         fns = {"static": rounds_fn(static, n),
+               "static_scattered": rounds_fn(relabelled_circulant(n, S), n),
                "el": rounds_fn(random_graphs.el_oracle(n, S, relabel=False), n),
-               "el_relabel": rounds_fn(random_graphs.el_oracle(n, S), n),
+               "el_keyed": rounds_fn(random_graphs.el_oracle(n, S), n),
+               "el_uniform": rounds_fn(random_graphs.el_oracle(n, S, relabel="uniform"), n),
                "fail": rounds_fn(unreliable.link_failures(static, 0.5), n)}
-        t = interleaved(fns, repeats=7, warmup=1, inner=2)
-        cells = " | ".join(ratio_cell(t["static"], t[k]) for k in ("el", "el_relabel", "fail"))
-        print(f"| {n} | {cells} |", flush=True)
+        t = interleaved(fns, repeats=args.repeats, warmup=1, inner=2)
+        cells = [ratio_cell(t["static"], t["el"]), ratio_cell(t["static"], t["el_keyed"]),
+                 ratio_cell(t["static_scattered"], t["el_keyed"]), ratio_cell(t["static"], t["el_uniform"]),
+                 ratio_cell(t["static"], t["fail"])]
+        print(f"| {n} | {' | '.join(cells)} |", flush=True)
+    print(f"# after: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import pytest
 from scipy.stats import chisquare
 
 from redeem_jax.network import random_graphs as rg
+from redeem_jax.network import topology as T
 from redeem_jax.network import unreliable
 
 
@@ -124,3 +125,67 @@ def test_traced_fan_out_uses_the_keyed_relabelling():
     Ws = static.sample_mixing_matrix(0, k)
     Wt = traced.sample_mixing_matrix(0, k, hp={"topology.s": jnp.float32(3)})
     np.testing.assert_allclose(Ws, Wt, atol=1e-7)
+
+
+# ------------------------------------------------------------------ link failures
+def _circulant(n, s):
+    """A directed circulant (i receives from i+1..i+s): every pair has exactly one slot."""
+    import scipy.sparse as sp
+
+    rows = np.repeat(np.arange(n), s + 1)
+    cols = (rows + np.tile(np.arange(s + 1), n)) % n
+    W = sp.csr_matrix((np.full(rows.size, 1.0 / (s + 1)), (rows, cols)), shape=(n, n))
+    return T.from_mixing_matrices([W], name=f"circulant{s}")
+
+
+@pytest.mark.parametrize("make", [lambda: _circulant(11, 3), lambda: T.ring(9), lambda: T.get("torus", 16)])
+def test_pair_numbering_and_the_reshaped_draw_equal_the_gathered_draw(make):
+    """Every slot's pair holds its two ends; both directions of an undirected link share one draw;
+    on a base with one slot per pair the draw reshapes the pair draws, equal to the gather."""
+    base = make()
+    topo = unreliable.link_failures(base, 0.5)
+    rows = np.repeat(np.arange(topo.n), topo.K).reshape(topo.n, topo.K)
+    pr = topo._pairs[topo._eid]
+    m = topo._mask
+    assert np.all(pr[..., 0][m] == np.minimum(rows, topo._nbr)[m]) and np.all(pr[..., 1][m] == np.maximum(rows, topo._nbr)[m])
+    assert topo._eid_is_slot == (base.name.startswith("circulant"))
+    for seed in range(3):
+        k = jax.random.PRNGKey(seed)
+        nbr, w, sw, live = (np.asarray(a) for a in jax.jit(topo.draw)(0, k))
+        up = np.asarray(topo.link_up(k))[topo._eid]
+        np.testing.assert_array_equal(live, m & up)
+        W = unreliable.dense_mixing(topo.n, (nbr, w, sw, live))
+        A = np.asarray(W) > 0
+        np.fill_diagonal(A, False)
+        Wb = np.asarray(base.mixing_matrix()) > 0
+        np.fill_diagonal(Wb, False)
+        np.testing.assert_allclose(np.asarray(W).sum(1), 1.0, atol=1e-6)
+        if np.array_equal(Wb, Wb.T):  # undirected base: a link is up both ways or neither
+            assert np.array_equal(A, A.T)
+            np.testing.assert_allclose(np.asarray(W).sum(0), 1.0, atol=1e-6)  # "self": doubly stochastic
+    # a directed base loses column sums under failures even with policy "self"
+    assert topo.is_doubly_stochastic == bool(np.array_equal(Wb, Wb.T))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 1.0])
+def test_link_up_rate_is_p_to_16_bits_and_pairs_are_independent(p):
+    """P(up) = ceil(p 2^16) / 2^16 within 4 SE over 200 draws of 401 pairs (an odd m: the last
+    word is half used); the two pairs sharing a 32-bit word (e and e + ceil(m/2)) are
+    independent: P(both up) = P(up)^2 within 4 SE."""
+    topo = unreliable.link_failures(_circulant(401, 1), p)
+    assert topo.m == 401
+    keys = jax.random.split(jax.random.PRNGKey(7), 200)
+    up = np.asarray(jax.jit(jax.vmap(topo.link_up))(keys))
+    q = np.ceil(p * 65536) / 65536
+    if p in (0.0, 1.0):
+        assert np.all(up == bool(p))
+        return
+    n_obs = up.size
+    assert abs(up.mean() - q) < 4 * np.sqrt(q * (1 - q) / n_obs)
+    half = (topo.m + 1) // 2
+    both = up[:, : topo.m - half] & up[:, half:]
+    assert abs(both.mean() - q * q) < 4 * np.sqrt(q * q * (1 - q * q) / both.size)
+    # the per-pair frequencies are homogeneous (no pair is favoured): chi-square on the counts
+    counts = up.sum(0)
+    z = (counts - 200 * q) / np.sqrt(200 * q * (1 - q))
+    assert abs(np.mean(z**2) - 1.0) < 4 * np.sqrt(2.0 / topo.m)

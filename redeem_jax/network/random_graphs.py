@@ -244,6 +244,7 @@ _RELABEL_MODES = ("keyed", "uniform")
 # the rounds only decide how scrambled the labels look (each round swaps about half the labels
 # with a keyed partner); each costs a few integer operations per label (docs/performance.md).
 SWAP_ROUNDS = 6
+_ROUNDS_PER_STEP = 3  # SWAP_ROUNDS / _ROUNDS_PER_STEP >= 2 loop steps (see _relabelled_circulant)
 
 
 def _relabel_mode(relabel):
@@ -316,16 +317,20 @@ def _relabelled_circulant(key, n: int, shifts, mode: str):
         offs, seeds = _swap_keys(key, n, SWAP_ROUNDS)
         R = SWAP_ROUNDS
 
-        # The rounds run in a loop (not unrolled) so both tables are materialised: XLA CPU fuses
-        # straight-line code into the gather below and re-ran every round (and the Threefry draws
-        # of the round keys) for each of the n*s gathered labels, 50x slower (an
-        # optimization_barrier is dropped before fusion on CPU).
-        def body(r, c):
+        # The rounds run in a loop of >= 2 steps (one step would be inlined) so both tables are
+        # materialised: XLA CPU fuses straight-line code into the gather below and re-ran every
+        # round (and the Threefry draws of the round keys) for each of the n*s gathered labels,
+        # 25-50x slower; an optimization_barrier is dropped before fusion on CPU. Three rounds
+        # per step: fewer loop steps, whose fixed cost dominates at N = 4096.
+        def body(i, c):
             pos, perm = c
-            return (_swap_round(pos, offs[r], seeds[r], n),
-                    _swap_round(perm, offs[R - 1 - r], seeds[R - 1 - r], n))
+            for j in range(_ROUNDS_PER_STEP):  # static: a few rounds per loop step
+                r = i * _ROUNDS_PER_STEP + j
+                pos = _swap_round(pos, offs[r], seeds[r], n)
+                perm = _swap_round(perm, offs[R - 1 - r], seeds[R - 1 - r], n)
+            return pos, perm
 
-        pos, perm = jax.lax.fori_loop(0, R, body, (me, me))
+        pos, perm = jax.lax.fori_loop(0, R // _ROUNDS_PER_STEP, body, (me, me))
     a = pos[:, None] + shifts[None, :].astype(jnp.int32)
     return perm.at[jnp.where(a >= n, a - n, a)].get(mode="promise_in_bounds")
 

@@ -108,11 +108,18 @@ class Unreliable(DrawnTopology):
         rows = np.repeat(np.arange(self.n), self.K).reshape(self.n, self.K)
         lo, hi = np.minimum(rows, nbr), np.maximum(rows, nbr)
         keys = np.where(mask, lo.astype(np.int64) * self.n + hi, -1)
-        uniq, inv = np.unique(keys[mask], return_inverse=True)
+        uniq, first, inv = np.unique(keys[mask], return_index=True, return_inverse=True)
+        # Pairs numbered in the order of their first slot (row-major), so that on a base where every
+        # pair has one slot and no slot is padding (a directed circulant) the pair draws are the
+        # slots in order and draw() reshapes them instead of gathering (benchmarks/dynamic_graphs.py).
+        rank = np.empty(len(uniq), np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))
+        uniq = uniq[np.argsort(rank)]
         self._pairs = np.stack([uniq // self.n, uniq % self.n], 1).astype(np.int64)  # [m, 2]
         eid = np.zeros((self.n, self.K), np.int32)
-        eid[mask] = inv.astype(np.int32)
+        eid[mask] = rank[inv.reshape(-1)].astype(np.int32)
         self._eid = eid
+        self._eid_is_slot = bool(mask.all() and np.array_equal(eid.reshape(-1), np.arange(eid.size)))
         self.m = len(uniq)
         self.seed = int(seed)
         self.beyond = beyond
@@ -142,7 +149,9 @@ class Unreliable(DrawnTopology):
         self.name = name or f"unreliable_{base.name}"
         self.params = {"base": base.name, "p": p, "node_model": node_model, "q": self.q, "policy": policy}
         base_doubly = bool(getattr(base, "is_doubly_stochastic", False))
-        self.is_doubly_stochastic = base_doubly and policy == "self"
+        # "self" keeps the columns summing to 1 only when each link's weight is the same both ways
+        # (a failed i <- j returns W_ij to i, a failed j <- i returns W_ji to j): a symmetric base W.
+        self.is_doubly_stochastic = base_doubly and policy == "self" and _symmetric_weights(nbr, w, mask)
 
     # ------------------------------------------------------------------ hyper-parameters
     def with_params(self, **kw) -> Unreliable:
@@ -203,11 +212,24 @@ class Unreliable(DrawnTopology):
         return tr[t]
 
     def link_up(self, key, hp=None):
-        """bool[m]: which undirected base pairs are up this round (one Bernoulli(p) each)."""
+        """bool[m]: which undirected base pairs are up this round, independently with probability
+        ``ceil(p 2^16) / 2^16`` each (p to 16 bits; the pairs numbered by their first slot)."""
         if self.m == 0:
             return jnp.zeros((0,), bool)
         k_link = jax.random.split(key)[0]
-        return jax.random.uniform(k_link, (self.m,)) < jnp.asarray(resolve(self.p, hp), jnp.float32)
+        # 16 random bits per pair, two pairs per 32-bit word of the raw threefry_2x32 on m/2 counters
+        # (half a Threefry block per word, where jax.random.uniform spends a whole block per value):
+        # 4x fewer blocks. At d = 64 the draw was as much work as the gossip it gates
+        # (benchmarks/dynamic_graphs.py). P(up) = ceil(p 2^16) / 2^16: p rounded up to a multiple of
+        # 2^-16 (a float32 uniform rounds it to 2^-23); exact for p = 0, 1 and multiples of 2^-16.
+        from jax.extend.random import threefry_2x32
+
+        thr = jnp.ceil(jnp.asarray(resolve(self.p, hp), jnp.float32) * 65536.0).astype(jnp.uint32)
+        kd = jax.random.key_data(k_link)
+        if kd.shape != (2,):  # a non-Threefry key: its own 32-bit draws, top 16 bits each
+            return (jax.random.bits(k_link, (self.m,), jnp.uint32) >> 16) < thr
+        words = threefry_2x32(kd, jnp.arange((self.m + 1) // 2, dtype=jnp.uint32))
+        return jnp.concatenate([(words & jnp.uint32(0xFFFF)) < thr, (words >> 16) < thr])[: self.m]
 
     def draw(self, round, key, hp=None):
         """This round's edges ``(neighbors, weights, self_weight, mask)`` (DESIGN.md, "One
@@ -215,7 +237,12 @@ class Unreliable(DrawnTopology):
         weights follow ``self.policy`` (module docstring). Jittable, fixed shapes."""
         nbr, w, sw, mask = (jnp.asarray(a) for a in (self._nbr, self._w, self._sw, self._mask))
         on = self.online(round, key, hp)
-        up = self.link_up(key, hp)[jnp.asarray(self._eid)] if self.m else jnp.zeros_like(mask)
+        if not self.m:
+            up = jnp.zeros_like(mask)
+        elif self._eid_is_slot:
+            up = self.link_up(key, hp).reshape(mask.shape)
+        else:
+            up = self.link_up(key, hp)[jnp.asarray(self._eid)]
         live = mask & up & on[:, None] & on[nbr]
         w_live = jnp.where(live, w, 0.0)
         if self.policy == "self":
@@ -313,6 +340,17 @@ class Unreliable(DrawnTopology):
 
 
 # ---------------------------------------------------------------------- constructors
+def _symmetric_weights(nbr, w, mask) -> bool:
+    """Host: whether the padded base weights are symmetric, ``W_ij == W_ji`` (sparse, O(n K))."""
+    import scipy.sparse as sp
+
+    n = nbr.shape[0]
+    rows = np.repeat(np.arange(n), nbr.shape[1]).reshape(nbr.shape)
+    S = sp.csr_matrix((np.where(mask, w, 0.0).astype(np.float64)[mask], (rows[mask], nbr[mask])), shape=(n, n))
+    D = abs(S - S.T)
+    return bool(D.nnz == 0 or D.max() <= 1e-6)
+
+
 def _row_sum(a):
     """``a.sum(1)`` over the K slots as K - 1 elementwise adds: XLA's CPU reduction fusion made the
     row sum 10x the whole gossip round at N = 65536 (benchmarks/dynamic_graphs.py)."""
