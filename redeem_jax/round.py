@@ -124,7 +124,8 @@ def make_step(algorithm: Algorithm, oracle: Oracle, channels: Mapping[str, Chann
     ``topology`` gives each round's edges (``ctx.edges``); ``honest`` (bool[N]) is the mask
     metrics are taken over. Metrics: the algorithm's own (``train_loss``, ...), plus
     ``bytes_sent`` (every row sent in the round's exchanges), and on a graph drawn every round
-    ``live_nodes`` / ``live_edges`` (nodes that sent or received, directed links used). Nothing
+    ``live_nodes`` / ``live_edges`` (nodes that sent or received, directed links used), and
+    ``active_nodes`` where the topology draws an active mask (stragglers). Nothing
     that needs a pass over the ``[N, d]`` models is computed per round (a consensus distance
     was 2/3 of a D-SGD round on CPU): the host loop measures ``metrics.consensus_distance`` of ``models`` when it evaluates.
     ``trace_counter`` (a list) grows by one per trace.
@@ -150,6 +151,8 @@ def make_step(algorithm: Algorithm, oracle: Oracle, channels: Mapping[str, Chann
         metrics["bytes_sent"] = bc.bytes
         if drawn:  # what this round's random graph left live (DESIGN: metrics say it)
             metrics["live_nodes"], metrics["live_edges"] = live_counts(ctx.edges)
+        if ctx.active is not None:  # stragglers: how many nodes took their local step
+            metrics["active_nodes"] = jnp.sum(ctx.active).astype(jnp.int32)
         return RoundState(a, bo.state, bc.states, state.round + 1, state.key), metrics
 
     return step
