@@ -121,7 +121,7 @@ def machine_rates(nbytes: int = 256 * 2**20) -> dict[str, float]:
         t = time.perf_counter()
         block(mm(a))
         ts.append(time.perf_counter() - t)
-    return {"copy_GBps": copy, "sgemm_GFLOPs": 2 * 1024 ** 3 / min(ts) / 1e9}
+    return {"copy_GBps": copy, "sgemm_GFLOPs": 2 * 1024**3 / min(ts) / 1e9}
 
 
 def load_average() -> str:

@@ -58,18 +58,28 @@ def main(argv=None):
     plain = _time_round(rj.oracles.minibatch(model, args.examples), model, topo, nd, args.rounds)
     times = {}
     for method in ("ghost", "vmap"):
-        oracle = rj.oracles.dp_sgd(model, args.examples, clip_norm=1.0, noise_multiplier=1.0,
-                                   expected_batch_size=float(args.examples), microbatch=args.microbatch,
-                                   clipping=method)
+        oracle = rj.oracles.dp_sgd(
+            model,
+            args.examples,
+            clip_norm=1.0,
+            noise_multiplier=1.0,
+            expected_batch_size=float(args.examples),
+            microbatch=args.microbatch,
+            clipping=method,
+        )
         times[method] = _time_round(oracle, model, topo, nd, args.rounds)
-    print(f"Command: python benchmarks/dp_overhead.py --nodes {args.nodes} --examples {args.examples} "
-          f"--rounds {args.rounds} --microbatch {args.microbatch}")
+    print(
+        f"Command: python benchmarks/dp_overhead.py --nodes {args.nodes} --examples {args.examples} "
+        f"--rounds {args.rounds} --microbatch {args.microbatch}"
+    )
     print(f"Machine: {platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    print(f"| round | ms per round | ratio |\n|---|---|---|\n| non-private | {1e3 * plain:.2f} | 1.00x |\n"
-          f"| DP-SGD, ghost clipping (default for dense models) | {1e3 * times['ghost']:.2f} | "
-          f"**{times['ghost'] / plain:.2f}x** |\n"
-          f"| DP-SGD, explicit per-example gradients (vmap) | {1e3 * times['vmap']:.2f} | "
-          f"{times['vmap'] / plain:.2f}x |")
+    print(
+        f"| round | ms per round | ratio |\n|---|---|---|\n| non-private | {1e3 * plain:.2f} | 1.00x |\n"
+        f"| DP-SGD, ghost clipping (default for dense models) | {1e3 * times['ghost']:.2f} | "
+        f"**{times['ghost'] / plain:.2f}x** |\n"
+        f"| DP-SGD, explicit per-example gradients (vmap) | {1e3 * times['vmap']:.2f} | "
+        f"{times['vmap'] / plain:.2f}x |"
+    )
     return times["ghost"] / plain
 
 

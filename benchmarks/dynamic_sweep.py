@@ -14,6 +14,7 @@ traced round is as fast):
   (what ``rj.sweep`` over ``topology.s`` with largest value s_max runs): the padded slots are
   gathered with weight 0, so the round costs about (s_max + 1) / (s + 1) of the static one.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,14 +62,21 @@ def main():
     print("|---|---|---|---|")
     for n in (256, 4096):
         ring = rj.topology.ring(n)
-        fns = {"fail": rounds_fn(unreliable.link_failures(ring, 0.5), n, {}),
-               "fail_traced": rounds_fn(unreliable.link_failures(ring, hyper("topology.link_up", 0.9)), n,
-                                        {"topology.link_up": 0.5}),
-               "el": rounds_fn(random_graphs.el_oracle(n, 2), n, {}),
-               "el_4": rounds_fn(random_graphs.el_oracle(n, hyper("topology.s", 2), s_max=4), n, {"topology.s": 2}),
-               "el_8": rounds_fn(random_graphs.el_oracle(n, hyper("topology.s", 2), s_max=8), n, {"topology.s": 2})}
+        fns = {
+            "fail": rounds_fn(unreliable.link_failures(ring, 0.5), n, {}),
+            "fail_traced": rounds_fn(
+                unreliable.link_failures(ring, hyper("topology.link_up", 0.9)), n, {"topology.link_up": 0.5}
+            ),
+            "el": rounds_fn(random_graphs.el_oracle(n, 2), n, {}),
+            "el_4": rounds_fn(random_graphs.el_oracle(n, hyper("topology.s", 2), s_max=4), n, {"topology.s": 2}),
+            "el_8": rounds_fn(random_graphs.el_oracle(n, hyper("topology.s", 2), s_max=8), n, {"topology.s": 2}),
+        }
         t = interleaved(fns, repeats=7, warmup=1, inner=2)
-        cells = [ratio_cell(t["fail"], t["fail_traced"]), ratio_cell(t["el"], t["el_4"]), ratio_cell(t["el"], t["el_8"])]
+        cells = [
+            ratio_cell(t["fail"], t["fail_traced"]),
+            ratio_cell(t["el"], t["el_4"]),
+            ratio_cell(t["el"], t["el_8"]),
+        ]
         print(f"| {n} | {' | '.join(cells)} |", flush=True)
 
 

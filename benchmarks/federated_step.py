@@ -47,8 +47,9 @@ def ours(honest: int, byz: int, batch: int, steps: int, per_client: int):
     assert model.num_params == 79_510
     byzantine = np.zeros(n, bool)
     byzantine[honest:] = True
-    opt = rj.optim.local_optimizer("momentum", rj.core.hyper("optimizer.learning_rate", LR),
-                                   momentum=rj.core.hyper("optimizer.momentum", MOMENTUM))
+    opt = rj.optim.local_optimizer(
+        "momentum", rj.core.hyper("optimizer.learning_rate", LR), momentum=rj.core.hyper("optimizer.momentum", MOMENTUM)
+    )
     algo = rj.algorithms.dsgd.fedavg(opt)
     oracle = rj.oracles.minibatch(model, batch)
     rule = rj.aggregators.get("nnm+trimmed_mean")
@@ -64,6 +65,7 @@ def ours(honest: int, byz: int, batch: int, steps: int, per_client: int):
     def go():
         box["state"] = run(box["state"])
         return box["state"]
+
     return go
 
 
@@ -71,20 +73,49 @@ def byzfl_loop(byzfl, torch, honest: int, byz: int, batch: int, steps: int, per_
     """``steps`` iterations of ByzFL's DSGD training loop (its benchmark/train.py, unrolled here)."""
     n = honest + byz
     x, y = _data(n, per_client)
-    loaders = [torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(x[i]),
-                                                                          torch.tensor(y[i], dtype=torch.long)),
-                                           batch_size=batch, shuffle=True) for i in range(honest)]
-    common = {"model_name": "fc_mnist", "device": "cpu", "learning_rate": LR, "weight_decay": 0.0,
-              "milestones": [10**9], "learning_rate_decay": 1.0, "optimizer_name": "SGD"}
-    clients = [byzfl.Client({**common, "loss_name": "NLLLoss", "LabelFlipping": False, "nb_labels": CLASSES,
-                             "momentum": MOMENTUM, "training_dataloader": loaders[i],
-                             "store_per_client_metrics": False}) for i in range(honest)]
+    loaders = [
+        torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.tensor(x[i]), torch.tensor(y[i], dtype=torch.long)),
+            batch_size=batch,
+            shuffle=True,
+        )
+        for i in range(honest)
+    ]
+    common = {
+        "model_name": "fc_mnist",
+        "device": "cpu",
+        "learning_rate": LR,
+        "weight_decay": 0.0,
+        "milestones": [10**9],
+        "learning_rate_decay": 1.0,
+        "optimizer_name": "SGD",
+    }
+    clients = [
+        byzfl.Client(
+            {
+                **common,
+                "loss_name": "NLLLoss",
+                "LabelFlipping": False,
+                "nb_labels": CLASSES,
+                "momentum": MOMENTUM,
+                "training_dataloader": loaders[i],
+                "store_per_client_metrics": False,
+            }
+        )
+        for i in range(honest)
+    ]
     attacker = byzfl.ByzantineClient({"name": "ALittleIsEnough", "f": byz, "parameters": {"tau": 1.5}})
-    test = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(1, D_IN),
-                                                                      torch.zeros(1, dtype=torch.long)))
-    server = byzfl.Server({**common, "test_loader": test,
-                           "aggregator_info": {"name": "TrMean", "parameters": {"f": byz}},
-                           "pre_agg_list": [{"name": "NNM", "parameters": {"f": byz}}]})
+    test = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.zeros(1, D_IN), torch.zeros(1, dtype=torch.long))
+    )
+    server = byzfl.Server(
+        {
+            **common,
+            "test_loader": test,
+            "aggregator_info": {"name": "TrMean", "parameters": {"f": byz}},
+            "pre_agg_list": [{"name": "NNM", "parameters": {"f": byz}}],
+        }
+    )
 
     def go():
         for _ in range(steps):
@@ -96,6 +127,7 @@ def byzfl_loop(byzfl, torch, honest: int, byz: int, batch: int, steps: int, per_
             for c in clients:
                 c.set_model_state(state)
         return None
+
     return go
 
 
@@ -110,8 +142,11 @@ def main(argv=None):
     byzfl = _peers.byzfl_or_none()
     torch = _peers.torch_or_none() if byzfl else None
     print(f"# {cpu_name()}, jax {jax.__version__}, {_peers.load_average()}")
-    lines = ["| honest + Byzantine | redeem_jax honest client-steps/s | ByzFL honest client-steps/s | "
-             "redeem_jax faster by |", "|---|---|---|---|"]
+    lines = [
+        "| honest + Byzantine | redeem_jax honest client-steps/s | ByzFL honest client-steps/s | "
+        "redeem_jax faster by |",
+        "|---|---|---|---|",
+    ]
     for size in args.sizes.split(","):
         h, b = (int(v) for v in size.split("+"))
         fns = {"ours": ours(h, b, args.batch, args.steps, 4 * args.batch)}
@@ -124,9 +159,11 @@ def main(argv=None):
         print(f"{h}+{b}: redeem_jax {rate('ours'):,.0f} honest client-steps/s, ByzFL {peer}, ratio {cell}", flush=True)
         lines.append(f"| {h} + {b} | {rate('ours'):,.0f} | {peer} | **{cell}** |")
     if args.md:
-        Path(args.md).write_text(f"Command: `python benchmarks/federated_step.py --sizes {args.sizes} --batch "
-                                 f"{args.batch} --steps {args.steps}`  \nMachine: {cpu_name()}, jax {jax.__version__}, "
-                                 f"{_peers.load_average()}\n\n" + "\n".join(lines) + "\n")
+        Path(args.md).write_text(
+            f"Command: `python benchmarks/federated_step.py --sizes {args.sizes} --batch "
+            f"{args.batch} --steps {args.steps}`  \nMachine: {cpu_name()}, jax {jax.__version__}, "
+            f"{_peers.load_average()}\n\n" + "\n".join(lines) + "\n"
+        )
         print(f"wrote {args.md}")
 
 

@@ -23,6 +23,7 @@ are ``time(method) / time(copy)``; "GB/s" is 8·n·d bytes / time for every row
 Each timing: compile + one warm-up call, then the median of several calls,
 each ended by ``block_until_ready``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,8 @@ DENSE_MAX_N = 8192
 
 
 def timeit(f, x, reps: int) -> float:
-    f(x).block_until_ready()          # compile
-    f(x).block_until_ready()          # warm caches / allocator
+    f(x).block_until_ready()  # compile
+    f(x).block_until_ready()  # warm caches / allocator
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -68,13 +69,14 @@ def run(sizes, families=("ring", "exponential")):
             r = dict(topology=fam, n=n, K=topo.K, copy=copy, copy_gbs=nbytes / copy / 1e9)
             r["sparse"] = timeit(jax.jit(lambda x: gossip.mix(topo, x, method="sparse")), x, reps)
             r["roll"] = timeit(jax.jit(lambda x: gossip.mix(topo, x, method="roll")), x, reps)
+
             def gc(x):
                 _, w, sw, _ = topo.edge_arrays()
                 return gossip.combine(x, gossip.gather(topo, x), w, sw)
+
             r["gather_combine"] = timeit(jax.jit(gc), x, reps)
             if n <= DENSE_MAX_N:
-                r["dense"] = timeit(jax.jit(lambda x: gossip.mix(topo, x, method="dense")), x,
-                                    3 if n > 1024 else reps)
+                r["dense"] = timeit(jax.jit(lambda x: gossip.mix(topo, x, method="dense")), x, 3 if n > 1024 else reps)
             else:
                 r["dense"] = f"skipped: W would be {4 * n * n / 1e9:.1f} GB"
             for m in ("sparse", "roll", "gather_combine", "dense"):
@@ -94,14 +96,18 @@ def _cell(r, m):
 
 
 def _line(r):
-    return (f"{r['topology']:<12} n={r['n']:<6} K={r['K']:<3} copy {r['copy'] * 1e3:8.2f} ms "
-            f"({r['copy_gbs']:5.1f} GB/s) | " + " | ".join(f"{m}: {_cell(r, m)}" for m in
-                                                           ("sparse", "roll", "gather_combine", "dense")))
+    return (
+        f"{r['topology']:<12} n={r['n']:<6} K={r['K']:<3} copy {r['copy'] * 1e3:8.2f} ms "
+        f"({r['copy_gbs']:5.1f} GB/s) | "
+        + " | ".join(f"{m}: {_cell(r, m)}" for m in ("sparse", "roll", "gather_combine", "dense"))
+    )
 
 
 def markdown(rows, argv, total_s):
-    env = (f"{cpu_name()}, {os.cpu_count()} cores visible, jax {jax.__version__} "
-           f"({jax.default_backend()}), d = {D}, float32")
+    env = (
+        f"{cpu_name()}, {os.cpu_count()} cores visible, jax {jax.__version__} "
+        f"({jax.default_backend()}), d = {D}, float32"
+    )
     out = [
         "# Gossip cost (benchmarks/gossip_cost.py)",
         "",
@@ -122,19 +128,25 @@ def markdown(rows, argv, total_s):
         "|---|---:|---:|---|---|---|---|---|",
     ]
     for r in rows:
-        out.append(f"| {r['topology']} | {r['n']} | {r['K']} | {r['copy'] * 1e3:.2f} ms "
-                   f"({r['copy_gbs']:.1f} GB/s) | " +
-                   " | ".join(_cell(r, m) for m in ("sparse", "roll", "gather_combine", "dense")) + " |")
+        out.append(
+            f"| {r['topology']} | {r['n']} | {r['K']} | {r['copy'] * 1e3:.2f} ms "
+            f"({r['copy_gbs']:.1f} GB/s) | "
+            + " | ".join(_cell(r, m) for m in ("sparse", "roll", "gather_combine", "dense"))
+            + " |"
+        )
     out += ["", "Summary (this run):", ""]
     for fam in sorted({r["topology"] for r in rows}):
         rs = [r for r in rows if r["topology"] == fam]
         worst = max(rs, key=lambda r: r["sparse_ratio"])
-        out.append(f"- {fam}: sparse gossip / copy between "
-                   f"{min(r['sparse_ratio'] for r in rs):.2f}x and {worst['sparse_ratio']:.2f}x "
-                   f"(worst at n = {worst['n']}); roll / copy up to "
-                   f"{max(r['roll_ratio'] for r in rs):.2f}x.")
-    unfused = [r for r in rows if isinstance(r["gather_combine"], float)
-               and r["gather_combine_ratio"] > 2 * r["sparse_ratio"]]
+        out.append(
+            f"- {fam}: sparse gossip / copy between "
+            f"{min(r['sparse_ratio'] for r in rs):.2f}x and {worst['sparse_ratio']:.2f}x "
+            f"(worst at n = {worst['n']}); roll / copy up to "
+            f"{max(r['roll_ratio'] for r in rs):.2f}x."
+        )
+    unfused = [
+        r for r in rows if isinstance(r["gather_combine"], float) and r["gather_combine_ratio"] > 2 * r["sparse_ratio"]
+    ]
     out += [
         "- Why: a gossip step must at least read x and write y (the copy's traffic). A ring's "
         "two neighbour rows are adjacent to row i and come from cache, so it runs at copy "
@@ -142,19 +154,24 @@ def markdown(rows, argv, total_s):
         "in cache (n <= 4096, <= 16 MB) those reads cost up to ~3x the copy; at n >= 16384 "
         "both are DRAM-bound and this VM's copy is itself slowed by page faults on fresh "
         "output buffers (high system time), which hides part of the extra reads.",
-        "- `roll` (opt-in `method=\"roll\"`) matches sparse on the ring and is several "
+        '- `roll` (opt-in `method="roll"`) matches sparse on the ring and is several '
         "times slower on the exponential graph (XLA materialises each far roll), so `auto` "
         "never picks it. Dense `W @ x` is compute-bound on CPU (2·n²·d flops): 10-400x "
         "slower than sparse on these sparse graphs.",
     ]
     if unfused:
-        out.append("- gather+combine: XLA fused the gather into the accumulation (≈ sparse) "
-                   "except at " + ", ".join(
-                       f"{r['topology']} n = {r['n']} (K = {r['K']}: materialised "
-                       f"{4 * r['n'] * r['K'] * D / 2**30:.1f} GiB of messages, "
-                       f"{r['gather_combine_ratio']:.1f}x)" for r in unfused)
-                   + ". Plain gossip should call `mix`; robust aggregation needs the "
-                   "[n, K, d] messages anyway.")
+        out.append(
+            "- gather+combine: XLA fused the gather into the accumulation (≈ sparse) "
+            "except at "
+            + ", ".join(
+                f"{r['topology']} n = {r['n']} (K = {r['K']}: materialised "
+                f"{4 * r['n'] * r['K'] * D / 2**30:.1f} GiB of messages, "
+                f"{r['gather_combine_ratio']:.1f}x)"
+                for r in unfused
+            )
+            + ". Plain gossip should call `mix`; robust aggregation needs the "
+            "[n, K, d] messages anyway."
+        )
     return "\n".join(out) + "\n"
 
 

@@ -57,11 +57,21 @@ def rule_table(n: int, d: int, f: int, repeats: int, only: str = ""):
         ("meamed", {}, "Meamed", {"f": f}, "MeaMed"),
         ("krum", {}, "Krum", {"f": f}, "Krum"),
         ("multi_krum", {}, "MultiKrum", {"f": f}, "Multi-Krum"),
-        ("geometric_median", {"max_iter": 3, "nu": 0.1, "start": "zero"}, "GeometricMedian", {"nu": 0.1, "T": 3},
-         "geometric median (3 steps from 0, ByzFL's)"),
+        (
+            "geometric_median",
+            {"max_iter": 3, "nu": 0.1, "start": "zero"},
+            "GeometricMedian",
+            {"nu": 0.1, "T": 3},
+            "geometric median (3 steps from 0, ByzFL's)",
+        ),
         ("geometric_median", {}, None, {}, "geometric median (converged, ours)"),
-        ("centered_clipping", {"tau": 100.0, "iterations": 1, "start": jnp.zeros(d)}, "CenteredClipping",
-         {"tau": 100.0, "L": 1}, "centered clipping (1 step, τ = 100)"),
+        (
+            "centered_clipping",
+            {"tau": 100.0, "iterations": 1, "start": jnp.zeros(d)},
+            "CenteredClipping",
+            {"tau": 100.0, "L": 1},
+            "centered clipping (1 step, τ = 100)",
+        ),
         ("monna", {}, "MoNNA", {"f": f}, "MoNNA"),
         ("nnm", {}, "NNM", {"f": f}, "NNM (pre-aggregation, n rows out)"),
         ("nnm+trimmed_mean", {}, None, {}, "NNM ∘ trimmed mean"),
@@ -95,8 +105,11 @@ def rule_table(n: int, d: int, f: int, repeats: int, only: str = ""):
                 fns["byzfl numpy"] = lambda agg=agg_np: agg(x)
                 fns["byzfl torch"] = lambda agg=agg_t: agg(xt)
         ts = _peers.interleaved(fns, repeats=repeats, inner=INNER)
-        row = {"rule": label, "ours_ms": 1e3 * _peers.spread(ts["ours"])[1],
-               "vs_copy": float(np.median(np.asarray(ts["ours"]) / np.asarray(ts["copy"])))}
+        row = {
+            "rule": label,
+            "ours_ms": 1e3 * _peers.spread(ts["ours"])[1],
+            "vs_copy": float(np.median(np.asarray(ts["ours"]) / np.asarray(ts["copy"]))),
+        }
         for k in ("byzfl numpy", "byzfl torch"):
             if k in ts:
                 row[k] = (1e3 * _peers.spread(ts[k])[1], _peers.ratio_cell(ts[k], ts["ours"]))
@@ -116,11 +129,14 @@ def neighbourhood_table(n: int, d: int, f: int, degree: int, repeats: int):
     gm = {"max_iter": 3, "nu": 0.1, "start": "zero"}  # ByzFL's geometric median: 3 Weiszfeld steps from 0, nu = 0.1
     rows = []
     for name, opts, peers in [
-            ("mean", {}, [("Average", {})]), ("median", {}, [("Median", {})]),
-            ("trimmed_mean", {}, [("TrMean", {"f": b})]), ("krum", {}, [("Krum", {"f": b})]),
-            ("multi_krum", {}, [("MultiKrum", {"f": b})]),
-            ("geometric_median", gm, [("GeometricMedian", {"nu": 0.1, "T": 3})]),
-            ("nnm+trimmed_mean", {}, [("NNM", {"f": b}), ("TrMean", {"f": b})])]:
+        ("mean", {}, [("Average", {})]),
+        ("median", {}, [("Median", {})]),
+        ("trimmed_mean", {}, [("TrMean", {"f": b})]),
+        ("krum", {}, [("Krum", {"f": b})]),
+        ("multi_krum", {}, [("MultiKrum", {"f": b})]),
+        ("geometric_median", gm, [("GeometricMedian", {"nu": 0.1, "T": 3})]),
+        ("nnm+trimmed_mean", {}, [("NNM", {"f": b}), ("TrMean", {"f": b})]),
+    ]:
         ours = jax.jit(lambda a, name=name, opts=opts: rj.aggregators.neighbourhood(name, a, topo.neighbors, b, **opts))
         fns = {"ours": lambda ours=ours: ours(xj)}
         if byzfl is not None:
@@ -134,14 +150,20 @@ def neighbourhood_table(n: int, d: int, f: int, degree: int, repeats: int):
                         v = agg(v)
                     out.append(v)
                 return out
+
             fns["byzfl loop"] = loop
         ts = _peers.interleaved(fns, repeats=repeats, inner=INNER)
         label = name + (" (3 steps from 0, ByzFL's)" if name == "geometric_median" else "")
         row = {"rule": label, "ours_ms": 1e3 * _peers.spread(ts["ours"])[1]}
         if "byzfl loop" in ts:
-            row["byzfl loop"] = (1e3 * _peers.spread(ts["byzfl loop"])[1], _peers.ratio_cell(ts["byzfl loop"], ts["ours"]))
+            row["byzfl loop"] = (
+                1e3 * _peers.spread(ts["byzfl loop"])[1],
+                _peers.ratio_cell(ts["byzfl loop"], ts["ours"]),
+            )
         rows.append(row)
-        extra = f"  ByzFL NumPy loop {row['byzfl loop'][0]:8.2f} ms ({row['byzfl loop'][1]})" if "byzfl loop" in row else ""
+        extra = (
+            f"  ByzFL NumPy loop {row['byzfl loop'][0]:8.2f} ms ({row['byzfl loop'][1]})" if "byzfl loop" in row else ""
+        )
         print(f"{n} nodes x {degree + 1} rows, {label:36s} ours {row['ours_ms']:8.2f} ms{extra}", flush=True)
     return rows
 
@@ -157,32 +179,50 @@ def main(argv=None):
     ap.add_argument("--tables", default="rules,hood", help="which tables: rules, hood or both")
     ap.add_argument("--only", default="", help="only the rules whose label contains this (first table)")
     args = ap.parse_args(argv)
-    print(f"# {cpu_name()}, {jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}, "
-          f"{_peers.load_average()}; machine: {_peers.machine_rates()}")
+    print(
+        f"# {cpu_name()}, {jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}, "
+        f"{_peers.load_average()}; machine: {_peers.machine_rates()}"
+    )
     tables = set(args.tables.split(","))
     rules = rule_table(args.n, args.d, args.f, args.repeats, args.only) if "rules" in tables else []
     hood = neighbourhood_table(args.n, args.d, args.f, args.degree, args.repeats) if "hood" in tables else []
     if args.md:
-        extra = "".join(f" --{k} {getattr(args, k)!r}" for k in ("tables", "only") if getattr(args, k) != ap.get_default(k))
-        lines = [f"Command: `python benchmarks/robust_rules.py --n {args.n} --d {args.d} --f {args.f}{extra}`  ",
-                 f"Machine: {cpu_name()}, jax {jax.__version__}, {_peers.load_average()}"]
+        extra = "".join(
+            f" --{k} {getattr(args, k)!r}" for k in ("tables", "only") if getattr(args, k) != ap.get_default(k)
+        )
+        lines = [
+            f"Command: `python benchmarks/robust_rules.py --n {args.n} --d {args.d} --f {args.f}{extra}`  ",
+            f"Machine: {cpu_name()}, jax {jax.__version__}, {_peers.load_average()}",
+        ]
         if rules:
-            lines += ["", "| rule | ours (ms) | ours / memory copy | ByzFL NumPy (ms) | ours faster by | ByzFL torch (ms) | "
-                      "ours faster by |", "|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| rule | ours (ms) | ours / memory copy | ByzFL NumPy (ms) | ours faster by | ByzFL torch (ms) | "
+                "ours faster by |",
+                "|---|---|---|---|---|---|---|",
+            ]
         for r in rules:
             npy, trc = r.get("byzfl numpy", ("–", "–")), r.get("byzfl torch", ("–", "–"))
             fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else v  # noqa: E731
-            lines.append(f"| {r['rule']} | {r['ours_ms']:.2f} | {r['vs_copy']:.2f} | {fmt(npy[0])} | {npy[1]} | "
-                         f"{fmt(trc[0])} | {trc[1]} |")
+            lines.append(
+                f"| {r['rule']} | {r['ours_ms']:.2f} | {r['vs_copy']:.2f} | {fmt(npy[0])} | {npy[1]} | "
+                f"{fmt(trc[0])} | {trc[1]} |"
+            )
         if hood:
-            lines += ["", f"All {args.n} nodes of a random {args.degree}-regular graph, each aggregating its "
-                      f"{args.degree + 1} rows (f = 2), d = {args.d}:", "",
-                      "| rule | ours, one `neighbourhood` call (ms) | ByzFL NumPy, loop over nodes (ms) | ours faster by |",
-                      "|---|---|---|---|"]
+            lines += [
+                "",
+                f"All {args.n} nodes of a random {args.degree}-regular graph, each aggregating its "
+                f"{args.degree + 1} rows (f = 2), d = {args.d}:",
+                "",
+                "| rule | ours, one `neighbourhood` call (ms) | ByzFL NumPy, loop over nodes (ms) | ours faster by |",
+                "|---|---|---|---|",
+            ]
         for r in hood:
             loop = r.get("byzfl loop", ("–", "–"))
-            lines.append(f"| {r['rule']} | {r['ours_ms']:.2f} | "
-                         f"{loop[0] if isinstance(loop[0], str) else f'{loop[0]:.2f}'} | {loop[1]} |")
+            lines.append(
+                f"| {r['rule']} | {r['ours_ms']:.2f} | "
+                f"{loop[0] if isinstance(loop[0], str) else f'{loop[0]:.2f}'} | {loop[1]} |"
+            )
         Path(args.md).write_text("\n".join(lines) + "\n")
         print(f"wrote {args.md}")
 

@@ -51,13 +51,13 @@ def _data(n: int, seed: int = 0):
 
 def _scanned(step, state, rounds: int):
     """A callable running ``rounds`` rounds of ``step`` in one jitted scan (state threaded through)."""
-    run = jax.jit(lambda s: jax.lax.scan(lambda s, _: (step(s), None), s, None, length=rounds)[0],
-                  donate_argnums=0)
+    run = jax.jit(lambda s: jax.lax.scan(lambda s, _: (step(s), None), s, None, length=rounds)[0], donate_argnums=0)
     box = [state]
 
     def once():
         box[0] = run(box[0])
         return box[0]
+
     return once
 
 
@@ -82,8 +82,12 @@ def floor(n: int, rounds: int):
     """The hand-written vmap + roll round."""
     x, y = (jnp.asarray(a) for a in _data(n))
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    params = {"w1": jax.random.normal(k1, (n, D_IN, HIDDEN)) / np.sqrt(D_IN), "b1": jnp.zeros((n, HIDDEN)),
-              "w2": jax.random.normal(k2, (n, HIDDEN, CLASSES)) / np.sqrt(HIDDEN), "b2": jnp.zeros((n, CLASSES))}
+    params = {
+        "w1": jax.random.normal(k1, (n, D_IN, HIDDEN)) / np.sqrt(D_IN),
+        "b1": jnp.zeros((n, HIDDEN)),
+        "w2": jax.random.normal(k2, (n, HIDDEN, CLASSES)) / np.sqrt(HIDDEN),
+        "b2": jnp.zeros((n, CLASSES)),
+    }
 
     def loss(p, xb, yb):
         h = jax.nn.relu(xb @ p["w1"] + p["b1"])
@@ -101,6 +105,7 @@ def floor(n: int, rounds: int):
         p = jax.vmap(node_step)(p, jax.random.split(sub, n), x, y)
         p = jax.tree.map(lambda a: (a + jnp.roll(a, 1, 0) + jnp.roll(a, -1, 0)) / 3.0, p)
         return p, key
+
     return _scanned(step, (params, jax.random.PRNGKey(1)), rounds)
 
 
@@ -109,8 +114,10 @@ def torch_loop(torch, n: int, rounds: int):
     x, y = _data(n)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y).long()
     torch.manual_seed(0)
-    models = [torch.nn.Sequential(torch.nn.Linear(D_IN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, CLASSES))
-              for _ in range(n)]
+    models = [
+        torch.nn.Sequential(torch.nn.Linear(D_IN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, CLASSES))
+        for _ in range(n)
+    ]
     opts = [torch.optim.SGD(m.parameters(), lr=LR) for m in models]
     params = [list(m.parameters()) for m in models]
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -123,11 +130,14 @@ def torch_loop(torch, n: int, rounds: int):
                 loss_fn(models[i](xs[i, idx]), ys[i, idx]).backward()
                 opts[i].step()
             with torch.no_grad():
-                new = [[(params[i][k] + params[i - 1][k] + params[(i + 1) % n][k]) / 3.0
-                        for k in range(len(params[i]))] for i in range(n)]
+                new = [
+                    [(params[i][k] + params[i - 1][k] + params[(i + 1) % n][k]) / 3.0 for k in range(len(params[i]))]
+                    for i in range(n)
+                ]
                 for i in range(n):
                     for k, t in enumerate(new[i]):
                         params[i][k].copy_(t)
+
     return once
 
 
@@ -139,8 +149,13 @@ def legacy_round(n: int, rounds: int):
     nd = legacy.data.NodeData(jnp.asarray(x), jnp.asarray(y), jnp.full((n,), PER_NODE, jnp.int32))
     model = legacy.models.get("mlp", (D_IN,), CLASSES, hidden=(HIDDEN,))
     dsgd = legacy.algorithms.dsgd
-    round_fn = dsgd.make_round(model=model, optimizer=legacy.optim.make_optimizer("sgd", LR), node_data=nd,
-                               batch_size=BATCH, communicate=dsgd.gossip_communication(legacy.topology.ring(n), "sparse"))
+    round_fn = dsgd.make_round(
+        model=model,
+        optimizer=legacy.optim.make_optimizer("sgd", LR),
+        node_data=nd,
+        batch_size=BATCH,
+        communicate=dsgd.gossip_communication(legacy.topology.ring(n), "sparse"),
+    )
     state = dsgd.init_state(model, legacy.optim.make_optimizer("sgd", LR), n, jax.random.PRNGKey(0))
     return _scanned(lambda s: round_fn(s)[0], state, rounds)
 
@@ -160,11 +175,18 @@ def main(argv=None):
     if args.legacy:
         sys.path.insert(0, args.legacy)
     rates = _peers.machine_rates()
-    print(f"# {cpu_name()}, jax {jax.__version__}, {_peers.load_average()}; memory copy "
-          f"{rates['copy_GBps']:.1f} GB/s, sgemm {rates['sgemm_GFLOPs']:.0f} GFLOP/s")
-    cols = ["redeem_jax", "vmap floor"] + (["first engine"] if args.legacy else []) + (["PyTorch loop"] if torch else [])
-    lines = ["| N | " + " | ".join(f"{c} node-steps/s" for c in cols) + " | redeem_jax / PyTorch loop | "
-             "redeem_jax / floor | redeem_jax % of sgemm |", "|" + "---|" * (len(cols) + 4)]
+    print(
+        f"# {cpu_name()}, jax {jax.__version__}, {_peers.load_average()}; memory copy "
+        f"{rates['copy_GBps']:.1f} GB/s, sgemm {rates['sgemm_GFLOPs']:.0f} GFLOP/s"
+    )
+    cols = (
+        ["redeem_jax", "vmap floor"] + (["first engine"] if args.legacy else []) + (["PyTorch loop"] if torch else [])
+    )
+    lines = [
+        "| N | " + " | ".join(f"{c} node-steps/s" for c in cols) + " | redeem_jax / PyTorch loop | "
+        "redeem_jax / floor | redeem_jax % of sgemm |",
+        "|" + "---|" * (len(cols) + 4),
+    ]
     for n in (int(s) for s in args.sizes.split(",")):
         fns = {"redeem_jax": library(n, args.rounds), "vmap floor": floor(n, args.rounds)}
         if args.legacy:
@@ -179,16 +201,23 @@ def main(argv=None):
         sg = 100 * rate["redeem_jax"] * FLOPS_PER_NODE_STEP / (rates["sgemm_GFLOPs"] * 1e9)
         vs_torch = _peers.ratio_cell(per["PyTorch loop"], per["redeem_jax"]) if torch else "n/a"
         vs_floor = _peers.ratio_cell(per["vmap floor"], per["redeem_jax"])
-        print(f"N={n:>5}  " + "  ".join(f"{k} {rate[k]:,.0f}/s" for k in fns)
-              + f"   vs PyTorch {vs_torch}   vs floor {vs_floor}   {sg:.0f}% of sgemm", flush=True)
-        lines.append(f"| {n} | " + " | ".join(f"{rate[c]:,.0f}" for c in cols)
-                     + f" | **{vs_torch}** | {vs_floor} | {sg:.0f}% |")
-    header = (f"Command: `python benchmarks/round_throughput.py --sizes {args.sizes} --rounds {args.rounds}`  \n"
-              f"Machine: {cpu_name()}, jax {jax.__version__}, torch {torch.__version__ if torch else 'absent'}, "
-              f"{_peers.load_average()}; memory copy {rates['copy_GBps']:.1f} GB/s, sgemm "
-              f"{rates['sgemm_GFLOPs']:.0f} GFLOP/s. Ratios: how many times faster redeem_jax is "
-              f"(median [min, max] over {args.repeats} interleaved repeats; the floor ratio is < 1 when the "
-              f"hand-written round is faster).\n\n")
+        print(
+            f"N={n:>5}  "
+            + "  ".join(f"{k} {rate[k]:,.0f}/s" for k in fns)
+            + f"   vs PyTorch {vs_torch}   vs floor {vs_floor}   {sg:.0f}% of sgemm",
+            flush=True,
+        )
+        lines.append(
+            f"| {n} | " + " | ".join(f"{rate[c]:,.0f}" for c in cols) + f" | **{vs_torch}** | {vs_floor} | {sg:.0f}% |"
+        )
+    header = (
+        f"Command: `python benchmarks/round_throughput.py --sizes {args.sizes} --rounds {args.rounds}`  \n"
+        f"Machine: {cpu_name()}, jax {jax.__version__}, torch {torch.__version__ if torch else 'absent'}, "
+        f"{_peers.load_average()}; memory copy {rates['copy_GBps']:.1f} GB/s, sgemm "
+        f"{rates['sgemm_GFLOPs']:.0f} GFLOP/s. Ratios: how many times faster redeem_jax is "
+        f"(median [min, max] over {args.repeats} interleaved repeats; the floor ratio is < 1 when the "
+        f"hand-written round is faster).\n\n"
+    )
     if args.out:
         Path(args.out).write_text(header + "\n".join(lines) + "\n")
         print(f"wrote {args.out}")

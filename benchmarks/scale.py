@@ -33,6 +33,7 @@ sizes) and edge arrays (neighbour ids, weights, self weight).
 "compile (closure)" is the same scan compiled the way ``round_fn(state)``
 closes over the node data, which XLA then embeds as a constant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -128,7 +129,7 @@ def worker(n: int, args) -> dict:
     t0 = time.perf_counter()
     exp = rj.build(c)
     build_s = time.perf_counter() - t0
-    peak_build = peak_rss_bytes()   # host-side synthetic data generation dominates this
+    peak_build = peak_rss_bytes()  # host-side synthetic data generation dominates this
     topo = exp.topology
     state = exp.init_state()
     jax.block_until_ready(state)
@@ -148,7 +149,7 @@ def worker(n: int, args) -> dict:
     t0 = time.perf_counter()
     run = jax.jit(many, donate_argnums=0).lower(state, data).compile()
     compile_s = time.perf_counter() - t0
-    state, metrics = run(state, data)    # warm-up call: these are the first `rounds` rounds
+    state, metrics = run(state, data)  # warm-up call: these are the first `rounds` rounds
     jax.block_until_ready(state)
     ts = []
     for _ in range(args.reps):
@@ -161,13 +162,13 @@ def worker(n: int, args) -> dict:
     cons = float(rj.metrics.consensus_distance(exp.models(state), jnp.asarray(exp.honest)))
 
     honest = jnp.asarray(exp.honest)
-    exp.evaluate(exp.models(state), honest)   # compile
+    exp.evaluate(exp.models(state), honest)  # compile
     t0 = time.perf_counter()
     jax.block_until_ready(exp.evaluate(exp.models(state), honest))
     eval_s = time.perf_counter() - t0
 
     peak = peak_rss_bytes()
-    rss_rounds = _status_bytes("VmRSS")   # resident after rounds and evaluation (host dataset included)
+    rss_rounds = _status_bytes("VmRSS")  # resident after rounds and evaluation (host dataset included)
 
     # The copy baseline in this process, interleaved with round calls (round, copy, round, copy,
     # ...), after the peaks were read: a loaded machine slows both alike within a pair.
@@ -235,18 +236,39 @@ def worker(n: int, args) -> dict:
     extra = {}
     if prev_pairs:
         pr = [bpr / t / 1e9 / g for t, g in prev_pairs]
-        extra = dict(previous_sampler=dict(round_s=[t for t, _ in prev_pairs],
-                                           of_copy=dict(min=min(pr), median=float(np.median(pr)), max=max(pr))))
-    return dict(**extra,
-        copy_gbs_interleaved=[g for _, g in pairs], round_s_interleaved=[t for t, _ in pairs],
+        extra = dict(
+            previous_sampler=dict(
+                round_s=[t for t, _ in prev_pairs], of_copy=dict(min=min(pr), median=float(np.median(pr)), max=max(pr))
+            )
+        )
+    return dict(
+        **extra,
+        copy_gbs_interleaved=[g for _, g in pairs],
+        round_s_interleaved=[t for t, _ in pairs],
         of_copy=dict(min=min(ratios), median=float(np.median(ratios)), max=max(ratios)),
-        n=n, K=K, d=d, m=int(exp.node_data.x.shape[1]), B=B, build_s=build_s, compile_s=compile_s,
-        round_s=round_s, rounds_per_s=1.0 / round_s, node_rounds_per_s=n / round_s, eval_s=eval_s,
-        bytes_per_round=int(sum(traffic.values())), traffic=traffic,
-        state_bytes_per_node=state_bytes / n, data_bytes_per_node=data_bytes / n,
+        n=n,
+        K=K,
+        d=d,
+        m=int(exp.node_data.x.shape[1]),
+        B=B,
+        build_s=build_s,
+        compile_s=compile_s,
+        round_s=round_s,
+        rounds_per_s=1.0 / round_s,
+        node_rounds_per_s=n / round_s,
+        eval_s=eval_s,
+        bytes_per_round=int(sum(traffic.values())),
+        traffic=traffic,
+        state_bytes_per_node=state_bytes / n,
+        data_bytes_per_node=data_bytes / n,
         edge_bytes_per_node=edge_bytes / n,
-        peak_rss_bytes=peak, peak_build_bytes=peak_build, rss_rounds_bytes=rss_rounds, compile_closure_s=compile_closure_s,
-        rounds_done=int(state.round), train_loss=loss, consensus_distance=cons,
+        peak_rss_bytes=peak,
+        peak_build_bytes=peak_build,
+        rss_rounds_bytes=rss_rounds,
+        compile_closure_s=compile_closure_s,
+        rounds_done=int(state.round),
+        train_loss=loss,
+        consensus_distance=cons,
     )
 
 
@@ -259,9 +281,11 @@ def _fmt_bytes(b: float) -> str:
 
 def table(rows, copy_gbs: float) -> str:
     """The markdown table; "of copy" is min / median / max over the interleaved (round, copy) pairs."""
-    head = ("| N | K | build | compile (closure) | rounds/s | node-rounds/s | bytes/round | GB/s (of copy: min / median / max) "
-            "| evaluate | peak RSS (at build) | RSS after rounds | arrays/node |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    head = (
+        "| N | K | build | compile (closure) | rounds/s | node-rounds/s | bytes/round | GB/s (of copy: min / median / max) "
+        "| evaluate | peak RSS (at build) | RSS after rounds | arrays/node |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    )
     lines = [head]
     for r in rows:
         gbs = r["bytes_per_round"] / r["round_s"] / 1e9
@@ -270,7 +294,8 @@ def table(rows, copy_gbs: float) -> str:
             f"| {r['n']:,} | {r['K']} | {r['build_s']:.1f} s | {r['compile_s']:.1f} s ({r['compile_closure_s']:.1f} s) | {r['rounds_per_s']:.2f} "
             f"| {r['node_rounds_per_s']:,.0f} | {_fmt_bytes(r['bytes_per_round'])} "
             f"| {gbs:.2f} ({r['of_copy']['min']:.1%} / {r['of_copy']['median']:.1%} / {r['of_copy']['max']:.1%}) | {r['eval_s']:.2f} s | {_fmt_bytes(r['peak_rss_bytes'])} ({_fmt_bytes(r['peak_build_bytes'])}) "
-            f"| {_fmt_bytes(r['rss_rounds_bytes'])} ({r['rss_rounds_bytes'] / r['n']:,.0f} B/node) | {per_node:.0f} B |")
+            f"| {_fmt_bytes(r['rss_rounds_bytes'])} ({r['rss_rounds_bytes'] / r['n']:,.0f} B/node) | {per_node:.0f} B |"
+        )
     return "\n".join(lines)
 
 
@@ -278,9 +303,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="N in {1e4, 1e5} only")
     p.add_argument("--sizes", default="", help="comma-separated N (overrides --quick)")
-    p.add_argument("--topology", default="ring",
-                   help="a degree <= 8 family: ring, torus (N a perfect square), random_regular "
-                        "(networkx: minutes at 10^6)")
+    p.add_argument(
+        "--topology",
+        default="ring",
+        help="a degree <= 8 family: ring, torus (N a perfect square), random_regular (networkx: minutes at 10^6)",
+    )
     p.add_argument("--degree", type=int, default=4, help="random_regular degree")
     p.add_argument("--task", default="linear", choices=("linear", "logistic"))
     p.add_argument("--dim", type=int, default=10)
@@ -288,10 +315,17 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=4, help="minibatch per node")
     p.add_argument("--rounds", type=int, default=10, help="rounds per timed lax.scan call")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--copy-mib", type=float, default=512.0,
-                   help="size of the x + 1 copy baseline timed between round calls in each worker")
-    p.add_argument("--previous-sampler", action="store_true",
-                   help="also time the minibatch sampler used before issue 11 (per-node keys), interleaved")
+    p.add_argument(
+        "--copy-mib",
+        type=float,
+        default=512.0,
+        help="size of the x + 1 copy baseline timed between round calls in each worker",
+    )
+    p.add_argument(
+        "--previous-sampler",
+        action="store_true",
+        help="also time the minibatch sampler used before issue 11 (per-node keys), interleaved",
+    )
     p.add_argument("--md", default="", help="write the markdown table here")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -299,17 +333,26 @@ def main(argv=None):
     if args.worker == -1:
         import jax
 
-        print("ROW " + json.dumps(dict(copy_gbs=copy_bandwidth(), jax=jax.__version__,
-                                       backend=jax.default_backend())), flush=True)
+        print(
+            "ROW " + json.dumps(dict(copy_gbs=copy_bandwidth(), jax=jax.__version__, backend=jax.default_backend())),
+            flush=True,
+        )
         return
     if args.worker:
         print("ROW " + json.dumps(worker(args.worker, args)), flush=True)
         return
 
-    sizes = ([int(float(s)) for s in args.sizes.split(",")] if args.sizes
-             else [10**4, 10**5] if args.quick else [10**4, 10**5, 10**6])
-    forwarded = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                 ("topology", "degree", "task", "dim", "examples", "batch", "rounds", "reps", "copy_mib")]
+    sizes = (
+        [int(float(s)) for s in args.sizes.split(",")]
+        if args.sizes
+        else [10**4, 10**5]
+        if args.quick
+        else [10**4, 10**5, 10**6]
+    )
+    forwarded = [
+        f"--{k.replace('_', '-')}={getattr(args, k)}"
+        for k in ("topology", "degree", "task", "dim", "examples", "batch", "rounds", "reps", "copy_mib")
+    ]
     forwarded += ["--previous-sampler"] if args.previous_sampler else []
 
     def sub(n: int) -> dict:
@@ -324,8 +367,10 @@ def main(argv=None):
 
     base = sub(-1)
     copy_gbs = base["copy_gbs"]
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {_mem_total_gib():.1f} GiB RAM, "
-          f"jax {base['jax']} ({base['backend']})")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} cores, {_mem_total_gib():.1f} GiB RAM, "
+        f"jax {base['jax']} ({base['backend']})"
+    )
     print(f"baseline: jitted, donated x + 1 over 1 GiB float32 -> {copy_gbs:.1f} GB/s")
     rows = []
     for n in sizes:
@@ -337,19 +382,26 @@ def main(argv=None):
             ps = row["previous_sampler"]
             rs = np.array(ps["round_s"]) * 1e3
             po = ps["of_copy"]
-            print(f"N={n:,} previous sampler: {rs.min():.0f} / {np.median(rs):.0f} / {rs.max():.0f} ms/round, "
-                  f"{po['min']:.1%} / {po['median']:.1%} / {po['max']:.1%} of copy; this sampler: "
-                  f"{1e3 * min(row['round_s_interleaved']):.0f} / {1e3 * np.median(row['round_s_interleaved']):.0f} / "
-                  f"{1e3 * max(row['round_s_interleaved']):.0f} ms/round")
-        print(f"N={n:,}: {row['rounds_per_s']:.2f} rounds/s, {oc['min']:.1%} / {oc['median']:.1%} / {oc['max']:.1%} "
-              f"of the interleaved copy (min / median / max), load {os.getloadavg()[0]:.1f}, "
-              f"{row['rounds_done']} rounds done, "
-              f"train loss {row['train_loss']:.4f}, peak RSS {_fmt_bytes(row['peak_rss_bytes'])} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"N={n:,} previous sampler: {rs.min():.0f} / {np.median(rs):.0f} / {rs.max():.0f} ms/round, "
+                f"{po['min']:.1%} / {po['median']:.1%} / {po['max']:.1%} of copy; this sampler: "
+                f"{1e3 * min(row['round_s_interleaved']):.0f} / {1e3 * np.median(row['round_s_interleaved']):.0f} / "
+                f"{1e3 * max(row['round_s_interleaved']):.0f} ms/round"
+            )
+        print(
+            f"N={n:,}: {row['rounds_per_s']:.2f} rounds/s, {oc['min']:.1%} / {oc['median']:.1%} / {oc['max']:.1%} "
+            f"of the interleaved copy (min / median / max), load {os.getloadavg()[0]:.1f}, "
+            f"{row['rounds_done']} rounds done, "
+            f"train loss {row['train_loss']:.4f}, peak RSS {_fmt_bytes(row['peak_rss_bytes'])} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     md = table(rows, copy_gbs)
     print()
-    print(f"{args.topology}, {args.task}, d = {rows[0]['d']}, m = {args.examples} examples/node, "
-          f"B = {args.batch}, {args.rounds} rounds per scan call; copy baseline {copy_gbs:.1f} GB/s")
+    print(
+        f"{args.topology}, {args.task}, d = {rows[0]['d']}, m = {args.examples} examples/node, "
+        f"B = {args.batch}, {args.rounds} rounds per scan call; copy baseline {copy_gbs:.1f} GB/s"
+    )
     print(md)
     if args.md:
         with open(args.md, "w") as f:

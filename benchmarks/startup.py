@@ -53,9 +53,13 @@ def main(argv=None):
         print(f"{label:40s} min {rows[-1][1]:.3f} s  median {rows[-1][2]:.3f} s  max {rows[-1][3]:.3f} s", flush=True)
     print(f"# {cpu_name()}, load average {load} (before), {load_average()} (after)")
     if args.md:
-        lines = [f"Command: `python benchmarks/startup.py --repeats {args.repeats}`  ",
-                 f"Machine: {cpu_name()}, load average {load} before, {load_average()} after", "",
-                 "| command | min (s) | median (s) | max (s) |", "|---|---:|---:|---:|"]
+        lines = [
+            f"Command: `python benchmarks/startup.py --repeats {args.repeats}`  ",
+            f"Machine: {cpu_name()}, load average {load} before, {load_average()} after",
+            "",
+            "| command | min (s) | median (s) | max (s) |",
+            "|---|---:|---:|---:|",
+        ]
         lines += [f"| `{label}` | {a:.3f} | {b:.3f} | {c:.3f} |" for label, a, b, c in rows]
         Path(args.md).write_text("\n".join(lines) + "\n")
         print(f"wrote {args.md}")

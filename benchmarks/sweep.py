@@ -97,20 +97,30 @@ def main(argv=None):
     order = np.lexsort(([p["optimizer.learning_rate"] for p in points], [p["seed"] for p in points]))
     gap = float(np.max(np.abs(swept - np.asarray(alone)[order]) / np.abs(np.asarray(alone)[order])))
 
-    print(f"# {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), "
-          f"jax {jax.__version__}")
-    print(f"# {n} runs = {args.seeds} seeds x {len(lrs)} learning rates, {c.num_nodes} nodes, {c.num_rounds} rounds, "
-          f"evaluation every {c.eval_every}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), "
+        f"jax {jax.__version__}"
+    )
+    print(
+        f"# {n} runs = {args.seeds} seeds x {len(lrs)} learning rates, {c.num_nodes} nodes, {c.num_rounds} rounds, "
+        f"evaluation every {c.eval_every}"
+    )
     print(f"{'method':<28}{'seconds':>10}{'runs/s':>10}{'speed-up':>10}")
-    for name, sec in ((f"rj.run x {n} (baseline)", t_runs), (f"one compile, {n} calls", t_loop),
-                      ("rj.sweep (one program)", t_sweep)):
+    for name, sec in (
+        (f"rj.run x {n} (baseline)", t_runs),
+        (f"one compile, {n} calls", t_loop),
+        ("rj.sweep (one program)", t_sweep),
+    ):
         print(f"{name:<28}{sec:>10.2f}{n / sec:>10.2f}{t_runs / sec:>9.2f}x")
     ref = np.asarray(alone)
     loop_gap = float(np.max(np.abs(np.asarray(looped) - ref) / np.abs(ref)))
-    print(f"largest relative gap in final test loss against the runs alone: sweep {gap:.1e}, "
-          f"one compile {loop_gap:.1e}")
-    print(f"target: rj.sweep >= 4x faster than rj.run x {n}: {'met' if t_runs / t_sweep >= 4 else 'NOT met'} "
-          f"({t_runs / t_sweep:.1f}x)")
+    print(
+        f"largest relative gap in final test loss against the runs alone: sweep {gap:.1e}, one compile {loop_gap:.1e}"
+    )
+    print(
+        f"target: rj.sweep >= 4x faster than rj.run x {n}: {'met' if t_runs / t_sweep >= 4 else 'NOT met'} "
+        f"({t_runs / t_sweep:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

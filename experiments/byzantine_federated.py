@@ -33,9 +33,23 @@ import numpy as np  # noqa: E402
 
 import redeem_jax as rj  # noqa: E402
 
-RULES = ("mean", "median", "trimmed_mean", "geometric_median", "krum", "multi_krum", "centered_clipping",
-         "meamed", "caf", "nnm+trimmed_mean", "nnm+median", "nnm+krum", "nnm+geometric_median",
-         "arc+nnm+trimmed_mean", "bucketing+trimmed_mean")
+RULES = (
+    "mean",
+    "median",
+    "trimmed_mean",
+    "geometric_median",
+    "krum",
+    "multi_krum",
+    "centered_clipping",
+    "meamed",
+    "caf",
+    "nnm+trimmed_mean",
+    "nnm+median",
+    "nnm+krum",
+    "nnm+geometric_median",
+    "arc+nnm+trimmed_mean",
+    "bucketing+trimmed_mean",
+)
 ATTACKS = ("none", "sign_flip", "ipm", "alie", "alie_opt", "ipm_opt", "mimic", "gaussian", "label_flip", "nan")
 
 
@@ -77,8 +91,9 @@ def markdown(records, alphas, rules, attacks) -> str:
             cells = []
             for atk in attacks:
                 r = next((r for r in records if r["alpha"] == a and r["rule"] == rule and r["attack"] == atk), None)
-                cells.append("—" if r is None else ("diverged" if not np.isfinite(r["accuracy"]) else
-                                                    f"{r['accuracy']:.3f}"))
+                cells.append(
+                    "—" if r is None else ("diverged" if not np.isfinite(r["accuracy"]) else f"{r['accuracy']:.3f}")
+                )
             out.append(f"| {rule} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -91,8 +106,9 @@ def plot(records, alphas, rules, attacks, path):
 
     from redeem_jax.plotting import annotated_heatmap
 
-    fig, axes = plt.subplots(1, len(alphas), figsize=(1.0 + 0.9 * len(attacks) * len(alphas), 0.45 * len(rules) + 2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(alphas), figsize=(1.0 + 0.9 * len(attacks) * len(alphas), 0.45 * len(rules) + 2), squeeze=False
+    )
     for j, a in enumerate(alphas):
         M = np.full((len(rules), len(attacks)), np.nan)
         for r in records:
@@ -132,7 +148,12 @@ def main(argv=None):
     alphas = [float(a) for a in args.alphas.split(",")]
     rounds = args.rounds
     if args.quick:
-        rules, attacks, alphas, rounds = ["mean", "nnm+trimmed_mean", "median"], ["none", "sign_flip", "alie"], [1.0], 30
+        rules, attacks, alphas, rounds = (
+            ["mean", "nnm+trimmed_mean", "median"],
+            ["none", "sign_flip", "alie"],
+            [1.0],
+            30,
+        )
     os.makedirs(args.out, exist_ok=True)
     records, t0 = [], time.perf_counter()
     total = len(rules) * len(attacks) * len(alphas)
@@ -142,14 +163,28 @@ def main(argv=None):
                 t = time.perf_counter()
                 res = rj.run(config(args.dataset, args.n, f, a, rule, atk, rounds, args.seed))
                 acc = res.final.get("node_test_accuracy_mean", float("nan"))
-                records.append({"alpha": a, "rule": rule, "attack": atk, "n": args.n, "f": f, "accuracy": acc,
-                                "seconds": time.perf_counter() - t})
-                print(f"[{len(records)}/{total}] α={a} {rule:24s} {atk:12s} acc={acc:.3f} "
-                      f"({time.perf_counter() - t:.1f}s)", flush=True)
+                records.append(
+                    {
+                        "alpha": a,
+                        "rule": rule,
+                        "attack": atk,
+                        "n": args.n,
+                        "f": f,
+                        "accuracy": acc,
+                        "seconds": time.perf_counter() - t,
+                    }
+                )
+                print(
+                    f"[{len(records)}/{total}] α={a} {rule:24s} {atk:12s} acc={acc:.3f} "
+                    f"({time.perf_counter() - t:.1f}s)",
+                    flush=True,
+                )
     table = markdown(records, alphas, rules, attacks)
-    header = (f"Command: `python experiments/byzantine_federated.py {' '.join(argv or sys.argv[1:])}`  \n"
-              f"{args.dataset}, n = {args.n} nodes of which f = {f} Byzantine, {rounds} rounds, worker momentum 0.9, "
-              f"lr 0.05, batch 16, seed {args.seed}; total {time.perf_counter() - t0:.0f} s.\n")
+    header = (
+        f"Command: `python experiments/byzantine_federated.py {' '.join(argv or sys.argv[1:])}`  \n"
+        f"{args.dataset}, n = {args.n} nodes of which f = {f} Byzantine, {rounds} rounds, worker momentum 0.9, "
+        f"lr 0.05, batch 16, seed {args.seed}; total {time.perf_counter() - t0:.0f} s.\n"
+    )
     with open(os.path.join(args.out, "byzantine_federated.md"), "w") as fh:
         fh.write(header + table)
     with open(os.path.join(args.out, "byzantine_federated.json"), "w") as fh:

@@ -16,6 +16,7 @@ rho_measured from the tail fit, the curve) and ``DIR/consensus_rate.png``.
 Expected: measured rho within 0.1% of theory for every static family;
 one-peer n = 16, 64 exact (relative distance < 1e-25) at round 4, 6; n = 12 not.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,19 +35,35 @@ import jax.numpy as jnp  # noqa: E402
 
 from redeem_jax import gossip, theory, topology  # noqa: E402
 
-DECADES = 24          # run until theory predicts this many decades of decay
-FLOOR = 1e-26         # relative distance below which float64 roundoff dominates (fits stop)
-EXACT = 1e-25         # "exact average" threshold for one-peer graphs
+DECADES = 24  # run until theory predicts this many decades of decay
+FLOOR = 1e-26  # relative distance below which float64 roundoff dominates (fits stop)
+EXACT = 1e-25  # "exact average" threshold for one-peer graphs
 
 
 def _cases(quick: bool):
     if quick:
-        return [("ring", 16), ("torus", 16), ("hypercube", 16), ("exponential", 16),
-                ("one_peer_exponential", 16), ("one_peer_exponential", 12)]
-    return [("ring", 16), ("ring", 32), ("ring", 64), ("torus", 16), ("torus", 64),
-            ("hypercube", 16), ("hypercube", 64), ("exponential", 16), ("exponential", 64),
-            ("one_peer_exponential", 16), ("one_peer_exponential", 64),
-            ("one_peer_exponential", 12)]
+        return [
+            ("ring", 16),
+            ("torus", 16),
+            ("hypercube", 16),
+            ("exponential", 16),
+            ("one_peer_exponential", 16),
+            ("one_peer_exponential", 12),
+        ]
+    return [
+        ("ring", 16),
+        ("ring", 32),
+        ("ring", 64),
+        ("torus", 16),
+        ("torus", 64),
+        ("hypercube", 16),
+        ("hypercube", 64),
+        ("exponential", 16),
+        ("exponential", 64),
+        ("one_peer_exponential", 16),
+        ("one_peer_exponential", 64),
+        ("one_peer_exponential", 12),
+    ]
 
 
 def _rounds(topo, rho_th: float, cap: int) -> int:
@@ -89,7 +106,7 @@ def fit_tail(rel: np.ndarray, period: int):
     ts = t[ok]
     if ts.size < 4:
         return None, None, None
-    ts = ts[ts.size // 2:]
+    ts = ts[ts.size // 2 :]
     slope = np.polyfit(ts, np.log10(rel[ts]), 1)[0]
     return float(10 ** (slope / 2)), int(ts[0]), int(ts[-1])
 
@@ -112,19 +129,28 @@ def run(quick: bool = False):
         rho_m, t_a, t_b = fit_tail(rel, topo.period)
         # Only one-peer graphs average exactly; static ones merely decay past EXACT.
         exact = np.flatnonzero(rel < EXACT) if name == "one_peer_exponential" else np.zeros(0)
-        results.append(dict(
-            family=name, label=label(name, topo), n=topo.n, period=topo.period, rounds=rounds,
-            rho_theory=rho_th, rho_measured=rho_m, fit_rounds=[t_a, t_b],
-            rel_error=(abs(rho_m - rho_th) / rho_th) if (rho_m is not None and rho_th > 0) else None,
-            exact_after_rounds=int(exact[0]) if exact.size else None,
-            seconds=time.perf_counter() - t0,
-            log10_distance=[round(float(v), 4) for v in np.log10(np.maximum(rel, 1e-300))],
-        ))
+        results.append(
+            dict(
+                family=name,
+                label=label(name, topo),
+                n=topo.n,
+                period=topo.period,
+                rounds=rounds,
+                rho_theory=rho_th,
+                rho_measured=rho_m,
+                fit_rounds=[t_a, t_b],
+                rel_error=(abs(rho_m - rho_th) / rho_th) if (rho_m is not None and rho_th > 0) else None,
+                exact_after_rounds=int(exact[0]) if exact.size else None,
+                seconds=time.perf_counter() - t0,
+                log10_distance=[round(float(v), 4) for v in np.log10(np.maximum(rel, 1e-300))],
+            )
+        )
     return results
 
 
 def plot(results, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -141,14 +167,20 @@ def plot(results, path):
             else:
                 what = ""
             # Measured: wide and translucent, so the theory line stays visible on top.
-            ax.plot(np.arange(y.size), y, color=c, lw=4, alpha=0.45,
-                    label=f"{r['label']}: measured{what}")
+            ax.plot(np.arange(y.size), y, color=c, lw=4, alpha=0.45, label=f"{r['label']}: measured{what}")
             if r["rho_theory"] > 0 and r["fit_rounds"][1] is not None:
                 t_ref = r["fit_rounds"][1]
                 t = np.arange(y.size)
                 line = y[t_ref] + 2 * (t - t_ref) * math.log10(r["rho_theory"])
-                ax.plot(t, line, color="k", ls="--", lw=0.9, zorder=5,
-                        label=f"theory 2t·log10(rho), rho={r['rho_theory']:.4f}")
+                ax.plot(
+                    t,
+                    line,
+                    color="k",
+                    ls="--",
+                    lw=0.9,
+                    zorder=5,
+                    label=f"theory 2t·log10(rho), rho={r['rho_theory']:.4f}",
+                )
         ax.set_title(fam.replace("_", " "))
         ax.set_xlabel("gossip round t")
         ax.set_ylabel("log10 consensus distance / initial")
@@ -159,8 +191,15 @@ def plot(results, path):
     for i, r in enumerate([r for r in results if r["family"] in ("one_peer_exponential", "exponential")]):
         y = np.asarray(r["log10_distance"])[:25]
         ls = "-" if r["family"] == "one_peer_exponential" else ":"
-        ax.plot(np.arange(y.size), y, ls, marker="o", ms=3, color=f"C{i}",
-                label=r["label"].replace("one_peer_exponential", "one-peer"))
+        ax.plot(
+            np.arange(y.size),
+            y,
+            ls,
+            marker="o",
+            ms=3,
+            color=f"C{i}",
+            label=r["label"].replace("one_peer_exponential", "one-peer"),
+        )
         if r["family"] == "one_peer_exponential" and r["n"] & (r["n"] - 1) == 0:
             ax.axvline(theory.one_peer_exact_rounds(r["n"]), color=f"C{i}", lw=0.8, alpha=0.6)
     ax.set_title("exact averaging: one-peer exp. (vertical: log2 n)")

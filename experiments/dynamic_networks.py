@@ -158,13 +158,13 @@ def measure(topo, vs: np.ndarray, seeds: int, rounds: int, params=None, n_iso: i
                 kg = jax.random.fold_in(key, r)
                 nbr, w, sw, m = t.draw(r, kg)
                 W = ur.dense_mixing(n, (nbr, w.astype(jnp.float64), sw.astype(jnp.float64), m))
-                r_v = jnp.sum((C @ (W @ v)) ** 2) / jnp.sum(v ** 2)
+                r_v = jnp.sum((C @ (W @ v)) ** 2) / jnp.sum(v**2)
                 z = C @ jax.random.normal(jax.random.fold_in(kg, 1), (n, n_iso), jnp.float64)
-                r_iso = jnp.sum((C @ (W @ z)) ** 2, 0) / jnp.sum(z ** 2, 0)
+                r_iso = jnp.sum((C @ (W @ z)) ** 2, 0) / jnp.sum(z**2, 0)
                 xn = C @ (W @ x)
-                r_tr = jnp.sum(xn ** 2) / jnp.sum(x ** 2)
+                r_tr = jnp.sum(xn**2) / jnp.sum(x**2)
                 # Rescale so the trajectory never underflows; the ratio is scale-free.
-                return xn / jnp.sqrt(jnp.sum(xn ** 2)), (r_v, jnp.mean(r_iso), r_tr)
+                return xn / jnp.sqrt(jnp.sum(xn**2)), (r_v, jnp.mean(r_iso), r_tr)
 
             x0 = C @ jax.random.normal(jax.random.fold_in(key, 2**20), (n,), jnp.float64)
             _, (rv, ri, rt) = jax.lax.scan(body, x0 / jnp.linalg.norm(x0), jnp.arange(rounds))
@@ -182,13 +182,25 @@ def _row(model, param_name, param, n, topo, th, m, j, rounds):
     seeds = rv.size
     count = seeds * rounds
     return dict(
-        model=model, param=param_name, value=param, n=n, seeds=seeds, rounds=rounds,
-        lambda_theory=lam, trace_theory=trace,
-        worst_mean=float(rv.mean()), worst_se=float(math.sqrt(vv.mean() / count)),
-        worst_min=float(rv.min()), worst_max=float(rv.max()),
-        iso_mean=float(ri.mean()), iso_se=float(math.sqrt(vi.mean() / count)),
-        iso_min=float(ri.min()), iso_max=float(ri.max()),
-        traj_mean=float(rt.mean()), traj_min=float(rt.min()), traj_max=float(rt.max()),
+        model=model,
+        param=param_name,
+        value=param,
+        n=n,
+        seeds=seeds,
+        rounds=rounds,
+        lambda_theory=lam,
+        trace_theory=trace,
+        worst_mean=float(rv.mean()),
+        worst_se=float(math.sqrt(vv.mean() / count)),
+        worst_min=float(rv.min()),
+        worst_max=float(rv.max()),
+        iso_mean=float(ri.mean()),
+        iso_se=float(math.sqrt(vi.mean() / count)),
+        iso_min=float(ri.min()),
+        iso_max=float(ri.max()),
+        traj_mean=float(rt.mean()),
+        traj_min=float(rt.min()),
+        traj_max=float(rt.max()),
         doubly_stochastic=bool(getattr(topo, "is_doubly_stochastic", False)),
     )
 
@@ -211,18 +223,28 @@ def contraction(quick: bool):
 
     # Failures and churn: one program per model for its whole p (or q) grid, the value traced.
     grid = (0.3, 0.6, 0.9) if quick else (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    for model, make in (("link_failures_self", lambda v: ur.link_failures(ring, v, "self")),
-                        ("link_failures_renormalize", lambda v: ur.link_failures(ring, v, "renormalize")),
-                        ("churn_self", lambda v: ur.churn(ring, q=v, policy="self"))):
+    for model, make in (
+        ("link_failures_self", lambda v: ur.link_failures(ring, v, "self")),
+        ("link_failures_renormalize", lambda v: ur.link_failures(ring, v, "renormalize")),
+        ("churn_self", lambda v: ur.churn(ring, q=v, policy="self")),
+    ):
         topos = [make(v) for v in grid]
         ths = [_theory(t) for t in topos]
         m = measure(topos[0], np.stack([t[2] for t in ths]), seeds, rounds, params=np.asarray(grid))
         for j, v in enumerate(grid):
             rows.append(_row(model, "q" if model.startswith("churn") else "p", v, n, topos[j], ths[j], m, j, rounds))
 
-    bases = (("ring", ring),) if quick else (
-        ("ring", ring), ("torus", rj.topology.torus(4, n // 4)), ("hypercube", rj.topology.hypercube(n)),
-        ("4-regular", rj.topology.random_regular(n, 4, seed=0)), ("complete", rj.topology.complete(n)))
+    bases = (
+        (("ring", ring),)
+        if quick
+        else (
+            ("ring", ring),
+            ("torus", rj.topology.torus(4, n // 4)),
+            ("hypercube", rj.topology.hypercube(n)),
+            ("4-regular", rj.topology.random_regular(n, 4, seed=0)),
+            ("complete", rj.topology.complete(n)),
+        )
+    )
     for model, make in (("pairwise", rg.pairwise), ("random_matching", rg.random_matching)):
         for bname, base in bases:
             topo = make(base)
@@ -332,12 +354,18 @@ def plot_contraction(rows, path):
     plt = _plt()
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
     groups = {
-        "epidemic_oracle": ["epidemic_oracle"], "epidemic_local": ["epidemic_local"],
-        "link_failures": ["link_failures_self", "link_failures_renormalize"], "churn": ["churn_self"],
+        "epidemic_oracle": ["epidemic_oracle"],
+        "epidemic_local": ["epidemic_local"],
+        "link_failures": ["link_failures_self", "link_failures_renormalize"],
+        "churn": ["churn_self"],
         "pairwise_matching": ["pairwise", "random_matching"],
     }
-    xlabels = {"s": "fan-out s (messages sent per node per round)", "p": "link-up probability p per round",
-               "q": "online probability q per node per round", "base": "base graph sampled"}
+    xlabels = {
+        "s": "fan-out s (messages sent per node per round)",
+        "p": "link-up probability p per round",
+        "q": "online probability q per node per round",
+        "base": "base graph sampled",
+    }
     for ax, panel in zip(axes.flat, PANELS):
         for i, model in enumerate(groups[panel]):
             pts = [r for r in rows if r["model"] == model]
@@ -353,17 +381,39 @@ def plot_contraction(rows, path):
                 return 1.0 - np.array([r[key] for r in pts])
 
             # Theory: a line over p, q, s; a wide tick per base graph (categories are not a continuum).
-            lw, sty = ({"ls": "none", "marker": "_", "ms": 22, "mew": 1.5}, {"ls": "none", "marker": "_", "ms": 14,
-                       "mew": 1.0}) if cats else ({"ls": "-", "lw": 1.2}, {"ls": "--", "lw": 1.2})
+            lw, sty = (
+                (
+                    {"ls": "none", "marker": "_", "ms": 22, "mew": 1.5},
+                    {"ls": "none", "marker": "_", "ms": 14, "mew": 1.0},
+                )
+                if cats
+                else ({"ls": "-", "lw": 1.2}, {"ls": "--", "lw": 1.2})
+            )
             ax.plot(x, gap("lambda_theory"), color=col, label=f"{short}: theory 1 − λ (worst x)", **lw)
             ax.plot(x, gap("trace_theory"), color=col, label=f"{short}: theory 1 − tr S/(n−1) (isotropic x)", **sty)
             for key, mk, what in (("worst", "o", "x = top eigenvector"), ("iso", "s", "isotropic x")):
                 y = gap(f"{key}_mean")
                 err = np.stack([y - gap(f"{key}_max"), gap(f"{key}_min") - y])
-                ax.errorbar(x, y, yerr=np.abs(err), fmt=mk, color=col, ms=5, mfc="none", capsize=2,
-                            label=f"{short}: measured, {what}")
-            ax.plot(x, gap("traj_mean"), "^", color=col, ms=4, alpha=0.5,
-                    label=f"{short}: measured along a trajectory (≥ 1 − λ)")
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=np.abs(err),
+                    fmt=mk,
+                    color=col,
+                    ms=5,
+                    mfc="none",
+                    capsize=2,
+                    label=f"{short}: measured, {what}",
+                )
+            ax.plot(
+                x,
+                gap("traj_mean"),
+                "^",
+                color=col,
+                ms=4,
+                alpha=0.5,
+                label=f"{short}: measured along a trajectory (≥ 1 − λ)",
+            )
             if cats:
                 ax.set_xticks(np.arange(len(pts)), [r["value"] for r in pts])
             n, seeds, rounds = pts[0]["n"], pts[0]["seeds"], pts[0]["rounds"]
@@ -378,16 +428,32 @@ def plot_contraction(rows, path):
         th = np.array([r["lambda_theory" if key == "worst" else "trace_theory"] for r in rows])
         me = np.array([r[f"{key}_mean"] for r in rows])
         se = np.array([r[f"{key}_se"] for r in rows])
-        ax.errorbar(th, me, yerr=5 * se, fmt="os"[i], ms=4, mfc="none", color=f"C{i}",
-                    label=("x = top eigenvector vs λ" if key == "worst" else "isotropic x vs tr S/(n−1)") + " (bars: ±5 SE)")
+        ax.errorbar(
+            th,
+            me,
+            yerr=5 * se,
+            fmt="os"[i],
+            ms=4,
+            mfc="none",
+            color=f"C{i}",
+            label=("x = top eigenvector vs λ" if key == "worst" else "isotropic x vs tr S/(n−1)") + " (bars: ±5 SE)",
+        )
     lim = [0, 1.02]
     ax.plot(lim, lim, "k-", lw=0.8, label="measured = theory")
-    ax.set(xlim=lim, ylim=lim, xlabel="theory: E ratio per round (closed form)",
-           ylabel="measured: mean ratio over rounds and seeds", title="every model and parameter: measured vs theory")
+    ax.set(
+        xlim=lim,
+        ylim=lim,
+        xlabel="theory: E ratio per round (closed form)",
+        ylabel="measured: mean ratio over rounds and seeds",
+        title="every model and parameter: measured vs theory",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.suptitle(f"One round's mean-square contraction E‖(I−J)Wx‖²/‖(I−J)x‖² on graphs drawn every round: "
-                 f"{seeds} seeds × {rounds} draws per point (bars: min–max over seeds)", fontsize=11)
+    fig.suptitle(
+        f"One round's mean-square contraction E‖(I−J)Wx‖²/‖(I−J)x‖² on graphs drawn every round: "
+        f"{seeds} seeds × {rounds} draws per point (bars: min–max over seeds)",
+        fontsize=11,
+    )
     return _save(fig, path)
 
 
@@ -424,10 +490,12 @@ def plot_dsgd(band, n, rounds, seeds, path):
         m = "node_test_accuracy_mean"
         for ax, x in ((axes[0], part["round"]), (axes[1], part["models_sent_per_node_mean"])):
             _curve(ax, x, part[f"{m}_mean"], part[f"{m}_min"], part[f"{m}_max"], f"C{i}", g)
-    axes[0].set(xlabel="round", ylabel="test accuracy (mean over nodes' own models)",
-                title="against rounds")
-    axes[1].set(xlabel="models sent per node (bytes_sent / (n · model bytes))", ylabel="test accuracy (mean over nodes' own models)",
-                title="against communication")
+    axes[0].set(xlabel="round", ylabel="test accuracy (mean over nodes' own models)", title="against rounds")
+    axes[1].set(
+        xlabel="models sent per node (bytes_sent / (n · model bytes))",
+        ylabel="test accuracy (mean over nodes' own models)",
+        title="against communication",
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1)
@@ -445,22 +513,32 @@ def plot_robust(band, n, rounds, seeds, path):
             # Round 0 has every node at the same init (distance ~1e-12): left off the log axis.
             p = part if m != "consensus_distance" else part[part["round"] > 0]
             _curve(ax, p["round"], p[f"{m}_mean"], p[f"{m}_min"], p[f"{m}_max"], f"C{i}", g)
-    axes[0].set(xlabel="round", ylabel="test accuracy (mean over honest nodes' models)", ylim=(0, 1),
-                title="honest accuracy")
-    axes[1].set(xlabel="round", ylabel="honest consensus distance (1/|H|) Σ‖x_i − x̄‖²", yscale="log",
-                title="honest consensus distance")
+    axes[0].set(
+        xlabel="round", ylabel="test accuracy (mean over honest nodes' models)", ylim=(0, 1), title="honest accuracy"
+    )
+    axes[1].set(
+        xlabel="round",
+        ylabel="honest consensus distance (1/|H|) Σ‖x_i − x̄‖²",
+        yscale="log",
+        title="honest consensus distance",
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"ClippedGossip on a 4×4 torus with link failures (policy self), n = {n}, {rounds} rounds, "
-                 f"{seeds} seeds (mean, min–max band)")
+    fig.suptitle(
+        f"ClippedGossip on a 4×4 torus with link failures (policy self), n = {n}, {rounds} rounds, "
+        f"{seeds} seeds (mean, min–max band)"
+    )
     return _save(fig, path)
 
 
 def _final(band, by):
     last = band.sort_values("round").groupby(by, sort=False).tail(1)
-    cols = [by, "round", "seeds"] + [c for c in band.columns if c.startswith(("node_test_accuracy_mean_", "test_accuracy_",
-                                                                              "consensus_distance_", "models_sent_per_node_"))]
+    cols = [by, "round", "seeds"] + [
+        c
+        for c in band.columns
+        if c.startswith(("node_test_accuracy_mean_", "test_accuracy_", "consensus_distance_", "models_sent_per_node_"))
+    ]
     return last[[c for c in cols if c in last.columns]].reset_index(drop=True)
 
 
@@ -469,8 +547,11 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/dynamic_networks", help="output directory")
     ap.add_argument("--quick", action="store_true", help="tiny n, few rounds, 2 seeds (the test)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the learning runs (parts 2, 3)")
-    ap.add_argument("--parts", default="contraction,dsgd,robust",
-                    help="which parts to run; summary.json keeps the other parts' entries")
+    ap.add_argument(
+        "--parts",
+        default="contraction,dsgd,robust",
+        help="which parts to run; summary.json keeps the other parts' entries",
+    )
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     os.makedirs(args.out, exist_ok=True)
@@ -489,23 +570,30 @@ def main(argv=None):
         with open(os.path.join(args.out, "contraction.json"), "w") as fh:
             json.dump(rows, fh, indent=1)
         axes["contraction"] = plot_contraction(rows, os.path.join(args.out, "dynamic_contraction.png"))
-        print(f"{'model':28}{'param':>12}{'lambda':>10}{'measured':>10}{'SE':>9}{'tr/(n-1)':>10}{'measured':>10}{'traj':>9}")
+        print(
+            f"{'model':28}{'param':>12}{'lambda':>10}{'measured':>10}{'SE':>9}{'tr/(n-1)':>10}{'measured':>10}{'traj':>9}"
+        )
         for r in rows:
-            print(f"{r['model']:28}{r['param'] + '=' + str(r['value']):>12}{r['lambda_theory']:10.5f}"
-                  f"{r['worst_mean']:10.5f}{r['worst_se']:9.1e}{r['trace_theory']:10.5f}{r['iso_mean']:10.5f}"
-                  f"{r['traj_mean']:9.5f}")
+            print(
+                f"{r['model']:28}{r['param'] + '=' + str(r['value']):>12}{r['lambda_theory']:10.5f}"
+                f"{r['worst_mean']:10.5f}{r['worst_se']:9.1e}{r['trace_theory']:10.5f}{r['iso_mean']:10.5f}"
+                f"{r['traj_mean']:9.5f}"
+            )
         print(f"contraction: {times['contraction_s']:.1f} s", flush=True)
 
     if "dsgd" in parts:
         t = time.perf_counter()
         df, n_d, rounds_d = dsgd(args.quick, seeds)
         times["dsgd_s"] = time.perf_counter() - t
-        band = _band(df, ["node_test_accuracy_mean", "test_accuracy", "consensus_distance", "models_sent_per_node"], "graph")
+        band = _band(
+            df, ["node_test_accuracy_mean", "test_accuracy", "consensus_distance", "models_sent_per_node"], "graph"
+        )
         band.to_csv(os.path.join(args.out, "dsgd.csv"), index=False)
         axes["dsgd"] = plot_dsgd(band, n_d, rounds_d, len(seeds), os.path.join(args.out, "dynamic_dsgd.png"))
         fd = _final(band, "graph")
-        summary["dsgd"] = dict(n=n_d, rounds=rounds_d, traces=sorted(set(int(v) for v in df["traces"])),
-                               final=fd.to_dict("records"))
+        summary["dsgd"] = dict(
+            n=n_d, rounds=rounds_d, traces=sorted(set(int(v) for v in df["traces"])), final=fd.to_dict("records")
+        )
         with pd.option_context("display.width", 250, "display.max_columns", 20):
             print(fd.to_string(index=False), flush=True)
 
@@ -535,7 +623,9 @@ def main(argv=None):
         times["total_s"] = sum(v for k, v in times.items() if k != "total_s")
         with open(spath, "w") as fh:
             json.dump(summary, fh, indent=1)
-    print(f"wrote {args.out} ({', '.join(sorted(parts))}; {sum(times.values()) - times['total_s']:.1f} s in all parts so far)")
+    print(
+        f"wrote {args.out} ({', '.join(sorted(parts))}; {sum(times.values()) - times['total_s']:.1f} s in all parts so far)"
+    )
     return summary
 
 

@@ -31,6 +31,7 @@ tables). Measured: D-SGD's bias equals the closed form to < 6e-5 relative at eve
 methods end within 2e-6 of x* (float32) with tail rates within 6e-4 of theory; D-SGD ATC α = 0.2
 stalls at its closed-form ‖X∞ − 1x*ᵀ‖_F (0.74–0.89 over the draws).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import redeem_jax as rj  # noqa: E402
 
-DIM, M = 5, 20                        # model dimension; examples per node (one full batch)
-RING_N = 16                           # (a): ring
+DIM, M = 5, 20  # model dimension; examples per node (one full batch)
+RING_N = 16  # (a): ring
 REG = {"num_nodes": 8, "topology.name": "random_regular", "topology.k": 3, "topology.seed": 6}  # (b)
 EXACT = (  # (b): label, algorithm, order, step — each with a real dominant eigenvalue
     ("DIGing CTA", "diging", "cta", 0.15),
@@ -58,19 +59,35 @@ EXACT = (  # (b): label, algorithm, order, step — each with a real dominant ei
     ("exact diffusion", "exact_diffusion", None, 0.5),
     ("D²", "d2", None, 0.7),
 )
-DSGD_REF = ("D-SGD ATC", "dsgd", "atc", 0.2)   # the biased reference in panel (b)
-FIT_WINDOW = (1e-5, 1e-2)             # absolute ‖X − 1x*ᵀ‖_F range of the fitted linear tail
-TARGET = 1e-8                          # (b) run until theory predicts this error, not far beyond
-TRANSIENT = 1e-9                       # (a) run until dsgd_rate^t is below this
+DSGD_REF = ("D-SGD ATC", "dsgd", "atc", 0.2)  # the biased reference in panel (b)
+FIT_WINDOW = (1e-5, 1e-2)  # absolute ‖X − 1x*ᵀ‖_F range of the fitted linear tail
+TARGET = 1e-8  # (b) run until theory predicts this error, not far beyond
+TRANSIENT = 1e-9  # (a) run until dsgd_rate^t is below this
 
 
 def config(n: int, algorithm: str, lr: float, seed: int, order: str | None = None, **over):
     c = rj.config.base_config()
-    fields = {"seed": seed, "num_nodes": n, "topology.name": "ring", "data.name": "linear", "data.whiten": True,
-              "data.dim": DIM, "data.num_examples": n * M, "data.heterogeneity": 1.0, "data.batch_size": M,
-              "model.name": "linear", "optimizer.name": "sgd", "optimizer.learning_rate": lr,
-              "num_rounds": 1, "eval_every": 1, "checkpoint_every": 0, "progress": False, "plots": False,
-              "algorithm.name": algorithm, **over}
+    fields = {
+        "seed": seed,
+        "num_nodes": n,
+        "topology.name": "ring",
+        "data.name": "linear",
+        "data.whiten": True,
+        "data.dim": DIM,
+        "data.num_examples": n * M,
+        "data.heterogeneity": 1.0,
+        "data.batch_size": M,
+        "model.name": "linear",
+        "optimizer.name": "sgd",
+        "optimizer.learning_rate": lr,
+        "num_rounds": 1,
+        "eval_every": 1,
+        "checkpoint_every": 0,
+        "progress": False,
+        "plots": False,
+        "algorithm.name": algorithm,
+        **over,
+    }
     if order is not None:
         fields["algorithm.order"] = order
     for k, v in fields.items():
@@ -107,6 +124,7 @@ def run_seeds(exps, lrs, rounds: int, trajectory: bool = False) -> np.ndarray:
         def body(s, _):
             s, _ = exp.step(s, data, hp)
             return s, (exp.models(s) if trajectory else None)
+
         s, xs = jax.lax.scan(body, state, None, length=rounds)
         return jnp.concatenate([exp.models(state)[None], xs]) if trajectory else exp.models(s)
 
@@ -135,30 +153,43 @@ def theory_rate(W, name: str, order: str | None, lr: float) -> float:
 
 # --------------------------------------------------------------------------- (a)
 def run_bias(seeds, lrs, fine):
-    out = {"alphas": [float(a) for a in lrs], "fine_alphas": [float(a) for a in fine], "seeds": list(seeds),
-           "orders": {}, "closed_form_fine": {}}
+    out = {
+        "alphas": [float(a) for a in lrs],
+        "fine_alphas": [float(a) for a in fine],
+        "seeds": list(seeds),
+        "orders": {},
+        "closed_form_fine": {},
+    }
     for order in ("cta", "atc"):
         exps = [rj.build(config(RING_N, "dsgd", float(lrs[0]), seed, order)) for seed in seeds]
         W = problem(exps[0])[2]
         rate = max(rj.theory.dsgd_rate(W, a, 1.0, order) for a in lrs)
         rounds = math.ceil(math.log(TRANSIENT) / math.log(rate))
-        xs = run_seeds(exps, lrs, rounds)                      # [S, L, n, d]
+        xs = run_seeds(exps, lrs, rounds)  # [S, L, n, d]
         rows, fine_curves = [], []
         for seed, exp, xs_seed in zip(seeds, exps, xs):
             B, x_star, W = problem(exp)
             for a, x in zip(lrs, xs_seed):
                 th = rj.theory.dsgd_consensus_bias(W, B, float(a), order)
                 meas = float(np.mean(np.sum((x - x_star) ** 2, axis=1)))
-                rows.append({"seed": seed, "alpha": float(a), "rounds": rounds,
-                                 "measured": meas, "closed_form": th["distance_to_optimum"],
-                                 "rel_error": abs(meas - th["distance_to_optimum"]) / th["distance_to_optimum"],
-                                 "max_abs_to_fixed_point": float(np.abs(x - th["fixed_point"]).max()),
-                                 "consensus_measured": float(np.mean(np.sum((x - x.mean(0)) ** 2, axis=1))),
-                                 "consensus_closed_form": th["consensus_error"],
-                                 "mean_error": float(np.linalg.norm(x.mean(0) - x_star)),
-                                 "heterogeneity": float(np.mean(np.sum((B - x_star) ** 2, axis=1)))})
-            fine_curves.append([rj.theory.dsgd_consensus_bias(W, B, float(a), order)["distance_to_optimum"]
-                                for a in fine])
+                rows.append(
+                    {
+                        "seed": seed,
+                        "alpha": float(a),
+                        "rounds": rounds,
+                        "measured": meas,
+                        "closed_form": th["distance_to_optimum"],
+                        "rel_error": abs(meas - th["distance_to_optimum"]) / th["distance_to_optimum"],
+                        "max_abs_to_fixed_point": float(np.abs(x - th["fixed_point"]).max()),
+                        "consensus_measured": float(np.mean(np.sum((x - x.mean(0)) ** 2, axis=1))),
+                        "consensus_closed_form": th["consensus_error"],
+                        "mean_error": float(np.linalg.norm(x.mean(0) - x_star)),
+                        "heterogeneity": float(np.mean(np.sum((B - x_star) ** 2, axis=1))),
+                    }
+                )
+            fine_curves.append(
+                [rj.theory.dsgd_consensus_bias(W, B, float(a), order)["distance_to_optimum"] for a in fine]
+            )
         out["orders"][order] = rows
         out["closed_form_fine"][order] = fine_curves
     lam = np.sort(np.linalg.eigvalsh(W))
@@ -170,20 +201,29 @@ def run_bias(seeds, lrs, fine):
 def run_exact(seeds):
     out = []
     for label, name, order, lr in EXACT + (DSGD_REF,):
-        exps = [rj.build(config(REG["num_nodes"], name, lr, seed, order,
-                                **{k: v for k, v in REG.items() if k != "num_nodes"})) for seed in seeds]
+        exps = [
+            rj.build(
+                config(REG["num_nodes"], name, lr, seed, order, **{k: v for k, v in REG.items() if k != "num_nodes"})
+            )
+            for seed in seeds
+        ]
         W = problem(exps[0])[2]
         rate_th = theory_rate(W, name, order, lr)
         if name == "dsgd":
-            rounds = max(m["rounds"] for m in out)        # as long as the longest exact method
+            rounds = max(m["rounds"] for m in out)  # as long as the longest exact method
         else:
             rounds = math.ceil(math.log(TARGET) / math.log(rate_th)) + 10
-        xs = run_seeds(exps, [lr], rounds, trajectory=True)[:, 0]     # [S, T+1, n, d]
+        xs = run_seeds(exps, [lr], rounds, trajectory=True)[:, 0]  # [S, T+1, n, d]
         per_seed = []
         for seed, exp, traj in zip(seeds, exps, xs):
             B, x_star, W = problem(exp)
             err = np.linalg.norm(traj - x_star, axis=(1, 2))
-            rec = {"seed": seed, "rounds": rounds, "error": err, "final_max_abs": float(np.abs(traj[-1] - x_star).max())}
+            rec = {
+                "seed": seed,
+                "rounds": rounds,
+                "error": err,
+                "final_max_abs": float(np.abs(traj[-1] - x_star).max()),
+            }
             if name == "dsgd":
                 fixed = rj.theory.dsgd_fixed_point(W, B, lr, order)
                 rec["floor_closed_form"] = float(np.linalg.norm(fixed - x_star))
@@ -192,8 +232,19 @@ def run_exact(seeds):
                 rec["rate_measured"], rec["fit_rounds"] = fit_rate(err)
             per_seed.append(rec)
         lam = np.sort(np.linalg.eigvalsh(W))
-        out.append({"label": label, "algorithm": name, "order": order, "step": lr, "rate_theory": rate_th,
-                        "rounds": rounds, "lambda_min": float(lam[0]), "lambda_2": float(lam[-2]), "seeds": per_seed})
+        out.append(
+            {
+                "label": label,
+                "algorithm": name,
+                "order": order,
+                "step": lr,
+                "rate_theory": rate_th,
+                "rounds": rounds,
+                "lambda_min": float(lam[0]),
+                "lambda_2": float(lam[-2]),
+                "seeds": per_seed,
+            }
+        )
     return out
 
 
@@ -203,19 +254,27 @@ def summarize(bias, exact):
     for order, rows in bias["orders"].items():
         s["bias"][order] = {
             "max_rel_error": max(r["rel_error"] for r in rows),
-            "per_alpha": [{"alpha": a,
-                           "measured": [r["measured"] for r in rows if r["alpha"] == a],
-                           "closed_form": [r["closed_form"] for r in rows if r["alpha"] == a]}
-                          for a in bias["alphas"]],
+            "per_alpha": [
+                {
+                    "alpha": a,
+                    "measured": [r["measured"] for r in rows if r["alpha"] == a],
+                    "closed_form": [r["closed_form"] for r in rows if r["alpha"] == a],
+                }
+                for a in bias["alphas"]
+            ],
         }
     for m in exact:
         if m["algorithm"] == "dsgd":
-            s["exact"][m["label"]] = {"final_error_fro": [float(r["error"][-1]) for r in m["seeds"]],
-                                      "floor_closed_form": [r["floor_closed_form"] for r in m["seeds"]]}
+            s["exact"][m["label"]] = {
+                "final_error_fro": [float(r["error"][-1]) for r in m["seeds"]],
+                "floor_closed_form": [r["floor_closed_form"] for r in m["seeds"]],
+            }
             continue
         rates = [r["rate_measured"] for r in m["seeds"]]
         s["exact"][m["label"]] = {
-            "step": m["step"], "rate_theory": m["rate_theory"], "rate_measured": rates,
+            "step": m["step"],
+            "rate_theory": m["rate_theory"],
+            "rate_measured": rates,
             "max_rel_error": max(abs(r - m["rate_theory"]) / m["rate_theory"] for r in rates),
             "final_max_abs_error": max(r["final_max_abs"] for r in m["seeds"]),
         }
@@ -223,38 +282,58 @@ def summarize(bias, exact):
 
 
 def markdown(bias, exact, summary) -> str:
-    lines = ["# Heterogeneity: D-SGD consensus bias and exact methods", "",
-             (f"## (a) D-SGD bias (1/n)Σ‖xᵢ − x*‖² on a ring of {RING_N} nodes, seeds {bias['seeds']} "
-             "(min–max over data draws)"), "",
-             "| order | α | measured | closed form | max rel. error |", "|---|---|---|---|---|"]
+    lines = [
+        "# Heterogeneity: D-SGD consensus bias and exact methods",
+        "",
+        (
+            f"## (a) D-SGD bias (1/n)Σ‖xᵢ − x*‖² on a ring of {RING_N} nodes, seeds {bias['seeds']} "
+            "(min–max over data draws)"
+        ),
+        "",
+        "| order | α | measured | closed form | max rel. error |",
+        "|---|---|---|---|---|",
+    ]
     for order, rows in bias["orders"].items():
         for a in bias["alphas"]:
             rs = [r for r in rows if r["alpha"] == a]
             m = [r["measured"] for r in rs]
             c = [r["closed_form"] for r in rs]
-            lines.append(f"| {order.upper()} | {a:g} | {min(m):.5g} – {max(m):.5g} | {min(c):.5g} – {max(c):.5g} "
-                         f"| {max(r['rel_error'] for r in rs):.1e} |")
-    lines += ["", ("## (b) linear rates on a random 3-regular graph (n = 8), measured on the tail "
-              f"{FIT_WINDOW[0]:g} < ‖X − 1x*ᵀ‖_F < {FIT_WINDOW[1]:g}"), "",
-              "| method | α | rate theory | rate measured (min – max) | max rel. error | final max |xᵢ − x*| |",
-              "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {order.upper()} | {a:g} | {min(m):.5g} – {max(m):.5g} | {min(c):.5g} – {max(c):.5g} "
+                f"| {max(r['rel_error'] for r in rs):.1e} |"
+            )
+    lines += [
+        "",
+        (
+            "## (b) linear rates on a random 3-regular graph (n = 8), measured on the tail "
+            f"{FIT_WINDOW[0]:g} < ‖X − 1x*ᵀ‖_F < {FIT_WINDOW[1]:g}"
+        ),
+        "",
+        "| method | α | rate theory | rate measured (min – max) | max rel. error | final max |xᵢ − x*| |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in exact:
         if m["algorithm"] == "dsgd":
             fl = [r["floor_closed_form"] for r in m["seeds"]]
             fe = [float(r["error"][-1]) for r in m["seeds"]]
-            lines.append(f"| {m['label']} (biased) | {m['step']:g} | {m['rate_theory']:.5f} (to its fixed point) | "
-                         f"— | — | stalls at ‖X − 1x*ᵀ‖_F = {min(fe):.4g} – {max(fe):.4g} "
-                         f"(closed form {min(fl):.4g} – {max(fl):.4g}) |")
+            lines.append(
+                f"| {m['label']} (biased) | {m['step']:g} | {m['rate_theory']:.5f} (to its fixed point) | "
+                f"— | — | stalls at ‖X − 1x*ᵀ‖_F = {min(fe):.4g} – {max(fe):.4g} "
+                f"(closed form {min(fl):.4g} – {max(fl):.4g}) |"
+            )
             continue
         e = summary["exact"][m["label"]]
         r = e["rate_measured"]
-        lines.append(f"| {m['label']} | {m['step']:g} | {m['rate_theory']:.5f} | {min(r):.5f} – {max(r):.5f} | "
-                     f"{e['max_rel_error']:.1e} | {e['final_max_abs_error']:.1e} |")
+        lines.append(
+            f"| {m['label']} | {m['step']:g} | {m['rate_theory']:.5f} | {min(r):.5f} – {max(r):.5f} | "
+            f"{e['max_rel_error']:.1e} | {e['final_max_abs_error']:.1e} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plot(bias, exact, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -263,26 +342,46 @@ def plot(bias, exact, path):
     fine = np.asarray(bias["fine_alphas"])
     for i, (order, rows) in enumerate(bias["orders"].items()):
         c = f"C{i}"
-        meas = np.array([[r["measured"] for r in rows if r["alpha"] == a] for a in alphas])   # [A, S]
-        curves = np.asarray(bias["closed_form_fine"][order])     # [S, F]: closed form per data draw
-        ax.fill_between(fine, curves.min(0), curves.max(0), color=c, alpha=0.15,
-                        label=f"{order.upper()} closed form, min–max over {len(bias['seeds'])} data draws")
+        meas = np.array([[r["measured"] for r in rows if r["alpha"] == a] for a in alphas])  # [A, S]
+        curves = np.asarray(bias["closed_form_fine"][order])  # [S, F]: closed form per data draw
+        ax.fill_between(
+            fine,
+            curves.min(0),
+            curves.max(0),
+            color=c,
+            alpha=0.15,
+            label=f"{order.upper()} closed form, min–max over {len(bias['seeds'])} data draws",
+        )
         ax.plot(fine, curves.mean(0), color=c, lw=1.2, label=f"{order.upper()} closed form (mean over draws)")
         mid = meas.mean(1)
-        ax.errorbar(alphas, mid, yerr=[mid - meas.min(1), meas.max(1) - mid], fmt="o", color=c, ms=6,
-                    mfc="none", capsize=3, label=f"{order.upper()} measured (mean, min–max bars)")
+        ax.errorbar(
+            alphas,
+            mid,
+            yerr=[mid - meas.min(1), meas.max(1) - mid],
+            fmt="o",
+            color=c,
+            ms=6,
+            mfc="none",
+            capsize=3,
+            label=f"{order.upper()} measured (mean, min–max bars)",
+        )
     ref = bias["orders"]["cta"]
     a0 = alphas.min()
     y0 = np.mean([r["closed_form"] for r in ref if r["alpha"] == a0])
     ax.plot(fine, y0 * (fine / a0) ** 2, "k:", lw=1, label="slope 2 (bias ∝ α²)")
-    ax.set(xscale="log", yscale="log", xlabel="step size α", ylabel="(1/n) Σᵢ ‖xᵢ − x*‖²  (final models)",
-           title=f"(a) D-SGD consensus bias, ring n = {RING_N}, heterogeneity 1")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="step size α",
+        ylabel="(1/n) Σᵢ ‖xᵢ − x*‖²  (final models)",
+        title=f"(a) D-SGD consensus bias, ring n = {RING_N}, heterogeneity 1",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7.5)
 
     for i, m in enumerate(exact):
         c = f"C{i}"
-        errs = np.array([r["error"] for r in m["seeds"]])    # [S, T+1]
+        errs = np.array([r["error"] for r in m["seeds"]])  # [S, T+1]
         t = np.arange(errs.shape[1])
         lo, hi, med = errs.min(0), errs.max(0), np.median(errs, 0)
         if m["algorithm"] == "dsgd":
@@ -292,16 +391,27 @@ def plot(bias, exact, path):
             continue
         rates = [r["rate_measured"] for r in m["seeds"]]
         bx.fill_between(t, lo, hi, color=c, alpha=0.2)
-        bx.plot(t, med, color=c, lw=2.5, alpha=0.6,
-                label=f"{m['label']} α={m['step']:g}: measured, rate {np.mean(rates):.4f}")
+        bx.plot(
+            t,
+            med,
+            color=c,
+            lw=2.5,
+            alpha=0.6,
+            label=f"{m['label']} α={m['step']:g}: measured, rate {np.mean(rates):.4f}",
+        )
         t_ref = m["seeds"][0]["fit_rounds"][1]
         line = med[t_ref] * m["rate_theory"] ** (t - t_ref)
-        bx.plot(t, line, color=c, ls="--", lw=1, zorder=5,
-                label=f"{m['label']}: theory slope, rate {m['rate_theory']:.4f}")
+        bx.plot(
+            t, line, color=c, ls="--", lw=1, zorder=5, label=f"{m['label']}: theory slope, rate {m['rate_theory']:.4f}"
+        )
     bx.axhspan(*FIT_WINDOW, color="grey", alpha=0.08, label="fit window")
-    bx.set(yscale="log", ylim=(1e-9, 30), xlabel="round t",
-           ylabel="‖X_t − 1x*ᵀ‖_F  (median, band min–max over draws)",
-           title="(b) exact methods reach x* (3-regular, n = 8)")
+    bx.set(
+        yscale="log",
+        ylim=(1e-9, 30),
+        xlabel="round t",
+        ylabel="‖X_t − 1x*ᵀ‖_F  (median, band min–max over draws)",
+        title="(b) exact methods reach x* (3-regular, n = 8)",
+    )
     bx.grid(alpha=0.3)
     bx.legend(fontsize=7, ncol=2, loc="lower left")
     fig.suptitle("Whitened least squares fᵢ = ½‖x − bᵢ‖²: measured (markers / wide lines) vs closed forms (thin lines)")

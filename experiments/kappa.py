@@ -29,8 +29,16 @@ import numpy as np  # noqa: E402
 
 import redeem_jax as rj  # noqa: E402
 
-RULES = ("trimmed_mean", "median", "geometric_median", "krum", "nnm+trimmed_mean", "nnm+krum", "meamed",
-         "centered_clipping")
+RULES = (
+    "trimmed_mean",
+    "median",
+    "geometric_median",
+    "krum",
+    "nnm+trimmed_mean",
+    "nnm+krum",
+    "meamed",
+    "centered_clipping",
+)
 
 
 def main(argv=None):
@@ -56,12 +64,19 @@ def main(argv=None):
             except ValueError:
                 continue  # e.g. Krum needs n >= 2f + 3
             t = time.perf_counter()
-            k = rj.aggregators.empirical_kappa(rule, n, f, d=args.d, trials=trials, steps=steps,
-                                               key=jax.random.PRNGKey(f))
+            k = rj.aggregators.empirical_kappa(
+                rule, n, f, d=args.d, trials=trials, steps=steps, key=jax.random.PRNGKey(f)
+            )
             bound = rj.theory.kappa_bound(rule, n, f)
-            rec = {"rule": rule, "n": n, "f": f, "measured": float(k),
-                   "upper_bound": None if bound is None else float(bound),
-                   "lower_bound": rj.theory.kappa_lower_bound(n, f), "seconds": time.perf_counter() - t}
+            rec = {
+                "rule": rule,
+                "n": n,
+                "f": f,
+                "measured": float(k),
+                "upper_bound": None if bound is None else float(bound),
+                "lower_bound": rj.theory.kappa_lower_bound(n, f),
+                "seconds": time.perf_counter() - t,
+            }
             records.append(rec)
             ub = "—" if bound is None else f"{bound:.3g}"
             print(f"{rule:20s} f={f:2d}  lower {rec['lower_bound']:.3g}  measured {k:.3g}  bound {ub}", flush=True)
@@ -94,7 +109,7 @@ def _plot(records, rules, n, path):
             ax.semilogy(x, ub, "-", color="C3", label="proven bound")
         ax.set(title=rule, xlabel="f / n")
         ax.grid(alpha=0.3, which="both")
-    for ax in axes.ravel()[len(rules):]:
+    for ax in axes.ravel()[len(rules) :]:
         ax.set_visible(False)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"(f, κ)-robustness, n = {n}: measured worst ratio vs. theory")

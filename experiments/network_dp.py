@@ -21,6 +21,7 @@ Writes ``DIR/network_dp.json`` (per topology and regime: leakage by distance for
 the fraction of pairs the formula underestimates, epsilon at sigma/Delta = SIGMA, delta = DELTA)
 and ``DIR/network_dp.png``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,16 +43,22 @@ REGIMES = {  # name -> (noise, value, label)
     "fresh": ("fresh", "once", "fresh noise, value once"),
     "fresh_every": ("fresh", "every_step", "fresh noise, value every step"),
 }
-SIGMA = 4.0     # sigma / Delta for the epsilon column
+SIGMA = 4.0  # sigma / Delta for the epsilon column
 DELTA = 1e-5
 
 
 def _topologies(quick: bool):
     if quick:
-        return {"ring": topology.ring(16), "torus": topology.torus(4),
-                "erdos_renyi": topology.erdos_renyi(12, 0.3, seed=0)}
-    return {"ring": topology.ring(16), "torus": topology.torus(6),
-            "erdos_renyi": topology.erdos_renyi(32, 0.12, seed=0)}
+        return {
+            "ring": topology.ring(16),
+            "torus": topology.torus(4),
+            "erdos_renyi": topology.erdos_renyi(12, 0.3, seed=0),
+        }
+    return {
+        "ring": topology.ring(16),
+        "torus": topology.torus(6),
+        "erdos_renyi": topology.erdos_renyi(32, 0.12, seed=0),
+    }
 
 
 def _steps(regime: str, quick: bool) -> int:
@@ -75,10 +82,13 @@ def run(quick: bool = False) -> dict:
             K = T if value == "every_step" else 1
             by_d = nd._by_distance(exact, D)
             # epsilon is monotone in leakage: the worst pair at each distance is the guarantee
-            eps_by_d = {str(k): nd.gaussian_epsilon(math.sqrt(K * v["max"]) / SIGMA, DELTA, "analytic")
-                        for k, v in by_d.items()}
+            eps_by_d = {
+                str(k): nd.gaussian_epsilon(math.sqrt(K * v["max"]) / SIGMA, DELTA, "analytic") for k, v in by_d.items()
+            }
             results[tname][reg] = dict(
-                T=T, noise=noise, value=value,
+                T=T,
+                noise=noise,
+                value=value,
                 exact={str(k): v for k, v in by_d.items()},
                 muffliato={str(k): v for k, v in nd._by_distance(formula, D).items()},
                 underestimated_fraction=float(np.mean(under[off])),
@@ -91,34 +101,41 @@ def run(quick: bool = False) -> dict:
         "ring_once_d3_formula_0.208": abs(r["once"]["muffliato"]["3"]["mean"] - 0.208) < 5e-4,
         "exact_in_unit_interval": all(
             0.0 <= s["min"] and s["max"] <= 1.0
-            for t in results.values() for g in t.values() for s in g["exact"].values()),
+            for t in results.values()
+            for g in t.values()
+            for s in g["exact"].values()
+        ),
         "fresh_decreasing_with_distance": all(
             all(a >= b - 1e-12 for a, b in zip(m, m[1:]))
-            for t in results.values() for reg in ("fresh", "fresh_every")
-            for m in [[t[reg]["exact"][k]["mean"] for k in sorted(t[reg]["exact"], key=int)][1:]]),
+            for t in results.values()
+            for reg in ("fresh", "fresh_every")
+            for m in [[t[reg]["exact"][k]["mean"] for k in sorted(t[reg]["exact"], key=int)][1:]]
+        ),
     }
     if not quick:
         got = [r["fresh_every"]["exact"][str(d)]["mean"] for d in (1, 2, 3, 4)]
         checks["ring_fresh_T20_field_notes"] = bool(np.allclose(got, [0.60, 0.24, 0.099, 0.038], atol=5e-3))
     checks = {k: bool(v) for k, v in checks.items()}
     checks["all_passed"] = all(checks.values())
-    return dict(results=results, topologies=meta, sigma_over_delta=SIGMA, delta=DELTA,
-                quick=quick, checks=checks)
+    return dict(results=results, topologies=meta, sigma_over_delta=SIGMA, delta=DELTA, quick=quick, checks=checks)
 
 
 def plot(res: dict, path: str):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     tnames = list(res["results"])
-    fig, axes = plt.subplots(len(REGIMES), len(tnames), figsize=(4.2 * len(tnames), 3.3 * len(REGIMES)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(REGIMES), len(tnames), figsize=(4.2 * len(tnames), 3.3 * len(REGIMES)), squeeze=False)
     for i, (reg, (_, _, label)) in enumerate(REGIMES.items()):
         for j, tn in enumerate(tnames):
             ax = axes[i, j]
             g = res["results"][tn][reg]
-            for key, style, lab in (("exact", "o-", "exact (linear view)"),
-                                    ("muffliato", "s--", "Muffliato per-step formula")):
+            for key, style, lab in (
+                ("exact", "o-", "exact (linear view)"),
+                ("muffliato", "s--", "Muffliato per-step formula"),
+            ):
                 ds = sorted(g[key], key=int)
                 x = np.array([int(d) for d in ds])
                 m = np.array([g[key][d]["mean"] for d in ds])
@@ -133,8 +150,11 @@ def plot(res: dict, path: str):
             else:
                 ax.set_ylim(-0.05, 3.2)
             meta = res["topologies"][tn]
-            ax.set_title(f"{tn} (n={meta['n']}), {label}, T={g['T']}\n"
-                         f"formula < exact on {100 * g['underestimated_fraction']:.0f}% of pairs", fontsize=9)
+            ax.set_title(
+                f"{tn} (n={meta['n']}), {label}, T={g['T']}\n"
+                f"formula < exact on {100 * g['underestimated_fraction']:.0f}% of pairs",
+                fontsize=9,
+            )
             ax.set_xlabel("graph distance u -> v")
             if j == 0:
                 ax.set_ylabel("leakage (1 = local DP)")
@@ -158,8 +178,10 @@ def main(argv=None):
         json.dump(res, f, indent=1)
     plot(res, os.path.join(args.out, "network_dp.png"))
     r = res["results"]["ring"]
-    print(f"ring n=16 noise once T=5, distance 3: exact {r['once']['exact']['3']['mean']:.3f}, "
-          f"formula {r['once']['muffliato']['3']['mean']:.3f}")
+    print(
+        f"ring n=16 noise once T=5, distance 3: exact {r['once']['exact']['3']['mean']:.3f}, "
+        f"formula {r['once']['muffliato']['3']['mean']:.3f}"
+    )
     means = ", ".join(f"{r['fresh_every']['exact'][str(d)]['mean']:.3f}" for d in (1, 2, 3, 4))
     print(f"ring fresh-every-step T={r['fresh_every']['T']}, distances 1-4: {means}")
     for tn, t in res["results"].items():

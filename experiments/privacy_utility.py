@@ -66,9 +66,26 @@ EPS_LABEL = {
     "network_dp": "network DP (example-level, vs other nodes)",
     "none": "non-private",
 }
-COLUMNS = ("model", "setting", "topology", "eps_unit", "target_epsilon", "epsilon", "epsilon_local",
-           "network_epsilon_worst", "network_epsilon_mean", "leakage_worst", "leakage_mean",
-           "noise_multiplier", "sample_rate", "rounds", "n", "test_accuracy", "node_accuracy_mean", "seconds")
+COLUMNS = (
+    "model",
+    "setting",
+    "topology",
+    "eps_unit",
+    "target_epsilon",
+    "epsilon",
+    "epsilon_local",
+    "network_epsilon_worst",
+    "network_epsilon_mean",
+    "leakage_worst",
+    "leakage_mean",
+    "noise_multiplier",
+    "sample_rate",
+    "rounds",
+    "n",
+    "test_accuracy",
+    "node_accuracy_mean",
+    "seconds",
+)
 
 
 def config(args, setting: str, topology: str, mode: str, eps: float):
@@ -104,6 +121,7 @@ def config(args, setting: str, topology: str, mode: str, eps: float):
 
 # --------------------------------------------------------------------------- network DP
 
+
 def _is_circulant(W: np.ndarray) -> bool:
     n = W.shape[-1]
     return all(np.allclose(W[t], np.stack([np.roll(W[t, 0], i) for i in range(n)])) for t in range(W.shape[0]))
@@ -123,7 +141,7 @@ def step_leakage_bounds(topology, T: int, rtol: float = 1e-9) -> dict:
     n = W.shape[-1]
     circulant = _is_circulant(W)
     out = {}
-    for v in ([0] if circulant else range(n)):
+    for v in [0] if circulant else range(n):
         _, Nv = nd.observation_matrix(W, v, noise="fresh")
         col_node = np.arange(Nv.shape[1]) % n
         U, s, _ = np.linalg.svd(Nv[:, col_node != v], full_matrices=False)
@@ -196,6 +214,7 @@ def network_epsilons(bounds: dict, n: int, sigma: float, q: float, steps: int, d
 
 # --------------------------------------------------------------------------- runs
 
+
 def run(args) -> list[dict]:
     eps_grid = [float(e) for e in args.eps.split(",")]
     topologies = args.topologies.split(",")
@@ -205,8 +224,12 @@ def run(args) -> list[dict]:
     if not args.no_central:
         lines.append(("central_dp", "server", "star"))
     rows, leak_cache = [], {}
-    total = len(lines) * len(eps_grid) + len(topologies) + 1 - (
-        len(eps_grid) - len(args.central_eps.split(",")) if args.central_eps and not args.no_central else 0)
+    total = (
+        len(lines) * len(eps_grid)
+        + len(topologies)
+        + 1
+        - (len(eps_grid) - len(args.central_eps.split(",")) if args.central_eps and not args.no_central else 0)
+    )
     done = 0
 
     def one(model, setting, topo, mode, eps):
@@ -215,17 +238,33 @@ def run(args) -> list[dict]:
         res = rj.run(config(args, setting, topo, mode, eps))
         fin = res.final
         priv = res.experiment.privacy or {}
-        row = dict(model=model, setting=setting, topology=topo, eps_unit=EPS_LABEL[model],
-                   target_epsilon=eps if mode != "none" else math.inf,
-                   epsilon=fin.get("epsilon", math.inf), epsilon_local=fin.get("epsilon", math.inf),
-                   network_epsilon_worst=None, network_epsilon_mean=None, leakage_worst=None, leakage_mean=None,
-                   noise_multiplier=priv.get("noise_multiplier", 0.0), sample_rate=priv.get("sample_rate"),
-                   rounds=args.rounds, n=args.n, test_accuracy=fin["test_accuracy"],
-                   node_accuracy_mean=fin["node_test_accuracy_mean"], seconds=time.perf_counter() - t)
+        row = dict(
+            model=model,
+            setting=setting,
+            topology=topo,
+            eps_unit=EPS_LABEL[model],
+            target_epsilon=eps if mode != "none" else math.inf,
+            epsilon=fin.get("epsilon", math.inf),
+            epsilon_local=fin.get("epsilon", math.inf),
+            network_epsilon_worst=None,
+            network_epsilon_mean=None,
+            leakage_worst=None,
+            leakage_mean=None,
+            noise_multiplier=priv.get("noise_multiplier", 0.0),
+            sample_rate=priv.get("sample_rate"),
+            rounds=args.rounds,
+            n=args.n,
+            test_accuracy=fin["test_accuracy"],
+            node_accuracy_mean=fin["node_test_accuracy_mean"],
+            seconds=time.perf_counter() - t,
+        )
         done += 1
-        print(f"[{done}/{total}] {model:10s} {setting:6s} {topo:12s} ε={row['target_epsilon']:<5g} "
-              f"σ={row['noise_multiplier']:.3f} acc={row['test_accuracy']:.3f} "
-              f"node acc={row['node_accuracy_mean']:.3f} ({row['seconds']:.1f}s)", flush=True)
+        print(
+            f"[{done}/{total}] {model:10s} {setting:6s} {topo:12s} ε={row['target_epsilon']:<5g} "
+            f"σ={row['noise_multiplier']:.3f} acc={row['test_accuracy']:.3f} "
+            f"node acc={row['node_accuracy_mean']:.3f} ({row['seconds']:.1f}s)",
+            flush=True,
+        )
         return res, row
 
     for setting, topo in [("gossip", t) for t in topologies] + [("server", "star")]:
@@ -233,7 +272,7 @@ def run(args) -> list[dict]:
         rows.append(row)
     central_grid = [float(e) for e in args.central_eps.split(",")] if args.central_eps else eps_grid
     for model, setting, topo in lines:
-        for eps in (central_grid if model == "central_dp" else eps_grid):
+        for eps in central_grid if model == "central_dp" else eps_grid:
             res, row = one(model, setting, topo, "dp_sgd" if model == "local_dp" else "central", eps)
             rows.append(row)
             if model == "local_dp" and setting == "gossip":
@@ -243,23 +282,32 @@ def run(args) -> list[dict]:
                     print(f"    network leakage on {topo}: {time.perf_counter() - t:.1f}s", flush=True)
                 B = leak_cache[topo]
                 off = ~np.eye(args.n, dtype=bool)
-                E = network_epsilons(B, args.n, row["noise_multiplier"], row["sample_rate"], args.rounds,
-                                     args.delta)
+                E = network_epsilons(B, args.n, row["noise_multiplier"], row["sample_rate"], args.rounds, args.delta)
                 # per-step leakage of the tighter diagonal bound, averaged over steps (1 = local DP)
                 lk = np.array([min(ds.mean(1)) for ds in B.values()])
-                net = dict(row, model="network_dp", eps_unit=EPS_LABEL["network_dp"],
-                           epsilon=float(E[off].max()), network_epsilon_worst=float(E[off].max()),
-                           network_epsilon_mean=float(E[off].mean()), leakage_worst=float(lk.max()),
-                           leakage_mean=float(lk.mean()))
-                row.update(network_epsilon_worst=net["network_epsilon_worst"],
-                           network_epsilon_mean=net["network_epsilon_mean"],
-                           leakage_worst=net["leakage_worst"], leakage_mean=net["leakage_mean"])
+                net = dict(
+                    row,
+                    model="network_dp",
+                    eps_unit=EPS_LABEL["network_dp"],
+                    epsilon=float(E[off].max()),
+                    network_epsilon_worst=float(E[off].max()),
+                    network_epsilon_mean=float(E[off].mean()),
+                    leakage_worst=float(lk.max()),
+                    leakage_mean=float(lk.mean()),
+                )
+                row.update(
+                    network_epsilon_worst=net["network_epsilon_worst"],
+                    network_epsilon_mean=net["network_epsilon_mean"],
+                    leakage_worst=net["leakage_worst"],
+                    leakage_mean=net["leakage_mean"],
+                )
                 net["network_epsilon_matrix"] = np.where(np.isfinite(E), E, -1.0).tolist()  # -1: diagonal
                 rows.append(net)
     return rows
 
 
 # --------------------------------------------------------------------------- output
+
 
 def _fmt(v, spec=".3f"):
     if v is None:
@@ -270,41 +318,68 @@ def _fmt(v, spec=".3f"):
 
 
 def table(rows) -> str:
-    out = ["| model | setting | topology | target ε | ε spent | network ε worst / mean | leakage worst / mean "
-           "| σ | acc (avg model) | acc (node mean) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| model | setting | topology | target ε | ε spent | network ε worst / mean | leakage worst / mean "
+        "| σ | acc (avg model) | acc (node mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        net = ("—" if r["network_epsilon_worst"] is None else
-               f"{r['network_epsilon_worst']:.3f} / {r['network_epsilon_mean']:.3f}")
+        net = (
+            "—"
+            if r["network_epsilon_worst"] is None
+            else f"{r['network_epsilon_worst']:.3f} / {r['network_epsilon_mean']:.3f}"
+        )
         lk = "—" if r["leakage_worst"] is None else f"{r['leakage_worst']:.3f} / {r['leakage_mean']:.3f}"
-        out.append(f"| {r['model']} | {r['setting']} | {r['topology']} | {_fmt(r['target_epsilon'], 'g')} | "
-                   f"{_fmt(r['epsilon'], '.3f')} | {net} | {lk} | {r['noise_multiplier']:.3f} | "
-                   f"{r['test_accuracy']:.3f} | {r['node_accuracy_mean']:.3f} |")
+        out.append(
+            f"| {r['model']} | {r['setting']} | {r['topology']} | {_fmt(r['target_epsilon'], 'g')} | "
+            f"{_fmt(r['epsilon'], '.3f')} | {net} | {lk} | {r['noise_multiplier']:.3f} | "
+            f"{r['test_accuracy']:.3f} | {r['node_accuracy_mean']:.3f} |"
+        )
     return "\n".join(out) + "\n"
 
 
 def summary(rows) -> str:
     """Two pivot tables: node-mean accuracy per line × target ε, and local vs network ε per topology."""
     eps = sorted({r["target_epsilon"] for r in rows if r["model"] != "none"})
-    out = ["| line (ε unit) | " + " | ".join(f"ε = {e:g}" for e in eps) + " | non-private |",
-           "|---|" + "---|" * (len(eps) + 1)]
+    out = [
+        "| line (ε unit) | " + " | ".join(f"ε = {e:g}" for e in eps) + " | non-private |",
+        "|---|" + "---|" * (len(eps) + 1),
+    ]
     ref = {(r["setting"], r["topology"]): r["node_accuracy_mean"] for r in rows if r["model"] == "none"}
     for model in ("local_dp", "central_dp"):
         for key in dict.fromkeys((r["setting"], r["topology"]) for r in rows if r["model"] == model):
-            cells = [next((f"{r['node_accuracy_mean']:.3f}" for r in rows if r["model"] == model
-                           and (r["setting"], r["topology"]) == key and r["target_epsilon"] == e), "—") for e in eps]
+            cells = [
+                next(
+                    (
+                        f"{r['node_accuracy_mean']:.3f}"
+                        for r in rows
+                        if r["model"] == model and (r["setting"], r["topology"]) == key and r["target_epsilon"] == e
+                    ),
+                    "—",
+                )
+                for e in eps
+            ]
             name = "server (FedAvg)" if key[0] == "server" else f"gossip, {key[1]}"
             unit = "node-level" if model == "central_dp" else "example-level"
-            out.append(f"| {model.replace('_', ' ')}, {name} ({unit}) | " + " | ".join(cells) +
-                       f" | {ref.get(key, float('nan')):.3f} |")
-    out += ["", "| topology | quantity | " + " | ".join(f"local ε = {e:g}" for e in eps) + " |",
-            "|---|---|" + "---|" * len(eps)]
+            out.append(
+                f"| {model.replace('_', ' ')}, {name} ({unit}) | "
+                + " | ".join(cells)
+                + f" | {ref.get(key, float('nan')):.3f} |"
+            )
+    out += [
+        "",
+        "| topology | quantity | " + " | ".join(f"local ε = {e:g}" for e in eps) + " |",
+        "|---|---|" + "---|" * len(eps),
+    ]
     for topo in dict.fromkeys(r["topology"] for r in rows if r["model"] == "network_dp"):
         net = {r["target_epsilon"]: r for r in rows if r["model"] == "network_dp" and r["topology"] == topo}
-        for label, key in (("network ε, worst pair", "network_epsilon_worst"),
-                           ("network ε, mean over pairs", "network_epsilon_mean")):
-            out.append(f"| {topo} | {label} | " + " | ".join(f"{net[e][key]:.3f}" if e in net else "—" for e in eps)
-                       + " |")
+        for label, key in (
+            ("network ε, worst pair", "network_epsilon_worst"),
+            ("network ε, mean over pairs", "network_epsilon_mean"),
+        ):
+            out.append(
+                f"| {topo} | {label} | " + " | ".join(f"{net[e][key]:.3f}" if e in net else "—" for e in eps) + " |"
+            )
     return "\n".join(out) + "\n"
 
 
@@ -317,29 +392,47 @@ def plot(rows, path, title=""):
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
     keys = list(dict.fromkeys((r["setting"], r["topology"]) for r in rows))
     colors = dict(zip(keys, plt.cm.tab10.colors))
-    for (model, style) in (("local_dp", "o-"), ("network_dp", "s--"), ("central_dp", "D-.")):
+    for model, style in (("local_dp", "o-"), ("network_dp", "s--"), ("central_dp", "D-.")):
         for key in keys:
-            rs = sorted((r for r in rows if r["model"] == model and (r["setting"], r["topology"]) == key),
-                        key=lambda r: r["epsilon"])
+            rs = sorted(
+                (r for r in rows if r["model"] == model and (r["setting"], r["topology"]) == key),
+                key=lambda r: r["epsilon"],
+            )
             if not rs:
                 continue
             name = "server" if key[0] == "server" else key[1]
-            lab = {"local_dp": f"local DP, {name}", "network_dp": f"network DP (worst pair), {name}",
-                   "central_dp": "central DP + sec. agg., server (node-level ε)"}[model]
+            lab = {
+                "local_dp": f"local DP, {name}",
+                "network_dp": f"network DP (worst pair), {name}",
+                "central_dp": "central DP + sec. agg., server (node-level ε)",
+            }[model]
             server_ldp = model == "local_dp" and key[0] == "server"  # = complete graph: drawn hollow, on top
             if server_ldp:
                 lab += " (= complete graph: exact averaging)"
-            ax.plot([max(r["epsilon"], 1e-3) for r in rs], [r["node_accuracy_mean"] for r in rs],
-                    "^:" if server_ldp else style, color="k" if model == "central_dp" else colors[key], label=lab,
-                    ms=10 if server_ldp else 5, mfc="none" if server_ldp else None, zorder=3 if server_ldp else 2)
+            ax.plot(
+                [max(r["epsilon"], 1e-3) for r in rs],
+                [r["node_accuracy_mean"] for r in rs],
+                "^:" if server_ldp else style,
+                color="k" if model == "central_dp" else colors[key],
+                label=lab,
+                ms=10 if server_ldp else 5,
+                mfc="none" if server_ldp else None,
+                zorder=3 if server_ldp else 2,
+            )
             if model == "network_dp":
-                ax.plot([max(r["network_epsilon_mean"], 1e-3) for r in rs], [r["node_accuracy_mean"] for r in rs],
-                        ":", marker="x", color=colors[key], ms=5, alpha=0.6,
-                        label=f"network DP (mean over pairs), {name}")
+                ax.plot(
+                    [max(r["network_epsilon_mean"], 1e-3) for r in rs],
+                    [r["node_accuracy_mean"] for r in rs],
+                    ":",
+                    marker="x",
+                    color=colors[key],
+                    ms=5,
+                    alpha=0.6,
+                    label=f"network DP (mean over pairs), {name}",
+                )
     for r in rows:
         if r["model"] == "none":
-            ax.axhline(r["node_accuracy_mean"], color=colors[(r["setting"], r["topology"])], lw=0.8, ls=":",
-                       alpha=0.7)
+            ax.axhline(r["node_accuracy_mean"], color=colors[(r["setting"], r["topology"])], lw=0.8, ls=":", alpha=0.7)
     ax.set_xscale("log")
     from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
@@ -349,8 +442,7 @@ def plot(rows, path, title=""):
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("ε at δ = 1e-5  (local / network: example-level; central: node-level)")
     ax.set_ylabel("test accuracy (mean over nodes)")
-    ax.set_title(title or "Accuracy against ε (dotted horizontals: non-private)",
-                 fontsize=9)
+    ax.set_title(title or "Accuracy against ε (dotted horizontals: non-private)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -378,8 +470,11 @@ def main(argv=None):
     ap.add_argument("--no-server-ldp", action="store_true", help="skip local DP with a server")
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true",
-                    help="8 nodes, 60 rounds: local/network DP on a ring at ε ∈ {1, 8}, central DP at ε = 8")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="8 nodes, 60 rounds: local/network DP on a ring at ε ∈ {1, 8}, central DP at ε = 8",
+    )
     ap.add_argument("--replot", action="store_true", help="redraw DIR/privacy_utility.png from its JSON")
     args = ap.parse_args(argv)
     from absl import logging as absl_logging
@@ -387,8 +482,11 @@ def main(argv=None):
     absl_logging.set_verbosity(absl_logging.ERROR)  # dp-accounting's RDP warnings on low orders
     if args.replot:
         rows = json.load(open(os.path.join(args.out, "privacy_utility.json")))
-        plot(rows, os.path.join(args.out, "privacy_utility.png"),
-             title=_title(rows[0]["n"], rows[0]["rounds"], args.delta))
+        plot(
+            rows,
+            os.path.join(args.out, "privacy_utility.png"),
+            title=_title(rows[0]["n"], rows[0]["rounds"], args.delta),
+        )
         print(summary(rows))
         with open(os.path.join(args.out, "privacy_utility.md"), "w") as fh:
             fh.write(summary(rows))

@@ -32,8 +32,13 @@ import numpy as np  # noqa: E402
 import redeem_jax as rj  # noqa: E402
 
 RULES = ("mean", "clipped_gossip", "ios", "cs_plus", "trimmed_mean")
-LABELS = {"mean": "plain gossip", "clipped_gossip": "ClippedGossip", "ios": "IOS", "cs_plus": "CS+",
-          "trimmed_mean": "BRIDGE (trimmed mean)"}
+LABELS = {
+    "mean": "plain gossip",
+    "clipped_gossip": "ClippedGossip",
+    "ios": "IOS",
+    "cs_plus": "CS+",
+    "trimmed_mean": "BRIDGE (trimmed mean)",
+}
 
 
 def graphs(n: int):
@@ -76,10 +81,17 @@ def run_point(topo, rule: str, f: int, rounds: int, seed: int) -> dict:
     t = time.perf_counter()
     res = rj.run(c, topology=topo)
     row = res.final
-    return {"graph": topo.name, "rule": rule, "f": f, "byzantine_weight": float(delta),
-            "node_accuracy": row["node_test_accuracy_mean"], "node_accuracy_min": row["node_test_accuracy_min"],
-            "averaged_accuracy": row["test_accuracy"], "consensus_distance": row["consensus_distance"],
-            "seconds": time.perf_counter() - t}
+    return {
+        "graph": topo.name,
+        "rule": rule,
+        "f": f,
+        "byzantine_weight": float(delta),
+        "node_accuracy": row["node_test_accuracy_mean"],
+        "node_accuracy_min": row["node_test_accuracy_min"],
+        "averaged_accuracy": row["test_accuracy"],
+        "consensus_distance": row["consensus_distance"],
+        "seconds": time.perf_counter() - t,
+    }
 
 
 def plot(records, path):
@@ -100,8 +112,12 @@ def plot(records, path):
             cons = np.array([r["consensus_distance"] for r in pts], float)
             cons = np.where(np.isfinite(cons), np.clip(cons, 1e-12, 1e12), 1e12)
             axes[1, j].semilogy(x, cons, "o-", color=f"C{i}", label=LABELS[rule])
-        axes[0, j].set(title=f"{g}: honest nodes' test accuracy", xlabel="Byzantine weight δ (max over honest nodes)",
-                       ylabel="accuracy", ylim=(0, 1))
+        axes[0, j].set(
+            title=f"{g}: honest nodes' test accuracy",
+            xlabel="Byzantine weight δ (max over honest nodes)",
+            ylabel="accuracy",
+            ylim=(0, 1),
+        )
         axes[1, j].set(title=f"{g}: honest consensus distance (capped at 1e12)", xlabel="Byzantine weight δ")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
@@ -134,8 +150,11 @@ def main(argv=None):
             for f in fs:
                 r = run_point(topo, rule, f, rounds, args.seed)
                 records.append(r)
-                print(f"{g:12} {rule:16} {f:>2} {r['byzantine_weight']:6.3f} {r['node_accuracy']:9.3f} "
-                      f"{r['consensus_distance']:10.3g}", flush=True)
+                print(
+                    f"{g:12} {rule:16} {f:>2} {r['byzantine_weight']:6.3f} {r['node_accuracy']:9.3f} "
+                    f"{r['consensus_distance']:10.3g}",
+                    flush=True,
+                )
     with open(os.path.join(args.out, "robust_gossip.json"), "w") as fh:
         json.dump(records, fh, indent=1)
     plot(records, os.path.join(args.out, "robust_gossip.png"))

@@ -45,8 +45,19 @@ import numpy as np  # noqa: E402
 
 import redeem_jax as rj  # noqa: E402
 
-COLUMNS = ("rule", "attack", "epsilon", "f", "n", "noise_multiplier", "sample_rate", "epsilon_spent", "rounds",
-           "test_accuracy", "seconds")
+COLUMNS = (
+    "rule",
+    "attack",
+    "epsilon",
+    "f",
+    "n",
+    "noise_multiplier",
+    "sample_rate",
+    "epsilon_spent",
+    "rounds",
+    "test_accuracy",
+    "seconds",
+)
 
 
 def config(args, rule: str, f: int, eps: float):
@@ -93,17 +104,28 @@ def run(args) -> list[dict]:
                 t = time.perf_counter()
                 res = rj.run(config(args, rule, f, eps))
                 priv = res.experiment.privacy or {}
-                row = dict(rule=rule, attack=args.attack if f else "none", epsilon=eps, f=f, n=args.n,
-                           noise_multiplier=priv.get("noise_multiplier", 0.0), sample_rate=priv.get("sample_rate"),
-                           epsilon_spent=res.final.get("epsilon", math.inf), rounds=args.rounds,
-                           test_accuracy=res.final["test_accuracy"], seconds=time.perf_counter() - t)
+                row = dict(
+                    rule=rule,
+                    attack=args.attack if f else "none",
+                    epsilon=eps,
+                    f=f,
+                    n=args.n,
+                    noise_multiplier=priv.get("noise_multiplier", 0.0),
+                    sample_rate=priv.get("sample_rate"),
+                    epsilon_spent=res.final.get("epsilon", math.inf),
+                    rounds=args.rounds,
+                    test_accuracy=res.final["test_accuracy"],
+                    seconds=time.perf_counter() - t,
+                )
                 rows.append(row)
                 if f == 0:
                     shared[eps] = row
                 done += 1
-                print(f"[{done}/{total}] ε={eps:<4g} f={f} {rule:18s} "
-                      f"σ={row['noise_multiplier']:.3f} acc={row['test_accuracy']:.3f} ({row['seconds']:.1f}s)",
-                      flush=True)
+                print(
+                    f"[{done}/{total}] ε={eps:<4g} f={f} {rule:18s} "
+                    f"σ={row['noise_multiplier']:.3f} acc={row['test_accuracy']:.3f} ({row['seconds']:.1f}s)",
+                    flush=True,
+                )
     return rows
 
 
@@ -120,8 +142,17 @@ def tables(rows) -> str:
         out.append("| ε \\ f | " + " | ".join(str(f) for f in fs) + " |")
         out.append("|---|" + "---|" * len(fs))
         for e in eps:
-            cells = [next((f"{r['test_accuracy']:.3f}" for r in rows if r["rule"] == rule and r["epsilon"] == e
-                           and r["f"] == f), "—") for f in fs]
+            cells = [
+                next(
+                    (
+                        f"{r['test_accuracy']:.3f}"
+                        for r in rows
+                        if r["rule"] == rule and r["epsilon"] == e and r["f"] == f
+                    ),
+                    "—",
+                )
+                for f in fs
+            ]
             out.append(f"| {_eps_str(e)} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -137,8 +168,9 @@ def plot(rows, path, title=""):
     rules = list(dict.fromkeys(r["rule"] for r in rows))
     eps = list(dict.fromkeys(r["epsilon"] for r in rows))
     fs = list(dict.fromkeys(r["f"] for r in rows))
-    fig, axes = plt.subplots(1, len(rules), figsize=(1.2 + 0.75 * len(fs) * len(rules), 0.5 * len(eps) + 1.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(rules), figsize=(1.2 + 0.75 * len(fs) * len(rules), 0.5 * len(eps) + 1.8), squeeze=False
+    )
     for j, rule in enumerate(rules):
         M = np.full((len(eps), len(fs)), np.nan)
         for r in rows:
@@ -191,22 +223,38 @@ def main(argv=None):
     t0 = time.perf_counter()
     rows = run(args)
     with open(os.path.join(args.out, "trilemma.json"), "w") as fh:
-        json.dump([dict(r, epsilon=str(r["epsilon"]) if math.isinf(r["epsilon"]) else r["epsilon"],
-                        epsilon_spent=None if math.isinf(r["epsilon_spent"]) else r["epsilon_spent"])
-                   for r in rows], fh, indent=1)
+        json.dump(
+            [
+                dict(
+                    r,
+                    epsilon=str(r["epsilon"]) if math.isinf(r["epsilon"]) else r["epsilon"],
+                    epsilon_spent=None if math.isinf(r["epsilon_spent"]) else r["epsilon_spent"],
+                )
+                for r in rows
+            ],
+            fh,
+            indent=1,
+        )
     with open(os.path.join(args.out, "trilemma.csv"), "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows({k: r[k] for k in COLUMNS} for r in rows)
-    plot(rows, os.path.join(args.out, "trilemma.png"),
-         title=f"digits, n = {args.n}, FedAvg + worker momentum, {args.rounds} rounds, attack {args.attack}, "
-               f"DP-SGD at every honest node (δ = {args.delta:g})")
+    plot(
+        rows,
+        os.path.join(args.out, "trilemma.png"),
+        title=f"digits, n = {args.n}, FedAvg + worker momentum, {args.rounds} rounds, attack {args.attack}, "
+        f"DP-SGD at every honest node (δ = {args.delta:g})",
+    )
     d = int(rows and rj.build(config(args, "mean", 0, math.inf)).model.num_params)
     print(tables(rows))
-    print(f"model dimension d = {d}; DP-SGD noise std on an honest node's averaged gradient = σ·C/B per "
-          f"coordinate (C = 1, B = {args.batch}), σ by ε: " +
-          ", ".join(f"{_eps_str(e)}: {s:.3f}" for e, s in dict.fromkeys(
-              (r["epsilon"], r["noise_multiplier"]) for r in rows if r["f"] == 0)))
+    print(
+        f"model dimension d = {d}; DP-SGD noise std on an honest node's averaged gradient = σ·C/B per "
+        f"coordinate (C = 1, B = {args.batch}), σ by ε: "
+        + ", ".join(
+            f"{_eps_str(e)}: {s:.3f}"
+            for e, s in dict.fromkeys((r["epsilon"], r["noise_multiplier"]) for r in rows if r["f"] == 0)
+        )
+    )
     print(f"wrote {args.out}/trilemma.{{csv,json,png}} ({time.perf_counter() - t0:.0f} s)")
     return rows
 

@@ -38,17 +38,34 @@ if "jax" in _sys.modules:
 
 # public name -> module that defines it (a module itself, or "module:attribute")
 _LAZY = {
-    "core": "redeem_jax.core", "metrics": "redeem_jax.metrics", "round": "redeem_jax.round",
-    "topology": "redeem_jax.network.topology", "gossip": "redeem_jax.network.gossip",
-    "sharding": "redeem_jax.network.sharding", "compress": "redeem_jax.network.compress",
-    "aggregators": "redeem_jax.byzantine.aggregators", "attacks": "redeem_jax.byzantine.attacks",
-    "byzantine": "redeem_jax.byzantine", "optim": "redeem_jax.local.optim", "oracles": "redeem_jax.local.oracles",
-    "channels": "redeem_jax.channels", "algorithms": "redeem_jax.algorithms", "config": "redeem_jax.experiment.config",
-    "data": "redeem_jax.data", "distributed": "redeem_jax.distributed", "models": "redeem_jax.models",
-    "plotting": "redeem_jax.plotting", "privacy": "redeem_jax.privacy", "theory": "redeem_jax.theory",
-    "experiment": "redeem_jax.experiment", "network": "redeem_jax.network", "local": "redeem_jax.local",
-    "build": "redeem_jax.experiment.build:build", "Experiment": "redeem_jax.experiment.build:Experiment",
-    "run": "redeem_jax.experiment.run:run", "RunResult": "redeem_jax.experiment.run:RunResult",
+    "core": "redeem_jax.core",
+    "metrics": "redeem_jax.metrics",
+    "round": "redeem_jax.round",
+    "topology": "redeem_jax.network.topology",
+    "gossip": "redeem_jax.network.gossip",
+    "sharding": "redeem_jax.network.sharding",
+    "compress": "redeem_jax.network.compress",
+    "aggregators": "redeem_jax.byzantine.aggregators",
+    "attacks": "redeem_jax.byzantine.attacks",
+    "byzantine": "redeem_jax.byzantine",
+    "optim": "redeem_jax.local.optim",
+    "oracles": "redeem_jax.local.oracles",
+    "channels": "redeem_jax.channels",
+    "algorithms": "redeem_jax.algorithms",
+    "config": "redeem_jax.experiment.config",
+    "data": "redeem_jax.data",
+    "distributed": "redeem_jax.distributed",
+    "models": "redeem_jax.models",
+    "plotting": "redeem_jax.plotting",
+    "privacy": "redeem_jax.privacy",
+    "theory": "redeem_jax.theory",
+    "experiment": "redeem_jax.experiment",
+    "network": "redeem_jax.network",
+    "local": "redeem_jax.local",
+    "build": "redeem_jax.experiment.build:build",
+    "Experiment": "redeem_jax.experiment.build:Experiment",
+    "run": "redeem_jax.experiment.run:run",
+    "RunResult": "redeem_jax.experiment.run:RunResult",
     "load_run": "redeem_jax.experiment.results:load_run",
     "configs": "redeem_jax.configs",
     "sweep": "redeem_jax.experiment.sweep:sweep",  # the function; the module is redeem_jax.sweep (the CLI)
@@ -56,10 +73,15 @@ _LAZY = {
 
 # The first layout's module paths keep working (``from redeem_jax.topology import Topology``, ...):
 # each is the real module, loaded when first used.
-_ALIASES = {"topology": "redeem_jax.network.topology", "gossip": "redeem_jax.network.gossip",
-            "sharding": "redeem_jax.network.sharding", "aggregators": "redeem_jax.byzantine.aggregators",
-            "attacks": "redeem_jax.byzantine.attacks", "optim": "redeem_jax.local.optim",
-            "config": "redeem_jax.experiment.config"}
+_ALIASES = {
+    "topology": "redeem_jax.network.topology",
+    "gossip": "redeem_jax.network.gossip",
+    "sharding": "redeem_jax.network.sharding",
+    "aggregators": "redeem_jax.byzantine.aggregators",
+    "attacks": "redeem_jax.byzantine.attacks",
+    "optim": "redeem_jax.local.optim",
+    "config": "redeem_jax.experiment.config",
+}
 
 
 def _lazy_module(name: str):

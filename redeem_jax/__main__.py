@@ -17,12 +17,18 @@ from redeem_jax import _cli
 from redeem_jax.experiment import config as _config
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A shipped config's name (default, dp, topologies, ...: see --help) or a path to a "
-    "config file with get_config().", lock_config=True)
+    "config",
+    None,
+    "A shipped config's name (default, dp, topologies, ...: see --help) or a path to a config file with get_config().",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl, config.json, plots and checkpoints.")
 _CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", 0, "CPU devices for JAX to create (fake devices on one host, set before JAX starts); "
-    "0: as many as --config.perf.mesh needs, e.g. 8 for '(8,)'.")
+    "cpu_devices",
+    0,
+    "CPU devices for JAX to create (fake devices on one host, set before JAX starts); "
+    "0: as many as --config.perf.mesh needs, e.g. 8 for '(8,)'.",
+)
 _FLAGS_HELP = [
     ("--config NAME_OR_FILE", "a shipped config (above) or a path to a .py file with get_config()"),
     ("--config.<field>=VALUE", "override one field, e.g. --config.topology.name=torus --config.num_rounds=50"),
@@ -36,8 +42,10 @@ def _main(argv):
     # Orbax logs every checkpoint step at INFO; the progress bar already says where we are.
     logging.set_verbosity(logging.WARNING)
     if _CONFIG.value is None:
-        _cli.fail(f"config: --config is required: a shipped config ({', '.join(_cli._shipped().names())}) "
-                  "or a path to a .py file")
+        _cli.fail(
+            f"config: --config is required: a shipped config ({', '.join(_cli._shipped().names())}) "
+            "or a path to a .py file"
+        )
     from redeem_jax.experiment.config import ConfigError
 
     try:  # the CPU device count, then several hosts: both must precede any JAX computation (docs/scale.md)
@@ -64,15 +72,21 @@ def _main(argv):
         row = r.final
         acc = ""
         if "test_accuracy" in row:
-            acc = (f"test accuracy {row['test_accuracy']:.4f} (averaged model), "
-                   f"{row['node_test_accuracy_mean']:.4f} (nodes' mean), ")
+            acc = (
+                f"test accuracy {row['test_accuracy']:.4f} (averaged model), "
+                f"{row['node_test_accuracy_mean']:.4f} (nodes' mean), "
+            )
         eps = ""
         if "epsilon" in row:
             p = r.experiment.privacy
-            eps = (f"privacy spent ε = {row['epsilon']:.3f} at δ = {p['delta']:g} "
-                   f"(σ = {p['noise_multiplier']:.3f}, q = {p['sample_rate']:.3g}), ")
-        print(f"{label + ': ' if label else ''}round {row['round']}: {acc}{eps}test loss {row['test_loss']:.4g}, "
-              f"consensus distance {row['consensus_distance']:.3g}, {row['wall_time']:.1f}s")
+            eps = (
+                f"privacy spent ε = {row['epsilon']:.3f} at δ = {p['delta']:g} "
+                f"(σ = {p['noise_multiplier']:.3f}, q = {p['sample_rate']:.3g}), "
+            )
+        print(
+            f"{label + ': ' if label else ''}round {row['round']}: {acc}{eps}test loss {row['test_loss']:.4g}, "
+            f"consensus distance {row['consensus_distance']:.3g}, {row['wall_time']:.1f}s"
+        )
     per_run = _existing(next(iter(results.values())).workdir, _RUN_OUTPUTS)
     if compared:
         folders = ", ".join(f"{r.workdir.name}/" for r in results.values())

@@ -183,7 +183,9 @@ def parse_flags(argv: list[str], flag_values, axes=()):
 def cpu_devices_needed(flag: int, mesh=(), sweep_devices: int = 0) -> int:
     """The number of CPU devices to ask JAX for: ``--cpu_devices`` if given, else as many as the
     mesh (``perf.mesh``, the product of its positive sizes) or ``--sweep_devices`` needs; 0: JAX's default."""
-    need = max(math.prod(s for s in tuple(mesh or ()) if s > 0) if mesh else 0, sweep_devices if sweep_devices > 0 else 0)
+    need = max(
+        math.prod(s for s in tuple(mesh or ()) if s > 0) if mesh else 0, sweep_devices if sweep_devices > 0 else 0
+    )
     return flag if flag > 0 else (need if need > 1 else 0)
 
 
@@ -205,8 +207,11 @@ def help_text(prog: str, flags_help: list[tuple[str, str]]) -> str:
     from redeem_jax.experiment.config import base_config
 
     configs = _shipped()
-    lines = [f"usage: {prog} --config NAME_OR_FILE [--config.<section>.<field>=VALUE ...] [flags]", "",
-             "shipped configs (--config NAME; or --config path/to/file.py with a get_config()):"]
+    lines = [
+        f"usage: {prog} --config NAME_OR_FILE [--config.<section>.<field>=VALUE ...] [flags]",
+        "",
+        "shipped configs (--config NAME; or --config path/to/file.py with a get_config()):",
+    ]
     width = max(map(len, configs.names()))
     lines += [f"  {n:<{width}}  {configs.describe(n)}" for n in configs.names()]
     base = base_config()
@@ -217,8 +222,11 @@ def help_text(prog: str, flags_help: list[tuple[str, str]]) -> str:
             lines.append(f"  {k}: {', '.join(v.keys())}")
     lines.append(f"  (top level): {', '.join(top)}")
     lines += ["", "flags:"] + [f"  {name}  {text}" for name, text in flags_help]
-    lines += ["", "every field, its default and allowed values: redeem_jax/experiment/config.py; "
-              "--helpfull lists absl's own flags"]
+    lines += [
+        "",
+        "every field, its default and allowed values: redeem_jax/experiment/config.py; "
+        "--helpfull lists absl's own flags",
+    ]
     return "\n".join(lines)
 
 

@@ -26,10 +26,13 @@ import sys
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
-SETTINGS = {"M_ARENA_MAX": 1, "M_MMAP_THRESHOLD": 1 << 30, "M_TRIM_THRESHOLD": (1 << 31) - 1,
-            "M_TOP_PAD": 512 << 20}
-_PARAMS = {"M_ARENA_MAX": _M_ARENA_MAX, "M_MMAP_THRESHOLD": _M_MMAP_THRESHOLD,
-           "M_TRIM_THRESHOLD": _M_TRIM_THRESHOLD, "M_TOP_PAD": _M_TOP_PAD}
+SETTINGS = {"M_ARENA_MAX": 1, "M_MMAP_THRESHOLD": 1 << 30, "M_TRIM_THRESHOLD": (1 << 31) - 1, "M_TOP_PAD": 512 << 20}
+_PARAMS = {
+    "M_ARENA_MAX": _M_ARENA_MAX,
+    "M_MMAP_THRESHOLD": _M_MMAP_THRESHOLD,
+    "M_TRIM_THRESHOLD": _M_TRIM_THRESHOLD,
+    "M_TOP_PAD": _M_TOP_PAD,
+}
 
 applied: dict[str, int] = {}
 

@@ -44,9 +44,23 @@ from redeem_jax.core import Channel, Ctx, Hyper, resolve, row_bits
 from redeem_jax.metrics import masked_mean
 from redeem_jax.network import gossip as _gossip
 
-__all__ = ["gossip", "robust_gossip", "server", "round_messages", "choco", "error_feedback", "Tamper",
-           "vector_tamper", "edge_tamper", "global_view", "mimic_online", "edge_count", "RoundCounter",
-           "channel_metrics", "with_channel_metrics"]
+__all__ = [
+    "gossip",
+    "robust_gossip",
+    "server",
+    "round_messages",
+    "choco",
+    "error_feedback",
+    "Tamper",
+    "vector_tamper",
+    "edge_tamper",
+    "global_view",
+    "mimic_online",
+    "edge_count",
+    "RoundCounter",
+    "channel_metrics",
+    "with_channel_metrics",
+]
 
 
 # --------------------------------------------------------------------------- #
@@ -87,8 +101,10 @@ def gossip(topology, method: str = "auto", mesh=None) -> Channel:
     devices) circulant graphs use ppermute (``rj.sharding.ppermute_mix``)."""
     if getattr(topology, "is_drawn", False):
         if method not in ("auto", "sparse"):
-            raise ValueError(f"gossip method {method!r}: {topology.name} draws its edges every round, so only the "
-                             "gathered ('sparse' or 'auto') mix applies")
+            raise ValueError(
+                f"gossip method {method!r}: {topology.name} draws its edges every round, so only the "
+                "gathered ('sparse' or 'auto') mix applies"
+            )
     elif mesh is not None:
         from redeem_jax.network import sharding
 
@@ -136,8 +152,11 @@ def _bind(fn: Callable, options: dict, ctx: Ctx, call: Callable):
         return call(lambda *a, **kw: fn(*a, **plain, **vals, **kw))
     use = jnp.all(jnp.stack([jnp.asarray(vals[k]) >= 0 for k in hyp]))
     # cond, not where: a line-searched attack is costly, and only one branch runs (unvmapped).
-    return jax.lax.cond(use, lambda: call(lambda *a, **kw: fn(*a, **plain, **vals, **kw)),
-                        lambda: call(lambda *a, **kw: fn(*a, **plain, **kw)))
+    return jax.lax.cond(
+        use,
+        lambda: call(lambda *a, **kw: fn(*a, **plain, **vals, **kw)),
+        lambda: call(lambda *a, **kw: fn(*a, **plain, **kw)),
+    )
 
 
 def vector_tamper(attack: Callable, name: str = "attack", **options) -> Tamper:
@@ -154,8 +173,12 @@ def edge_tamper(attack: Callable, name: str = "attack", **options) -> Tamper:
     byzantine, key, **options)`` (``rj.attacks.dissensus``, ``lift``, the spectral attack)."""
 
     def update(messages, x, edges, byz, s, ctx):
-        return _bind(attack, options, ctx, lambda a: a(messages, x, edges.neighbors, edges.weights,
-                                                       edges.self_weight, edges.mask, byz, ctx.key)), s
+        return _bind(
+            attack,
+            options,
+            ctx,
+            lambda a: a(messages, x, edges.neighbors, edges.weights, edges.self_weight, edges.mask, byz, ctx.key),
+        ), s
 
     return Tamper(lambda d: (), update, "edge", tuple(v for v in options.values() if isinstance(v, Hyper)), name)
 
@@ -191,8 +214,11 @@ def mimic_online(warmup: int = 1) -> Tamper:
     """
 
     def init(d):
-        return {"z": jnp.full((d,), 1.0 / np.sqrt(d), jnp.float32), "t": jnp.zeros((), jnp.float32),
-                "target": jnp.zeros((), jnp.int32)}
+        return {
+            "z": jnp.full((d,), 1.0 / np.sqrt(d), jnp.float32),
+            "t": jnp.zeros((), jnp.float32),
+            "target": jnp.zeros((), jnp.int32),
+        }
 
     def update(honest, f, s, ctx):
         dt = honest.dtype
@@ -239,8 +265,7 @@ def channel_metrics(channel_states, round) -> dict:
     """The per-round counts channels keep in their states (e.g. ``robust_fallback_nodes``), each
     summed over every exchange that counted it in ``round``; {} when no channel counts anything."""
     out: dict = {}
-    leaves = jax.tree_util.tree_flatten_with_path(channel_states,
-                                                  is_leaf=lambda v: isinstance(v, RoundCounter))[0]
+    leaves = jax.tree_util.tree_flatten_with_path(channel_states, is_leaf=lambda v: isinstance(v, RoundCounter))[0]
     r = jnp.asarray(round, jnp.int32)
     for path, leaf in leaves:
         if isinstance(leaf, RoundCounter) and path and isinstance(path[-1], jax.tree_util.DictKey):
@@ -272,15 +297,19 @@ def _warn_certain_fallbacks(topology, byz: np.ndarray, need: int, label: str, b:
     if short.any():
         ids = np.flatnonzero(short)
         i = int(ids[np.argmin(fewest[ids])])
-        warnings.warn(f"{label}: {ids.size} honest node(s) have fewer than the {need} inputs (own row + "
-                      f"neighbours) the rule needs with b={b}, e.g. node {i} with degree {int(fewest[i]) - 1}; "
-                      "they keep their own value in those rounds (metric robust_fallback_nodes). Lower "
-                      "aggregation.tolerance, use a denser topology or a decentralized rule (clipped_gossip, "
-                      "cs_plus, ios)", stacklevel=3)
+        warnings.warn(
+            f"{label}: {ids.size} honest node(s) have fewer than the {need} inputs (own row + "
+            f"neighbours) the rule needs with b={b}, e.g. node {i} with degree {int(fewest[i]) - 1}; "
+            "they keep their own value in those rounds (metric robust_fallback_nodes). Lower "
+            "aggregation.tolerance, use a denser topology or a decentralized rule (clipped_gossip, "
+            "cs_plus, ios)",
+            stacklevel=3,
+        )
 
 
-def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = None, step: float | None = None
-                  ) -> Channel:
+def robust_gossip(
+    topology, rule, b: int, byzantine, attack: Tamper | None = None, step: float | None = None
+) -> Channel:
     """Robust gossip: gather → tamper the Byzantine senders' slots → a rule at every node.
 
     ``rule``: "gossip" (the plain weighted mean, not robust), "clipped_gossip", "ios",
@@ -307,14 +336,18 @@ def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = Non
         step = _rules.laplacian_step(topology)
     stateful = callable(rule) and getattr(rule, "stateful", False)
     if isinstance(rule, str) and rule not in DECENTRALIZED_RULES:
-        raise ValueError(f"aggregation.rule: {rule!r} is not a decentralized rule ({', '.join(DECENTRALIZED_RULES)}) "
-                         "or an aggregator")
+        raise ValueError(
+            f"aggregation.rule: {rule!r} is not a decentralized rule ({', '.join(DECENTRALIZED_RULES)}) "
+            "or an aggregator"
+        )
     name = rule if isinstance(rule, str) else getattr(rule, "__name__", "rule")
     need = _rules.min_inputs(rule, b)
     K = getattr(topology, "K", None)
     if K is not None and K + 1 < need:
-        raise ValueError(f"aggregation.rule: {name} with b={b} needs {need} inputs (own row + neighbours) but no node "
-                         f"of {topology.name} has more than {K + 1}; lower aggregation.tolerance or use a denser topology")
+        raise ValueError(
+            f"aggregation.rule: {name} with b={b} needs {need} inputs (own row + neighbours) but no node "
+            f"of {topology.name} has more than {K + 1}; lower aggregation.tolerance or use a denser topology"
+        )
     _warn_certain_fallbacks(topology, byz_host, need, f"robust_gossip[{name}]", b)
 
     def node_rule(xi, m, wi, si, mi, prev):
@@ -333,9 +366,11 @@ def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = Non
 
     def init(x):
         d = x.shape[-1]
-        return {"attack": attack.init(d) if attack is not None else (),
-                "rule": jnp.asarray(x) if stateful else (),
-                **_counter("robust_fallback_nodes")}
+        return {
+            "attack": attack.init(d) if attack is not None else (),
+            "rule": jnp.asarray(x) if stateful else (),
+            **_counter("robust_fallback_nodes"),
+        }
 
     def exchange(x, s, ctx):
         e = ctx.edges
@@ -372,8 +407,11 @@ def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = Non
             if stateful:
                 rule_state = jnp.where(short[:, None], y, rule_state)
         count = jnp.sum(short & jnp.asarray(ctx.honest, bool))
-        return y, {"attack": atk_state, "rule": rule_state,
-                   "robust_fallback_nodes": _count(s["robust_fallback_nodes"], ctx.round, count)}
+        return y, {
+            "attack": atk_state,
+            "rule": rule_state,
+            "robust_fallback_nodes": _count(s["robust_fallback_nodes"], ctx.round, count),
+        }
 
     hyp = attack.hypers if attack is not None else ()
     return Channel(init, update, _gossip_wire, False, hyp, f"robust_gossip[{name}]")
@@ -382,8 +420,16 @@ def robust_gossip(topology, rule, b: int, byzantine, attack: Tamper | None = Non
 # --------------------------------------------------------------------------- #
 # server
 # --------------------------------------------------------------------------- #
-def server(*, rule: Callable | None = None, f: int = 0, byzantine=None, attack: Tamper | None = None,
-           message_dtype=None, central_dp: dict | None = None, weights=None) -> Channel:
+def server(
+    *,
+    rule: Callable | None = None,
+    f: int = 0,
+    byzantine=None,
+    attack: Tamper | None = None,
+    message_dtype=None,
+    central_dp: dict | None = None,
+    weights=None,
+) -> Channel:
     """A server holding the global model x̄ (FedAvg, McMahan et al. 2017; robust aggregation of
     worker updates, Karimireddy, He & Jaggi 2021, Farhadkhani et al. 2022; DP-FedAvg, McMahan
     et al. 2018).
@@ -415,11 +461,12 @@ def server(*, rule: Callable | None = None, f: int = 0, byzantine=None, attack: 
 
     def init(x):
         d = x.shape[-1]
-        return {"model": masked_mean(jnp.asarray(x)) if honest_idx is None else
-                masked_mean(jnp.asarray(x)[honest_idx]),
-                "attack": attack.init(d) if attack is not None else (),
-                # a stateful rule (centered clipping) starts from its previous output; 0 at first
-                "rule": jnp.zeros((d,), jnp.asarray(x).dtype) if stateful else ()}
+        return {
+            "model": masked_mean(jnp.asarray(x)) if honest_idx is None else masked_mean(jnp.asarray(x)[honest_idx]),
+            "attack": attack.init(d) if attack is not None else (),
+            # a stateful rule (centered clipping) starts from its previous output; 0 at first
+            "rule": jnp.zeros((d,), jnp.asarray(x).dtype) if stateful else (),
+        }
 
     def update(x, s, ctx):
         n = x.shape[0]
@@ -447,15 +494,19 @@ def server(*, rule: Callable | None = None, f: int = 0, byzantine=None, attack: 
         else:
             agg = rule(delta, f)
         new = base + agg
-        return jnp.broadcast_to(new, x.shape), {"model": new, "attack": atk_state,
-                                                "rule": agg if stateful else s["rule"]}
+        return jnp.broadcast_to(new, x.shape), {
+            "model": new,
+            "attack": atk_state,
+            "rule": agg if stateful else s["rule"],
+        }
 
     def wire(d, ctx):
         bits = 32 * d if dtype is None else row_bits(dtype) * d
         return 2 * ctx.num_nodes, bits  # every node uploads one row, the server broadcasts one to each
 
     hyp = (attack.hypers if attack is not None else ()) + tuple(
-        v for v in (central_dp or {}).values() if isinstance(v, Hyper))
+        v for v in (central_dp or {}).values() if isinstance(v, Hyper)
+    )
     name = "server" if plain else ("server[central_dp]" if central_dp else "server[robust]")
     return Channel(init, update, wire, plain, hyp, name)
 
@@ -463,8 +514,14 @@ def server(*, rule: Callable | None = None, f: int = 0, byzantine=None, attack: 
 def _central_dp_sum(delta, cfg, ctx):
     from redeem_jax.privacy import central
 
-    return central.noisy_secure_sum(delta, ctx.key, ctx.value(cfg["clip_norm"]), ctx.value(cfg["noise_multiplier"]),
-                                    cfg.get("secure", True), cfg.get("scale_bits", 20))
+    return central.noisy_secure_sum(
+        delta,
+        ctx.key,
+        ctx.value(cfg["clip_norm"]),
+        ctx.value(cfg["noise_multiplier"]),
+        cfg.get("secure", True),
+        cfg.get("scale_bits", 20),
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -530,5 +587,4 @@ def error_feedback(exchange: Channel, compressor, gamma) -> Channel:
         return messages, compressor.bits(d)
 
     hyp = exchange.hypers + ((gamma,) if isinstance(gamma, Hyper) else ())
-    return Channel(init, update, wire, exchange.conserving, hyp,
-                   f"error_feedback[{compressor.name}]({exchange.name})")
+    return Channel(init, update, wire, exchange.conserving, hyp, f"error_feedback[{compressor.name}]({exchange.name})")

@@ -34,8 +34,22 @@ from redeem_jax import _threefry
 
 _threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performance.md)
 
-__all__ = ["Hyper", "hyper", "resolve", "hypers_of", "Edges", "Ctx", "Oracle", "Channel", "Algorithm",
-           "Exchange", "chain", "stateless_channel", "tag", "materialize"]
+__all__ = [
+    "Hyper",
+    "hyper",
+    "resolve",
+    "hypers_of",
+    "Edges",
+    "Ctx",
+    "Oracle",
+    "Channel",
+    "Algorithm",
+    "Exchange",
+    "chain",
+    "stateless_channel",
+    "tag",
+    "materialize",
+]
 
 
 # --------------------------------------------------------------------------- #
@@ -84,6 +98,7 @@ def hypers_of(*trees) -> dict[str, float]:
                 visit(v, depth + 1)
         elif hasattr(t, "hypers"):
             visit(t.hypers, depth + 1)
+
     for t in trees:
         visit(t)
     return out
@@ -110,8 +125,9 @@ class Edges:
 
     __slots__ = ("_arrays", "topology", "round", "active")
 
-    def __init__(self, neighbors=None, weights=None, self_weight=None, mask=None, topology=None,
-                 round=None, active=None):
+    def __init__(
+        self, neighbors=None, weights=None, self_weight=None, mask=None, topology=None, round=None, active=None
+    ):
         given = (neighbors, weights, self_weight, mask)
         if any(a is None for a in given) and topology is None:
             raise ValueError("Edges needs the four arrays, or a topology to take them from")
@@ -233,8 +249,7 @@ class Ctx(NamedTuple):
         """A local optimizer step masked by the active nodes: ``(step ⊙ active, opt where active
         else old_opt)`` — a straggler moves by zero and keeps its optimizer state (momentum, Adam
         moments, step count). Without a mask, ``(step, opt)`` unchanged."""
-        return (self.where_active(step, lambda: jax.tree.map(jnp.zeros_like, step)),
-                self.where_active(opt, old_opt))
+        return (self.where_active(step, lambda: jax.tree.map(jnp.zeros_like, step)), self.where_active(opt, old_opt))
 
 
 # --------------------------------------------------------------------------- #
@@ -276,8 +291,9 @@ class Channel(NamedTuple):
     name: str = "channel"
 
 
-def stateless_channel(fn: Callable, wire: Callable | None = None, conserving: bool = False,
-                      hypers: tuple = (), name: str = "channel") -> Channel:
+def stateless_channel(
+    fn: Callable, wire: Callable | None = None, conserving: bool = False, hypers: tuple = (), name: str = "channel"
+) -> Channel:
     """A :class:`Channel` from ``fn(x, ctx) -> y`` with no state."""
 
     def update(x, s, ctx):
@@ -322,8 +338,9 @@ def chain(*channels: Channel) -> Channel:
         return messages, bits
 
     hyp = tuple(h for c in channels for h in c.hypers)
-    return Channel(init, update, wire, all(c.conserving for c in channels), hyp,
-                   " ∘ ".join(c.name for c in reversed(channels)))
+    return Channel(
+        init, update, wire, all(c.conserving for c in channels), hyp, " ∘ ".join(c.name for c in reversed(channels))
+    )
 
 
 class Exchange(NamedTuple):

@@ -6,6 +6,7 @@ process, and a mesh over them (:func:`redeem_jax.sharding.make_mesh`) spreads
 the node axis across hosts. Call :func:`initialize` first thing, before any
 JAX computation creates a backend.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,11 @@ def settings(config=None, environ=None) -> dict:
         num = int(env["JAX_NUM_PROCESSES"])
     if pid < 0 and env.get("JAX_PROCESS_ID"):
         pid = int(env["JAX_PROCESS_ID"])
-    return {"coordinator_address": coordinator, "num_processes": num if num > 1 else None,
-            "process_id": pid if pid >= 0 else None}
+    return {
+        "coordinator_address": coordinator,
+        "num_processes": num if num > 1 else None,
+        "process_id": pid if pid >= 0 else None,
+    }
 
 
 def _cluster_detected() -> bool:
@@ -49,8 +53,9 @@ def _cluster_detected() -> bool:
     # A one-task job (e.g. SLURM with --ntasks=1) stays a plain single process.
     try:
         from jax._src import clusters
+
         for env in clusters.ClusterEnv._cluster_types:
-            if env.__name__ != "Mpi4pyCluster" and env.is_env_present():   # mpi4py is opt-in in JAX too
+            if env.__name__ != "Mpi4pyCluster" and env.is_env_present():  # mpi4py is opt-in in JAX too
                 return int(env.get_process_count()) > 1
     except Exception:  # private API: if it moves, only explicit settings are used
         return False
@@ -77,13 +82,18 @@ def initialize(config=None, *, local_device_ids=None, initialization_timeout: in
     # The option only affects the CPU client, so setting it on GPU/TPU hosts is harmless.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(coordinator_address=s["coordinator_address"],
-                                   num_processes=s["num_processes"], process_id=s["process_id"],
-                                   local_device_ids=local_device_ids,
-                                   initialization_timeout=initialization_timeout)
+        jax.distributed.initialize(
+            coordinator_address=s["coordinator_address"],
+            num_processes=s["num_processes"],
+            process_id=s["process_id"],
+            local_device_ids=local_device_ids,
+            initialization_timeout=initialization_timeout,
+        )
     except RuntimeError as e:
         if "before any JAX" in str(e) or "backend" in str(e).lower():
-            raise RuntimeError("redeem_jax.distributed.initialize must run before any JAX computation "
-                               f"(first thing in the script): {e}") from e
+            raise RuntimeError(
+                "redeem_jax.distributed.initialize must run before any JAX computation "
+                f"(first thing in the script): {e}"
+            ) from e
         raise
     return jax.process_count() > 1

@@ -17,7 +17,17 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["Model", "get", "MODELS", "loss_and_metrics", "per_example_loss", "MLP", "CNN", "Linear", "TinyTransformerLM"]
+__all__ = [
+    "Model",
+    "get",
+    "MODELS",
+    "loss_and_metrics",
+    "per_example_loss",
+    "MLP",
+    "CNN",
+    "Linear",
+    "TinyTransformerLM",
+]
 
 
 class Model(NamedTuple):

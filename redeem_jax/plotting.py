@@ -56,9 +56,12 @@ def plot_history(rows: Sequence[dict], path: str | Path | None = None, title: st
         ax.set(xlabel="round", ylabel="test accuracy", title="accuracy")
         ax.legend(loc="lower right", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax, key, label, log in zip(axes, ("test_loss", "train_loss", "consensus_distance"),
-                                   ("test loss (averaged model)", "train loss (nodes' mean)",
-                                    "consensus distance"), (False, False, True)):
+    for ax, key, label, log in zip(
+        axes,
+        ("test_loss", "train_loss", "consensus_distance"),
+        ("test loss (averaged model)", "train loss (nodes' mean)", "consensus distance"),
+        (False, False, True),
+    ):
         x, y = _col(rows, key)
         if log:  # a common start gives distance 0 at round 0: nothing to draw on a log axis
             x, y = x[y > 0], y[y > 0]
@@ -113,6 +116,13 @@ def annotated_heatmap(ax, values: np.ndarray, fontsize: int = 8):
     values = np.asarray(values, float)
     im = ax.imshow(np.nan_to_num(values, nan=0.0), vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for (i, k), v in np.ndenumerate(values):
-        ax.text(k, i, "—" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=fontsize,
-                color="white" if (np.isnan(v) or v < 0.5) else "black")
+        ax.text(
+            k,
+            i,
+            "—" if np.isnan(v) else f"{v:.2f}",
+            ha="center",
+            va="center",
+            fontsize=fontsize,
+            color="white" if (np.isnan(v) or v < 0.5) else "black",
+        )
     return im

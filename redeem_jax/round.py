@@ -85,8 +85,11 @@ class _BoundChannels(Mapping):
         def call(x, ctx: Ctx):
             k = self._calls.get(name, 0)
             self._calls[name] = k + 1
-            key = self._key if (name == self._first and k == 0) else \
-                jax.random.fold_in(jax.random.fold_in(self._key, tag(name)), k)
+            key = (
+                self._key
+                if (name == self._first and k == 0)
+                else jax.random.fold_in(jax.random.fold_in(self._key, tag(name)), k)
+            )
             cctx = ctx.with_key(key)
             y, self.states[name] = channel.update(x, self.states[name], cctx)
             if channel.wire is not None:
@@ -117,8 +120,15 @@ def _round_context(state: RoundState, topology, honest, hp) -> tuple[Ctx, jax.Ar
     return ctx, round_key, comm_key
 
 
-def make_step(algorithm: Algorithm, oracle: Oracle, channels: Mapping[str, Channel], *, topology=None,
-              honest=None, trace_counter: list | None = None) -> Callable:
+def make_step(
+    algorithm: Algorithm,
+    oracle: Oracle,
+    channels: Mapping[str, Channel],
+    *,
+    topology=None,
+    honest=None,
+    trace_counter: list | None = None,
+) -> Callable:
     """``step(state, node_data, hp) -> (state, metrics)``: one round of ``algorithm``.
 
     ``topology`` gives each round's edges (``ctx.edges``); ``honest`` (bool[N]) is the mask
@@ -132,8 +142,9 @@ def make_step(algorithm: Algorithm, oracle: Oracle, channels: Mapping[str, Chann
     """
     missing = [k for k in algorithm.exchanges if k not in channels]
     if missing:
-        raise ValueError(f"{algorithm.name} exchanges {sorted(algorithm.exchanges)} but no channel was given for "
-                         f"{missing}")
+        raise ValueError(
+            f"{algorithm.name} exchanges {sorted(algorithm.exchanges)} but no channel was given for {missing}"
+        )
     first = next(iter(algorithm.exchanges), None)
     drawn = bool(getattr(topology, "is_drawn", False))
     if drawn:
@@ -162,18 +173,29 @@ def _num_nodes(state, data) -> int:
     return int(jax.tree.leaves(data)[-1].shape[0])
 
 
-def init_state(algorithm: Algorithm, oracle: Oracle, channels: Mapping[str, Channel], x0, key, *, topology=None,
-               honest=None, hp: Mapping | None = None) -> RoundState:
+def init_state(
+    algorithm: Algorithm,
+    oracle: Oracle,
+    channels: Mapping[str, Channel],
+    x0,
+    key,
+    *,
+    topology=None,
+    honest=None,
+    hp: Mapping | None = None,
+) -> RoundState:
     """The network at round 0: each mechanism's ``init`` from the rows ``x0 [N, d]``; ``key`` is
     the run's key (round t draws from ``fold_in(key, t)``)."""
     h = jnp.ones((x0.shape[0],), bool) if honest is None else jnp.asarray(honest, bool)
     r0 = jnp.zeros((), jnp.int32)
     init_key = jax.random.fold_in(key, tag("init"))
-    edges = Edges.of(topology, 0, jax.random.fold_in(init_key, tag("topology")), dict(hp or {})) \
-        if topology is not None else None
+    edges = (
+        Edges.of(topology, 0, jax.random.fold_in(init_key, tag("topology")), dict(hp or {}))
+        if topology is not None
+        else None
+    )
     ctx = Ctx(r0, init_key, edges, h, dict(hp or {}))
-    state = RoundState(algorithm.init(x0, ctx), oracle.init(x0), {k: c.init(x0) for k, c in channels.items()},
-                       r0, key)
+    state = RoundState(algorithm.init(x0, ctx), oracle.init(x0), {k: c.init(x0) for k, c in channels.items()}, r0, key)
     # Mechanisms may start two fields from the same array (ψ₀ = X₀, Y₀ = G₀ = 0): give each leaf
     # its own buffer, so that donating the state to the compiled rounds never donates one twice.
     return jax.tree.map(lambda a: jnp.array(a, copy=True), state)

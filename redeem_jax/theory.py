@@ -18,6 +18,7 @@ eigenmode of ``W`` (equal curvatures) or from the full ``2n x 2n`` map
 constants (eigengap ``delta``, ``beta = ||I - W||_2``, theoretical consensus
 step ``gamma*``) with the exact identity-compressor contraction.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,12 +27,32 @@ import warnings
 import numpy as np
 
 __all__ = [
-    "rho_ring", "rho_torus", "rho_hypercube", "rho_exponential", "rho_complete",
-    "spectral_gap", "consensus_bound", "one_peer_exact_rounds", "rho",
-    "kappa_lower_bound", "kappa_bound", "breakdown_point", "robust_error_lower_bound",
-    "dsgd_fixed_point", "dsgd_consensus_bias", "dsgd_mode_shrink", "dsgd_rate",
-    "diging_rate", "exact_diffusion_rate", "d2_rate", "iteration_matrix", "linear_rate",
-    "choco_constants", "choco_identity_rate", "mean_square_contraction", "expected_mixing_matrix",
+    "rho_ring",
+    "rho_torus",
+    "rho_hypercube",
+    "rho_exponential",
+    "rho_complete",
+    "spectral_gap",
+    "consensus_bound",
+    "one_peer_exact_rounds",
+    "rho",
+    "kappa_lower_bound",
+    "kappa_bound",
+    "breakdown_point",
+    "robust_error_lower_bound",
+    "dsgd_fixed_point",
+    "dsgd_consensus_bias",
+    "dsgd_mode_shrink",
+    "dsgd_rate",
+    "diging_rate",
+    "exact_diffusion_rate",
+    "d2_rate",
+    "iteration_matrix",
+    "linear_rate",
+    "choco_constants",
+    "choco_identity_rate",
+    "mean_square_contraction",
+    "expected_mixing_matrix",
 ]
 
 
@@ -475,9 +496,12 @@ def d2_rate(W, step: float, mu: float = 1.0) -> float:
     W = _as_w(W)
     lam = _disagreement_eigs(W)
     if lam.size and np.min(np.real(lam)) < -1.0 / 3.0 - 1e-12:
-        warnings.warn(f"d2_rate: lambda_min(W) = {np.min(np.real(lam)):.4g} <= -1/3: D^2 is "
-                      "outside its assumption and diverges for small steps", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"d2_rate: lambda_min(W) = {np.min(np.real(lam)):.4g} <= -1/3: D^2 is "
+            "outside its assumption and diverges for small steps",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return _second_order_rate(lam, step, mu)
 
 
@@ -541,7 +565,7 @@ def linear_rate(W, step: float, mu=1.0, method: str = "diging", order: str = "ct
     A, v = iteration_matrix(W, step, mu, method, order)
     if v is not None:
         q, _ = np.linalg.qr(np.column_stack([v / np.linalg.norm(v), np.eye(len(v))]))
-        Q = q[:, 1:len(v)]
+        Q = q[:, 1 : len(v)]
         A = Q.T @ A @ Q
     return float(np.max(np.abs(np.linalg.eigvals(A)), initial=0.0))
 
@@ -588,9 +612,9 @@ def choco_constants(W, omega: float) -> dict:
     lam = _disagreement_eigs(W)
     delta = 1.0 - float(np.max(np.abs(lam), initial=0.0))
     beta = float(np.linalg.norm(np.eye(W.shape[0]) - W, 2))
-    denom = 16 * delta + delta ** 2 + 4 * beta ** 2 + 2 * delta * beta ** 2 - 8 * delta * omega
-    gamma = delta ** 2 * omega / denom if delta > 0 else 0.0
-    return {"delta": delta, "beta": beta, "gamma": gamma, "rate": 1.0 - delta ** 2 * omega / 82.0}
+    denom = 16 * delta + delta**2 + 4 * beta**2 + 2 * delta * beta**2 - 8 * delta * omega
+    gamma = delta**2 * omega / denom if delta > 0 else 0.0
+    return {"delta": delta, "beta": beta, "gamma": gamma, "rate": 1.0 - delta**2 * omega / 82.0}
 
 
 def choco_identity_rate(W, gamma: float) -> float:

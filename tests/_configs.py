@@ -8,9 +8,17 @@ import redeem_jax as rj
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SMALL = {
-    "num_nodes": 8, "data.name": "digits", "data.batch_size": 8, "model.hidden": (16,),
-    "optimizer.name": "momentum", "optimizer.learning_rate": 0.05, "num_rounds": 25, "eval_every": 10,
-    "checkpoint_every": 0, "progress": False, "plots": False,
+    "num_nodes": 8,
+    "data.name": "digits",
+    "data.batch_size": 8,
+    "model.hidden": (16,),
+    "optimizer.name": "momentum",
+    "optimizer.learning_rate": 0.05,
+    "num_rounds": 25,
+    "eval_every": 10,
+    "checkpoint_every": 0,
+    "progress": False,
+    "plots": False,
 }
 
 

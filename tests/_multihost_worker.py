@@ -3,6 +3,7 @@
 Each process has 4 fake CPU devices; the mesh spans all 8, so every process
 holds half of the node rows. Process 0 saves the gathered final params.
 """
+
 import json
 import sys
 
@@ -18,8 +19,15 @@ from redeem_jax import distributed  # noqa: E402
 
 from _configs import small_config  # noqa: E402
 
-c = small_config(**json.loads(overrides), **{"perf.mesh": (-1,), "distributed.coordinator": f"localhost:{port}",
-                                                 "distributed.num_processes": nproc, "distributed.process_id": pid})
+c = small_config(
+    **json.loads(overrides),
+    **{
+        "perf.mesh": (-1,),
+        "distributed.coordinator": f"localhost:{port}",
+        "distributed.num_processes": nproc,
+        "distributed.process_id": pid,
+    },
+)
 assert distributed.initialize(c, initialization_timeout=300)
 assert distributed.initialize(c)  # idempotent
 assert jax.process_count() == nproc and len(jax.devices()) == 4 * nproc, jax.devices()

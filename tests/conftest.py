@@ -9,6 +9,7 @@ xdist workers). JAX's persistent compilation cache keys an executable by its HLO
 options, backend and library versions, so a hit is the program a fresh compile would give;
 sharing it cut the runner and sweep tests from 3:57 to 2:37 on 2 cores.
 """
+
 import os
 import tempfile
 
@@ -25,9 +26,18 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
-    "fast", max_examples=20, deadline=None, derandomize=True, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    "fast",
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.register_profile(
-    "long", max_examples=1000, deadline=None, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    "long",
+    max_examples=1000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.load_profile(os.environ.get("REDEEM_JAX_FUZZ", "fast"))

@@ -1,5 +1,6 @@
 """Robust aggregators: NumPy references from the papers, invariances, masks, non-finite inputs,
 vmap over nodes, preconditions and (f, kappa)-robustness."""
+
 import functools
 import itertools
 import math
@@ -33,8 +34,7 @@ CASES = {
     "caf": (9, 2, {}),
     "smea": (9, 2, {}),
 }
-PRE_CASES = {"nnm": (9, 2, {}), "bucketing": (9, 2, {"s": 2}), "clip": (9, 2, {"tau": 1.0}),
-             "arc": (9, 2, {})}
+PRE_CASES = {"nnm": (9, 2, {}), "bucketing": (9, 2, {"s": 2}), "clip": (9, 2, {"tau": 1.0}), "arc": (9, 2, {})}
 # Rules whose output is not scaling equivariant (absolute radius tau).
 NOT_SCALING = {"centered_clipping"}
 TOL = {"geometric_median": 2e-4}
@@ -68,13 +68,14 @@ def data(seed, n, d=D, loc=0.0):
 
 # ----------------------------------------------------------------------------- NumPy references
 
+
 def np_krum_scores(x, f, idx):
     n = len(idx)
     k = n - f - 2
     s = []
     for i in idx:
         dd = sorted(float(np.sum((x[i] - x[j]) ** 2)) for j in idx if j != i)
-        s.append(sum(dd[:max(k, 0)]))
+        s.append(sum(dd[: max(k, 0)]))
     return np.asarray(s)
 
 
@@ -87,7 +88,7 @@ def ref_median(x, f):
 
 
 def ref_trimmed_mean(x, f):
-    return np.sort(x, axis=0)[f:len(x) - f].mean(0)
+    return np.sort(x, axis=0)[f : len(x) - f].mean(0)
 
 
 def ref_geometric_median(x, f):
@@ -111,7 +112,7 @@ def ref_krum(x, f):
 
 def ref_multi_krum(x, f):
     s = np_krum_scores(x, f, range(len(x)))
-    return x[np.lexsort((tie_key(x), s))[:len(x) - f]].mean(0)
+    return x[np.lexsort((tie_key(x), s))[: len(x) - f]].mean(0)
 
 
 def ref_bulyan(x, f):
@@ -154,13 +155,13 @@ def ref_meamed(x, f):
     out = []
     for c in range(x.shape[1]):
         order = np.argsort(np.abs(x[:, c] - med[c]), kind="stable")
-        out.append(x[order[:len(x) - f], c].mean())
+        out.append(x[order[: len(x) - f], c].mean())
     return np.asarray(out)
 
 
 def ref_monna(x, f, reference=0):
     dd = np.sum((x - x[reference]) ** 2, axis=1)
-    return x[np.argsort(dd, kind="stable")[:len(x) - f]].mean(0)
+    return x[np.argsort(dd, kind="stable")[: len(x) - f]].mean(0)
 
 
 def ref_caf(x, f):
@@ -193,12 +194,11 @@ def ref_smea(x, f):
 
 
 def ref_nnm(x, f):
-    return np.stack([x[np.argsort(np.sum((x - xi) ** 2, 1), kind="stable")[:len(x) - f]].mean(0)
-                     for xi in x])
+    return np.stack([x[np.argsort(np.sum((x - xi) ** 2, 1), kind="stable")[: len(x) - f]].mean(0) for xi in x])
 
 
 def ref_bucketing(x, f, s=2):
-    return np.stack([x[i:i + s].mean(0) for i in range(0, len(x), s)])
+    return np.stack([x[i : i + s].mean(0) for i in range(0, len(x), s)])
 
 
 def ref_clip(x, f, tau=1.0):
@@ -250,6 +250,7 @@ def test_reference_conventions_even_n_and_krum_neighbours():
 
 
 # ----------------------------------------------------------------------------- invariances
+
 
 def permute_ok(name, perm):
     return name != "monna" or perm[0] == 0
@@ -357,8 +358,9 @@ def attacked(seed, n, f, kinds):
 
 @pytest.mark.parametrize("name", [k for k in CASES if k != "mean"])
 @SETTINGS
-@given(seed=st.integers(0, 2**31 - 1),
-       kinds=st.lists(st.sampled_from(BAD + ["mixed", "gauss"]), min_size=2, max_size=2))
+@given(
+    seed=st.integers(0, 2**31 - 1), kinds=st.lists(st.sampled_from(BAD + ["mixed", "gauss"]), min_size=2, max_size=2)
+)
 def test_equal_honest_inputs_win_against_anything(name, seed, kinds):
     n, f, opts = CASES[name]
     x, p = attacked(seed, n, f, kinds)
@@ -388,8 +390,9 @@ def test_mean_is_poisoned_as_documented():
     assert np.all(np.isnan(run("mean", x)))
 
 
-@pytest.mark.parametrize("name", ["nnm+krum", "arc+nnm+geometric_median", "clip+trimmed_mean",
-                                  "bucketing+median", "nnm+mda"])
+@pytest.mark.parametrize(
+    "name", ["nnm+krum", "arc+nnm+geometric_median", "clip+trimmed_mean", "bucketing+median", "nnm+mda"]
+)
 def test_compositions_resist_nonfinite_inputs(name):
     f = 1 if name.startswith("bucketing") else 2
     x, p = attacked(3, 9, f, [np.nan, 1e38][:f])
@@ -409,6 +412,7 @@ def test_huge_values_do_not_overflow_distances():
 
 
 # ----------------------------------------------------------------------------- masks and vmap
+
 
 def masked_case(name, seed):
     n, f, opts = CASES[name]
@@ -467,6 +471,7 @@ def test_vmap_over_nodes_equals_per_node_loop(name):
 
 # ----------------------------------------------------------------------------- API and preconditions
 
+
 def test_registry_and_composition():
     assert set(CASES) == set(A.RULES) and set(PRE_CASES) == set(A.PRE_AGGREGATORS)
     assert A.is_pre_aggregator("nnm") and A.is_pre_aggregator("arc+nnm")
@@ -490,13 +495,20 @@ def test_registry_and_composition():
         jax.jit(lambda x, f: A.get("krum")(x, f))(x, 2)
 
 
-@pytest.mark.parametrize("name,n,f,msg", [
-    ("krum", 6, 2, r"n >= 2f \+ 3"), ("multi_krum", 6, 2, r"n >= 2f \+ 3"),
-    ("bulyan", 10, 2, r"n >= 4f \+ 3"), ("trimmed_mean", 4, 2, "n > 2f"),
-    ("median", 6, 3, "n > 2f"), ("geometric_median", 2, 1, "n > 2f"),
-    ("nnm+krum", 6, 2, r"2f \+ 3"),
-    ("bucketing+krum", 10, 2, r"n >= 2f \+ 3"), ("krum", 5, -1, "f >= 0"),
-])
+@pytest.mark.parametrize(
+    "name,n,f,msg",
+    [
+        ("krum", 6, 2, r"n >= 2f \+ 3"),
+        ("multi_krum", 6, 2, r"n >= 2f \+ 3"),
+        ("bulyan", 10, 2, r"n >= 4f \+ 3"),
+        ("trimmed_mean", 4, 2, "n > 2f"),
+        ("median", 6, 3, "n > 2f"),
+        ("geometric_median", 2, 1, "n > 2f"),
+        ("nnm+krum", 6, 2, r"2f \+ 3"),
+        ("bucketing+krum", 10, 2, r"n >= 2f \+ 3"),
+        ("krum", 5, -1, "f >= 0"),
+    ],
+)
 def test_preconditions_raise(name, n, f, msg):
     with pytest.raises(ValueError, match=msg):
         A.check_preconditions(name, n, f)
@@ -520,8 +532,16 @@ def test_caf_with_f_zero_returns_the_mean():
 
 # ----------------------------------------------------------------------------- (f, kappa)-robustness
 
-BOUNDED = ["trimmed_mean", "median", "geometric_median", "krum", "nnm+trimmed_mean", "nnm+median",
-           "nnm+krum", "nnm+geometric_median"]
+BOUNDED = [
+    "trimmed_mean",
+    "median",
+    "geometric_median",
+    "krum",
+    "nnm+trimmed_mean",
+    "nnm+median",
+    "nnm+krum",
+    "nnm+geometric_median",
+]
 
 
 def test_kappa_bounds_formulae():
@@ -537,15 +557,18 @@ def test_kappa_bounds_formulae():
 
 @pytest.mark.parametrize("name", BOUNDED)
 @SETTINGS
-@given(seed=st.integers(0, 2**31 - 1), attack=st.sampled_from(["none", "far", "alie", "flip"]),
-       z=st.floats(0.1, 5.0))
+@given(seed=st.integers(0, 2**31 - 1), attack=st.sampled_from(["none", "far", "alie", "flip"]), z=st.floats(0.1, 5.0))
 def test_measured_kappa_below_bound(name, seed, attack, z):
     n, f = 9, 2
     rng = np.random.default_rng(seed)
     honest = rng.normal(size=(n - f, D)).astype(np.float32) + rng.normal(size=D).astype(np.float32)
     mu, sd = honest.mean(0), honest.std(0, ddof=1)
-    byz = {"none": rng.normal(size=(f, D)) + mu, "far": np.broadcast_to(mu + 100 * z, (f, D)),
-           "alie": np.broadcast_to(mu - z * sd, (f, D)), "flip": np.broadcast_to(-z * mu, (f, D))}[attack]
+    byz = {
+        "none": rng.normal(size=(f, D)) + mu,
+        "far": np.broadcast_to(mu + 100 * z, (f, D)),
+        "alie": np.broadcast_to(mu - z * sd, (f, D)),
+        "flip": np.broadcast_to(-z * mu, (f, D)),
+    }[attack]
     x = np.concatenate([honest, byz.astype(np.float32)])
     out = np.asarray(jitted(name, f)(x, jnp.ones(n, bool)))
     ratio = float(A.kappa_ratio(jnp.asarray(out), jnp.asarray(honest)))
@@ -611,7 +634,7 @@ def test_subset_rules_beyond_the_enumeration_limit_keep_their_bounds(seed, monke
 def test_subset_rules_beyond_the_enumeration_limit_run_and_resist_attacks():
     n, f = 40, 10  # C(40, 10) = 847,660,528 subsets: not enumerable
     x, p = attacked(5, n, f, [np.nan, 1e38])
-    x[n - f + 2:] = 1e3  # the other Byzantine rows: far
+    x[n - f + 2 :] = 1e3  # the other Byzantine rows: far
     for name in ("mda", "smea"):
         out = np.asarray(jax.jit(lambda v: A.get(name)(v, f))(x))
         np.testing.assert_allclose(out, p, atol=1e-4)
@@ -622,8 +645,12 @@ def test_subset_rules_beyond_the_enumeration_limit_run_and_resist_attacks():
 # Smallest live count each rule is defined for, from the papers (an independent table, not
 # A.min_inputs): 2f + 1 for a honest majority, Krum 2f + 3 (Blanchard et al. 2017: n > 2f + 2),
 # Bulyan 4f + 3 (El Mhamdi et al. 2018), mean 1.
-PAPER_MIN = {"mean": lambda f: 1, "krum": lambda f: 2 * f + 3, "multi_krum": lambda f: 2 * f + 3,
-             "bulyan": lambda f: 4 * f + 3}
+PAPER_MIN = {
+    "mean": lambda f: 1,
+    "krum": lambda f: 2 * f + 3,
+    "multi_krum": lambda f: 2 * f + 3,
+    "bulyan": lambda f: 4 * f + 3,
+}
 
 
 def paper_min(name, f):
@@ -688,12 +715,12 @@ def test_masked_call_below_the_precondition_keeps_the_first_live_row(name):
         got = np.asarray(fn(x, f, live, **opts))
     np.testing.assert_array_equal(got, x[np.argmax(live)] if need > 1 else np.zeros(D, np.float32))
     said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    assert any(re.search(rf"{re.escape(name)}.*\b{need - 1} live rows.*min_inputs = {need}", m)
-               for m in said), said
+    assert any(re.search(rf"{re.escape(name)}.*\b{need - 1} live rows.*min_inputs = {need}", m) for m in said), said
 
 
-@pytest.mark.parametrize("name", ["trimmed_mean", "median", "geometric_median", "meamed",
-                                  "nnm+trimmed_mean", "centered_clipping"])
+@pytest.mark.parametrize(
+    "name", ["trimmed_mean", "median", "geometric_median", "meamed", "nnm+trimmed_mean", "centered_clipping"]
+)
 def test_degree_one_nodes_of_a_path_keep_their_own_value(name):
     # Issue 12: on a path, an end node aggregates 2 rows with f = 1 (below 2f + 1 = 3); with the
     # trimmed mean its parameters became exactly 0 every round. Every path (fast or vmapped) now
@@ -752,8 +779,9 @@ def test_half_precision_neighbourhoods_and_poison(name):
         # rounded to the dtype, near the honest 5 (with two poisoned rows the rule owes nothing).
         ok = np.isin(np.arange(n), [3, 7], invert=True) & (np.isin(nbr, [3, 7]).sum(1) <= 1)
         assert ok.sum() >= 4
-        np.testing.assert_allclose(np.asarray(got, np.float32)[ok], np.asarray(want)[ok],
-                                   rtol=2 * float(jnp.finfo(dtype).eps))
+        np.testing.assert_allclose(
+            np.asarray(got, np.float32)[ok], np.asarray(want)[ok], rtol=2 * float(jnp.finfo(dtype).eps)
+        )
         assert np.all(np.abs(np.asarray(got, np.float32)[ok] - 5.0) < 1.0)
 
 

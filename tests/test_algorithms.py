@@ -19,10 +19,26 @@ N, DIM, M = 8, 5, 20
 
 def _config(algorithm="dsgd", lr=0.3, rounds=200, **over):
     c = rj.config.base_config()
-    fields = {"num_nodes": N, "topology.name": "ring", "data.name": "linear", "data.whiten": True, "data.dim": DIM,
-              "data.num_examples": N * M, "data.heterogeneity": 1.0, "data.batch_size": M, "model.name": "linear",
-              "optimizer.name": "sgd", "optimizer.learning_rate": lr, "num_rounds": rounds, "eval_every": rounds,
-              "checkpoint_every": 0, "progress": False, "plots": False, "algorithm.name": algorithm, **over}
+    fields = {
+        "num_nodes": N,
+        "topology.name": "ring",
+        "data.name": "linear",
+        "data.whiten": True,
+        "data.dim": DIM,
+        "data.num_examples": N * M,
+        "data.heterogeneity": 1.0,
+        "data.batch_size": M,
+        "model.name": "linear",
+        "optimizer.name": "sgd",
+        "optimizer.learning_rate": lr,
+        "num_rounds": rounds,
+        "eval_every": rounds,
+        "checkpoint_every": 0,
+        "progress": False,
+        "plots": False,
+        "algorithm.name": algorithm,
+        **over,
+    }
     for k, v in fields.items():
         rj.config.set_field(c, k, v)
     return c
@@ -55,8 +71,10 @@ def test_dsgd_keeps_the_consensus_bias_of_its_closed_form(order):
     assert np.abs(fixed - x_star).max() > 1e-2  # the bias is real, far above the tolerance
 
 
-@pytest.mark.parametrize("name, order, lr", [("diging", "cta", 0.1), ("diging", "atc", 0.2),
-                                             ("exact_diffusion", None, 0.5), ("d2", None, 0.7)])
+@pytest.mark.parametrize(
+    "name, order, lr",
+    [("diging", "cta", 0.1), ("diging", "atc", 0.2), ("exact_diffusion", None, 0.5), ("d2", None, 0.7)],
+)
 def test_exact_methods_reach_the_optimum_at_their_spectral_rate(name, order, lr):
     # A 3-regular graph: its weights (1/4) are exact in float32, so W stays exactly doubly
     # stochastic (with weights 1/3 the float32 column sums miss 1 by 3e-8, which moves ED's fixed
@@ -87,9 +105,19 @@ def test_exact_methods_reach_the_optimum_at_their_spectral_rate(name, order, lr)
 def test_diging_tracker_keeps_its_sum_while_robust_rules_act_on_the_models():
     # Mean(Y_t) = mean(G_t) every round (Nedić et al. 2017) needs a sum-preserving exchange: the
     # tracker is declared non-robust, so ClippedGossip under attack applies to the models only.
-    c = _config("diging", 0.1, 30, **{"num_nodes": 9, "topology.name": "torus", "data.num_examples": 9 * M,
-                                      "byzantine.num": 1, "byzantine.attack": "sign_flip",
-                                      "aggregation.rule": "clipped_gossip"})
+    c = _config(
+        "diging",
+        0.1,
+        30,
+        **{
+            "num_nodes": 9,
+            "topology.name": "torus",
+            "data.num_examples": 9 * M,
+            "byzantine.num": 1,
+            "byzantine.attack": "sign_flip",
+            "aggregation.rule": "clipped_gossip",
+        },
+    )
     exp = rj.build(c)
     assert exp.channels["tracker"].conserving and not exp.channels["model"].conserving
     state, hp = exp.init_state(), exp.hp_values()
@@ -122,12 +150,15 @@ def test_d2_refuses_lambda_min_below_minus_one_third():
 
 # --------------------------------------------------------------------------- compression
 def _ctx(topo, round=0, key=0):
-    return rj.core.Ctx(jnp.int32(round), jax.random.PRNGKey(key), rj.core.Edges.of(topo, round),
-                       jnp.ones(topo.n, bool), {})
+    return rj.core.Ctx(
+        jnp.int32(round), jax.random.PRNGKey(key), rj.core.Edges.of(topo, round), jnp.ones(topo.n, bool), {}
+    )
 
 
-@pytest.mark.parametrize("name, opts", [("top_k", {"ratio": 0.2}), ("random_k", {"ratio": 0.3}),
-                                        ("qsgd", {"levels": 4}), ("sign", {}), ("identity", {})])
+@pytest.mark.parametrize(
+    "name, opts",
+    [("top_k", {"ratio": 0.2}), ("random_k", {"ratio": 0.3}), ("qsgd", {"levels": 4}), ("sign", {}), ("identity", {})],
+)
 @pytest.mark.parametrize("gamma", [0.05, 0.7])
 def test_choco_gossip_preserves_the_network_mean_for_every_compressor(name, opts, gamma):
     topo = rj.topology.ring(10)
@@ -149,9 +180,17 @@ def test_choco_gossip_with_identity_and_gamma_one_is_plain_gossip():
 
 
 def test_choco_sgd_with_identity_and_gamma_one_equals_dsgd():
-    base = {"data.name": "digits", "model.name": "mlp", "model.hidden": (8,), "data.batch_size": 8,
-            "data.num_examples": 2000, "optimizer.name": "momentum", "optimizer.learning_rate": 0.05,
-            "num_rounds": 12, "eval_every": 6}
+    base = {
+        "data.name": "digits",
+        "model.name": "mlp",
+        "model.hidden": (8,),
+        "data.batch_size": 8,
+        "data.num_examples": 2000,
+        "optimizer.name": "momentum",
+        "optimizer.learning_rate": 0.05,
+        "num_rounds": 12,
+        "eval_every": 6,
+    }
     choco = rj.run(_config("choco_sgd", **base, **{"compression.gamma": 1.0}))
     plain = rj.run(_config("dsgd", **base))
     np.testing.assert_allclose(np.asarray(choco.params), np.asarray(plain.params), atol=2e-6)
@@ -162,8 +201,11 @@ def test_choco_sgd_with_identity_and_gamma_one_equals_dsgd():
 def test_compression_shows_in_the_bytes_sent():
     base = {"num_rounds": 4, "eval_every": 2}
     plain = rj.run(_config("dsgd", **base))
-    topk = rj.run(_config("choco_sgd", **base, **{"compression.name": "top_k", "compression.ratio": 0.2,
-                                                  "compression.gamma": 0.5}))
+    topk = rj.run(
+        _config(
+            "choco_sgd", **base, **{"compression.name": "top_k", "compression.ratio": 0.2, "compression.gamma": 0.5}
+        )
+    )
     d = plain.experiment.model.num_params
     edges = int(plain.experiment.topology.edge_mask.sum())
     assert plain.final["bytes_per_round"] == edges * 4 * d  # one float32 row per directed edge

@@ -1,6 +1,7 @@
 """Stragglers (the active mask) and AD-PSGD's asynchrony (issue 13): a straggler skips its local
 step but still gossips; AD-PSGD averages over a random matching and applies gradients computed
 on models up to ``max_delay`` rounds old (Lian et al. 2018)."""
+
 from __future__ import annotations
 
 import jax
@@ -87,8 +88,11 @@ def test_no_mask_means_the_very_same_arrays():
     step, o = ctx.skip_step(new, opt, None)
     assert step is new and o is opt
     key = jax.random.PRNGKey(3)
-    for topo in (U.link_failures(rj.topology.ring(N), 0.5), U.churn(rj.topology.ring(N), q=0.5),
-                 rg.random_matching(rj.topology.ring(N))):
+    for topo in (
+        U.link_failures(rj.topology.ring(N), 0.5),
+        U.churn(rj.topology.ring(N), q=0.5),
+        rg.random_matching(rj.topology.ring(N)),
+    ):
         assert rj.core.Edges.of(topo, 0, key).active is None
     e = rj.core.Edges.of(U.stragglers(rj.topology.ring(N), 0.5), 0, key)
     assert e.active.shape == (N,) and e.active.dtype == jnp.bool_
@@ -212,8 +216,9 @@ def test_ad_psgd_without_delay_or_sleep_is_dsgd_on_the_matching():
     x = np.concatenate([np.asarray(_x0())[None], np.asarray(hist.x, np.float64)])
     for t in range(4):
         same = np.all(np.isclose(x[t + 1][:, None, :], x[t][None, :, :]), axis=2)  # kept its own
-        avg = np.all(np.isclose(x[t + 1][:, None, None, :], (x[t][None, :, None, :] + x[t][None, None, :, :]) / 2),
-                     axis=3)
+        avg = np.all(
+            np.isclose(x[t + 1][:, None, None, :], (x[t][None, :, None, :] + x[t][None, None, :, :]) / 2), axis=3
+        )
         assert all(same[i, i] or avg[i].any() for i in range(N))
         np.testing.assert_allclose(x[t + 1].mean(0), x[0].mean(0), rtol=1e-5, atol=1e-5)
 
@@ -224,8 +229,13 @@ def test_ad_psgd_gradients_have_the_drawn_staleness():
     round's key (uniform on 0..max_delay, mean max_delay/2 within 3 SE over the rounds), and the
     staleness metric is the mean of min(τ, t)."""
     Dm, rounds, seed = 3, 60, 4
-    hist, seen, m = _run(adp.ad_psgd(SGD, max_delay=Dm, wake=0.8), rj.topology.ring(N), rounds, seed=seed,
-                         oracle=_quadratic_oracle(record=True))
+    hist, seen, m = _run(
+        adp.ad_psgd(SGD, max_delay=Dm, wake=0.8),
+        rj.topology.ring(N),
+        rounds,
+        seed=seed,
+        oracle=_quadratic_oracle(record=True),
+    )
     xs = np.concatenate([np.asarray(_x0())[None], np.asarray(hist.x)])  # xs[t]: models at round t's start
     seen = np.asarray(seen)
 
@@ -266,6 +276,7 @@ def test_ad_psgd_converges_to_a_neighbourhood_that_grows_with_the_delay():
             def body(s, _):
                 s, _ = step(s, B, {})
                 return s, jnp.mean(jnp.sum((s.algorithm.x - xstar) ** 2, axis=1))
+
             return jax.lax.scan(body, state._replace(key=key), None, length=300)[1]
 
         err = np.asarray(jax.jit(jax.vmap(one))(jax.vmap(jax.random.PRNGKey)(jnp.arange(16))), np.float64)
@@ -293,6 +304,7 @@ def test_ad_psgd_wake_is_a_swept_hyper_parameter_with_one_trace():
         def body(s, _):
             s, m = step(s, _data(), {"algorithm.wake": w})
             return s, m["awake_nodes"]
+
         return jax.lax.scan(body, state, None, length=300)[1]
 
     awake = np.asarray(jax.jit(jax.vmap(run))(wakes))
@@ -337,8 +349,14 @@ def test_stragglers_and_ad_psgd_run_from_a_config_and_resume_identically(tmp_pat
     many nodes were active and the mean staleness."""
     import json
 
-    over = {"topology.name": "random_matching", "topology.straggle": 0.3, "algorithm.name": "ad_psgd",
-            "algorithm.max_delay": 2, "algorithm.wake": 0.7, "model.hidden": ()}
+    over = {
+        "topology.name": "random_matching",
+        "topology.straggle": 0.3,
+        "algorithm.name": "ad_psgd",
+        "algorithm.max_delay": 2,
+        "algorithm.wake": 0.7,
+        "model.hidden": (),
+    }
     full = _tiny_run(tmp_path / "full", **over)
     _tiny_run(tmp_path / "resumed", **{**over, "num_rounds": 3})
     resumed = _tiny_run(tmp_path / "resumed", **over)

@@ -3,6 +3,7 @@
 Properties and independent NumPy references written from the papers'
 definitions; no golden numbers that depend on PRNG internals.
 """
+
 import functools
 
 import jax
@@ -29,7 +30,7 @@ def agg_median(x, f):
 
 def agg_trimmed_mean(x, f):
     s = jnp.sort(x, axis=0)
-    return jnp.mean(s[f:x.shape[0] - f], axis=0)
+    return jnp.mean(s[f : x.shape[0] - f], axis=0)
 
 
 def agg_masked_mean(x, f, mask=None):
@@ -79,8 +80,7 @@ def test_sign_flip_and_ipm_closed_forms():
     np.testing.assert_allclose(attacks.sign_flip(x, 2, scale=4.0), -4.0 * np.stack([mean] * 2), rtol=1e-6)
     for eps in (0.1, 2.0):
         kw = {} if eps == 0.1 else {"epsilon": eps}
-        np.testing.assert_allclose(attacks.ipm(x, 3, **kw), np.stack([-eps * np.asarray(mean)] * 3),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(attacks.ipm(x, 3, **kw), np.stack([-eps * np.asarray(mean)] * 3), rtol=1e-6)
 
 
 def test_constant_attacks():
@@ -98,7 +98,7 @@ def test_gaussian_statistics():
     # 60000 iid N(0, 4) draws: mean within ~5 standard errors, std within 2%.
     assert abs(noise.mean()) < 5 * 2.0 / np.sqrt(noise.size)
     assert abs(noise.std() / 2.0 - 1) < 0.02
-    assert not np.allclose(out[0], out[1])            # independent attackers
+    assert not np.allclose(out[0], out[1])  # independent attackers
     pure = np.asarray(attacks.gaussian(x, 2, jax.random.PRNGKey(1), sigma=1.0, centered=False))
     assert abs(pure.mean()) < 5 / np.sqrt(pure.size)
 
@@ -146,8 +146,7 @@ def _damage(agg, honest, byz, f):
 
 
 @pytest.mark.parametrize("agg", [agg_trimmed_mean, agg_median], ids=["trimmed_mean", "median"])
-@pytest.mark.parametrize("opt,fixed", [("alie_opt", "alie"), ("ipm_opt", "ipm"),
-                                       ("sign_flip_opt", "sign_flip")])
+@pytest.mark.parametrize("opt,fixed", [("alie_opt", "alie"), ("ipm_opt", "ipm"), ("sign_flip_opt", "sign_flip")])
 def test_optimized_at_least_as_damaging(agg, opt, fixed):
     f = 4
     for seed in range(3):
@@ -174,7 +173,7 @@ def test_label_flip_and_poison_node_data():
     np.testing.assert_array_equal(attacks.label_flip(y, 10), 9 - np.arange(10))
     ys = jnp.asarray(np.random.default_rng(0).integers(0, 10, size=(4, 5)), jnp.int32)
     sizes = jnp.array([5, 3, 5, 2], jnp.int32)
-    ys = jnp.where(jnp.arange(5)[None] < sizes[:, None], ys, 0)   # zero padding, as stack_parts
+    ys = jnp.where(jnp.arange(5)[None] < sizes[:, None], ys, 0)  # zero padding, as stack_parts
     nd = NodeData(x=jnp.zeros((4, 5, 3)), y=ys, sizes=sizes)
     b = np.array([False, True, False, True])
     out = attacks.poison_node_data(nd, b, 10)
@@ -296,8 +295,9 @@ def test_spectral_custom_direction_and_registry_message():
         attacks.get_edge_attack("nope")
 
 
-@pytest.mark.parametrize("name,opts", [("sign_flip", {}), ("ipm", {"epsilon": 0.5}),
-                                       ("alie", {}), ("alie", {"z": 1.5}), ("mimic", {})])
+@pytest.mark.parametrize(
+    "name,opts", [("sign_flip", {}), ("ipm", {"epsilon": 0.5}), ("alie", {}), ("alie", {"z": 1.5}), ("mimic", {})]
+)
 def test_lift_matches_per_target_loop(name, opts):
     topo = T.erdos_renyi(14, 0.55, seed=4)
     byz = byzantine.place(topo, 4, seed=2)
@@ -357,12 +357,21 @@ def test_place_highest_degree_and_given():
     assert np.flatnonzero(g).tolist() == [2, 4, 7]
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(f=-1), dict(f=10), dict(f=11), dict(f=2, method="bogus"),
-    dict(f=2, method="given", ids=[1]), dict(f=2, method="given", ids=[1, 10]),
-    dict(f=2, method="given", ids=[-1, 3]), dict(f=2, method="given", ids=[3, 3]),
-    dict(f=2, method="given"), dict(f=2, method="highest_degree"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(f=-1),
+        dict(f=10),
+        dict(f=11),
+        dict(f=2, method="bogus"),
+        dict(f=2, method="given", ids=[1]),
+        dict(f=2, method="given", ids=[1, 10]),
+        dict(f=2, method="given", ids=[-1, 3]),
+        dict(f=2, method="given", ids=[3, 3]),
+        dict(f=2, method="given"),
+        dict(f=2, method="highest_degree"),
+    ],
+)
 def test_place_errors(kwargs):
     with pytest.raises(ValueError):
         byzantine.place(10, **kwargs)

@@ -6,6 +6,7 @@ of the library's DP-SGD gradient, over 5 seeds, both audited bounds stay below
 ``accounting.epsilon(sigma, 1.0, 1, delta)``; the many-trials audit is not vacuous (> 0.3x the
 claim at sigma = 1), and it catches a mechanism that adds less noise than it claims.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ Statistical checks use tolerances from the binomial or sample standard deviation
 do not depend on which numbers the PRNG draws. Compressor instances and their jitted samplers are
 shared between tests (``_get``, ``_sampler``): compiling the random ones dominates the run time.
 """
+
 import functools
 import math
 
@@ -16,7 +17,7 @@ from redeem_jax.network import compress as C
 
 D = 100
 T = 4000  # Monte Carlo trials
-Z = 5.0   # sigmas of tolerance
+Z = 5.0  # sigmas of tolerance
 
 
 @functools.cache
@@ -60,8 +61,9 @@ ALL = [
 ]
 IDS = [C.get(n, **o).name for n, o in ALL]
 # the unbiased random_k / qsgd at these d have ω ≤ 0: omega raises (tested below)
-CONTRACTIVE = [(a, i) for a, i in zip(ALL, IDS) if i not in ("random_k(k=10, scaled=True)",
-                                                             "qsgd(levels=4, scaled=False)")]
+CONTRACTIVE = [
+    (a, i) for a, i in zip(ALL, IDS) if i not in ("random_k(k=10, scaled=True)", "qsgd(levels=4, scaled=False)")
+]
 
 
 def test_identity_exact():
@@ -84,14 +86,14 @@ def test_top_k_keeps_largest_and_contracts():
     # deterministic contraction for every row, not just in expectation
     assert c.omega(D) == k / D and not c.unbiased
     err = np.sum((q - x) ** 2, 1)
-    assert (err <= (1 - k / D) * np.sum(x ** 2, 1) * (1 + 1e-6)).all()
+    assert (err <= (1 - k / D) * np.sum(x**2, 1) * (1 + 1e-6)).all()
     np.testing.assert_array_equal(np.asarray(C.top_k(k=k).compress(x, None)), q)
 
 
 def test_k_rounding_and_cap():
-    assert C.top_k(ratio=0.25).omega(10) == 0.3     # round(2.5) -> 3 (halves up)
-    assert C.top_k(ratio=0.001).omega(10) == 0.1    # at least one coordinate
-    assert C.top_k(k=120).omega(D) == 1.0           # capped at d
+    assert C.top_k(ratio=0.25).omega(10) == 0.3  # round(2.5) -> 3 (halves up)
+    assert C.top_k(ratio=0.001).omega(10) == 0.1  # at least one coordinate
+    assert C.top_k(k=120).omega(D) == 1.0  # capped at d
     np.testing.assert_array_equal(np.asarray(C.top_k(k=120).compress(_x(), None)), _x())
 
 
@@ -102,11 +104,11 @@ def test_random_k_mask_frequency_and_error():
     qs = _samples(c, x)
     kept = qs != 0
     assert (kept.sum(1) == k).all()
-    np.testing.assert_array_equal(qs[kept], np.broadcast_to(x, qs.shape)[kept])   # kept values unchanged
+    np.testing.assert_array_equal(qs[kept], np.broadcast_to(x, qs.shape)[kept])  # kept values unchanged
     p = k / D
     assert np.abs(kept.mean(0) - p).max() <= Z * math.sqrt(p * (1 - p) / T)
     m, se = _mean_err(qs, x)
-    assert abs(m - (1 - p) * np.sum(x ** 2)) <= Z * se
+    assert abs(m - (1 - p) * np.sum(x**2)) <= Z * se
     assert c.omega(D) == p and not c.unbiased
 
 
@@ -120,7 +122,7 @@ def test_random_k_scaled_unbiased():
     tol = Z * np.abs(x) * math.sqrt((D / k - 1) / T) + 1e-6
     assert (np.abs(qs.mean(0) - x) <= tol).all()
     m, se = _mean_err(qs, x)
-    assert abs(m - (D / k - 1) * np.sum(x ** 2)) <= Z * se
+    assert abs(m - (D / k - 1) * np.sum(x**2)) <= Z * se
     with pytest.raises(ValueError, match="not a contraction"):
         c.omega(D)
     assert C.random_k(k=80, scaled=True).omega(D) == pytest.approx(2 - D / 80)
@@ -149,9 +151,9 @@ def test_qsgd_unbiased_levels_variance(s):
     assert (np.abs(lev) <= s).all()
     # variance: exactly (‖x‖/s)² Σ p(1 − p), p the fractional parts, and below Alistarh's bound
     m, se = _mean_err(qs, x)
-    assert abs(m - (nrm / s) ** 2 * np.sum(frac * (1 - frac))) <= Z * se + 1e-6 * nrm ** 2
-    bound = min(D / s ** 2, math.sqrt(D) / s)
-    assert m <= bound * nrm ** 2 + Z * se
+    assert abs(m - (nrm / s) ** 2 * np.sum(frac * (1 - frac))) <= Z * se + 1e-6 * nrm**2
+    bound = min(D / s**2, math.sqrt(D) / s)
+    assert m <= bound * nrm**2 + Z * se
     if bound < 1:
         assert c.omega(D) == pytest.approx(1 - bound)
     else:
@@ -159,16 +161,16 @@ def test_qsgd_unbiased_levels_variance(s):
             c.omega(D)
 
 
-@pytest.mark.parametrize("s", [4, 16])   # both branches of min(d/s², √d/s)
+@pytest.mark.parametrize("s", [4, 16])  # both branches of min(d/s², √d/s)
 def test_qsgd_scaled_contracts(s):
     x = _x()
     c = _get("qsgd", levels=s)
-    tau = 1 + min(D / s ** 2, math.sqrt(D) / s)
+    tau = 1 + min(D / s**2, math.sqrt(D) / s)
     assert c.omega(D) == pytest.approx(1 / tau) and not c.unbiased
     qs = _samples(c, x)
     np.testing.assert_allclose(qs, _samples(_get("qsgd", levels=s, scaled=False), x) / tau, rtol=1e-5, atol=1e-7)
     m, se = _mean_err(qs, x)
-    assert m <= (1 - c.omega(D)) * np.sum(x ** 2) + Z * se
+    assert m <= (1 - c.omega(D)) * np.sum(x**2) + Z * se
 
 
 def test_sign_exact():
@@ -192,12 +194,12 @@ def test_zero_batch_jit_vmap(name, opts):
     c = _get(name, **opts)
     key = jax.random.PRNGKey(7)
     x = _x(shape=(3, D))
-    x[1] = 0.0   # a zero row gives zero (no NaN) and leaves the other rows finite
+    x[1] = 0.0  # a zero row gives zero (no NaN) and leaves the other rows finite
     q = np.asarray(_jit(c)(x, key))
     assert q.shape == x.shape and q.dtype == np.float32 and np.isfinite(q).all() and (q[1] == 0).all()
     # batch contract: row i uses split(key, N)[i], i.e. the single-row path vmapped over the split keys
     rows = np.asarray(jax.jit(jax.vmap(c.compress))(x, jax.random.split(key, 3)))
-    np.testing.assert_allclose(q, rows, rtol=1e-6, atol=1e-7)   # vmapped reductions may round differently
+    np.testing.assert_allclose(q, rows, rtol=1e-6, atol=1e-7)  # vmapped reductions may round differently
     if name in ("random_k", "qsgd"):
         with pytest.raises(ValueError, match="key"):
             c.compress(x, None)
@@ -206,10 +208,10 @@ def test_zero_batch_jit_vmap(name, opts):
 @pytest.mark.parametrize("name,opts", [("random_k", {"k": 10}), ("qsgd", {"levels": 4})], ids=["random_k", "qsgd"])
 def test_rows_get_independent_randomness(name, opts):
     f = _jit(_get(name, **opts))
-    x = np.tile(_x(), (3, 1))   # identical rows
+    x = np.tile(_x(), (3, 1))  # identical rows
     q = np.asarray(f(x, jax.random.PRNGKey(7)))
     assert (q[0] != q[1]).any() and (q[1] != q[2]).any()
-    assert (np.asarray(f(x, jax.random.PRNGKey(8))) != q).any()   # and another key changes the draw
+    assert (np.asarray(f(x, jax.random.PRNGKey(8))) != q).any()  # and another key changes the draw
 
 
 def test_leading_shape_typed_key_dtype():
@@ -218,7 +220,7 @@ def test_leading_shape_typed_key_dtype():
     key = jax.random.PRNGKey(7)
     q = np.asarray(f(x, key))
     np.testing.assert_allclose(np.asarray(f(x.reshape(3, 1, D), key)).reshape(3, D), q, rtol=1e-6)
-    assert f(x, jax.random.key(0)).shape == x.shape            # typed keys work too
+    assert f(x, jax.random.key(0)).shape == x.shape  # typed keys work too
     assert _jit(_get("top_k", ratio=0.1))(x.astype(jnp.bfloat16), None).dtype == jnp.bfloat16
 
 
@@ -229,14 +231,14 @@ def test_omega_contract(name, opts):
     x = _x()
     assert 0 < c.omega(D) <= 1
     m, se = _mean_err(_samples(c, x), x)
-    assert m <= (1 - c.omega(D)) * np.sum(x ** 2) + Z * se + 1e-5
+    assert m <= (1 - c.omega(D)) * np.sum(x**2) + Z * se + 1e-5
 
 
 def test_empirical_omega():
     x = _x()
     c = _get("random_k", k=10)
     w = float(C.empirical_omega(c, x, jax.random.PRNGKey(1), T))
-    m, _ = _mean_err(_samples(c, x), x)   # the same keys, so the same estimate
+    m, _ = _mean_err(_samples(c, x), x)  # the same keys, so the same estimate
     assert w == pytest.approx(1 - m / np.sum(x.astype(np.float64) ** 2), rel=1e-4)
     xb = _x(shape=(3, D))
     xb[1] = 0

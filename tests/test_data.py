@@ -71,8 +71,10 @@ def test_dirichlet_small_alpha_more_skewed():
     y = _labels(4000)
     ent = {}
     for alpha in (0.05, 100.0):
-        es = [data.partition_summary(y, data.partition(y, 10, "dirichlet", seed=s, alpha=alpha), 10).label_entropy.mean()
-              for s in range(3)]
+        es = [
+            data.partition_summary(y, data.partition(y, 10, "dirichlet", seed=s, alpha=alpha), 10).label_entropy.mean()
+            for s in range(3)
+        ]
         ent[alpha] = np.mean(es)
     assert ent[0.05] < 0.5 * np.log(10)
     assert ent[100.0] > 0.95 * np.log(10)
@@ -165,8 +167,7 @@ def test_summary_str_dict_plot():
 
 def test_whitened_linear_exact():
     n, m, d = 6, 25, 8
-    ds = data.load("linear", seed=1, dim=d, whiten=True, num_nodes=n, examples_per_node=m,
-                   heterogeneity=0.5, noise=0.3)
+    ds = data.load("linear", seed=1, dim=d, whiten=True, num_nodes=n, examples_per_node=m, heterogeneity=0.5, noise=0.3)
     assert ds.x_train.shape == (n * m, d) and ds.x_train.dtype == np.float32
     assert ds.y_train.dtype == np.float32 and ds.task == "regression" and ds.num_classes == 1
     a = ds.x_train.astype(np.float64).reshape(n, m, d)
@@ -287,8 +288,12 @@ def _fake_mnist(rng, m_train=12, m_test=5):
     }
 
 
-_STEMS = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
-          "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+_STEMS = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
 
 
 def _check_mnist(ds, raw):
@@ -318,8 +323,12 @@ def test_npz_loader_and_aliases(tmp_path):
     _check_mnist(data.load("mnist", path=tmp_path / "mnist.npz"), raw)
     # A directory holding <name>.npz works too.
     _check_mnist(data.load("mnist", path=tmp_path), raw)
-    alias = {"train_images": raw["x_train"], "train_labels": raw["y_train"],
-             "test_images": raw["x_test"], "test_labels": raw["y_test"]}
+    alias = {
+        "train_images": raw["x_train"],
+        "train_labels": raw["y_train"],
+        "test_images": raw["x_test"],
+        "test_labels": raw["y_test"],
+    }
     np.savez(tmp_path / "alias.npz", **alias)
     _check_mnist(data.load("fashion_mnist", path=tmp_path / "alias.npz"), raw)
 
@@ -349,8 +358,9 @@ def test_cifar10_npz_and_batches(tmp_path):
         with open(batches / f"data_batch_{i}", "wb") as f:
             pickle.dump({b"data": flat[sl], b"labels": raw["y_train"][sl, 0].tolist()}, f)
     with open(batches / "test_batch", "wb") as f:
-        pickle.dump({b"data": raw["x_test"].transpose(0, 3, 1, 2).reshape(4, -1),
-                     b"labels": raw["y_test"][:, 0].tolist()}, f)
+        pickle.dump(
+            {b"data": raw["x_test"].transpose(0, 3, 1, 2).reshape(4, -1), b"labels": raw["y_test"][:, 0].tolist()}, f
+        )
     ds2 = data.load("cifar10", path=tmp_path / "cifar-10-batches-py")
     np.testing.assert_array_equal(ds2.x_train, ds.x_train)
     np.testing.assert_array_equal(ds2.y_train, ds.y_train)
@@ -394,7 +404,7 @@ def test_distribute_padding_and_content():
     assert nd.x.shape == (4, sizes.max(), 3) and nd.y.shape == (4, sizes.max())
     x = np.asarray(nd.x)
     for i in range(4):
-        assert (x[i, sizes[i]:] == 0).all()
+        assert (x[i, sizes[i] :] == 0).all()
     # Real rows are exactly the train set, each once.
     rows = np.concatenate([x[i, : sizes[i]] for i in range(4)])
     np.testing.assert_array_equal(rows[np.lexsort(rows.T)], ds.x_train[np.lexsort(ds.x_train.T)])

@@ -63,8 +63,9 @@ def site(tmp_path_factory):
     pytest.importorskip("mkdocstrings")
     mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or "mkdocs"
     out = tmp_path_factory.mktemp("site")
-    proc = subprocess.run([mkdocs, "build", "--strict", "-q", "-d", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [mkdocs, "build", "--strict", "-q", "-d", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "WARNING" not in proc.stderr, proc.stderr[-3000:]
     return out
@@ -75,8 +76,11 @@ def test_reference_builds_strict_and_documents_every_public_name(site):
     pages = {m for m in generate.public_modules() if (site / "reference" / m / "index.html").exists()}
     assert pages == set(generate.public_modules())
     # rj.<name>: read from the lazy table (importing redeem_jax.sweep, the CLI, would shadow rj.sweep)
-    undocumented = [name for name, target in generate._lazy_names().items()
-                    if target.replace(":", ".") not in inv and target not in pages]
+    undocumented = [
+        name
+        for name, target in generate._lazy_names().items()
+        if target.replace(":", ".") not in inv and target not in pages
+    ]
     modules = _modules()
     for module in modules:
         for name, obj in _public(module):

@@ -21,7 +21,7 @@ def _reference_clipped_sum(C):
     # Per-example gradients one by one, in plain Python: the definition (Abadi et al. 2016).
     total = np.zeros(P.shape)
     for i in range(8):
-        g = jax.grad(lambda p: models.loss_and_metrics(MODEL, p, X[i:i + 1], Y[i:i + 1], jnp.ones(1, bool))[0])(P)
+        g = jax.grad(lambda p: models.loss_and_metrics(MODEL, p, X[i : i + 1], Y[i : i + 1], jnp.ones(1, bool))[0])(P)
         g = np.asarray(g, np.float64)
         total += g * min(1.0, C / np.linalg.norm(g))
     return total
@@ -54,8 +54,9 @@ def test_added_noise_is_gaussian_with_std_sigma_c():
     clean = dp_sgd.make_dp_gradient_fn(MODEL, C, 0.0, B)
     base = clean(P, X, Y, MASK, jax.random.PRNGKey(0))[1]
     # 30 draws x 83 coordinates: N(0, σ²C²) per coordinate, before the 1/B scaling.
-    noise = np.concatenate([np.asarray((noisy(P, X, Y, MASK, jax.random.PRNGKey(s))[1] - base) * B, np.float64)
-                            for s in range(30)])
+    noise = np.concatenate(
+        [np.asarray((noisy(P, X, Y, MASK, jax.random.PRNGKey(s))[1] - base) * B, np.float64) for s in range(30)]
+    )
     z = noise / (sigma * C)
     assert stats.kstest(z, "norm").pvalue > 1e-3
     # The variance pins the scale: within 4 standard errors of 1, which a 15% wrong σ is not.
@@ -86,15 +87,19 @@ def test_invalid_parameters_are_refused():
         dp_sgd.make_dp_gradient_fn(MODEL, 1.0, -1.0)
 
 
-@pytest.mark.parametrize("name,shape,classes,task", [("linear", (4,), 1, "regression"),
-                                                     ("logistic", (4,), 2, "classification"),
-                                                     ("mlp", (2, 3), 5, "classification")])
+@pytest.mark.parametrize(
+    "name,shape,classes,task",
+    [("linear", (4,), 1, "regression"), ("logistic", (4,), 2, "classification"), ("mlp", (2, 3), 5, "classification")],
+)
 def test_ghost_clipping_equals_per_example_clipping(name, shape, classes, task):
     m = models.get(name, shape, classes, task, hidden=(7, 5))
     p = m.init(jax.random.PRNGKey(3)) + 0.1 * jax.random.normal(jax.random.PRNGKey(4), (m.num_params,))
     x = jax.random.normal(jax.random.PRNGKey(5), (9, *shape))
-    y = (jax.random.normal(jax.random.PRNGKey(6), (9,)) if task == "regression"
-         else jax.random.randint(jax.random.PRNGKey(6), (9,), 0, classes))
+    y = (
+        jax.random.normal(jax.random.PRNGKey(6), (9,))
+        if task == "regression"
+        else jax.random.randint(jax.random.PRNGKey(6), (9,), 0, classes)
+    )
     mask = jnp.arange(9) < 7
     assert dp_sgd.supports_ghost_clipping(m)
     for C in (0.05, 0.5, np.inf):
@@ -107,5 +112,12 @@ def test_ghost_clipping_refuses_models_it_cannot_handle():
     cnn = models.get("cnn", (6, 6, 1), 3)
     assert not dp_sgd.supports_ghost_clipping(cnn)
     with pytest.raises(ValueError, match="ghost"):
-        dp_sgd.clipped_grad_sum(cnn, cnn.init(jax.random.PRNGKey(0)), jnp.zeros((2, 6, 6, 1)), jnp.zeros(2, int),
-                                jnp.ones(2, bool), 1.0, method="ghost")
+        dp_sgd.clipped_grad_sum(
+            cnn,
+            cnn.init(jax.random.PRNGKey(0)),
+            jnp.zeros((2, 6, 6, 1)),
+            jnp.zeros(2, int),
+            jnp.ones(2, bool),
+            1.0,
+            method="ghost",
+        )

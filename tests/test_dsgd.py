@@ -47,7 +47,7 @@ def test_average_follows_exact_gradient_descent(order):
     x_star = np.asarray(ds.optimum).reshape(-1)
     xbar = np.asarray(res.params).mean(0)
     # x̄₀ = 0 (zero init), so x̄_T − x* = −(1 − η)^T x*.
-    np.testing.assert_allclose(xbar - x_star, -(1 - lr) ** rounds * x_star, atol=1e-5)
+    np.testing.assert_allclose(xbar - x_star, -((1 - lr) ** rounds) * x_star, atol=1e-5)
 
 
 def test_atc_reaches_optimum_within_derived_bound():

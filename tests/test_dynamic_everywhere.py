@@ -42,14 +42,17 @@ def _dense(n, edges):
     return np.asarray(U.dense_mixing(n, tuple(edges)), np.float64)
 
 
-@pytest.mark.parametrize("axes, overrides", [
-    ({"topology.link_up": [0.3, 0.9], "topology.online": [0.5, 0.9]}, {}),
-    ({"topology.s": [1, 2, 4]}, {"topology.name": "epidemic_oracle", "num_rounds": 2}),
-])
+@pytest.mark.parametrize(
+    "axes, overrides",
+    [
+        ({"topology.link_up": [0.3, 0.9], "topology.online": [0.5, 0.9]}, {}),
+        ({"topology.s": [1, 2, 4]}, {"topology.name": "epidemic_oracle", "num_rounds": 2}),
+    ],
+)
 def test_graph_sweeps_compile_once_and_each_point_is_its_run(axes, overrides):
     c = tiny(**overrides)
     df = rj.sweep(c, axes)
-    assert df.attrs["traces"] == [1]          # one compiled step for every point of the grid
+    assert df.attrs["traces"] == [1]  # one compiled step for every point of the grid
     last = final(df)
     points = int(np.prod([len(v) for v in axes.values()]))
     # every value reaches the draw: no two points end with the same metrics
@@ -72,8 +75,9 @@ def test_traced_link_up_draws_the_static_value_graphs():
     assert traced.hypers and rj.core.hypers_of(traced) == {"topology.link_up": 0.5}
     for p in (0.2, 0.7):
         static = U.link_failures(base, p)
-        got = jax.jit(jax.vmap(lambda k, v: U.dense_mixing(8, traced.draw(0, k, hp={"topology.link_up": v})),
-                               in_axes=(0, None)))(keys, jnp.float32(p))
+        got = jax.jit(
+            jax.vmap(lambda k, v: U.dense_mixing(8, traced.draw(0, k, hp={"topology.link_up": v})), in_axes=(0, None))
+        )(keys, jnp.float32(p))
         for i, k in enumerate(keys):
             np.testing.assert_array_equal(np.asarray(got[i]), np.asarray(U.dense_mixing(8, static.draw(0, k))))
 
@@ -90,8 +94,9 @@ def test_traced_fan_out_is_the_static_draw_for_every_s(family):
         else:
             static, traced = rg.k_out(base, s), rg.k_out(base, hyper("topology.s", 1), k_max=s_max)
         for k in keys:
-            np.testing.assert_array_equal(_dense(n, traced.draw(0, k, hp={"topology.s": jnp.float32(s)})),
-                                          _dense(n, static.draw(0, k)))
+            np.testing.assert_array_equal(
+                _dense(n, traced.draw(0, k, hp={"topology.s": jnp.float32(s)})), _dense(n, static.draw(0, k))
+            )
 
 
 def test_traced_el_oracle_s_max_is_the_static_draw_and_smaller_s_the_static_law():
@@ -100,8 +105,12 @@ def test_traced_el_oracle_s_max_is_the_static_draw_and_smaller_s_the_static_law(
     traced = rg.el_oracle(n, hyper("topology.s", 2), s_max=s_max)
     keys = jax.random.split(jax.random.PRNGKey(0), 8)
     for k in keys:  # s = s_max: the same live edges (in another slot order), the same W
-        np.testing.assert_allclose(_dense(n, traced.draw(0, k, hp={"topology.s": jnp.float32(s_max)})),
-                                   _dense(n, static.draw(0, k)), rtol=0, atol=1e-7)
+        np.testing.assert_allclose(
+            _dense(n, traced.draw(0, k, hp={"topology.s": jnp.float32(s_max)})),
+            _dense(n, static.draw(0, k)),
+            rtol=0,
+            atol=1e-7,
+        )
     # s = 2 < s_max: node 0's in-neighbour set must be a uniform 2-subset of the other n - 1 nodes
     # (the static law: every node receives from a uniform s-subset), each of C(5, 2) = 10 sets
     # with probability 1/10. Compared within 5 standard errors.
@@ -118,7 +127,7 @@ def test_traced_el_oracle_s_max_is_the_static_draw_and_smaller_s_the_static_law(
     W = jax.vmap(lambda a, b, c_, d: U.dense_mixing(n, (a, b, c_, d)))(*map(jnp.asarray, (nbr, w, sw, mask)))
     x = np.random.default_rng(0).standard_normal(n)
     x -= x.mean()
-    ratio = np.sum((np.asarray(W, np.float64) @ x - 0.0) ** 2, axis=1) / np.sum(x ** 2)
+    ratio = np.sum((np.asarray(W, np.float64) @ x - 0.0) ** 2, axis=1) / np.sum(x**2)
     lam = rg.el_oracle_contraction(n, 2)
     assert abs(ratio.mean() - lam) < 5 * ratio.std() / math.sqrt(R)
 
@@ -132,9 +141,12 @@ def _gossip_rounds(topo, n, d, T, hp, mesh=None):
     from redeem_jax.core import Algorithm, Exchange, Oracle
     from redeem_jax.network import sharding
 
-    alg = Algorithm(lambda x0, ctx: x0,
-                    lambda a, oracle, channels, ctx: (channels["gossip"](a, ctx), {"train_loss": jnp.zeros(())}),
-                    lambda a: a, {"gossip": Exchange()})
+    alg = Algorithm(
+        lambda x0, ctx: x0,
+        lambda a, oracle, channels, ctx: (channels["gossip"](a, ctx), {"train_loss": jnp.zeros(())}),
+        lambda a: a,
+        {"gossip": Exchange()},
+    )
     oracle = Oracle(lambda x: (), lambda x, s, ctx, data: (jnp.zeros(x.shape[0]), jnp.zeros_like(x), s))
     chans = {"gossip": rj.channels.gossip(topo)}
     x0 = jax.random.normal(jax.random.PRNGKey(0), (n, d))
@@ -169,15 +181,19 @@ def test_a_drawn_graph_shards_through_make_step(family):
 
 def test_a_drawn_graph_shards_through_the_runner():
     """ClippedGossip under ALIE with link failures p = 0.5, nodes over a 4 x 2 mesh: the same run."""
-    over = {"topology.link_up": 0.5, "aggregation.rule": "clipped_gossip", "byzantine.num": 1,
-            "byzantine.attack": "alie"}
+    over = {
+        "topology.link_up": 0.5,
+        "aggregation.rule": "clipped_gossip",
+        "byzantine.num": 1,
+        "byzantine.attack": "alie",
+    }
     mesh = (4, 2)
     cfg = dict(num_nodes=8, num_rounds=4, eval_every=2, **over)
     ref = rj.run(small_config(**cfg))
     got = rj.run(small_config(**cfg, **{"perf.mesh": mesh}))
     assert got.params.sharding.spec[0] == "nodes" and len(got.params.sharding.device_set) == 8
     assert got.compilations == 1
-    assert "live_edges" in got.metrics       # the graph really was drawn every round
+    assert "live_edges" in got.metrics  # the graph really was drawn every round
     np.testing.assert_allclose(got.params, ref.params, **RUN_TOL)
     for k in ref.metrics:
         if k != "wall_time":
@@ -242,7 +258,7 @@ def test_a_byzantine_node_reaches_only_the_nodes_it_is_linked_to_this_round(rule
         for k in tampered:
             np.testing.assert_array_equal(ys[k][unlinked], ys["clean"][unlinked], err_msg=f"{k}, round {r}")
             moved += bool(np.any(np.abs(ys[k][linked & ~byz] - ys["clean"][linked & ~byz]) > 1e-6))
-    assert isolated_rounds >= 1 and moved >= 1   # both cases occurred among the R rounds
+    assert isolated_rounds >= 1 and moved >= 1  # both cases occurred among the R rounds
 
 
 # --------------------------------------------------------------------------- 2. network DP from a run
@@ -285,8 +301,9 @@ def test_network_dp_from_the_recorded_matrices_of_a_run(tmp_path):
     ndp.record_run(exp, exp.init_state()._replace(round=jnp.int32(4)), tmp_path / "static")
     W = ndp.load_mixing_sequence(tmp_path / "static")
     np.testing.assert_array_equal(W, ndp.mixing_sequence(exp.topology, 4))
-    np.testing.assert_array_equal(ndp.leakage_from_run(tmp_path / "static"),
-                                  ndp.leakage_matrix(ndp.mixing_sequence(exp.topology, 4)))
+    np.testing.assert_array_equal(
+        ndp.leakage_from_run(tmp_path / "static"), ndp.leakage_matrix(ndp.mixing_sequence(exp.topology, 4))
+    )
 
     # link failures p = 0.5: the recording holds W(t) of the run's own graph keys
     c = tiny(**{"num_rounds": 5, "topology.link_up": 0.5, "privacy.network_dp_record": True, "seed": 3})
@@ -297,13 +314,14 @@ def test_network_dp_from_the_recorded_matrices_of_a_run(tmp_path):
     np.testing.assert_array_equal(np.asarray(res.state.key), np.asarray(_run_key(3)))
     hp = {"topology.link_up": jnp.float32(0.5)}
     for t in range(5):
-        np.testing.assert_allclose(W[t], topo.sample_mixing_matrix(t, _graph_key(_run_key(3), t), hp), rtol=0,
-                                   atol=1e-7)
-    assert len({W[t].tobytes() for t in range(5)}) > 1          # the graph really changed
+        np.testing.assert_allclose(
+            W[t], topo.sample_mixing_matrix(t, _graph_key(_run_key(3), t), hp), rtol=0, atol=1e-7
+        )
+    assert len({W[t].tobytes() for t in range(5)}) > 1  # the graph really changed
     L = ndp.leakage_from_run(tmp_path / "drawn")
     for v in range(6):
         np.testing.assert_allclose(L[:, v], _dense_leakage(W, v), atol=1e-8, err_msg=f"observer {v}")
-    np.testing.assert_allclose(ndp.leakage_from_run(res), L, atol=1e-12)   # from the RunResult alone
+    np.testing.assert_allclose(ndp.leakage_from_run(res), L, atol=1e-12)  # from the RunResult alone
 
 
 def test_realised_matrices_are_the_ones_the_step_gossiped_with():

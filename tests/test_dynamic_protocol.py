@@ -1,6 +1,7 @@
 """The drawn-topology protocol (DESIGN.md "One round": ``edges(round, key)``): a graph drawn inside
 the jitted step from a per-round graph key, the same edges for every channel of the round,
 one compile for a whole run, the same graphs for the same seed."""
+
 from __future__ import annotations
 
 import jax
@@ -83,8 +84,8 @@ def test_one_compile_same_graph_for_every_channel_and_same_seed_same_graphs():
     topo = RandomCycle(N)
     assert is_drawn(topo) and not is_drawn(rj.topology.ring(N))
     s1, m1 = _run(topo, 20, seed=3, trace=trace)
-    assert len(trace) == 1                                  # 20 random graphs, one trace
-    assert bool(np.all(np.asarray(m1["same_graph"])))       # both exchanges of a round saw one graph
+    assert len(trace) == 1  # 20 random graphs, one trace
+    assert bool(np.all(np.asarray(m1["same_graph"])))  # both exchanges of a round saw one graph
     s2, _ = _run(topo, 20, seed=3)
     np.testing.assert_array_equal(np.asarray(s1.algorithm), np.asarray(s2.algorithm))
     s3, _ = _run(topo, 20, seed=4)
@@ -130,10 +131,13 @@ def _tiny_run(workdir=None, **over):
     return rj.run(c, workdir)
 
 
-@pytest.mark.parametrize("over", [
-    {"topology.name": "epidemic_oracle", "topology.s": 2},
-    {"topology.link_up": 0.5, "byzantine.num": 1, "byzantine.attack": "alie", "aggregation.rule": "clipped_gossip"},
-])
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"topology.name": "epidemic_oracle", "topology.s": 2},
+        {"topology.link_up": 0.5, "byzantine.num": 1, "byzantine.attack": "alie", "aggregation.rule": "clipped_gossip"},
+    ],
+)
 def test_drawn_topologies_run_from_a_config_and_resume_to_the_same_graphs(tmp_path, over):
     """A config selects a drawn family (or makes a static graph unreliable); a run stopped at
     round 3 and resumed draws the same graphs as the uninterrupted one: equal rows."""
@@ -187,11 +191,17 @@ def test_mix_edges_equals_gather_then_combine_and_ignores_poison_in_padded_slots
         nbr, w, sw, m = topo.draw(r, jax.random.PRNGKey(r))
         x = jax.random.normal(jax.random.PRNGKey(10 + r), (N, D))
         ref = rj.gossip.combine(x, x[nbr], w, sw)
-        np.testing.assert_allclose(np.asarray(rj.gossip.mix_edges(x, nbr, w, sw)), np.asarray(ref), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            np.asarray(rj.gossip.mix_edges(x, nbr, w, sw)), np.asarray(ref), rtol=1e-6, atol=1e-7
+        )
     # a zero-weight slot pointing at a NaN row contributes exactly 0
     x = jnp.ones((3, 2)).at[2].set(jnp.nan)
-    y = rj.gossip.mix_edges(x, jnp.array([[1, 2], [0, 2], [2, 2]]), jnp.array([[0.5, 0.0], [0.5, 0.0], [0.0, 0.0]]),
-                            jnp.array([0.5, 0.5, 1.0]))
+    y = rj.gossip.mix_edges(
+        x,
+        jnp.array([[1, 2], [0, 2], [2, 2]]),
+        jnp.array([[0.5, 0.0], [0.5, 0.0], [0.0, 0.0]]),
+        jnp.array([0.5, 0.5, 1.0]),
+    )
     np.testing.assert_array_equal(np.asarray(y[:2]), 1.0)
 
 

@@ -5,6 +5,7 @@ consensus bias is its closed form and shrinks with α, the exact methods reach x
 rate, Choco-Gossip keeps the network mean and works far above Theorem 2's γ*, and compressed
 methods send fewer bytes (exactly rounds · edges · bits / 8) than D-SGD.
 """
+
 import json
 
 import numpy as np
@@ -44,11 +45,11 @@ def test_dsgd_bias_is_its_closed_form_and_shrinks_with_the_step(heterogeneity, o
     for r in rows:
         assert r["rel_error"] < 1e-3, r
         assert r["max_abs_to_fixed_point"] < 1e-4, r
-        assert r["mean_error"] < 1e-4, r       # equal curvatures: the mean of the fixed point is exact
+        assert r["mean_error"] < 1e-4, r  # equal curvatures: the mean of the fixed point is exact
     for seed in (0, 1, 2):
         meas = [r["measured"] for r in sorted(rows, key=lambda r: r["alpha"]) if r["seed"] == seed]
         assert np.all(np.diff(meas) > 0), meas
-        assert meas[0] > 1e-3                   # the bias is real, far above float32 noise
+        assert meas[0] > 1e-3  # the bias is real, far above float32 noise
 
 
 def test_exact_methods_reach_the_optimum_at_their_spectral_rate(heterogeneity):
@@ -56,14 +57,14 @@ def test_exact_methods_reach_the_optimum_at_their_spectral_rate(heterogeneity):
     assert {"DIGing CTA", "DIGing ATC", "exact diffusion", "D²"} <= exact.keys()
     for label, m in exact.items():
         for r in m["seeds"]:
-            if m["algorithm"] == "dsgd":        # the biased reference stalls at its closed-form floor
+            if m["algorithm"] == "dsgd":  # the biased reference stalls at its closed-form floor
                 assert r["error"][-1] == pytest.approx(r["floor_closed_form"], rel=1e-3)
                 assert r["floor_closed_form"] > 1e-1
                 continue
             assert r["final_max_abs"] < 1e-5, (label, r["final_max_abs"])
             assert r["rate_measured"] == pytest.approx(m["rate_theory"], rel=2e-2), label
         if m["algorithm"] != "dsgd":
-            assert m["lambda_min"] > -1 / 3     # the graph D² needs
+            assert m["lambda_min"] > -1 / 3  # the graph D² needs
 
 
 def test_compressed_gossip_writes_its_figure_and_tables(compressed):
@@ -81,12 +82,12 @@ def test_choco_gossip_keeps_the_mean_and_beats_gamma_star(compressed):
         # 1ᵀ(W − I) = 0: the network mean is kept for any Q and γ (float32 roundoff of weights 1/3)
         assert c["mean_drift_best"] < 2e-5 and c["mean_drift_gamma_star"] < 2e-5, name
         assert c["mean_drift_max_stable"] < 2e-5, name
-        assert 0 < c["gamma_star"] < c["delta"] * c["omega"] / 8          # the bound of its docstring
+        assert 0 < c["gamma_star"] < c["delta"] * c["omega"] / 8  # the bound of its docstring
         assert c["gamma_best"] >= c["gamma_star"], name
-        assert c["gamma_best"] >= 100 * c["gamma_star"], name            # orders of magnitude apart
+        assert c["gamma_best"] >= 100 * c["gamma_star"], name  # orders of magnitude apart
         best = c["gammas"].index(c["gamma_best"])
         assert c["final_distance"][best] < 0.1 * c["final_distance"][-1], name
-        assert c["final_distance"][-1] > 0.5, name                        # γ*: nearly flat
+        assert c["final_distance"][-1] > 0.5, name  # γ*: nearly flat
     ident = comps["identity"]
     assert ident["identity_rate_measured"] == pytest.approx(ident["identity_rate_best"], rel=2e-2)
 
@@ -96,7 +97,7 @@ def test_compressed_methods_send_fewer_bytes_than_dsgd(compressed):
     ref = digits[0]
     assert ref["algorithm"] == "dsgd" and ref["gamma_best"] is None
     assert ref["bits_per_message"] == 32 * ref["d"]
-    assert ref["final_node_accuracy"]["mean"] > 0.2                     # learning (chance is 0.1)
+    assert ref["final_node_accuracy"]["mean"] > 0.2  # learning (chance is 0.1)
     for r in digits:
         assert r["final_mb_sent"] == pytest.approx(r["mb_sent_closed_form"], rel=1e-6), r["label"]
         assert r["rounds"] == ref["rounds"]
@@ -107,4 +108,4 @@ def test_compressed_methods_send_fewer_bytes_than_dsgd(compressed):
         assert r["final_node_accuracy"]["mean"] > 0.15, r["label"]
         # accuracy per byte: ahead of D-SGD after sending as many bytes
         assert r["final_node_accuracy"]["mean"] > r["dsgd_accuracy_at_same_mb"], r["label"]
-        assert r["traces"] == [1]                                          # γ × seed: one compile
+        assert r["traces"] == [1]  # γ × seed: one compile

@@ -1,4 +1,5 @@
 """experiments/dynamic_networks.py: the --quick run, and its exact renormalized second moment."""
+
 import json
 import math
 
@@ -17,15 +18,19 @@ def dyn():
     return load_experiment("dynamic_networks")
 
 
-@pytest.mark.parametrize("base", [rj.topology.ring(8), rj.topology.erdos_renyi(7, 0.5, seed=1),
-                                  rj.topology.star(6)], ids=["ring8", "er7", "star6"])
+@pytest.mark.parametrize(
+    "base",
+    [rj.topology.ring(8), rj.topology.erdos_renyi(7, 0.5, seed=1), rj.topology.star(6)],
+    ids=["ring8", "er7", "star6"],
+)
 @pytest.mark.parametrize("p", [0.3, 0.8])
 def test_renormalize_second_moment_equals_full_enumeration(dyn, base, p):
     # Local enumeration (pairs of rows that share a link) against the library's enumeration of
     # all 2^m link patterns: the same E[W^T (I-J) W] up to float rounding.
     topo = ur.link_failures(base, p, "renormalize")
-    np.testing.assert_allclose(dyn.renormalize_second_moment(topo), ur.enumerate_second_moment(topo),
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        dyn.renormalize_second_moment(topo), ur.enumerate_second_moment(topo), rtol=0, atol=1e-12
+    )
 
 
 def test_dynamic_networks_quick(dyn, tmp_path):
@@ -41,8 +46,15 @@ def test_dynamic_networks_quick(dyn, tmp_path):
             assert title and xlabel and ylabel, (fig, title, xlabel, ylabel)
 
     rows = json.loads((tmp_path / "contraction.json").read_text())
-    assert {r["model"] for r in rows} == {"epidemic_oracle", "epidemic_local", "link_failures_self",
-                                          "link_failures_renormalize", "churn_self", "pairwise", "random_matching"}
+    assert {r["model"] for r in rows} == {
+        "epidemic_oracle",
+        "epidemic_local",
+        "link_failures_self",
+        "link_failures_renormalize",
+        "churn_self",
+        "pairwise",
+        "random_matching",
+    }
     for r in rows:
         what = f"{r['model']} {r['param']}={r['value']}"
         # E r(v) = lambda for the top eigenvector v; E r(x) = tr(S)/(n-1) for isotropic x: both exact.

@@ -147,7 +147,9 @@ def test_pair_numbering_and_the_reshaped_draw_equal_the_gathered_draw(make):
     rows = np.repeat(np.arange(topo.n), topo.K).reshape(topo.n, topo.K)
     pr = topo._pairs[topo._eid]
     m = topo._mask
-    assert np.all(pr[..., 0][m] == np.minimum(rows, topo._nbr)[m]) and np.all(pr[..., 1][m] == np.maximum(rows, topo._nbr)[m])
+    assert np.all(pr[..., 0][m] == np.minimum(rows, topo._nbr)[m]) and np.all(
+        pr[..., 1][m] == np.maximum(rows, topo._nbr)[m]
+    )
     assert topo._eid_is_slot == (base.name.startswith("circulant"))
     for seed in range(3):
         k = jax.random.PRNGKey(seed)

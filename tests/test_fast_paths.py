@@ -1,6 +1,7 @@
 """The performance paths of issue 11 change no result: same random bits, the same minibatch
 indices, every node's aggregation equal to the one-node rule, wide rules equal to NumPy
 references, the host-memory and Threefry settings switchable off."""
+
 import os
 import subprocess
 import sys
@@ -21,9 +22,11 @@ from redeem_jax.data import sampling
 
 def test_threefry_matches_the_papers_known_answers():
     # Threefry-2x32, 20 rounds: the known-answer vectors of Salmon et al. (2011), Random123's kat_vectors.
-    cases = [((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
-             ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
-             ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0))]
+    cases = [
+        ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+        ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+        ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+    ]
     for (k1, k2), (x1, x2), want in cases:
         got = _threefry.threefry2x32(*(np.full((1,), v, np.uint32) for v in (k1, k2, x1, x2)))
         assert tuple(int(v[0]) for v in got) == want
@@ -97,8 +100,20 @@ def test_materialize_is_the_identity_for_values_gradients_and_vmap():
 
 # ----------------------------------------------------------------------------- every node at once
 
-HOOD_RULES = ["mean", "median", "trimmed_mean", "meamed", "krum", "multi_krum", "nnm+trimmed_mean",
-              "nnm+mean", "nnm+median", "geometric_median", "centered_clipping", "caf"]
+HOOD_RULES = [
+    "mean",
+    "median",
+    "trimmed_mean",
+    "meamed",
+    "krum",
+    "multi_krum",
+    "nnm+trimmed_mean",
+    "nnm+mean",
+    "nnm+median",
+    "geometric_median",
+    "centered_clipping",
+    "caf",
+]
 
 
 def _hood_inputs():
@@ -145,8 +160,23 @@ def test_neighbourhood_takes_messages_and_callables():
 # ----------------------------------------------------------------------------- wide rules
 
 
-@pytest.mark.parametrize("name", ["median", "trimmed_mean", "meamed", "krum", "multi_krum", "geometric_median",
-                                  "caf", "nnm", "clip", "arc", "monna", "centered_clipping"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "median",
+        "trimmed_mean",
+        "meamed",
+        "krum",
+        "multi_krum",
+        "geometric_median",
+        "caf",
+        "nnm",
+        "clip",
+        "arc",
+        "monna",
+        "centered_clipping",
+    ],
+)
 def test_rules_on_many_wide_rows_match_numpy_references(name):
     # n = 40 rows of d = 4200: sorting networks with materialized order statistics, the chunked
     # Gram product, Gram-space CAF and Weiszfeld. References in float64 (tests/test_aggregators.py;
@@ -222,7 +252,7 @@ def test_neighbourhood_mean_in_column_blocks_is_bitwise_the_unblocked_sum(monkey
             whole = np.asarray(jax.jit(lambda v: A.neighbourhood("mean", v, nbr, 0, m))(x))
         np.testing.assert_array_equal(blocked, whole)
         live = np.ones((n, k), bool) if m is None else m
-        loop = np.stack([np.mean(np.concatenate([x[i:i + 1], x[nbr[i][live[i]]]]), axis=0) for i in range(n)])
+        loop = np.stack([np.mean(np.concatenate([x[i : i + 1], x[nbr[i][live[i]]]]), axis=0) for i in range(n)])
         np.testing.assert_array_equal(np.isnan(blocked), np.isnan(loop))
         ok = ~np.isnan(loop)
         np.testing.assert_allclose(blocked[ok], loop[ok], rtol=1e-6, atol=1e-6)

@@ -18,6 +18,7 @@ Static shapes are few (n = 11 rows, d = 3; one (dtype, f) pair per dtype) so tha
 compiles two programs in the fast profile (float32 and one of float16 / bfloat16, alternating
 over the rules) and three in the long one; the mask makes the live count vary from 0 to 11.
 """
+
 import functools
 import os
 
@@ -33,8 +34,16 @@ from redeem_jax import aggregators as A
 N, D = 11, 3
 # One f per dtype: three compilations per rule, both tolerances exercised across dtypes.
 CONFIGS = [("float32", 2), ("float16", 1), ("bfloat16", 2)]
-COMPOSED = ["nnm+trimmed_mean", "nnm+median", "nnm+krum", "nnm+geometric_median", "arc+krum",
-            "clip+median", "bucketing+trimmed_mean", "arc+nnm+meamed"]
+COMPOSED = [
+    "nnm+trimmed_mean",
+    "nnm+median",
+    "nnm+krum",
+    "nnm+geometric_median",
+    "arc+krum",
+    "clip+median",
+    "bucketing+trimmed_mean",
+    "arc+nnm+meamed",
+]
 NAMES = list(A.RULES) + COMPOSED
 LONG = os.environ.get("REDEEM_JAX_FUZZ", "fast") == "long"
 
@@ -45,9 +54,11 @@ def configs(name):
     if LONG:
         return CONFIGS
     return [CONFIGS[0], CONFIGS[1 + NAMES.index(name) % 2]]
+
+
 RANGE_EXACT = {"median", "trimmed_mean"}
 POISONS = ["nan", "inf", "-inf", "1e38", "-1e38", "big", "near", "one_nan"]
-EPS = {"float32": 2.0 ** -23, "float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}
+EPS = {"float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 
 
 @functools.cache
@@ -76,13 +87,13 @@ def draw_case(seed, n_live, n_byz, kinds, loc, scale, dtype):
     live = np.zeros(N, bool)
     live[order[:n_live]] = True
     byz = np.zeros(N, bool)
-    byz[order[:n_byz]] = True                     # Byzantine rows are among the live ones
+    byz[order[:n_byz]] = True  # Byzantine rows are among the live ones
     x = loc + scale * rng.normal(size=(N, D))
     mu = x[live & ~byz].mean(0) if np.any(live & ~byz) else np.full(D, loc)
     for i, kind in zip(np.flatnonzero(byz), kinds):
         x[i] = poison(kind, mu, rng)
     with np.errstate(over="ignore"):
-        xd = np.asarray(jnp.asarray(x, dtype))     # values as the rule sees them (1e38 -> inf in f16)
+        xd = np.asarray(jnp.asarray(x, dtype))  # values as the rule sees them (1e38 -> inf in f16)
     return xd, live, byz
 
 
@@ -119,15 +130,22 @@ def check(name, cfg, seed, n_live, n_byz, kinds, loc, scale):
         tol = np.sqrt(D) * (2 * EPS[dtype] * (np.abs(honest).max() + 1.0)) + 1e-4 * np.sqrt(var)
         assert err <= np.sqrt(kappa * var) + tol, (
             f"{name} ({dtype}, n={n_live}, f={f}): |F - mean_S| = {err:.4g} above sqrt(kappa var) = "
-            f"{np.sqrt(kappa * var):.4g} (kappa {kappa:.3g})")
+            f"{np.sqrt(kappa * var):.4g} (kappa {kappa:.3g})"
+        )
 
 
 @pytest.mark.fuzz
 @pytest.mark.parametrize("name", NAMES)
 @settings()
-@given(data=st.data(), seed=st.integers(0, 2**31 - 1), n_live=st.integers(0, N),
-       n_byz=st.integers(0, 2), kinds=st.lists(st.sampled_from(POISONS), min_size=2, max_size=2),
-       loc=st.sampled_from([0.0, 5.0, -3.0, 100.0]), scale=st.sampled_from([1.0, 0.1, 3.0]))
+@given(
+    data=st.data(),
+    seed=st.integers(0, 2**31 - 1),
+    n_live=st.integers(0, N),
+    n_byz=st.integers(0, 2),
+    kinds=st.lists(st.sampled_from(POISONS), min_size=2, max_size=2),
+    loc=st.sampled_from([0.0, 5.0, -3.0, 100.0]),
+    scale=st.sampled_from([1.0, 0.1, 3.0]),
+)
 def test_rule_under_poison_masks_and_dtypes(name, data, seed, n_live, n_byz, kinds, loc, scale):
     cfg = data.draw(st.sampled_from(configs(name)), label="dtype, f")
     check(name, cfg, seed, n_live, n_byz, kinds, loc, scale)
@@ -136,9 +154,14 @@ def test_rule_under_poison_masks_and_dtypes(name, data, seed, n_live, n_byz, kin
 @pytest.mark.fuzz
 @pytest.mark.parametrize("name", [n for n in NAMES if A.kappa_bound(n, 9, 2) is not None and n != "mean"])
 @settings()
-@given(data=st.data(), seed=st.integers(0, 2**31 - 1), extra=st.integers(0, 4),
-       kinds=st.lists(st.sampled_from(["1e38", "-1e38", "big", "near"]), min_size=2, max_size=2),
-       loc=st.sampled_from([0.0, 5.0, -3.0]), scale=st.sampled_from([1.0, 0.1]))
+@given(
+    data=st.data(),
+    seed=st.integers(0, 2**31 - 1),
+    extra=st.integers(0, 4),
+    kinds=st.lists(st.sampled_from(["1e38", "-1e38", "big", "near"]), min_size=2, max_size=2),
+    loc=st.sampled_from([0.0, 5.0, -3.0]),
+    scale=st.sampled_from([1.0, 0.1]),
+)
 def test_kappa_bound_with_exactly_f_finite_byzantine_rows(name, data, seed, extra, kinds, loc, scale):
     cfg = data.draw(st.sampled_from(configs(name)), label="dtype, f")
     # Live counts at and just above the precondition, exactly f Byzantine rows: the (f, κ) check

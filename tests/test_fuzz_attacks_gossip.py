@@ -24,8 +24,11 @@ import redeem_jax as rj
 from redeem_jax.byzantine import attacks as A
 from redeem_jax.network import gossip as G
 
-pytestmark = [pytest.mark.fuzz, pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")]  # 1e38 in float16
+pytestmark = [
+    pytest.mark.fuzz,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
+]  # 1e38 in float16
 
 DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
 # Magnitudes whose attack outputs stay representable (an optimized attack scales by up to 1e2).
@@ -70,9 +73,16 @@ def _vector_attack(name, f, masked):
     return jax.jit(call)
 
 
-@given(name=st.sampled_from(A.ATTACKS), shape=st.sampled_from([(3, 4), (5, 2)]), f=st.sampled_from([1, 2]),
-       dtype=st.sampled_from(sorted(DTYPES)), data=st.data(), seed=st.integers(0, 2**16),
-       masked=st.booleans(), poison=st.sampled_from(POISON))
+@given(
+    name=st.sampled_from(A.ATTACKS),
+    shape=st.sampled_from([(3, 4), (5, 2)]),
+    f=st.sampled_from([1, 2]),
+    dtype=st.sampled_from(sorted(DTYPES)),
+    data=st.data(),
+    seed=st.integers(0, 2**16),
+    masked=st.booleans(),
+    poison=st.sampled_from(POISON),
+)
 def test_vector_attacks_shape_dtype_and_finite(name, shape, f, dtype, data, seed, masked, poison):
     scale = data.draw(st.sampled_from(SCALES[dtype]), label="scale")
     honest = _rows(seed, shape, scale, dtype)
@@ -130,8 +140,14 @@ def _byz_ids(data, n):
     return tuple(sorted(ids))
 
 
-@given(name=st.sampled_from(EDGE), topo_name=st.sampled_from(["ring6", "star5", "er8"]),
-       dtype=st.sampled_from(sorted(DTYPES)), d=st.sampled_from([1, 3]), seed=st.integers(0, 2**16), data=st.data())
+@given(
+    name=st.sampled_from(EDGE),
+    topo_name=st.sampled_from(["ring6", "star5", "er8"]),
+    dtype=st.sampled_from(sorted(DTYPES)),
+    d=st.sampled_from([1, 3]),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
 def test_edge_attacks_touch_only_byzantine_slots_and_stay_finite(name, topo_name, dtype, d, seed, data):
     topo = _topo(topo_name)
     byz_ids = _byz_ids(data, topo.n)
@@ -158,10 +174,15 @@ def _gossip(path, topo, x, r):
     return G.mix(topo, x, r, method=path)
 
 
-@given(topo_name=st.sampled_from(sorted(TOPOLOGIES)), path=st.sampled_from(["dense", "sparse", "roll",
-                                                                           "robust_gossip[gossip]"]),
-       dtype=st.sampled_from(sorted(DTYPES)), d=st.sampled_from([1, 3]), r=st.integers(0, 3),
-       seed=st.integers(0, 2**16), data=st.data())
+@given(
+    topo_name=st.sampled_from(sorted(TOPOLOGIES)),
+    path=st.sampled_from(["dense", "sparse", "roll", "robust_gossip[gossip]"]),
+    dtype=st.sampled_from(sorted(DTYPES)),
+    d=st.sampled_from([1, 3]),
+    r=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
 def test_gossip_of_finite_rows_is_finite_and_keeps_the_mean(topo_name, path, dtype, d, r, seed, data):
     topo = _topo(topo_name)
     if path == "roll" and not topo.is_circulant:
@@ -204,12 +225,18 @@ def _channel(topo_name, rule, byz_ids, attack):
     return exchange, byz
 
 
-@given(topo_name=st.sampled_from(["ring6", "path5", "star5", "er8", "torus9"]), rule=st.sampled_from(RULES),
-       attack=st.sampled_from([None, "dissensus", "lift:alie", "global:sign_flip"]),
-       poison=st.sampled_from(POISON), dtype=st.sampled_from(sorted(DTYPES)), seed=st.integers(0, 2**16),
-       data=st.data())
-def test_robust_gossip_honest_nodes_stay_finite_under_poisoned_byzantine_rows(topo_name, rule, attack, poison,
-                                                                             dtype, seed, data):
+@given(
+    topo_name=st.sampled_from(["ring6", "path5", "star5", "er8", "torus9"]),
+    rule=st.sampled_from(RULES),
+    attack=st.sampled_from([None, "dissensus", "lift:alie", "global:sign_flip"]),
+    poison=st.sampled_from(POISON),
+    dtype=st.sampled_from(sorted(DTYPES)),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_robust_gossip_honest_nodes_stay_finite_under_poisoned_byzantine_rows(
+    topo_name, rule, attack, poison, dtype, seed, data
+):
     topo = _topo(topo_name)
     byz_ids = _byz_ids(data, topo.n)[:1]  # b = 1
     if topo.K + 1 < rj.byzantine.rules.min_inputs(rule, 1):  # no neighbourhood is large enough: refused

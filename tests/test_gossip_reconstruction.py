@@ -6,6 +6,7 @@ second private vector with the same view; Muffliato noise (drawn once, large sig
 attack; the identifiable set never shrinks with more rounds; identifiable <=> network_dp's exact
 leakage is full local DP.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,9 +31,16 @@ def _non_neighbours(top, attackers):
     return out
 
 
-@pytest.mark.parametrize("noise,value,observe", [
-    ("once", "once", "neighbors"), ("fresh", "once", "neighbors"),
-    ("fresh", "every_step", "neighbors"), ("once", "once", "self"), ("fresh", "every_step", "self")])
+@pytest.mark.parametrize(
+    "noise,value,observe",
+    [
+        ("once", "once", "neighbors"),
+        ("fresh", "once", "neighbors"),
+        ("fresh", "every_step", "neighbors"),
+        ("once", "once", "self"),
+        ("fresh", "every_step", "self"),
+    ],
+)
 def test_simulated_view_is_the_linear_map(noise, value, observe):
     # the gossip run and network_dp's observation operator agree row for row: y = A z + N eta
     W = nd.mixing_sequence(topology.erdos_renyi(10, 0.35, seed=2), 4)
@@ -48,11 +56,14 @@ def test_simulated_view_is_the_linear_map(noise, value, observe):
     np.testing.assert_array_equal(view.own_values, z[S])
 
 
-@pytest.mark.parametrize("name,top,S,T", [
-    ("ring", topology.ring(10), [0, 1], 6),
-    ("path", topology.path(8), [0, 7], 5),
-    ("erdos_renyi", topology.erdos_renyi(12, 0.3, seed=1), [0, 5], 3),
-])
+@pytest.mark.parametrize(
+    "name,top,S,T",
+    [
+        ("ring", topology.ring(10), [0, 1], 6),
+        ("path", topology.path(8), [0, 7], 5),
+        ("erdos_renyi", topology.erdos_renyi(12, 0.3, seed=1), [0, 5], 3),
+    ],
+)
 def test_noiseless_reconstruction_of_non_neighbours(name, top, S, T):
     W = nd.mixing_sequence(top, T)
     n = W.shape[1]
@@ -87,7 +98,7 @@ def test_non_identifiable_nodes_are_really_hidden():
     assert hidden.size > 0
     A, _ = rc.observation_operator(W, S)
     unknown = np.setdiff1d(np.arange(9), S)
-    null = scipy.linalg.null_space(A[:, unknown])          # [|U|, k]
+    null = scipy.linalg.null_space(A[:, unknown])  # [|U|, k]
     full = np.zeros((9, null.shape[1]))
     full[unknown] = null
     # every hidden node is moved by some null direction, every identified one by none
@@ -115,8 +126,9 @@ def test_muffliato_noise_defeats_the_attack():
     np.testing.assert_array_equal(noisy[S], 0.0)
 
 
-@pytest.mark.parametrize("top,S", [(topology.ring(12), [0]), (topology.path(9), [4]),
-                                   (topology.erdos_renyi(14, 0.2, seed=3), [2, 9])])
+@pytest.mark.parametrize(
+    "top,S", [(topology.ring(12), [0]), (topology.path(9), [4]), (topology.erdos_renyi(14, 0.2, seed=3), [2, 9])]
+)
 def test_identifiable_set_never_shrinks_with_rounds(top, S):
     prev = None
     W = nd.mixing_sequence(top, 9)

@@ -38,10 +38,12 @@ def _one_line(msg: str) -> bool:
 
 def _raw(rng=None, m_train=12, m_test=5):
     rng = np.random.default_rng(0) if rng is None else rng
-    return {"x_train": rng.integers(0, 256, (m_train, 28, 28), dtype=np.uint8),
-            "y_train": rng.integers(0, 10, m_train, dtype=np.uint8),
-            "x_test": rng.integers(0, 256, (m_test, 28, 28), dtype=np.uint8),
-            "y_test": rng.integers(0, 10, m_test, dtype=np.uint8)}
+    return {
+        "x_train": rng.integers(0, 256, (m_train, 28, 28), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, m_train, dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (m_test, 28, 28), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, m_test, dtype=np.uint8),
+    }
 
 
 def _npz(path: Path, **over) -> Path:
@@ -54,8 +56,12 @@ def _idx_bytes(arr) -> bytes:
     return bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes() + arr.tobytes()
 
 
-_STEMS = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
-          "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+_STEMS = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
 
 
 def _idx_dir(d: Path, gz: bool = False, **replace: bytes) -> Path:
@@ -84,12 +90,15 @@ def _refused(fn, *names):
 # ----------------------------------------------------------------------- data at the door
 
 
-@pytest.mark.parametrize("key, labels, bad", [
-    ("y_test", np.array([12, 0, 1, 2, 3]), 12),            # was: NaN test loss and exit 0
-    ("y_train", np.full(12, 10, np.uint8), 10),             # was: an error blaming the partition
-    ("y_train", np.full(12, 255, np.uint8), 255),
-    ("y_test", np.array([0, -1, 2, 3, 4]), -1),
-])
+@pytest.mark.parametrize(
+    "key, labels, bad",
+    [
+        ("y_test", np.array([12, 0, 1, 2, 3]), 12),  # was: NaN test loss and exit 0
+        ("y_train", np.full(12, 10, np.uint8), 10),  # was: an error blaming the partition
+        ("y_train", np.full(12, 255, np.uint8), 255),
+        ("y_test", np.array([0, -1, 2, 3, 4]), -1),
+    ],
+)
 def test_labels_outside_the_classes_are_refused_naming_the_file(tmp_path, key, labels, bad):
     path = _npz(tmp_path / "m.npz", **{key: labels})
     msg = _refused(lambda: data.load("mnist", path=path), path, key, bad, "[0, 10)")
@@ -180,8 +189,9 @@ def test_a_bad_file_in_a_config_is_a_config_error_naming_data_path(tmp_path):
 def test_a_registered_dataset_is_checked_too():
     def bad(seed=0):
         x = np.zeros((6, 3), np.float32)
-        return datasets.Dataset("bad_labels", x, np.array([0, 1, 2, 0, 1, 2]), x[:2], np.array([0, 7]),
-                                "classification", 3, (3,))
+        return datasets.Dataset(
+            "bad_labels", x, np.array([0, 1, 2, 0, 1, 2]), x[:2], np.array([0, 7]), "classification", 3, (3,)
+        )
 
     data.register_dataset("bad_labels", bad)
     try:
@@ -190,11 +200,14 @@ def test_a_registered_dataset_is_checked_too():
         datasets._REGISTRY.pop("bad_labels")
 
 
-@pytest.mark.parametrize("over, names", [
-    ({"data.num_examples": 10}, ("data.num_examples", "num_nodes=16", "10", ">= 20")),
-    ({"data.num_examples": 10, "data.heterogeneity": 1.0}, ("data.num_examples", "num_nodes=16", ">= 16")),
-    ({"data.num_examples": 100, "data.whiten": True, "data.dim": 10}, ("data.num_examples", "data.dim", ">= 160")),
-])
+@pytest.mark.parametrize(
+    "over, names",
+    [
+        ({"data.num_examples": 10}, ("data.num_examples", "num_nodes=16", "10", ">= 20")),
+        ({"data.num_examples": 10, "data.heterogeneity": 1.0}, ("data.num_examples", "num_nodes=16", ">= 16")),
+        ({"data.num_examples": 100, "data.whiten": True, "data.dim": 10}, ("data.num_examples", "data.dim", ">= 160")),
+    ],
+)
 def test_synthetic_data_with_more_nodes_than_examples_is_a_config_error(over, names):
     c = small_config(**{"num_nodes": 16, "data.name": "linear", "model.name": "linear", **over})
     with pytest.raises(ConfigError) as err:
@@ -228,16 +241,28 @@ def test_a_sweep_refuses_seeds_beyond_the_prng_range():
 # ------------------------------------------------------------- settings that cannot apply
 
 
-@pytest.mark.parametrize("over, field, why", [
-    ({"privacy.target_epsilon": 2.0}, "privacy.target_epsilon", "privacy.mode is 'none'"),
-    ({"privacy.mode": "dp_sgd", "privacy.sample_rate": 0.2}, "privacy.sample_rate", "privacy.sampling is 'fixed'"),
-    ({"privacy.mode": "none", "privacy.sampling": "poisson", "privacy.sample_rate": 0.2}, "privacy.sample_rate",
-     "privacy.mode is 'none'"),
-    ({"byzantine.num": 1, "byzantine.attack": "mimic", "byzantine.strength": 2.0}, "byzantine.strength",
-     "'mimic' takes no strength"),
-    ({"byzantine.num": 1, "byzantine.attack": "label_flip", "byzantine.strength": 2.0}, "byzantine.strength",
-     "'label_flip' takes no strength"),
-])
+@pytest.mark.parametrize(
+    "over, field, why",
+    [
+        ({"privacy.target_epsilon": 2.0}, "privacy.target_epsilon", "privacy.mode is 'none'"),
+        ({"privacy.mode": "dp_sgd", "privacy.sample_rate": 0.2}, "privacy.sample_rate", "privacy.sampling is 'fixed'"),
+        (
+            {"privacy.mode": "none", "privacy.sampling": "poisson", "privacy.sample_rate": 0.2},
+            "privacy.sample_rate",
+            "privacy.mode is 'none'",
+        ),
+        (
+            {"byzantine.num": 1, "byzantine.attack": "mimic", "byzantine.strength": 2.0},
+            "byzantine.strength",
+            "'mimic' takes no strength",
+        ),
+        (
+            {"byzantine.num": 1, "byzantine.attack": "label_flip", "byzantine.strength": 2.0},
+            "byzantine.strength",
+            "'label_flip' takes no strength",
+        ),
+    ],
+)
 def test_settings_that_cannot_apply_are_refused(over, field, why):
     c = small_config(**over)
     with pytest.raises(ConfigError) as err:
@@ -248,13 +273,16 @@ def test_settings_that_cannot_apply_are_refused(over, field, why):
     assert cfg.inapplicable(c, field) in msg
 
 
-@pytest.mark.parametrize("over", [
-    {"privacy.mode": "dp_sgd", "privacy.target_epsilon": 2.0},
-    {"privacy.mode": "dp_sgd", "privacy.sampling": "poisson", "privacy.sample_rate": 0.2},
-    # The default config's reference run: no attackers, the attack's factor kept.
-    {"byzantine.num": 0, "byzantine.attack": "alie", "byzantine.strength": 5.0},
-    {"byzantine.num": 1, "byzantine.attack": "ipm", "byzantine.strength": 0.5},
-])
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"privacy.mode": "dp_sgd", "privacy.target_epsilon": 2.0},
+        {"privacy.mode": "dp_sgd", "privacy.sampling": "poisson", "privacy.sample_rate": 0.2},
+        # The default config's reference run: no attackers, the attack's factor kept.
+        {"byzantine.num": 0, "byzantine.attack": "alie", "byzantine.strength": 5.0},
+        {"byzantine.num": 1, "byzantine.attack": "ipm", "byzantine.strength": 0.5},
+    ],
+)
 def test_settings_that_apply_are_accepted(over):
     cfg.validate(small_config(**over))
 
@@ -314,14 +342,17 @@ def _bfs_components(adjacency: np.ndarray, honest: np.ndarray) -> list[list[int]
     return sorted(out)
 
 
-@pytest.mark.parametrize("topo, ids, groups, lonely", [
-    (topo_mod.ring(16), (0, 8), [list(range(1, 8)), list(range(9, 16))], []),
-    (topo_mod.path(5), (2,), [[0, 1], [3, 4]], []),                 # a cut vertex of a path
-    (topo_mod.ring(8), (0, 2), [[1], [3, 4, 5, 6, 7]], [1]),       # node 1 hears only attackers
-    (topo_mod.star(6), (0,), [[1], [2], [3], [4], [5]], [1, 2, 3, 4, 5]),
-    (topo_mod.ring(16), (0,), [list(range(1, 16))], []),
-    (topo_mod.complete(6), (0, 1, 2), [[3, 4, 5]], []),
-])
+@pytest.mark.parametrize(
+    "topo, ids, groups, lonely",
+    [
+        (topo_mod.ring(16), (0, 8), [list(range(1, 8)), list(range(9, 16))], []),
+        (topo_mod.path(5), (2,), [[0, 1], [3, 4]], []),  # a cut vertex of a path
+        (topo_mod.ring(8), (0, 2), [[1], [3, 4, 5, 6, 7]], [1]),  # node 1 hears only attackers
+        (topo_mod.star(6), (0,), [[1], [2], [3], [4], [5]], [1, 2, 3, 4, 5]),
+        (topo_mod.ring(16), (0,), [list(range(1, 16))], []),
+        (topo_mod.complete(6), (0, 1, 2), [[3, 4, 5]], []),
+    ],
+)
 def test_honest_components_and_byzantine_only_listeners(topo, ids, groups, lonely):
     b = _mask(topo.n, ids)
     assert [c.tolist() for c in placement.honest_components(topo, b)] == groups
@@ -333,8 +364,15 @@ def test_honest_components_and_byzantine_only_listeners(topo, ids, groups, lonel
 
 
 def test_a_placement_that_cuts_the_honest_nodes_warns_before_the_run():
-    c = small_config(**{"num_nodes": 16, "byzantine.num": 2, "byzantine.placement": "given",
-                        "byzantine.ids": (0, 8), "byzantine.attack": "alie"})
+    c = small_config(
+        **{
+            "num_nodes": 16,
+            "byzantine.num": 2,
+            "byzantine.placement": "given",
+            "byzantine.ids": (0, 8),
+            "byzantine.attack": "alie",
+        }
+    )
     with pytest.warns(placement.PlacementWarning, match=r"Byzantine nodes \[0, 8\] on ring.*\[1, 2, 3"):
         build(c)
     # A placement that leaves the honest ring connected builds without a warning.
@@ -345,11 +383,17 @@ def test_a_placement_that_cuts_the_honest_nodes_warns_before_the_run():
         build(c)
 
 
-_FAMILIES = st.sampled_from([
-    lambda n, s: topo_mod.ring(n), lambda n, s: topo_mod.path(n), lambda n, s: topo_mod.star(n),
-    lambda n, s: topo_mod.complete(n), lambda n, s: topo_mod.erdos_renyi(n, 0.3, seed=s),
-    lambda n, s: topo_mod.random_geometric(n, 0.45, seed=s), lambda n, s: topo_mod.one_peer_exponential(n),
-])
+_FAMILIES = st.sampled_from(
+    [
+        lambda n, s: topo_mod.ring(n),
+        lambda n, s: topo_mod.path(n),
+        lambda n, s: topo_mod.star(n),
+        lambda n, s: topo_mod.complete(n),
+        lambda n, s: topo_mod.erdos_renyi(n, 0.3, seed=s),
+        lambda n, s: topo_mod.random_geometric(n, 0.45, seed=s),
+        lambda n, s: topo_mod.one_peer_exponential(n),
+    ]
+)
 
 
 @pytest.mark.fuzz
@@ -372,8 +416,14 @@ def test_fuzz_honest_components_equal_a_bfs(family, n, seed, data_):
 # --------------------------------------------------------------- fuzz: invalid config values
 
 _FIELDS = sorted(cfg.SCHEMA)
-_JUNK = st.one_of(st.text(max_size=4), st.none(), st.lists(st.integers(-3, 3), max_size=2),
-                  st.floats(allow_nan=True, allow_infinity=True), st.just({}), st.just({"a": 1}))
+_JUNK = st.one_of(
+    st.text(max_size=4),
+    st.none(),
+    st.lists(st.integers(-3, 3), max_size=2),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.just({}),
+    st.just({"a": 1}),
+)
 
 
 def _invalid(check):
@@ -391,40 +441,64 @@ def _invalid_of_kind(kind, b):
         return st.one_of(st.integers(), st.floats(), st.none(), st.text(max_size=4), st.booleans())
     if kind == "choice":
         names = cfg._registry_names()[b["allowed"]] if isinstance(b["allowed"], str) else b["allowed"]
-        return st.one_of(st.text(max_size=12).filter(lambda v: v not in names), st.integers(), st.none(),
-                         st.floats(), st.booleans(), st.lists(st.sampled_from(names), min_size=1, max_size=2))
+        return st.one_of(
+            st.text(max_size=12).filter(lambda v: v not in names),
+            st.integers(),
+            st.none(),
+            st.floats(),
+            st.booleans(),
+            st.lists(st.sampled_from(names), min_size=1, max_size=2),
+        )
     if kind == "int":
-        out = [st.text(max_size=4), st.none(), st.booleans(), st.floats(allow_nan=True),
-               st.lists(st.integers(), max_size=2)]
+        out = [
+            st.text(max_size=4),
+            st.none(),
+            st.booleans(),
+            st.floats(allow_nan=True),
+            st.lists(st.integers(), max_size=2),
+        ]
         if b["lo"] is not None:
             out.append(st.integers(max_value=b["lo"] - 1))
         if b["hi"] is not None:
             out.append(st.integers(min_value=b["hi"] + 1))
         return st.one_of(*out)
     if kind == "float":
-        out = [st.text(max_size=4), st.none(), st.booleans(), st.lists(st.floats(), max_size=2),
-               st.sampled_from([math.nan, math.inf, -math.inf])]
+        out = [
+            st.text(max_size=4),
+            st.none(),
+            st.booleans(),
+            st.lists(st.floats(), max_size=2),
+            st.sampled_from([math.nan, math.inf, -math.inf]),
+        ]
         if b["lo"] is not None:
             lo = st.floats(max_value=b["lo"], exclude_max=not b["lo_open"], allow_nan=False, allow_infinity=False)
             out.append(lo)
         if b["hi"] is not None:
-            out.append(st.floats(min_value=b["hi"], exclude_min=not b["hi_open"], allow_nan=False,
-                                 allow_infinity=False))
+            out.append(
+                st.floats(min_value=b["hi"], exclude_min=not b["hi_open"], allow_nan=False, allow_infinity=False)
+            )
         return st.one_of(*out)
     if kind == "positive_or_inf":
         return st.one_of(st.floats(max_value=0.0), st.just(math.nan), st.text(max_size=3), st.none(), st.booleans())
     if kind == "int_tuple":
         bad_entry = st.one_of(st.integers(max_value=0), st.floats(), st.text(max_size=2), st.booleans())
-        out = [st.integers(), st.none(), st.text(max_size=3),
-               st.lists(st.integers(1, 8), max_size=2).flatmap(
-                   lambda ok: bad_entry.map(lambda e: tuple(ok) + (e,)))]
+        out = [
+            st.integers(),
+            st.none(),
+            st.text(max_size=3),
+            st.lists(st.integers(1, 8), max_size=2).flatmap(lambda ok: bad_entry.map(lambda e: tuple(ok) + (e,))),
+        ]
         if b["min_len"]:
             out.append(st.just(()))
         return st.one_of(*out)
     if kind == "mesh":
-        return st.one_of(st.integers(), st.none(), st.text(max_size=3),
-                         st.lists(st.integers(1, 4), min_size=3, max_size=4).map(tuple),
-                         st.tuples(st.one_of(st.integers(max_value=-2), st.just(0), st.floats(), st.booleans())))
+        return st.one_of(
+            st.integers(),
+            st.none(),
+            st.text(max_size=3),
+            st.lists(st.integers(1, 4), min_size=3, max_size=4).map(tuple),
+            st.tuples(st.one_of(st.integers(max_value=-2), st.just(0), st.floats(), st.booleans())),
+        )
     raise AssertionError(f"a schema check of unknown kind {kind!r}: teach this test its invalid values")
 
 
@@ -492,15 +566,19 @@ _MIXED = {
     "model.name": st.sampled_from(["mlp", "linear", "logistic", "transformer", "cnn", "nope"]),
     "byzantine.num": st.integers(-1, 20),
     "byzantine.placement": st.sampled_from(["random", "given", "highest_degree", "x"]),
-    "byzantine.ids": st.one_of(st.lists(st.one_of(st.integers(-2, 20), st.booleans(), st.text(max_size=1)),
-                                        max_size=4).map(tuple), _JUNK),
+    "byzantine.ids": st.one_of(
+        st.lists(st.one_of(st.integers(-2, 20), st.booleans(), st.text(max_size=1)), max_size=4).map(tuple), _JUNK
+    ),
     "byzantine.attack": st.sampled_from(["none", "alie", "mimic", "label_flip", "dissensus", "ipm_opt", "bad"]),
     "byzantine.strength": st.one_of(st.sampled_from([-1.0, 0.0, 2.0]), _JUNK),
-    "aggregation.rule": st.one_of(st.sampled_from(["mean", "krum", "nnm+trimmed_mean", "clipped_gossip",
-                                                   "krum+nnm", "+", "median"]), st.text(max_size=6)),
+    "aggregation.rule": st.one_of(
+        st.sampled_from(["mean", "krum", "nnm+trimmed_mean", "clipped_gossip", "krum+nnm", "+", "median"]),
+        st.text(max_size=6),
+    ),
     "aggregation.tolerance": st.integers(-2, 20),
-    "algorithm.name": st.one_of(st.sampled_from(["dsgd", "fedavg", "diging", "choco_sgd", "nope"]),
-                                st.lists(st.text(max_size=2), max_size=2)),
+    "algorithm.name": st.one_of(
+        st.sampled_from(["dsgd", "fedavg", "diging", "choco_sgd", "nope"]), st.lists(st.text(max_size=2), max_size=2)
+    ),
     "algorithm.local_steps": st.one_of(st.integers(-1, 3), _JUNK),
     "privacy.mode": st.sampled_from(["none", "dp_sgd", "central", "x"]),
     "privacy.sampling": st.sampled_from(["fixed", "poisson", "x"]),
@@ -509,18 +587,19 @@ _MIXED = {
     "privacy.accountant": st.sampled_from(["rdp", "pld"]),
     "privacy.clip_norm": st.one_of(st.sampled_from([1.0, math.inf, 0.0]), _JUNK),
     "compare.key": st.sampled_from(["", "topology.name", "compare.key", "nope", "seed"]),
-    "compare.choices": st.one_of(st.lists(st.one_of(st.integers(-1, 3), st.text(max_size=4)), max_size=3).map(tuple),
-                                 _JUNK),
-    "compare.reference": st.one_of(st.sampled_from(["", "byzantine.num=0", "seed=-1", "a=b=c", "nope=1", ",,"]),
-                                   st.text(max_size=12)),
+    "compare.choices": st.one_of(
+        st.lists(st.one_of(st.integers(-1, 3), st.text(max_size=4)), max_size=3).map(tuple), _JUNK
+    ),
+    "compare.reference": st.one_of(
+        st.sampled_from(["", "byzantine.num=0", "seed=-1", "a=b=c", "nope=1", ",,"]), st.text(max_size=12)
+    ),
     "checkpoint_every": st.integers(0, 30),
     "eval_every": st.integers(1, 12),
 }
 
 
 @pytest.mark.fuzz
-@given(choice=st.dictionaries(st.sampled_from(sorted(_MIXED)), st.just(None), min_size=1, max_size=8),
-       data_=st.data())
+@given(choice=st.dictionaries(st.sampled_from(sorted(_MIXED)), st.just(None), min_size=1, max_size=8), data_=st.data())
 def test_fuzz_random_configs_validate_or_refuse_in_one_line(choice, data_):
     flat = {k: data_.draw(_MIXED[k], label=k) for k in choice}
     try:
@@ -614,18 +693,25 @@ def test_fuzz_damaged_idx_is_refused_naming_the_file(how, data_):
 
 
 @pytest.mark.fuzz
-@given(values=st.one_of(
-    st.lists(st.integers(-3, 14), min_size=1, max_size=8).map(np.array),
-    st.lists(st.one_of(st.floats(-2, 12), st.just(math.nan)), min_size=1, max_size=8).map(np.array),
-    st.lists(st.integers(0, 9), min_size=1, max_size=8).map(lambda v: np.array(v, np.float32)),
-    st.lists(st.booleans(), min_size=1, max_size=8).map(np.array)))
+@given(
+    values=st.one_of(
+        st.lists(st.integers(-3, 14), min_size=1, max_size=8).map(np.array),
+        st.lists(st.one_of(st.floats(-2, 12), st.just(math.nan)), min_size=1, max_size=8).map(np.array),
+        st.lists(st.integers(0, 9), min_size=1, max_size=8).map(lambda v: np.array(v, np.float32)),
+        st.lists(st.booleans(), min_size=1, max_size=8).map(np.array),
+    )
+)
 def test_fuzz_check_labels_returns_the_same_class_ids_or_refuses(values):
     try:
         y = loaders.check_labels(values, 10, "y_train", "here.npz")
     except loaders.DataError as e:
         assert _one_line(str(e)) and str(e).startswith("here.npz: y_train")
-        assert not (np.isfinite(values.astype(float)).all() and (values == np.round(values)).all()
-                    and values.min() >= 0 and values.max() < 10)
+        assert not (
+            np.isfinite(values.astype(float)).all()
+            and (values == np.round(values)).all()
+            and values.min() >= 0
+            and values.max() < 10
+        )
         return
     assert y.dtype == np.int32
     np.testing.assert_array_equal(y, values)
@@ -636,4 +722,3 @@ def test_every_strength_attack_is_a_known_attack():
     # inapplicable() reads attacks.STRENGTH: a renamed attack would make a valid strength refused.
     names = cfg._registry_names()["ATTACK_NAMES"]
     assert set(attacks.STRENGTH) <= set(names)
-

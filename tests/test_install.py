@@ -31,8 +31,25 @@ def _build_wheel(tmp: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "redeem_jax", src / "redeem_jax", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                          "-q", ".", "-w", str(tmp / "dist")], cwd=src, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            ".",
+            "-w",
+            str(tmp / "dist"),
+        ],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     (wheel,) = (tmp / "dist").glob("redeem_jax-*.whl")
     return wheel
@@ -42,11 +59,18 @@ def _fresh_venv(tmp: Path, wheel: Path) -> Path:
     env_dir = tmp / "venv"
     venv.EnvBuilder(with_pip=False, symlinks=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    out = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
-                          "-q", str(wheel)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    site = Path(subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                        text=True).strip())
+    site = Path(
+        subprocess.check_output(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
     third_party = Path(sysconfig.get_paths()["purelib"])  # the development venv's packages
     (site / "zz_third_party.pth").write_text(f"{third_party}\n")  # read last: the fresh venv's own packages win
     return env_dir
@@ -63,10 +87,18 @@ def test_wheel_installed_in_a_fresh_venv_runs_the_default_config_by_name(tmp_pat
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
     where = subprocess.run(
-        [str(env_dir / "bin" / "python"), "-c",
-         "import json, redeem_jax, redeem_jax.configs as c; "
-         "print(json.dumps([redeem_jax.__file__, str(c.path('default')), list(c.names())]))"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+        [
+            str(env_dir / "bin" / "python"),
+            "-c",
+            "import json, redeem_jax, redeem_jax.configs as c; "
+            "print(json.dumps([redeem_jax.__file__, str(c.path('default')), list(c.names())]))",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert where.returncode == 0, where.stderr[-3000:]
     module, default, names = json.loads(where.stdout)
     assert Path(module).is_relative_to(env_dir) and Path(default).is_relative_to(env_dir)
@@ -74,9 +106,21 @@ def test_wheel_installed_in_a_fresh_venv_runs_the_default_config_by_name(tmp_pat
     assert {"default", "dp", "topologies", "sweep", "byzantine_gossip", "million"} <= set(names)
 
     workdir = tmp_path / "run"
-    out = subprocess.run([str(env_dir / "bin" / "redeem-jax"), "--config", "default", "--config.num_rounds=20",
-                          "--workdir", str(workdir)], cwd=elsewhere, env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [
+            str(env_dir / "bin" / "redeem-jax"),
+            "--config",
+            "default",
+            "--config.num_rounds=20",
+            "--workdir",
+            str(workdir),
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"outputs in {workdir}/" in out.stdout
     # The default config compares plain gossip and ClippedGossip with an attack-free reference.
@@ -85,8 +129,15 @@ def test_wheel_installed_in_a_fresh_venv_runs_the_default_config_by_name(tmp_pat
         assert rows[-1]["round"] == 20
     assert json.loads((workdir / "reference" / "config.json").read_text())["num_rounds"] == 20
 
-    bad = subprocess.run([str(env_dir / "bin" / "redeem-jax"), "--config", "defualt"], cwd=elsewhere, env=env,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [str(env_dir / "bin" / "redeem-jax"), "--config", "defualt"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "error: config: 'defualt' is neither a shipped config (" + ", ".join(names) + ") nor a file; "
-        "did you mean default?")
+        "did you mean default?"
+    )

@@ -10,10 +10,16 @@ from redeem_jax import models
 
 @pytest.mark.parametrize(
     "name,shape,classes,task",
-    [("linear", (8, 8, 1), 10, "classification"), ("mlp", (8, 8, 1), 10, "classification"),
-     ("cnn", (8, 8, 1), 10, "classification"), ("cnn", (40,), 10, "classification"),
-     ("linear", (5,), 1, "regression"), ("logistic", (5,), 2, "classification"),
-     ("transformer", (16,), 256, "language")])
+    [
+        ("linear", (8, 8, 1), 10, "classification"),
+        ("mlp", (8, 8, 1), 10, "classification"),
+        ("cnn", (8, 8, 1), 10, "classification"),
+        ("cnn", (40,), 10, "classification"),
+        ("linear", (5,), 1, "regression"),
+        ("logistic", (5,), 2, "classification"),
+        ("transformer", (16,), 256, "language"),
+    ],
+)
 def test_flat_rows_roundtrip_and_output_shapes(name, shape, classes, task):
     m = models.get(name, shape, classes, task, d_model=16, num_heads=2, num_layers=1)
     flat = m.init(jax.random.PRNGKey(1))

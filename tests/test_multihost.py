@@ -6,6 +6,7 @@ global mesh has 8 devices and each process holds half of the node rows. The
 gathered final parameters must equal a single-process, unsharded run (same
 tolerance as tests/test_sharding.py: 2e-6, float32 reassociation only).
 """
+
 import json
 import os
 import socket
@@ -40,12 +41,20 @@ def test_two_processes_equal_one_process(tmp_path):
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
     port = _free_port()
     worker = [sys.executable, str(HERE / "_multihost_worker.py"), str(port)]
-    procs = [subprocess.Popen(worker + [str(i), "2", str(out), json.dumps(CONFIG)],
-                              cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            worker + [str(i), "2", str(out), json.dumps(CONFIG)],
+            cwd=HERE,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = []
     try:
-        ref = rj.run(small_config(**CONFIG))   # meanwhile, the single-process reference
+        ref = rj.run(small_config(**CONFIG))  # meanwhile, the single-process reference
         for p in procs:
             logs.append(p.communicate(timeout=TIMEOUT_S)[0])
     except subprocess.TimeoutExpired:

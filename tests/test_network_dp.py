@@ -1,4 +1,5 @@
 """Exact network-DP leakage of gossip (redeem_jax.privacy.network_dp) against FIELD_NOTES facts."""
+
 from __future__ import annotations
 
 import json
@@ -124,6 +125,7 @@ def test_no_leakage_before_information_arrives(noise, value):
 def test_disconnected_observer_gets_nothing():
     # Topology refuses disconnected graphs, so build the block-diagonal mixing matrices directly
     import scipy.linalg
+
     w3 = topology.ring(3).mixing_matrix()
     W = np.stack([scipy.linalg.block_diag(w3, w3)] * 10)
     for noise, value in [("once", "once"), ("fresh", "once"), ("fresh", "every_step")]:
@@ -161,6 +163,7 @@ def test_epsilon_matrix_monotone_and_consistent():
         assert 0.0 < E[2, 1] < E[2, 0] < E[0, 2] < E[1, 0] < E[1, 2]
     # leakage 1 = the plain Gaussian mechanism with noise multiplier sigma / Delta
     import dp_accounting
+
     ref = dp_accounting.rdp.RdpAccountant().compose(dp_accounting.GaussianDpEvent(2.0)).get_epsilon(1e-5)
     E = nd.epsilon_matrix(L, 2.0, 1e-5)
     assert E[1, 2] == pytest.approx(ref, rel=1e-9)

@@ -53,7 +53,7 @@ def test_bfloat16_messages_are_float32_gossip_of_rounded_rows():
     want = topo.mixing_matrix() @ np.asarray(x.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     err = np.abs(np.asarray(got) - np.asarray(_exchange(exact, x, topo)))
-    assert 0 < err.max() <= 2 ** -8 * np.abs(np.asarray(x)).max()  # bf16 keeps 8 significant bits
+    assert 0 < err.max() <= 2**-8 * np.abs(np.asarray(x)).max()  # bf16 keeps 8 significant bits
 
 
 @pytest.mark.parametrize("algorithm", ["dsgd", "fedavg"])

@@ -50,7 +50,7 @@ def test_analytic_inversion_exact_without_noise_fails_with_dp(digits, inversion_
     model = models.get("mlp", (8, 8, 1), 10, hidden=(32,))
     p = model.init(jax.random.PRNGKey(0))
     for i in range(3):
-        x, y = jnp.asarray(digits.x_train[i:i + 1]), jnp.asarray(digits.y_train[i:i + 1])
+        x, y = jnp.asarray(digits.x_train[i : i + 1]), jnp.asarray(digits.y_train[i : i + 1])
         x_hat = pa.analytic_inversion(_grad(model, p, x, y), model)
         assert x_hat.shape == (64,)
         assert pa.relative_error(x_hat, x) < 1e-3
@@ -62,7 +62,7 @@ def test_infer_label_idlg(digits):
     model = models.get("mlp", (8, 8, 1), 10, hidden=(16,))
     p = model.init(jax.random.PRNGKey(1))
     for i in range(5):
-        x, y = jnp.asarray(digits.x_train[i:i + 1]), jnp.asarray(digits.y_train[i:i + 1])
+        x, y = jnp.asarray(digits.x_train[i : i + 1]), jnp.asarray(digits.y_train[i : i + 1])
         assert int(pa.infer_label(_grad(model, p, x, y), model)) == int(y[0])
 
 
@@ -72,7 +72,7 @@ def test_optimization_inversion_recovers_without_noise_fails_with_dp(digits, inv
     p = model.init(jax.random.PRNGKey(0))
     kw = dict(steps=300, lr=0.05, distance="l2", bounds=(0.0, 1.0))
     for i in range(3):
-        x, y = jnp.asarray(digits.x_train[i:i + 1]), jnp.asarray(digits.y_train[i:i + 1])
+        x, y = jnp.asarray(digits.x_train[i : i + 1]), jnp.asarray(digits.y_train[i : i + 1])
         x_hat, y_hat = pa.optimization_inversion(_grad(model, p, x, y), model, p, jax.random.PRNGKey(10), **kw)
         assert int(y_hat) == int(y[0])
         assert pa.relative_error(x_hat, x) < 0.1
@@ -86,8 +86,9 @@ def test_optimization_inversion_soft_label_and_cosine(digits):
     model = models.get("linear", (8, 8, 1), 10)
     p = 0.1 * jax.random.normal(jax.random.PRNGKey(3), (model.num_params,))
     x, y = jnp.asarray(digits.x_train[:1]), jnp.asarray(digits.y_train[:1])
-    x_hat, y_hat = pa.optimization_inversion(_grad(model, p, x, y), model, p, jax.random.PRNGKey(2),
-                                             steps=500, lr=0.05, distance="cosine", infer=False)
+    x_hat, y_hat = pa.optimization_inversion(
+        _grad(model, p, x, y), model, p, jax.random.PRNGKey(2), steps=500, lr=0.05, distance="cosine", infer=False
+    )
     assert int(y_hat) == int(y[0])
     assert pa.relative_error(x_hat, x) < 0.1
 

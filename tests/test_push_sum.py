@@ -93,14 +93,15 @@ def test_out_degree_rule_and_families():
     P = np.roll(np.eye(n), 1, axis=0)  # P[i + 1, i] = 1: i sends to i + 1
     np.testing.assert_allclose(directed.directed_ring(n).mixing_matrix(), (np.eye(n) + P) / 2, atol=1e-15)
     tau = 3
-    expo = sum(np.linalg.matrix_power(P, 2 ** k) for k in range(tau))
-    np.testing.assert_allclose(directed.directed_exponential(n).mixing_matrix(), (np.eye(n) + expo) / (tau + 1),
-                               atol=1e-15)
+    expo = sum(np.linalg.matrix_power(P, 2**k) for k in range(tau))
+    np.testing.assert_allclose(
+        directed.directed_exponential(n).mixing_matrix(), (np.eye(n) + expo) / (tau + 1), atol=1e-15
+    )
     one = directed.one_peer_directed_exponential(n)
     assert one.period == tau
     prod = np.eye(n)
     for t in range(tau):
-        np.testing.assert_allclose(one.mixing_matrix(t), (np.eye(n) + np.linalg.matrix_power(P, 2 ** t)) / 2)
+        np.testing.assert_allclose(one.mixing_matrix(t), (np.eye(n) + np.linalg.matrix_power(P, 2**t)) / 2)
         prod = one.mixing_matrix(t) @ prod
     np.testing.assert_allclose(prod, np.full((n, n), 1 / n), atol=1e-15)  # exact averaging per period
 
@@ -205,8 +206,11 @@ def test_sgp_constant_step_stops_at_its_biased_fixed_point():
 
 @pytest.mark.parametrize("graph", ["digraph", "one_peer"])
 def test_push_diging_reaches_the_exact_optimum(graph):
-    topo = directed.from_adjacency_directed(_digraph()) if graph == "digraph" else \
-        directed.one_peer_directed_exponential(8)
+    topo = (
+        directed.from_adjacency_directed(_digraph())
+        if graph == "digraph"
+        else directed.one_peer_directed_exponential(8)
+    )
     n = topo.n
     B = np.random.default_rng(5).normal(size=(n, D))
     x0 = np.random.default_rng(6).normal(size=(n, D))

@@ -4,6 +4,7 @@
 References are independent of the code under test: exact enumeration of each distribution in
 NumPy (small n), the closed forms, and Monte Carlo over the jitted draws (fixed seeds,
 tolerances in standard errors computed from the samples)."""
+
 from __future__ import annotations
 
 import itertools
@@ -34,16 +35,18 @@ MODELS = {
     "matching": lambda: rg.random_matching(_chorded_ring()),
     "pairwise": lambda: rg.pairwise(_chorded_ring()),
     "k_out": lambda: rg.k_out(_chorded_ring(), 2),
-    "k_out_star": lambda: rg.k_out(rj.topology.star(6), 2),   # leaves have degree 1 < k
+    "k_out_star": lambda: rg.k_out(rj.topology.star(6), 2),  # leaves have degree 1 < k
 }
 T_MC = 4000
 
 
 def _dense_batch(topo, keys):
     """Dense W of each draw, [T, n, n] (row i: what node i receives)."""
+
     def one(k):
         nbr, w, sw, m = topo.draw(jnp.int32(0), k)
         return rg._dense_w(nbr, w, sw, m)
+
     return np.asarray(jax.jit(jax.vmap(one))(keys), np.float64)
 
 
@@ -66,16 +69,16 @@ def test_draw_structure(name):
     n, K = topo.n, topo.K
     for r in range(5):
         nbr, w, sw, m = (np.asarray(a) for a in topo.draw(jnp.int32(r), jax.random.PRNGKey(r)))
-        assert nbr.shape == w.shape == m.shape == (n, K) and sw.shape == (n,)   # K fixed
+        assert nbr.shape == w.shape == m.shape == (n, K) and sw.shape == (n,)  # K fixed
         assert nbr.dtype == np.int32 and w.dtype == np.float32 and m.dtype == bool
         rows = np.arange(n)[:, None]
-        assert np.all(nbr[m] != np.broadcast_to(rows, nbr.shape)[m])        # no self loops
-        assert np.all(nbr[~m] == np.broadcast_to(rows, nbr.shape)[~m])      # padding -> self
+        assert np.all(nbr[m] != np.broadcast_to(rows, nbr.shape)[m])  # no self loops
+        assert np.all(nbr[~m] == np.broadcast_to(rows, nbr.shape)[~m])  # padding -> self
         assert np.all(w[~m] == 0)
-        for i in range(n):                                                   # distinct senders
+        for i in range(n):  # distinct senders
             assert len(set(nbr[i][m[i]])) == m[i].sum()
         deg_in = m.sum(1)
-        np.testing.assert_allclose(w.sum(1) + sw, 1, atol=1e-6)            # row-stochastic
+        np.testing.assert_allclose(w.sum(1) + sw, 1, atol=1e-6)  # row-stochastic
         np.testing.assert_allclose(w[m], np.repeat(sw, K).reshape(n, K)[m], atol=1e-7)  # equal weights
         np.testing.assert_allclose(sw, 1 / (1 + deg_in), atol=1e-6)
         W = topo.sample_mixing_matrix(r, jax.random.PRNGKey(r))
@@ -85,10 +88,10 @@ def test_draw_structure(name):
         if name == "el_local":
             assert np.all(deg_out == 2) and K == n - 1
         if name in ("matching", "pairwise"):
-            np.testing.assert_allclose(W, W.T)                               # pairs average
+            np.testing.assert_allclose(W, W.T)  # pairs average
             assert K == 1 and np.all(np.isin(sw, (0.5, 1.0)))
             A = topo.base.adjacency
-            assert np.all(A[np.arange(n)[m[:, 0]], nbr[m[:, 0], 0]])         # base edges only
+            assert np.all(A[np.arange(n)[m[:, 0]], nbr[m[:, 0], 0]])  # base edges only
             if name == "pairwise":
                 assert deg_in.sum() == 2
         if name.startswith("k_out"):
@@ -103,14 +106,14 @@ def test_k_out_and_el_local_are_not_doubly_stochastic():
     for name in ("el_local", "k_out", "k_out_star"):
         topo, Ws = _samples(name)
         assert not topo.is_doubly_stochastic
-        assert np.abs(Ws.sum(1) - 1).max() > 0.1                              # column sums vary
+        assert np.abs(Ws.sum(1) - 1).max() > 0.1  # column sums vary
 
 
 def test_same_key_same_graph_and_keys_vary():
     for name in MODELS:
         topo = MODELS[name]()
         a = topo.sample_mixing_matrix(0, jax.random.PRNGKey(7))
-        b = topo.sample_mixing_matrix(9, jax.random.PRNGKey(7))                # round unused
+        b = topo.sample_mixing_matrix(9, jax.random.PRNGKey(7))  # round unused
         np.testing.assert_array_equal(a, b)
         others = [topo.sample_mixing_matrix(0, jax.random.PRNGKey(s)) for s in range(8, 14)]
         assert any(not np.array_equal(a, o) for o in others)
@@ -150,8 +153,8 @@ def test_mean_square_contraction_matches_monte_carlo_and_lambda_bounds_it(name):
     P = np.eye(n) - np.ones((n, n)) / n
     M = topo.second_moment()
     lam = rg.mean_square_contraction(topo)
-    np.testing.assert_allclose(M @ np.ones(n), 0, atol=1e-12)                 # W 1 = 1
-    assert np.linalg.eigvalsh((M + M.T) / 2).min() > -1e-12                   # a second moment
+    np.testing.assert_allclose(M @ np.ones(n), 0, atol=1e-12)  # W 1 = 1
+    assert np.linalg.eigvalsh((M + M.T) / 2).min() > -1e-12  # a second moment
     rng = np.random.default_rng(0)
     for x in (rng.normal(size=n), np.arange(n, dtype=float) ** 2):
         d2 = float(x @ P @ x)
@@ -168,7 +171,7 @@ def test_doubly_stochastic_draws_keep_the_mean_exactly():
     for name in ("el_oracle", "matching", "pairwise"):
         _, Ws = _samples(name)
         np.testing.assert_allclose((Ws @ x).mean(1), np.broadcast_to(x.mean(0), (T_MC, 3)), atol=1e-6)
-    _, Ws = _samples("el_local")                                              # the mean drifts
+    _, Ws = _samples("el_local")  # the mean drifts
     assert np.abs((Ws @ x).mean(1) - x.mean(0)).max() > 0.05
 
 
@@ -186,7 +189,7 @@ def _moments(Ws, probs=None):
 def test_el_local_closed_form_equals_enumeration(n, s):
     choices = [list(itertools.combinations([j for j in range(n) if j != i], s)) for i in range(n)]
     Ws = []
-    for combo in itertools.product(*choices):          # every push pattern, equally likely
+    for combo in itertools.product(*choices):  # every push pattern, equally likely
         A = np.zeros((n, n))
         for j, ts in enumerate(combo):
             A[list(ts), j] = 1
@@ -215,7 +218,7 @@ def test_el_oracle_closed_form_equals_enumeration_of_its_construction(n, s):
 
 
 def test_random_matching_closed_form_equals_enumeration_of_priorities():
-    base = _chorded_ring(6)                              # 7 edges: 5040 priority orders
+    base = _chorded_ring(6)  # 7 edges: 5040 priority orders
     topo = rg.random_matching(base)
     u, v, _ = rg._undirected_edges(base)
     Ws = []
@@ -237,14 +240,17 @@ def test_random_matching_closed_form_equals_enumeration_of_priorities():
 
 @pytest.mark.parametrize("base,k", [("chorded", 2), ("chorded", 1), ("star", 2), ("path", 3)])
 def test_k_out_closed_form_equals_enumeration(base, k):
-    base = {"chorded": lambda: _chorded_ring(6), "star": lambda: rj.topology.star(5),
-            "path": lambda: rj.topology.path(5)}[base]()
+    base = {
+        "chorded": lambda: _chorded_ring(6),
+        "star": lambda: rj.topology.star(5),
+        "path": lambda: rj.topology.path(5),
+    }[base]()
     topo = rg.k_out(base, k)
     A = np.asarray(base.adjacency)
     n = A.shape[0]
     choices = [list(itertools.combinations(np.nonzero(A[i])[0], min(k, A[i].sum()))) for i in range(n)]
     Ws = []
-    for combo in itertools.product(*choices):           # every pull pattern, equally likely
+    for combo in itertools.product(*choices):  # every pull pattern, equally likely
         W = np.eye(n)
         for i, js in enumerate(combo):
             W[i, list(js)] = 1
@@ -257,12 +263,19 @@ def test_k_out_closed_form_equals_enumeration(base, k):
 def test_closed_form_contractions_on_the_complete_graph():
     for n in (4, 7):
         K = rj.topology.complete(n)
-        assert rg.mean_square_contraction(rg.pairwise(K)) == pytest.approx(rg.pairwise_complete_contraction(n), abs=1e-12)
-        assert rg.mean_square_contraction(rg.random_matching(K)) == pytest.approx(rg.matching_complete_contraction(n), abs=1e-12)
+        assert rg.mean_square_contraction(rg.pairwise(K)) == pytest.approx(
+            rg.pairwise_complete_contraction(n), abs=1e-12
+        )
+        assert rg.mean_square_contraction(rg.random_matching(K)) == pytest.approx(
+            rg.matching_complete_contraction(n), abs=1e-12
+        )
         # pairwise: one edge of n(n-1)/2, each W a projection -> E[W^T W] = E[W] = I - L/(2m)
-        np.testing.assert_allclose(rg.pairwise(K).expected_mixing_matrix(),
-                                   np.eye(n) - (n * np.eye(n) - np.ones((n, n))) / (n * (n - 1)), atol=1e-12)
-    assert rg.el_oracle_contraction(10, 9) == 0.0                              # all-to-all averages at once
+        np.testing.assert_allclose(
+            rg.pairwise(K).expected_mixing_matrix(),
+            np.eye(n) - (n * np.eye(n) - np.ones((n, n))) / (n * (n - 1)),
+            atol=1e-12,
+        )
+    assert rg.el_oracle_contraction(10, 9) == 0.0  # all-to-all averages at once
 
 
 def test_el_local_overflow_probability_is_the_binomial_tail():
@@ -302,7 +315,7 @@ def test_el_rounds_run_through_make_step_with_one_trace():
         x = np.asarray(state.algorithm)
         assert len(trace) == 1
         spread0 = np.linalg.norm(np.asarray(x0) - np.asarray(x0).mean(0))
-        assert np.linalg.norm(x - x.mean(0)) < 0.05 * spread0                 # consensus
+        assert np.linalg.norm(x - x.mean(0)) < 0.05 * spread0  # consensus
         if topo.is_doubly_stochastic:
             np.testing.assert_allclose(x.mean(0), np.asarray(x0).mean(0), atol=1e-5)
 
@@ -337,7 +350,9 @@ def test_floyd_subsets_are_distinct_and_uniform():
     1/C(m, s) (chi-square over the 20 subsets of 3 out of 6, fixed keys) and never repeats."""
     from scipy.stats import chisquare
 
-    out = np.asarray(jax.jit(jax.vmap(lambda k: rg._floyd_subset(k, 6, 3)))(jax.random.split(jax.random.PRNGKey(1), 100_000)))
+    out = np.asarray(
+        jax.jit(jax.vmap(lambda k: rg._floyd_subset(k, 6, 3)))(jax.random.split(jax.random.PRNGKey(1), 100_000))
+    )
     assert (np.sort(out, 1)[:, 1:] != np.sort(out, 1)[:, :-1]).all() and out.min() >= 0 and out.max() <= 5
     counts = np.bincount(np.ravel_multi_index(np.sort(out, 1).T, (6, 6, 6)), minlength=216)
     counts = counts[counts > 0]

@@ -34,8 +34,9 @@ def readme_commands(text: str) -> list[list[str]]:
     for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             argv = shlex.split(line, comments=True)
-            if argv[:3] in (["python", "-m", "redeem_jax"], ["python", "-m", "redeem_jax.sweep"]) or \
-                    argv[:1] == ["redeem-jax"]:
+            if argv[:3] in (["python", "-m", "redeem_jax"], ["python", "-m", "redeem_jax.sweep"]) or argv[:1] == [
+                "redeem-jax"
+            ]:
                 out.append(argv)
     return out
 
@@ -53,7 +54,7 @@ def _compares(argv: list[str]) -> bool:
 
 
 def _ids(argv: list[str]) -> str:
-    return " ".join(argv[2 if argv[0] == "python" else 0:]).replace("--config.", "")[:90]
+    return " ".join(argv[2 if argv[0] == "python" else 0 :]).replace("--config.", "")[:90]
 
 
 def _runnable(argv: list[str], workdir: Path) -> list[str]:
@@ -80,8 +81,9 @@ def test_the_readme_shows_configs_by_name_and_by_path():
     assert any(a[0] == "redeem-jax" for a in COMMANDS)
 
 
-@pytest.mark.parametrize("argv", [pytest.param(a, marks=[pytest.mark.slow] if _compares(a) else [], id=_ids(a))
-                                  for a in COMMANDS])
+@pytest.mark.parametrize(
+    "argv", [pytest.param(a, marks=[pytest.mark.slow] if _compares(a) else [], id=_ids(a)) for a in COMMANDS]
+)
 def test_readme_command_runs(argv, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     # The test suite's compilation cache (tests/conftest.py): the same programs recur across lines.

@@ -78,9 +78,19 @@ def test_counter_sums_calls_of_one_round_and_restarts_each_round():
 
 @pytest.mark.parametrize("family", ["path", "star"])
 def test_run_reports_fallbacks_and_keeps_low_degree_parameters(family, tmp_path):
-    c = small_config(**{"num_nodes": 6, "topology.name": family, "byzantine.num": 1, "byzantine.attack": "sign_flip",
-                        "aggregation.rule": "trimmed_mean", "aggregation.tolerance": 1, "num_rounds": 4,
-                        "eval_every": 2, "model.hidden": (4,)})
+    c = small_config(
+        **{
+            "num_nodes": 6,
+            "topology.name": family,
+            "byzantine.num": 1,
+            "byzantine.attack": "sign_flip",
+            "aggregation.rule": "trimmed_mean",
+            "aggregation.tolerance": 1,
+            "num_rounds": 4,
+            "eval_every": 2,
+            "model.hidden": (4,),
+        }
+    )
     with pytest.warns(UserWarning, match="robust_fallback_nodes"):
         res = rj.run(c, workdir=tmp_path)
     exp = res.experiment
@@ -123,9 +133,17 @@ def test_min_inputs_of_aggregator_rules_follow_their_preconditions():
 
 
 # --------------------------------------------------------------------------- CS+ step size
-@pytest.mark.parametrize("topo", [rj.topology.ring(40), rj.topology.path(33), rj.topology.star(20),
-                                  rj.topology.erdos_renyi(50, 0.2, seed=1), rj.topology.one_peer_exponential(16)],
-                         ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "topo",
+    [
+        rj.topology.ring(40),
+        rj.topology.path(33),
+        rj.topology.star(20),
+        rj.topology.erdos_renyi(50, 0.2, seed=1),
+        rj.topology.one_peer_exponential(16),
+    ],
+    ids=lambda t: t.name,
+)
 def test_laplacian_step_sparse_equals_dense(topo):
     dense = R.laplacian_step(topo, "dense")
     L = np.eye(topo.n) - 0.5 * (topo.mixing_matrices() + np.swapaxes(topo.mixing_matrices(), 1, 2))
@@ -188,12 +206,28 @@ INT_CALLS = {
     "rules.clipped_gossip": lambda xi: R.clipped_gossip(xi[0], xi[1:], jnp.ones(3), 1.0, jnp.ones(3, bool), 1),
     "rules.ios": lambda xi: R.ios(xi[0], xi[1:], jnp.ones(3), 1.0, jnp.ones(3, bool), 1),
     "rules.cs_plus": lambda xi: R.cs_plus(xi[0], xi[1:], jnp.ones(3), 1.0, jnp.ones(3, bool), 1, 0.5),
-    **{f"attacks.{a}": (lambda a: lambda xi: A.get(a)(xi, 1, jax.random.PRNGKey(0),
-                                                        **({"aggregator": rj.aggregators.get("median")}
-                                                           if a.endswith("_opt") else {})))(a)
-       for a in A.ATTACKS},
-    "attacks.dissensus": lambda xi: A.dissensus(xi[:, None], xi, jnp.zeros((4, 1), jnp.int32), jnp.ones((4, 1)),
-                                                jnp.zeros(4), jnp.ones((4, 1), bool), jnp.arange(4) == 0),
+    **{
+        f"attacks.{a}": (
+            lambda a: (
+                lambda xi: A.get(a)(
+                    xi,
+                    1,
+                    jax.random.PRNGKey(0),
+                    **({"aggregator": rj.aggregators.get("median")} if a.endswith("_opt") else {}),
+                )
+            )
+        )(a)
+        for a in A.ATTACKS
+    },
+    "attacks.dissensus": lambda xi: A.dissensus(
+        xi[:, None],
+        xi,
+        jnp.zeros((4, 1), jnp.int32),
+        jnp.ones((4, 1)),
+        jnp.zeros(4),
+        jnp.ones((4, 1), bool),
+        jnp.arange(4) == 0,
+    ),
 }
 
 
@@ -214,13 +248,15 @@ def test_rules_compute_half_precision_in_float32(name, dtype):
     # "infinitely far"); bfloat16 sums lose the small clipped terms.
     topo, x, msgs, nbr, w, sw, em, byz = _edge_inputs(dtype, scale=300.0)
     step = 0.6
-    call = {"clipped_gossip": lambda *a: R.clipped_gossip(*a, 1), "ios": lambda *a: R.ios(*a, 1),
-            "cs_plus": lambda *a: R.cs_plus(*a, 1, step)}[name]
+    call = {
+        "clipped_gossip": lambda *a: R.clipped_gossip(*a, 1),
+        "ios": lambda *a: R.ios(*a, 1),
+        "cs_plus": lambda *a: R.cs_plus(*a, 1, step),
+    }[name]
     out = jax.vmap(call)(x, msgs, w, sw, em)
     ref = jax.vmap(call)(x.astype(jnp.float32), msgs.astype(jnp.float32), w, sw, em)
     assert out.dtype == dtype
-    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref.astype(dtype), np.float32), rtol=0,
-                               atol=0)
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref.astype(dtype), np.float32), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["alie", "mimic", "sign_flip", "gaussian"])

@@ -14,21 +14,33 @@ from redeem_jax.config import ConfigError
 
 from _configs import small_config
 
-TINY = {"num_nodes": 4, "model.hidden": (8,), "eval.max_test_examples": 200, "optimizer.name": "sgd",
-        "optimizer.learning_rate": 0.1}
+TINY = {
+    "num_nodes": 4,
+    "model.hidden": (8,),
+    "eval.max_test_examples": 200,
+    "optimizer.name": "sgd",
+    "optimizer.learning_rate": 0.1,
+}
 
 
 def _exact_gaussian_epsilon(mu: float, delta: float) -> float:
     """ε of one Gaussian mechanism of sensitivity/σ = μ (Balle & Wang 2018, Thm. 8)."""
-    return brentq(lambda e: norm.cdf(-e / mu + mu / 2) - np.exp(e) * norm.cdf(-e / mu - mu / 2) - delta,
-                  0.0, 500.0)
+    return brentq(lambda e: norm.cdf(-e / mu + mu / 2) - np.exp(e) * norm.cdf(-e / mu - mu / 2) - delta, 0.0, 500.0)
 
 
 def test_a_full_batch_dp_run_reports_at_least_t_gaussians_of_sensitivity_2c():
     # batch_size >= every shard: each round releases the clipped sum of the whole shard plus
     # N(0, σ²C²); under replace-one (fixed-size batches) that sum moves by up to 2C.
-    c = small_config(**TINY, **{"num_rounds": 10, "data.batch_size": 4096, "privacy.mode": "dp_sgd",
-                                "privacy.noise_multiplier": 1.0, "privacy.sampling": "fixed"})
+    c = small_config(
+        **TINY,
+        **{
+            "num_rounds": 10,
+            "data.batch_size": 4096,
+            "privacy.mode": "dp_sgd",
+            "privacy.noise_multiplier": 1.0,
+            "privacy.sampling": "fixed",
+        },
+    )
     res = rj.run(c)
     assert res.experiment.privacy["sample_rate"] == 1.0
     exact = _exact_gaussian_epsilon(2 * np.sqrt(10) / 1.0, 1e-5)  # 46.21
@@ -38,8 +50,12 @@ def test_a_full_batch_dp_run_reports_at_least_t_gaussians_of_sensitivity_2c():
 
 def test_resume_that_would_recalibrate_sigma_or_reshape_a_schedule_is_refused(tmp_path):
     base = {**TINY, "eval_every": 5, "checkpoint_every": 5, "data.batch_size": 8}
-    dp = {"privacy.mode": "dp_sgd", "privacy.target_epsilon": 2.0, "privacy.sampling": "poisson",
-          "privacy.sample_rate": 0.1}
+    dp = {
+        "privacy.mode": "dp_sgd",
+        "privacy.target_epsilon": 2.0,
+        "privacy.sampling": "poisson",
+        "privacy.sample_rate": 0.1,
+    }
     rj.run(small_config(**base, **dp, num_rounds=10), tmp_path / "dp")
     with pytest.raises(ConfigError, match=r"^config\.num_rounds: .*target_epsilon"):
         rj.run(small_config(**base, **dp, num_rounds=20), tmp_path / "dp")

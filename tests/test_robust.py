@@ -70,8 +70,9 @@ def test_clipped_gossip_moves_at_most_delta_tau_from_the_honest_update():
         order = np.argsort(dist)
         keep = np.cumsum(wi[order]) <= (wi.sum() - np.sort(wi)[-b:].sum()) * (1 + 1e-6)
         tau = dist[order][keep].max() if keep.any() else 0.0
-        honest_part = sum(wi[k] * diff[k] * min(1, tau / max(dist[k], 1e-30))
-                          for k in range(len(wi)) if clean_mask[i, k])
+        honest_part = sum(
+            wi[k] * diff[k] * min(1, tau / max(dist[k], 1e-30)) for k in range(len(wi)) if clean_mask[i, k]
+        )
         delta = wi[from_byz[i]].sum()
         assert np.linalg.norm(np.asarray(out) - np.asarray(x[i]) - honest_part) <= delta * tau + 1e-5
 
@@ -94,15 +95,26 @@ def test_server_rule_free_and_attack_free_is_fedavg():
     x_prev = jnp.broadcast_to(jnp.arange(4.0), (6, 4))
     x_local = x_prev + jax.random.normal(jax.random.PRNGKey(0), (6, 4))
     ctx = rj.core.Ctx(jnp.int32(0), jax.random.PRNGKey(0), None, jnp.ones(6, bool), {})
-    for comm in (rj.channels.server(), rj.channels.server(byzantine=np.zeros(6, bool), message_dtype="float32",
-                                                          rule=rj.aggregators.get("mean"))):
+    for comm in (
+        rj.channels.server(),
+        rj.channels.server(byzantine=np.zeros(6, bool), message_dtype="float32", rule=rj.aggregators.get("mean")),
+    ):
         out, _ = comm.update(x_local, comm.init(x_prev), ctx)  # the server holds x_prev's model
         np.testing.assert_allclose(out, jnp.broadcast_to(x_local.mean(0), (6, 4)), atol=1e-6)
 
 
 def _byz_config(**over):
-    return small_config(**{"num_nodes": 16, "topology.name": "torus", "num_rounds": 20, "byzantine.num": 3,
-                           "byzantine.attack": "nan", "aggregation.rule": "clipped_gossip", **over})
+    return small_config(
+        **{
+            "num_nodes": 16,
+            "topology.name": "torus",
+            "num_rounds": 20,
+            "byzantine.num": 3,
+            "byzantine.attack": "nan",
+            "aggregation.rule": "clipped_gossip",
+            **over,
+        }
+    )
 
 
 def test_nan_attackers_leave_honest_metrics_finite_and_compile_once():
@@ -125,8 +137,10 @@ BAD = [
     ({"byzantine.attack": "none"}, "config.byzantine.attack: byzantine.num > 0 needs an attack"),
     ({"byzantine.attack": "alie_light"}, "config.byzantine.attack: 'alie_light' is not one of"),
     ({"byzantine.placement": "central"}, "config.byzantine.placement: 'central' is not one of"),
-    ({"algorithm.name": "fedavg", "byzantine.attack": "dissensus", "aggregation.rule": "median"},
-     "config.byzantine.attack: 'dissensus' sends a different vector"),
+    (
+        {"algorithm.name": "fedavg", "byzantine.attack": "dissensus", "aggregation.rule": "median"},
+        "config.byzantine.attack: 'dissensus' sends a different vector",
+    ),
     ({"algorithm.name": "fedavg", "aggregation.rule": "clipped_gossip"}, "config.aggregation.rule: 'clipped_gossip'"),
     ({"aggregation.tolerance": 16}, "config.aggregation.tolerance: must be < num_nodes"),
 ]
@@ -152,9 +166,19 @@ PATHS = [
 
 @pytest.mark.parametrize("algorithm,attack,rule,view", PATHS, ids=["-".join(p[:3]) for p in PATHS])
 def test_every_config_path_runs_in_one_compilation(algorithm, attack, rule, view):
-    c = _byz_config(**{"num_nodes": 9, "byzantine.num": 1, "byzantine.attack": attack, "aggregation.rule": rule,
-                       "algorithm.name": algorithm, "byzantine.view": view, "num_rounds": 6, "eval_every": 3,
-                       "model.hidden": (8,)})
+    c = _byz_config(
+        **{
+            "num_nodes": 9,
+            "byzantine.num": 1,
+            "byzantine.attack": attack,
+            "aggregation.rule": rule,
+            "algorithm.name": algorithm,
+            "byzantine.view": view,
+            "num_rounds": 6,
+            "eval_every": 3,
+            "model.hidden": (8,),
+        }
+    )
     res = rj.run(c)
     assert res.compilations == 1
     assert np.isfinite(res.final["node_test_loss_mean"])

@@ -61,8 +61,7 @@ def test_a_new_algorithm_needs_only_its_file_and_a_registry_entry(registered_toy
     # It sweeps like any algorithm: its option is vmapped, one compile for the grid.
     df = rj.sweep(c, {"algorithm.step_size": [0.05, 0.2], "seed": [0, 1]})
     assert df.attrs["traces"] == [1] and df["point"].nunique() == 4
-    alone = rj.run(tiny(**{"algorithm.name": "toy", "algorithm.step_size": 0.2, "topology.seed": 0,
-                           "data.seed": 0}))
+    alone = rj.run(tiny(**{"algorithm.name": "toy", "algorithm.step_size": 0.2, "topology.seed": 0, "data.seed": 0}))
     point = df[(df["algorithm.step_size"] == 0.2) & (df["seed"] == 0)].sort_values("round")
     np.testing.assert_allclose(point["test_loss"], alone.metrics["test_loss"], rtol=2e-5)
     # Its options are checked by name and type, like every config field.
@@ -88,6 +87,7 @@ def test_every_channel_call_gets_its_own_key():
             y2 = channels["a"](a, ctx)
             y3 = channels["b"](a, ctx)
             return a, {"train_loss": jnp.stack([y1, y2, y3])}
+
         ex = {"a": rj.core.Exchange(), "b": rj.core.Exchange()}
         return rj.core.Algorithm(lambda x0, ctx: x0, update, lambda a: a, ex, "two")
 
@@ -120,8 +120,16 @@ def test_hyper_parameters_are_arguments_of_the_step_not_constants():
 def test_ported_dsgd_is_the_hand_written_round_bit_for_bit():
     """An independent D-SGD round (vmap of SGD over nodes, then x ← W x with the dense W), with
     the engine's key schedule, equals the protocol's round exactly (one-hot weights: no roundoff)."""
-    c = tiny(**{"optimizer.name": "sgd", "optimizer.learning_rate": 0.1, "topology.name": "complete",
-                "topology.weights": "uniform", "perf.gossip": "dense", "num_nodes": 4})
+    c = tiny(
+        **{
+            "optimizer.name": "sgd",
+            "optimizer.learning_rate": 0.1,
+            "topology.name": "complete",
+            "topology.weights": "uniform",
+            "perf.gossip": "dense",
+            "num_nodes": 4,
+        }
+    )
     exp = rj.build(c)
     s = exp.init_state()
     model, data = exp.model, exp.node_data
@@ -133,8 +141,7 @@ def test_ported_dsgd_is_the_hand_written_round_bit_for_bit():
         key = jax.random.fold_in(jax.random.fold_in(round_key, rj.core.tag("minibatch")), 0)
         idx, mask = rj.data.subset_indices(key, data.sizes, data.x.shape[1], 8)
         xb, yb = (jax.vmap(lambda a, i: a[i])(a, idx) for a in (data.x, data.y))
-        grads = jax.vmap(jax.grad(lambda p, a, b, m: rj.models.loss_and_metrics(model, p, a, b, m)[0]))(
-            x, xb, yb, mask)
+        grads = jax.vmap(jax.grad(lambda p, a, b, m: rj.models.loss_and_metrics(model, p, a, b, m)[0]))(x, xb, yb, mask)
         x = jnp.matmul(W, x - 0.1 * grads, precision=jax.lax.Precision.HIGHEST)
     s3 = s
     for _ in range(3):
@@ -143,9 +150,15 @@ def test_ported_dsgd_is_the_hand_written_round_bit_for_bit():
 
 
 # --------------------------------------------------------------------------- DIGing and Choco like D-SGD
-ALGOS = {"diging": {"algorithm.name": "diging", "optimizer.name": "sgd", "optimizer.learning_rate": 0.05},
-         "choco_sgd": {"algorithm.name": "choco_sgd", "compression.name": "top_k", "compression.ratio": 0.3,
-                       "compression.gamma": 0.4}}
+ALGOS = {
+    "diging": {"algorithm.name": "diging", "optimizer.name": "sgd", "optimizer.learning_rate": 0.05},
+    "choco_sgd": {
+        "algorithm.name": "choco_sgd",
+        "compression.name": "top_k",
+        "compression.ratio": 0.3,
+        "compression.gamma": 0.4,
+    },
+}
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
@@ -201,8 +214,16 @@ def test_a_diging_checkpoint_resumes_to_the_uninterrupted_run(tmp_path):
 # --------------------------------------------------------------------------- stateful mechanisms
 def test_centered_clipping_starts_from_its_previous_output():
     """Karimireddy, He & Jaggi 2021: v_t = v_{t-1} + (1/n)Σclip(Δᵢ − v_{t-1}, τ), the server's state."""
-    exp = rj.build(tiny(**{"algorithm.name": "fedavg", "aggregation.rule": "centered_clipping",
-                           "byzantine.num": 1, "byzantine.attack": "sign_flip"}))
+    exp = rj.build(
+        tiny(
+            **{
+                "algorithm.name": "fedavg",
+                "aggregation.rule": "centered_clipping",
+                "byzantine.num": 1,
+                "byzantine.attack": "sign_flip",
+            }
+        )
+    )
     ch = exp.channels["model"]
     rule = rj.aggregators.get("centered_clipping")
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 5))

@@ -52,12 +52,12 @@ def _records(path):
     data = path.read_bytes()
     pos = 0
     while pos < len(data):
-        header = data[pos:pos + 8]
+        header = data[pos : pos + 8]
         (n,) = struct.unpack("<Q", header)
-        (hcrc,) = struct.unpack("<I", data[pos + 8:pos + 12])
+        (hcrc,) = struct.unpack("<I", data[pos + 8 : pos + 12])
         assert hcrc == _masked_crc(header)
-        body = data[pos + 12:pos + 12 + n]
-        (bcrc,) = struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])
+        body = data[pos + 12 : pos + 12 + n]
+        (bcrc,) = struct.unpack("<I", data[pos + 12 + n : pos + 16 + n])
         assert bcrc == _masked_crc(body)
         yield body
         pos += 16 + n
@@ -92,8 +92,9 @@ def _same_scalars(workdir):
     for tag in want_tags:
         steps = {r["round"]: r[tag] for r in rows if tag in r}
         assert sorted(got[tag]) == sorted(steps)
-        np.testing.assert_array_equal([got[tag][s] for s in sorted(steps)],
-                                      np.float32([steps[s] for s in sorted(steps)]))
+        np.testing.assert_array_equal(
+            [got[tag][s] for s in sorted(steps)], np.float32([steps[s] for s in sorted(steps)])
+        )
 
 
 def test_event_files_hold_the_same_scalars_as_metrics_jsonl(finished):

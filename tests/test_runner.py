@@ -87,8 +87,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
     assert [json.loads(x)["round"] for x in lines] == [0, 10, 20, 30, 40]
     # A changed config in the same workdir is refused, naming the field.
     with pytest.raises(ConfigError, match="config.optimizer"):
-        rj.run(small_config(num_rounds=60, checkpoint_every=20, **{"optimizer.learning_rate": 0.5}),
-               tmp_path / "resumed")
+        rj.run(
+            small_config(num_rounds=60, checkpoint_every=20, **{"optimizer.learning_rate": 0.5}), tmp_path / "resumed"
+        )
 
 
 BAD = [
@@ -135,17 +136,33 @@ def test_invalid_config_fields_get_clear_errors(over, match):
 
 
 def test_cli_runs_writes_outputs_and_reports_bad_fields(tmp_path):
-    cmd = [sys.executable, "-m", "redeem_jax", "--config", str(ROOT / "configs/default.py"),
-           "--config.num_nodes=4", "--config.num_rounds=4", "--config.eval_every=2", "--config.byzantine.num=0",
-           "--config.compare.key=",
-           "--config.checkpoint_every=2", "--config.model.hidden=(8,)", "--workdir", str(tmp_path / "w")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "redeem_jax",
+        "--config",
+        str(ROOT / "configs/default.py"),
+        "--config.num_nodes=4",
+        "--config.num_rounds=4",
+        "--config.eval_every=2",
+        "--config.byzantine.num=0",
+        "--config.compare.key=",
+        "--config.checkpoint_every=2",
+        "--config.model.hidden=(8,)",
+        "--workdir",
+        str(tmp_path / "w"),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "outputs in" in out.stdout
     for name in ("metrics.jsonl", "config.json", "metrics.png", "checkpoints"):
         assert (tmp_path / "w" / name).exists()
-    bad = subprocess.run(cmd[:-2] + ["--config.optimizer.name=sdg", "--workdir", str(tmp_path / "b")],
-                         capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(
+        cmd[:-2] + ["--config.optimizer.name=sdg", "--workdir", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode != 0 and "config.optimizer.name: 'sdg' is not one of" in bad.stderr
 
 

@@ -4,6 +4,7 @@ The 10^6-node run itself is benchmarks/scale.py (docs/performance.md); these
 checks take seconds. They assert sizes (peak host memory, stored arrays), never
 wall-clock time: a loaded machine must not fail them.
 """
+
 import importlib
 import tracemalloc
 
@@ -23,10 +24,18 @@ N = 20_000
 def _config(**overrides):
     c = rj.config.base_config()
     fields = {
-        "num_nodes": N, "topology.name": "random_regular", "topology.k": 8,
-        "data.name": "linear", "model.name": "linear", "data.dim": 5,
-        "data.num_examples": N * 5, "data.batch_size": 2, "optimizer.learning_rate": 0.05,
-        "progress": False, "plots": False, "checkpoint_every": 0,
+        "num_nodes": N,
+        "topology.name": "random_regular",
+        "topology.k": 8,
+        "data.name": "linear",
+        "model.name": "linear",
+        "data.dim": 5,
+        "data.num_examples": N * 5,
+        "data.batch_size": 2,
+        "optimizer.learning_rate": 0.05,
+        "progress": False,
+        "plots": False,
+        "checkpoint_every": 0,
     }
     for k, v in {**fields, **overrides}.items():
         rj.config.set_field(c, k, v)
@@ -41,7 +50,7 @@ def test_build_and_gossip_rounds_at_scale_match_sparse_w():
     exp = rj.build(_config(**{"perf.gossip": "sparse"}))
     topo = exp.topology
     assert topo.n == N and topo.K == 8
-    assert exp.node_data.x.shape == (N, 4, 5)        # 4 train examples per node, no padding
+    assert exp.node_data.x.shape == (N, 4, 5)  # 4 train examples per node, no padding
     hp = exp.hp_values(**{"optimizer.learning_rate": 0.0})
     s0 = exp.init_state(hp=hp)
     # The linear model starts at 0 on every node; disagree, so that gossip has work to do.
@@ -54,7 +63,7 @@ def test_build_and_gossip_rounds_at_scale_match_sparse_w():
     ref = W @ (W @ np.asarray(x0, np.float64))
     x2 = np.asarray(exp.models(s2), np.float64)
     np.testing.assert_allclose(x2, ref, atol=1e-5)
-    np.testing.assert_allclose(x2.mean(0), np.asarray(x0, np.float64).mean(0), atol=1e-6)   # W doubly stochastic
+    np.testing.assert_allclose(x2.mean(0), np.asarray(x0, np.float64).mean(0), atol=1e-6)  # W doubly stochastic
     ones = jnp.ones(N, bool)
     cd = [float(rj.metrics.consensus_distance(exp.models(s), ones)) for s in (s0, s1, s2)]
     assert 0 < cd[2] < cd[1] < cd[0]
@@ -79,10 +88,10 @@ def test_million_node_topologies_are_sparse():
         topo, peak = _peak_bytes(lambda: rj.topology.get(name, n))  # noqa: B023
         assert peak <= 256 * (n + topo.num_edges), (name, peak)
         assert topo.neighbors.shape == (n, K) and topo.weights.shape == (n, K)
-        assert "adjacency" not in topo._cache           # nothing dense was built
-        repr(topo)                                      # stays instant (no O(n^3) norm)
+        assert "adjacency" not in topo._cache  # nothing dense was built
+        repr(topo)  # stays instant (no O(n^3) norm)
     ring = rj.topology.ring(n)
-    rho = 1 / 3 + 2 / 3 * np.cos(2 * np.pi / n)         # Xiao & Boyd 2004; FFT path, not eigsh
+    rho = 1 / 3 + 2 / 3 * np.cos(2 * np.pi / n)  # Xiao & Boyd 2004; FFT path, not eigsh
     assert abs(ring.rho() - rho) < 1e-12
 
 
@@ -92,7 +101,7 @@ def test_hundred_thousand_node_erdos_renyi_is_o_of_edges():
     n, p = 100_000, 2e-4
     topo, peak = _peak_bytes(lambda: rj.topology.erdos_renyi(n, p, seed=0))
     m = topo.num_edges
-    assert abs(m / 2 - n * (n - 1) / 2 * p) <= 5 * np.sqrt(n * (n - 1) / 2 * p)   # Binomial mean
+    assert abs(m / 2 - n * (n - 1) / 2 * p) <= 5 * np.sqrt(n * (n - 1) / 2 * p)  # Binomial mean
     assert peak <= 256 * (n + m), peak
     assert not topo.is_padding_wasteful and topo.neighbors.size <= 4 * (n + m)
     assert "adjacency" not in topo._cache
@@ -104,7 +113,8 @@ def test_million_node_partition_is_vectorized():
     n = 10**6
     y = np.zeros(2 * n, np.float32)
     (order, sizes), peak = _peak_bytes(
-        lambda: _partition.group_by_node(_partition.node_assignment(y, n, "iid", seed=0), n))
+        lambda: _partition.group_by_node(_partition.node_assignment(y, n, "iid", seed=0), n)
+    )
     assert peak <= 128 * y.size
     assert np.all(sizes == 2) and np.array_equal(np.sort(order), np.arange(2 * n))
     small = np.arange(103) % 3
@@ -158,4 +168,5 @@ def test_per_node_evaluation_on_a_subset_of_nodes():
     for k in ("node_test_loss_mean", "node_test_loss_min", "node_test_loss_max"):
         np.testing.assert_allclose(float(sub[k]), float(ref[k]), rtol=1e-6)
     assert float(evaluate_fn(model, x, y, max_nodes=10)(params, honest)["node_test_loss_mean"]) == float(
-        full["node_test_loss_mean"])
+        full["node_test_loss_mean"]
+    )

@@ -10,6 +10,7 @@ contractive gossip does not amplify roundoff in so few rounds). Where no roundin
 happens at all it is exact: pure row shifts, and the one-peer exponential graph
 whose weights 1/2 make every product exact.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,9 +51,19 @@ def test_make_mesh_shapes_and_errors():
 
 
 def test_shard_nodes_places_node_leaves_and_replicates_the_rest():
-    exp = rj.build(small_config(num_nodes=16, **{"data.name": "logistic", "model.name": "mlp", "model.hidden": (3,),
-                                                 "data.dim": 4, "optimizer.name": "momentum"}))
-    model = exp.model   # d = 4*3+3+3*2+2 = 23 (odd)
+    exp = rj.build(
+        small_config(
+            num_nodes=16,
+            **{
+                "data.name": "logistic",
+                "model.name": "mlp",
+                "model.hidden": (3,),
+                "data.dim": 4,
+                "optimizer.name": "momentum",
+            },
+        )
+    )
+    model = exp.model  # d = 4*3+3+3*2+2 = 23 (odd)
     state = exp.init_state()
     mesh = sharding.make_mesh((8,))
     s = sharding.shard_nodes(state, mesh)
@@ -70,8 +81,8 @@ def test_shard_nodes_places_node_leaves_and_replicates_the_rest():
 
 
 def test_shard_sweep_adds_a_leading_axis():
-    xs = jnp.stack([_x(16, 4, s) for s in range(4)])               # [G, n, d]
-    rounds = jnp.arange(4)                                          # [G] per-point scalars
+    xs = jnp.stack([_x(16, 4, s) for s in range(4)])  # [G, n, d]
+    rounds = jnp.arange(4)  # [G] per-point scalars
     mesh = sharding.make_mesh((8,))
     a, r = sharding.shard_sweep((xs, rounds), mesh, num_nodes=16)
     assert a.sharding.spec == P(None, "nodes") and r.sharding.spec == P()
@@ -97,18 +108,22 @@ def test_block_shifts_equal_roll_exactly(n):
     mesh = sharding.make_mesh((8,))
     x = sharding.shard_nodes(_x(n, 3), mesh)
     for s in range(-1, n + 1):
-        f = jax.shard_map(lambda b: sharding._block_roll(b, s, n, 8), mesh=mesh, in_specs=P("nodes"),
-                          out_specs=P("nodes"))
+        f = jax.shard_map(
+            lambda b: sharding._block_roll(b, s, n, 8), mesh=mesh, in_specs=P("nodes"), out_specs=P("nodes")
+        )
         np.testing.assert_array_equal(jax.jit(f)(x), jnp.roll(x, s, axis=0))
 
 
 @pytest.mark.parametrize("mesh_shape", [(8,), (4, 2)])
-@pytest.mark.parametrize("topo", [rj.topology.ring(16), rj.topology.exponential(24), rj.topology.complete(8),
-                                  rj.topology.exponential(32)], ids=lambda t: f"{t.name}{t.n}")
+@pytest.mark.parametrize(
+    "topo",
+    [rj.topology.ring(16), rj.topology.exponential(24), rj.topology.complete(8), rj.topology.exponential(32)],
+    ids=lambda t: f"{t.name}{t.n}",
+)
 def test_ppermute_mix_equals_mix_on_circulant_graphs(topo, mesh_shape):
     mesh = sharding.make_mesh(mesh_shape)
     assert sharding.uses_ppermute(topo)
-    for d in (6, 5):   # 5: the model axis does not divide d, rows replicated along it
+    for d in (6, 5):  # 5: the model axis does not divide d, rows replicated along it
         x = _x(topo.n, d)
         got = jax.jit(lambda v: sharding.ppermute_mix(topo, v, mesh))(sharding.shard_nodes(x, mesh))
         assert got.sharding.spec[0] == "nodes"
@@ -118,27 +133,30 @@ def test_ppermute_mix_equals_mix_on_circulant_graphs(topo, mesh_shape):
 
 @pytest.mark.parametrize("mesh_shape", [(8,), (4, 2)])
 def test_one_peer_exponential_over_several_rounds_is_exact(mesh_shape):
-    topo = rj.topology.one_peer_exponential(32)      # period 5; W(t) = (I + P^(2^t)) / 2
+    topo = rj.topology.one_peer_exponential(32)  # period 5; W(t) = (I + P^(2^t)) / 2
     mesh = sharding.make_mesh(mesh_shape)
     x = _x(32, 4)
     rounds = 2 * topo.period + 1
 
-    def run(mix, x):                                  # traced round, as inside a scanned chunk
+    def run(mix, x):  # traced round, as inside a scanned chunk
         return jax.lax.fori_loop(0, rounds, lambda t, v: mix(v, t), x)
 
     got = jax.jit(lambda v: run(lambda v, t: sharding.ppermute_mix(topo, v, mesh, round=t), v))(
-        sharding.shard_nodes(x, mesh))
+        sharding.shard_nodes(x, mesh)
+    )
     for method in ("roll", "sparse", "dense"):
         want = jax.jit(lambda v: run(lambda v, t: rj.gossip.mix(topo, v, round=t, method=method), v))(x)
-        np.testing.assert_array_equal(got, want)      # weights 1/2: no rounding differs
+        np.testing.assert_array_equal(got, want)  # weights 1/2: no rounding differs
     # Static rounds pick the branch in Python.
     for t in range(topo.period):
-        np.testing.assert_array_equal(sharding.ppermute_mix(topo, x, mesh, round=t),
-                                      rj.gossip.mix(topo, x, round=t, method="roll"))
+        np.testing.assert_array_equal(
+            sharding.ppermute_mix(topo, x, mesh, round=t), rj.gossip.mix(topo, x, round=t, method="roll")
+        )
 
 
-@pytest.mark.parametrize("topo", [rj.topology.torus(4, 4), rj.topology.random_regular(16, 3, seed=1)],
-                         ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "topo", [rj.topology.torus(4, 4), rj.topology.random_regular(16, 3, seed=1)], ids=lambda t: t.name
+)
 def test_non_circulant_graphs_gather_on_sharded_rows(topo):
     mesh = sharding.make_mesh((8,))
     assert not sharding.uses_ppermute(topo)
@@ -149,8 +167,9 @@ def test_non_circulant_graphs_gather_on_sharded_rows(topo):
     ref = rj.channels.gossip(topo, "sparse")
 
     def exchange(channel, x):
-        ctx = rj.core.Ctx(jnp.int32(3), jax.random.PRNGKey(0), rj.core.Edges.of(topo, jnp.int32(3)),
-                          jnp.ones(16, bool), {})
+        ctx = rj.core.Ctx(
+            jnp.int32(3), jax.random.PRNGKey(0), rj.core.Edges.of(topo, jnp.int32(3)), jnp.ones(16, bool), {}
+        )
         return channel.update(x, (), ctx)[0]
 
     got = jax.jit(lambda x: exchange(comm, x))(sharding.shard_nodes(x, mesh))
@@ -163,8 +182,10 @@ def test_non_circulant_graphs_gather_on_sharded_rows(topo):
 RUNS = {
     "dsgd_ring": ({}, (8,)),
     "dsgd_one_peer_2d": ({"topology.name": "one_peer_exponential"}, (4, 2)),
-    "clipped_gossip_alie": ({"aggregation.rule": "clipped_gossip", "byzantine.num": 1,
-                             "byzantine.attack": "alie"}, (8,)),
+    "clipped_gossip_alie": (
+        {"aggregation.rule": "clipped_gossip", "byzantine.num": 1, "byzantine.attack": "alie"},
+        (8,),
+    ),
     "dp_sgd": ({"privacy.mode": "dp_sgd", "privacy.noise_multiplier": 1.0}, (-1,)),
 }
 
@@ -191,8 +212,15 @@ def test_mesh_that_does_not_divide_the_nodes_is_a_config_error():
 
 # --------------------------------------------------------------------------- distributed
 def test_distributed_initialize_is_a_no_op_for_one_process(monkeypatch):
-    for v in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
-              "OMPI_MCA_orte_hnp_uri", "TPU_WORKER_HOSTNAMES", "KUBERNETES_SERVICE_HOST"):
+    for v in (
+        "JAX_COORDINATOR_ADDRESS",
+        "JAX_NUM_PROCESSES",
+        "JAX_PROCESS_ID",
+        "SLURM_JOB_ID",
+        "OMPI_MCA_orte_hnp_uri",
+        "TPU_WORKER_HOSTNAMES",
+        "KUBERNETES_SERVICE_HOST",
+    ):
         monkeypatch.delenv(v, raising=False)
     assert distributed.initialize(rj.config.base_config()) is False
     assert distributed.initialize() is False

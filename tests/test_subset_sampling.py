@@ -20,8 +20,7 @@ from redeem_jax.data import sampling
 def test_mulhi32_is_the_high_word_of_the_64_bit_product():
     rng = np.random.default_rng(0)
     u = rng.integers(0, 2**32, 20000, dtype=np.uint64)
-    n = np.concatenate([rng.integers(1, 2**32, 10000, dtype=np.uint64),
-                        rng.integers(1, 64, 10000, dtype=np.uint64)])
+    n = np.concatenate([rng.integers(1, 2**32, 10000, dtype=np.uint64), rng.integers(1, 64, 10000, dtype=np.uint64)])
     u[:4], n[:4] = 2**32 - 1, [2**32 - 1, 1, 2**16, 2**16 + 1]
     got = np.asarray(sampling._mulhi32(jnp.asarray(u, jnp.uint32), jnp.asarray(n, jnp.uint32)))
     np.testing.assert_array_equal(got, ((u * n) >> np.uint64(32)).astype(np.uint32))
@@ -34,8 +33,11 @@ def test_words_are_jax_threefry_of_the_node_and_pair_counters():
     n = 37
     words = sampling._words(key, n, 5)
     for p in range(3):
-        ref = np.asarray(threefry_2x32((key[0], key[1]), jnp.concatenate(
-            [jnp.arange(n, dtype=jnp.uint32), jnp.full((n,), p, jnp.uint32)])))
+        ref = np.asarray(
+            threefry_2x32(
+                (key[0], key[1]), jnp.concatenate([jnp.arange(n, dtype=jnp.uint32), jnp.full((n,), p, jnp.uint32)])
+            )
+        )
         np.testing.assert_array_equal(np.asarray(words[2 * p]), ref[:n])
         if 2 * p + 1 < 5:
             np.testing.assert_array_equal(np.asarray(words[2 * p + 1]), ref[n:])
@@ -92,14 +94,18 @@ def test_draws_under_different_keys_are_independent_and_jit_and_vmap_agree():
     keys = jax.random.split(jax.random.PRNGKey(5), 3)
     batched = jax.vmap(lambda k: rj.data.subset_indices(k, sizes[:50], 8, 4)[0])(keys)
     for i in range(3):
-        np.testing.assert_array_equal(np.asarray(batched[i]),
-                                      np.asarray(rj.data.subset_indices(keys[i], sizes[:50], 8, 4)[0]))
+        np.testing.assert_array_equal(
+            np.asarray(batched[i]), np.asarray(rj.data.subset_indices(keys[i], sizes[:50], 8, 4)[0])
+        )
 
 
 def test_sample_network_batches_gathers_the_chosen_rows():
     rng = np.random.default_rng(2)
-    nd = rj.data.NodeData(jnp.asarray(rng.normal(size=(30, 6, 3)), jnp.float32),
-                          jnp.asarray(rng.integers(0, 5, (30, 6)), jnp.int32), jnp.asarray(rng.integers(1, 7, 30)))
+    nd = rj.data.NodeData(
+        jnp.asarray(rng.normal(size=(30, 6, 3)), jnp.float32),
+        jnp.asarray(rng.integers(0, 5, (30, 6)), jnp.int32),
+        jnp.asarray(rng.integers(1, 7, 30)),
+    )
     xb, yb, mask = rj.data.sample_network_batches(jax.random.PRNGKey(0), nd, 3)
     idx, mask2 = rj.data.subset_indices(jax.random.PRNGKey(0), nd.sizes, 6, 3)
     x, y, i = np.asarray(nd.x), np.asarray(nd.y), np.asarray(idx)

@@ -53,8 +53,16 @@ def test_a_sweep_point_equals_its_run_alone(case):
         c = tiny(**{"privacy.mode": "dp_sgd", "privacy.sampling": "poisson", "privacy.sample_rate": 0.3})
         axes = {"seed": [1], "privacy.noise_multiplier": [0.5, 2.0]}
     else:
-        c = tiny(**{"num_nodes": 6, "byzantine.num": 1, "byzantine.placement": "given", "byzantine.ids": (2,),
-                    "byzantine.attack": "alie", "aggregation.rule": "clipped_gossip"})
+        c = tiny(
+            **{
+                "num_nodes": 6,
+                "byzantine.num": 1,
+                "byzantine.placement": "given",
+                "byzantine.ids": (2,),
+                "byzantine.attack": "alie",
+                "aggregation.rule": "clipped_gossip",
+            }
+        )
         axes = {"byzantine.strength": [0.5, 3.0]}
     df = rj.sweep(c, axes)
     assert df.attrs["traces"] == [1]
@@ -114,18 +122,24 @@ def test_an_interrupted_sweep_resumes_to_the_same_table(tmp_path, monkeypatch):
     assert len(on_disk) == len(whole) == 4 * 4  # rounds 0, 2, 4, 6 of 4 points, none repeated
 
 
-@pytest.mark.parametrize("overrides, axes, message", [
-    ({}, {"optimizer.learning_rat": [0.1]}, "sweep.optimizer.learning_rat: not a config field"),
-    ({}, {"optimizer.learning_rate": []}, "sweep.optimizer.learning_rate: give at least one value"),
-    ({}, {"seed": [-1]}, "sweep.seed: must be >= 0"),
-    ({}, {"privacy.noise_multiplier": [1.0]}, "has no effect because privacy.mode is 'none'"),
-    ({}, {"optimizer.momentum": [0.5]}, None),  # small_config uses momentum: fine
-    ({"optimizer.name": "sgd"}, {"optimizer.momentum": [0.5]}, "has no effect because optimizer.name is 'sgd'"),
-    ({"privacy.mode": "dp_sgd"}, {"privacy.noise_multiplier": [1.0], "privacy.target_epsilon": [1.0]},
-     "sweep σ or the target ε, not both"),
-    ({}, {"num_nodes": [4, 0]}, "sweep.num_nodes: must be >= 1"),
-    ({}, {}, "give at least one axis"),
-])
+@pytest.mark.parametrize(
+    "overrides, axes, message",
+    [
+        ({}, {"optimizer.learning_rat": [0.1]}, "sweep.optimizer.learning_rat: not a config field"),
+        ({}, {"optimizer.learning_rate": []}, "sweep.optimizer.learning_rate: give at least one value"),
+        ({}, {"seed": [-1]}, "sweep.seed: must be >= 0"),
+        ({}, {"privacy.noise_multiplier": [1.0]}, "has no effect because privacy.mode is 'none'"),
+        ({}, {"optimizer.momentum": [0.5]}, None),  # small_config uses momentum: fine
+        ({"optimizer.name": "sgd"}, {"optimizer.momentum": [0.5]}, "has no effect because optimizer.name is 'sgd'"),
+        (
+            {"privacy.mode": "dp_sgd"},
+            {"privacy.noise_multiplier": [1.0], "privacy.target_epsilon": [1.0]},
+            "sweep σ or the target ε, not both",
+        ),
+        ({}, {"num_nodes": [4, 0]}, "sweep.num_nodes: must be >= 1"),
+        ({}, {}, "give at least one axis"),
+    ],
+)
 def test_bad_axes_are_refused_with_the_field_named(overrides, axes, message):
     c = tiny(**{"num_rounds": 2, **overrides})
     if message is None:
@@ -137,10 +151,22 @@ def test_bad_axes_are_refused_with_the_field_named(overrides, axes, message):
 
 def test_command_line(tmp_path):
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "redeem_jax.sweep", "--config", str(root / "configs/sweep.py"),
-           "--config.num_nodes=4", "--config.num_rounds=2", "--config.eval_every=2", "--config.model.hidden=(8,)",
-           "--config.progress=False", "--sweep.seed=0,1", "--sweep.optimizer.learning_rate=0.05,0.2",
-           "--workdir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "redeem_jax.sweep",
+        "--config",
+        str(root / "configs/sweep.py"),
+        "--config.num_nodes=4",
+        "--config.num_rounds=2",
+        "--config.eval_every=2",
+        "--config.model.hidden=(8,)",
+        "--config.progress=False",
+        "--sweep.seed=0,1",
+        "--sweep.optimizer.learning_rate=0.05,0.2",
+        "--workdir",
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "4 runs, 1 compiled program(s)" in out.stdout

@@ -1,4 +1,5 @@
 """Closed forms in `theory` against the topologies' numerical spectra."""
+
 import math
 
 import numpy as np
@@ -28,7 +29,7 @@ def test_torus(m):
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 6])
 def test_hypercube(k):
-    assert T.hypercube(2 ** k).spectral_gap() == pytest.approx(1 - th.rho_hypercube(k), abs=1e-6)
+    assert T.hypercube(2**k).spectral_gap() == pytest.approx(1 - th.rho_hypercube(k), abs=1e-6)
 
 
 @pytest.mark.parametrize("n", [4, 8, 16, 64, 256, 6, 12, 100])
@@ -47,18 +48,25 @@ def test_complete_and_one_peer():
     for n in (2, 5, 9):
         assert T.complete(n).rho() == pytest.approx(th.rho_complete(n), abs=1e-9)
     for k in (1, 3, 4, 6):
-        assert th.one_peer_exact_rounds(2 ** k) == k == T.one_peer_exponential(2 ** k).period
+        assert th.one_peer_exact_rounds(2**k) == k == T.one_peer_exponential(2**k).period
     with pytest.raises(ValueError, match="power of 2"):
         th.one_peer_exact_rounds(12)
 
 
 def test_rho_dispatch():
-    for topo in (T.ring(10), T.torus(5), T.hypercube(16), T.exponential(32), T.complete(4),
-                 T.one_peer_exponential(16), T.one_peer_exponential(12), T.star(6)):
+    for topo in (
+        T.ring(10),
+        T.torus(5),
+        T.hypercube(16),
+        T.exponential(32),
+        T.complete(4),
+        T.one_peer_exponential(16),
+        T.one_peer_exponential(12),
+        T.star(6),
+    ):
         assert th.rho(topo) == pytest.approx(topo.effective_rho(), abs=1e-6)
-    lazy = T.from_adjacency(T.ring(6).adjacency,
-                            weights=0.5 * np.eye(6) + 0.25 * T.ring(6).adjacency)
-    assert th.rho(lazy) == pytest.approx(lazy.rho())   # not mistaken for the MH ring
+    lazy = T.from_adjacency(T.ring(6).adjacency, weights=0.5 * np.eye(6) + 0.25 * T.ring(6).adjacency)
+    assert th.rho(lazy) == pytest.approx(lazy.rho())  # not mistaken for the MH ring
 
 
 def test_consensus_bound_holds_every_step():

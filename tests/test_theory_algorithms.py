@@ -1,5 +1,6 @@
 """Closed forms for D-SGD's bias, exact methods' rates and Choco constants (`theory`) against
 numpy simulations of the recursions on quadratics f_i = (mu_i/2)||x - b_i||^2."""
+
 import warnings
 
 import numpy as np
@@ -108,8 +109,11 @@ def test_dsgd_fixed_point_matches_simulation(name, order):
     np.testing.assert_allclose(nxt, x, rtol=0, atol=1e-12)
     # the plain closed forms of the brief / field notes
     I = np.eye(n)
-    ref = (step * np.linalg.solve(step * I + I - W, B) if order == "cta"
-           else step * np.linalg.solve(I - (1 - step) * W, W @ B))
+    ref = (
+        step * np.linalg.solve(step * I + I - W, B)
+        if order == "cta"
+        else step * np.linalg.solve(I - (1 - step) * W, W @ B)
+    )
     np.testing.assert_allclose(x, ref, rtol=0, atol=1e-12)
     # the mean is exact for equal curvatures: 1^T(I - W) = 0
     np.testing.assert_allclose(x.mean(0), B.mean(0), rtol=0, atol=1e-12)
@@ -130,8 +134,8 @@ def test_dsgd_fixed_point_heterogeneous_curvature(order):
     res = th.dsgd_consensus_bias(W, B, step, order, curvature=mu)
     xs = (mu[:, None] * B).sum(0) / mu.sum()
     np.testing.assert_allclose(res["optimum"], xs, atol=1e-14)
-    assert res["weighted_mean_error"] < 1e-12      # sum mu_i x_i = sum mu_i b_i exactly
-    assert res["mean_error"] > 1e-4                 # but the plain mean is off
+    assert res["weighted_mean_error"] < 1e-12  # sum mu_i x_i = sum mu_i b_i exactly
+    assert res["mean_error"] > 1e-4  # but the plain mean is off
 
 
 @pytest.mark.parametrize("order", ["cta", "atc"])
@@ -141,7 +145,7 @@ def test_dsgd_bias_linear_in_step(order):
     # x_inf ~ 1 xbar + alpha L^+ b (CTA), 1 xbar + alpha L^+ W b (ATC), L = I - W
     L_pinv = np.linalg.pinv(np.eye(8) - W)
     lead = L_pinv @ B if order == "cta" else L_pinv @ W @ B
-    limit = np.sqrt(np.mean(np.sum(lead ** 2, axis=1)))
+    limit = np.sqrt(np.mean(np.sum(lead**2, axis=1)))
     prev = None
     for step in (4e-3, 2e-3, 1e-3):
         r = th.dsgd_consensus_bias(W, B, step, order)
@@ -181,16 +185,21 @@ def test_dsgd_rate(order):
         X = W @ X - step * (X - B) if order == "cta" else W @ (X - step * (X - B))
         errs.append(np.linalg.norm(X - x))
     assert tail_rate(np.array(errs)) == pytest.approx(th.dsgd_rate(W, step, mu, order), rel=1e-3)
-    assert th.dsgd_rate(W, step, mu, order) == pytest.approx(
-        th.linear_rate(W, step, mu, "dsgd", order), abs=1e-12)
+    assert th.dsgd_rate(W, step, mu, order) == pytest.approx(th.linear_rate(W, step, mu, "dsgd", order), abs=1e-12)
 
 
 # --------------------------------------------------------------------------- #
 # exact methods: linear rates
 # --------------------------------------------------------------------------- #
 # (graph, step) with a real dominant mode, so the tail fit of log error is clean
-DIGING_CASES = [("ring8", 0.2, "cta"), ("ring16", 0.1, "cta"), ("er12", 0.2, "cta"),
-                ("ring8", 0.5, "atc"), ("ring16", 0.2, "atc"), ("er12", 0.3, "atc")]
+DIGING_CASES = [
+    ("ring8", 0.2, "cta"),
+    ("ring16", 0.1, "cta"),
+    ("er12", 0.2, "cta"),
+    ("ring8", 0.5, "atc"),
+    ("ring16", 0.2, "atc"),
+    ("er12", 0.3, "atc"),
+]
 
 
 @pytest.mark.parametrize("name,step,order", DIGING_CASES)
@@ -202,7 +211,7 @@ def test_diging_converges_at_closed_form_rate(name, step, order):
     X, errs = run_diging(W, B, step, mu, order, 4000, rng.normal(size=B.shape))
     np.testing.assert_allclose(X, np.broadcast_to(B.mean(0), X.shape), rtol=0, atol=1e-10)
     r = th.diging_rate(W, step, mu, order)
-    assert r > 1 - step * mu + 1e-3          # a consensus mode, not the mean, sets the rate
+    assert r > 1 - step * mu + 1e-3  # a consensus mode, not the mean, sets the rate
     assert tail_rate(errs) == pytest.approx(r, rel=1e-3)
     assert th.linear_rate(W, step, mu, "diging", order) == pytest.approx(r, abs=1e-10)
 
@@ -245,9 +254,9 @@ def test_d2_converges_at_closed_form_rate(name, step):
 
 
 def test_d2_diverges_when_lambda_min_below_minus_third():
-    W = ring(8, w=0.4)                     # eigenvalues 0.2 + 0.8 cos(2 pi k / 8): min -0.6
+    W = ring(8, w=0.4)  # eigenvalues 0.2 + 0.8 cos(2 pi k / 8): min -0.6
     assert np.linalg.eigvalsh(W).min() == pytest.approx(-0.6)
-    step = 0.1                             # c = 0.1 < (3 + 1/lambda_min)/2 = 2/3: unstable
+    step = 0.1  # c = 0.1 < (3 + 1/lambda_min)/2 = 2/3: unstable
     with pytest.warns(RuntimeWarning, match="-1/3"):
         r = th.d2_rate(W, step, 1.0)
     assert r > 1.0
@@ -271,11 +280,13 @@ def test_d2_diverges_when_lambda_min_below_minus_third():
     assert errs[-1] < 1e-10
 
 
-@pytest.mark.parametrize("method,order,step", [("diging", "cta", 0.15), ("diging", "atc", 0.3),
-                                               ("exact_diffusion", "cta", 0.5), ("d2", "cta", 0.5)])
+@pytest.mark.parametrize(
+    "method,order,step",
+    [("diging", "cta", 0.15), ("diging", "atc", 0.3), ("exact_diffusion", "cta", 0.5), ("d2", "cta", 0.5)],
+)
 def test_linear_rate_heterogeneous_curvature(method, order, step):
-    W = GRAPHS["er12"]      # no repeated eigenvalues: unequal curvatures would split the ring's
-                            # pairs into close modes and slow the tail fit down
+    W = GRAPHS["er12"]  # no repeated eigenvalues: unequal curvatures would split the ring's
+    # pairs into close modes and slow the tail fit down
     n = len(W)
     rng = np.random.default_rng(12)
     B, mu = rng.normal(size=(n, 2)), rng.uniform(0.5, 1.5, size=n)
@@ -297,13 +308,15 @@ def test_per_mode_forms_equal_full_iteration_matrix():
         for step, mu in ((0.05, 1.0), (0.3, 2.0), (0.9, 0.7)):
             for order in ("cta", "atc"):
                 assert th.diging_rate(W, step, mu, order) == pytest.approx(
-                    th.linear_rate(W, step, mu, "diging", order), abs=1e-9)
+                    th.linear_rate(W, step, mu, "diging", order), abs=1e-9
+                )
                 assert th.dsgd_rate(W, step, mu, order) == pytest.approx(
-                    th.linear_rate(W, step, mu, "dsgd", order), abs=1e-9)
+                    th.linear_rate(W, step, mu, "dsgd", order), abs=1e-9
+                )
             assert th.exact_diffusion_rate(W, step, mu) == pytest.approx(
-                th.linear_rate(W, step, mu, "exact_diffusion"), abs=1e-9)
-            assert th.d2_rate(W, step, mu) == pytest.approx(
-                th.linear_rate(W, step, mu, "d2"), abs=1e-9)
+                th.linear_rate(W, step, mu, "exact_diffusion"), abs=1e-9
+            )
+            assert th.d2_rate(W, step, mu) == pytest.approx(th.linear_rate(W, step, mu, "d2"), abs=1e-9)
     # left invariant vectors are exact: v^T A = v^T
     A, v = th.iteration_matrix(GRAPHS["er12"], 0.3, np.linspace(0.5, 2, 12), "diging", "atc")
     np.testing.assert_allclose(v @ A, v, atol=1e-12)
@@ -332,8 +345,8 @@ def test_complete_graph():
 # --------------------------------------------------------------------------- #
 def test_choco_constants_ring_and_complete():
     c = th.choco_constants(ring(8), 1.0)
-    assert c["delta"] == pytest.approx(1 - th.rho_ring(8), abs=1e-12)      # 0.195262
-    assert c["beta"] == pytest.approx(4 / 3, abs=1e-12)                    # 1 - lambda_min
+    assert c["delta"] == pytest.approx(1 - th.rho_ring(8), abs=1e-12)  # 0.195262
+    assert c["beta"] == pytest.approx(4 / 3, abs=1e-12)  # 1 - lambda_min
     lam = np.linalg.eigvalsh(ring(8))
     assert c["beta"] == pytest.approx(np.max(np.abs(1 - lam)), abs=1e-12)
     c = th.choco_constants(complete(5), 1.0)
@@ -344,7 +357,8 @@ def test_choco_constants_ring_and_complete():
             d, b = c["delta"], c["beta"]
             assert 0 < c["gamma"] <= 1
             assert c["gamma"] == pytest.approx(
-                d * d * omega / (16 * d + d * d + 4 * b * b + 2 * d * b * b - 8 * d * omega))
+                d * d * omega / (16 * d + d * d + 4 * b * b + 2 * d * b * b - 8 * d * omega)
+            )
             assert c["rate"] == pytest.approx(1 - d * d * omega / 82)
     with pytest.raises(ValueError, match="omega"):
         th.choco_constants(ring(8), 0.0)
@@ -356,14 +370,14 @@ def test_choco_identity_rate_matches_simulation(gamma):
     n = len(W)
     rng = np.random.default_rng(13)
     X = rng.normal(size=(n, 2))
-    Xh = np.zeros_like(X)                  # Algorithm 1 with Q = identity, Xhat_0 = 0
+    Xh = np.zeros_like(X)  # Algorithm 1 with Q = identity, Xhat_0 = 0
     mean0 = X.mean(0)
     errs = []
     for _ in range(300):
         X = X + gamma * (W - np.eye(n)) @ Xh
         Xh = Xh + (X - Xh)
         errs.append(np.linalg.norm(X - X.mean(0)))
-        np.testing.assert_allclose(X.mean(0), mean0, atol=1e-12)   # mean kept exactly
+        np.testing.assert_allclose(X.mean(0), mean0, atol=1e-12)  # mean kept exactly
     r = th.choco_identity_rate(W, gamma)
     lam = np.linalg.eigvalsh(W)[:-1]
     assert r == pytest.approx(np.max(np.abs(1 + gamma * (lam - 1))))

@@ -1,4 +1,5 @@
 """Topology families: weight rules, padded edge arrays, validation, interop."""
+
 import dataclasses
 import functools
 
@@ -26,8 +27,11 @@ def _random_family(kind, n, seed):
 
 
 @settings(max_examples=30, deadline=None)
-@given(kind=st.sampled_from(["erdos_renyi", "random_regular", "random_geometric", "small_world"]),
-       n=st.integers(6, 40), seed=st.integers(0, 10_000))
+@given(
+    kind=st.sampled_from(["erdos_renyi", "random_regular", "random_geometric", "small_world"]),
+    n=st.integers(6, 40),
+    seed=st.integers(0, 10_000),
+)
 def test_metropolis_hastings_doubly_stochastic_symmetric(kind, n, seed):
     topo = _random_family(kind, n, seed)
     W = topo.mixing_matrix()
@@ -53,7 +57,7 @@ def test_max_degree_and_uniform_rules(seed):
     star = T.star(6, weights="uniform")
     Ws = star.mixing_matrix()
     np.testing.assert_allclose(Ws.sum(1), 1)
-    assert not star.is_doubly_stochastic        # documented: row-stochastic only
+    assert not star.is_doubly_stochastic  # documented: row-stochastic only
     np.testing.assert_allclose(Ws[0], 1 / 6)
     np.testing.assert_allclose(Ws[1, [0, 1]], 0.5)
     # On a regular graph all three rules coincide.
@@ -62,18 +66,30 @@ def test_max_degree_and_uniform_rules(seed):
 
 
 def _dense_from_edges(topo, t=None):
-    nbr, w, sw, mask = (a if t is None else a[t] for a in
-                        (topo.neighbors, topo.weights, topo.self_weight, topo.edge_mask))
+    nbr, w, sw, mask = (
+        a if t is None else a[t] for a in (topo.neighbors, topo.weights, topo.self_weight, topo.edge_mask)
+    )
     W = np.diag(sw.astype(np.float64))
     rows = np.repeat(np.arange(topo.n), topo.K).reshape(topo.n, topo.K)
     np.add.at(W, (rows[mask], nbr[mask]), w[mask])
     return W
 
 
-ALL = [T.ring(7), T.path(6), T.torus(3, 4), T.complete(5), T.star(6), T.hypercube(8),
-       T.erdos_renyi(12, 0.4), T.random_regular(10, 3), T.exponential(12),
-       T.one_peer_exponential(12), T.small_world(12, 4, 0.2), T.random_geometric(12, 0.5),
-       T.two_cliques(9)]
+ALL = [
+    T.ring(7),
+    T.path(6),
+    T.torus(3, 4),
+    T.complete(5),
+    T.star(6),
+    T.hypercube(8),
+    T.erdos_renyi(12, 0.4),
+    T.random_regular(10, 3),
+    T.exponential(12),
+    T.one_peer_exponential(12),
+    T.small_world(12, 4, 0.2),
+    T.random_geometric(12, 0.5),
+    T.two_cliques(9),
+]
 
 
 @pytest.mark.parametrize("topo", ALL, ids=lambda t: t.name)
@@ -97,8 +113,9 @@ def test_edge_arrays_match_mixing_matrix(topo):
         assert (nbr[pad] == np.broadcast_to(i, nbr.shape)[pad]).all()
         assert (wts[pad] == 0).all()
         assert mask.sum() == np.count_nonzero(W - np.diag(np.diag(W)))
-    assert topo.K == max(1, int(max(np.count_nonzero(W - np.diag(np.diag(W)), axis=1).max()
-                                    for W in topo.mixing_matrices())))
+    assert topo.K == max(
+        1, int(max(np.count_nonzero(W - np.diag(np.diag(W)), axis=1).max() for W in topo.mixing_matrices()))
+    )
 
 
 def test_star_padding_and_degree_stats():
@@ -117,8 +134,7 @@ def test_edge_arrays_traced_round():
     for r in range(2 * topo.period + 1):
         got = f(jnp.int32(r))
         want = topo.edge_arrays(r)
-        for g, w, ref in zip(got, want, (topo.neighbors, topo.weights, topo.self_weight,
-                                         topo.edge_mask)):
+        for g, w, ref in zip(got, want, (topo.neighbors, topo.weights, topo.self_weight, topo.edge_mask)):
             np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
             np.testing.assert_array_equal(np.asarray(g), ref[r % topo.period])
     static = T.ring(5)
@@ -132,7 +148,7 @@ def test_time_varying_periodic():
     for t in range(3):
         np.testing.assert_array_equal(topo.mixing_matrix(t), topo.mixing_matrix(t + 3))
         W = topo.mixing_matrix(t)
-        np.testing.assert_allclose(W[np.arange(8), (np.arange(8) - 2 ** t) % 8], 0.5)
+        np.testing.assert_allclose(W[np.arange(8), (np.arange(8) - 2**t) % 8], 0.5)
     assert topo.mixing_matrices().shape == (3, 8, 8)
     np.testing.assert_array_equal(topo.mixing_matrix(), topo.mixing_matrix(0))
 
@@ -153,31 +169,34 @@ def test_one_peer_exponential_not_exact_for_n12():
     for W in topo.mixing_matrices():
         P = W @ P
     err = np.linalg.norm(P - 1 / 12, 2)
-    assert err > 0.1                          # 0.209 (FIELD_NOTES)
+    assert err > 0.1  # 0.209 (FIELD_NOTES)
     np.testing.assert_allclose(topo.effective_rho() ** topo.period, err, rtol=1e-9)
 
 
-@pytest.mark.parametrize("fn, match", [
-    (lambda: T.ring(0), "n must be >= 1"),
-    (lambda: T.complete(-3), "n must be >= 1"),
-    (lambda: T.hypercube(12), "power of 2"),
-    (lambda: T.torus(2), "torus too small"),
-    (lambda: T.torus(3, 2), "torus too small"),
-    (lambda: T.random_regular(5, 3), "must be even"),
-    (lambda: T.random_regular(5, 5), "k < n"),
-    (lambda: T.erdos_renyi(40, 0.0), "not connected after"),
-    (lambda: T.random_geometric(40, 0.01), "not connected after"),
-    (lambda: T.from_adjacency(np.kron(np.eye(2), np.ones((3, 3)))), "disconnected graph"),
-    (lambda: T.from_adjacency(np.ones((3, 4))), "square"),
-    (lambda: T.ring(5, weights="bogus"), "unknown weight rule"),
-    (lambda: T.get("moebius", 8), "unknown topology"),
-    (lambda: T.get("torus", 10), "perfect square"),
-    (lambda: T.from_mixing_matrices(np.array([[0.5, 0.5], [0.6, 0.4]])), "not doubly stochastic"),
-    (lambda: T.from_mixing_matrices(np.array([[0.5, 0.6], [0.5, 0.5]])), "not row-stochastic"),
-    (lambda: T.from_mixing_matrices(np.array([[1.5, -0.5], [-0.5, 1.5]])), "negative weights"),
-    (lambda: T.from_mixing_matrices(np.eye(3)), "disconnected graph"),
-    (lambda: T.from_mixing_matrices(np.ones((2, 3, 4))), "shape"),
-])
+@pytest.mark.parametrize(
+    "fn, match",
+    [
+        (lambda: T.ring(0), "n must be >= 1"),
+        (lambda: T.complete(-3), "n must be >= 1"),
+        (lambda: T.hypercube(12), "power of 2"),
+        (lambda: T.torus(2), "torus too small"),
+        (lambda: T.torus(3, 2), "torus too small"),
+        (lambda: T.random_regular(5, 3), "must be even"),
+        (lambda: T.random_regular(5, 5), "k < n"),
+        (lambda: T.erdos_renyi(40, 0.0), "not connected after"),
+        (lambda: T.random_geometric(40, 0.01), "not connected after"),
+        (lambda: T.from_adjacency(np.kron(np.eye(2), np.ones((3, 3)))), "disconnected graph"),
+        (lambda: T.from_adjacency(np.ones((3, 4))), "square"),
+        (lambda: T.ring(5, weights="bogus"), "unknown weight rule"),
+        (lambda: T.get("moebius", 8), "unknown topology"),
+        (lambda: T.get("torus", 10), "perfect square"),
+        (lambda: T.from_mixing_matrices(np.array([[0.5, 0.5], [0.6, 0.4]])), "not doubly stochastic"),
+        (lambda: T.from_mixing_matrices(np.array([[0.5, 0.6], [0.5, 0.5]])), "not row-stochastic"),
+        (lambda: T.from_mixing_matrices(np.array([[1.5, -0.5], [-0.5, 1.5]])), "negative weights"),
+        (lambda: T.from_mixing_matrices(np.eye(3)), "disconnected graph"),
+        (lambda: T.from_mixing_matrices(np.ones((2, 3, 4))), "shape"),
+    ],
+)
 def test_invalid_inputs(fn, match):
     with pytest.raises(ValueError, match=match):
         fn()
@@ -185,7 +204,7 @@ def test_invalid_inputs(fn, match):
 
 def test_explicit_weights_checks():
     A = nx.to_numpy_array(nx.cycle_graph(4)) > 0
-    lazy = 0.5 * np.eye(4) + 0.25 * A                       # lazy ring, doubly stochastic
+    lazy = 0.5 * np.eye(4) + 0.25 * A  # lazy ring, doubly stochastic
     topo = T.from_adjacency(A, weights=lazy)
     np.testing.assert_allclose(topo.mixing_matrix(), lazy)
     with pytest.raises(ValueError, match="weights on non-edges"):
@@ -223,11 +242,28 @@ def test_networkx_roundtrip():
 
 
 def test_registry_builds_every_family():
-    opts = dict(erdos_renyi=dict(p=0.4), random_regular=dict(k=3), small_world=dict(k=4, p=0.2),
-                random_geometric=dict(radius=0.5))
-    for name in ["ring", "path", "torus", "complete", "star", "hypercube", "erdos_renyi",
-                 "random_regular", "exponential", "one_peer_exponential", "small_world",
-                 "random_geometric", "two_cliques", "dumbbell"]:
+    opts = dict(
+        erdos_renyi=dict(p=0.4),
+        random_regular=dict(k=3),
+        small_world=dict(k=4, p=0.2),
+        random_geometric=dict(radius=0.5),
+    )
+    for name in [
+        "ring",
+        "path",
+        "torus",
+        "complete",
+        "star",
+        "hypercube",
+        "erdos_renyi",
+        "random_regular",
+        "exponential",
+        "one_peer_exponential",
+        "small_world",
+        "random_geometric",
+        "two_cliques",
+        "dumbbell",
+    ]:
         assert name in T.FAMILIES
         topo = T.get(name, 16, **opts.get(name, {}))
         assert topo.n == 16
@@ -257,8 +293,15 @@ def test_frozen_readonly_repr():
 
 
 def test_trivial_sizes():
-    for topo in (T.ring(1), T.complete(1), T.exponential(1), T.one_peer_exponential(1),
-                 T.hypercube(1), T.path(1), T.star(1)):
+    for topo in (
+        T.ring(1),
+        T.complete(1),
+        T.exponential(1),
+        T.one_peer_exponential(1),
+        T.hypercube(1),
+        T.path(1),
+        T.star(1),
+    ):
         assert topo.n == 1 and topo.K == 1 and topo.spectral_gap() == 1.0
         np.testing.assert_array_equal(topo.mixing_matrix(), [[1.0]])
     np.testing.assert_allclose(T.ring(2).mixing_matrix(), np.full((2, 2), 0.5))
@@ -287,7 +330,7 @@ def _stored_bytes(topo) -> int:
             if id(v) not in seen:
                 seen.add(id(v))
                 total += v.nbytes
-        elif hasattr(v, "indptr"):          # scipy sparse
+        elif hasattr(v, "indptr"):  # scipy sparse
             for a in (v.data, v.indices, v.indptr):
                 visit(a)
         elif isinstance(v, (tuple, list)):
@@ -311,7 +354,7 @@ def _max_intermediate(jaxpr) -> int:
         for v in eqn.outvars:
             biggest = max(biggest, int(np.prod(getattr(v.aval, "shape", ()))))
         for p in eqn.params.values():
-            for sub in (p if isinstance(p, (tuple, list)) else [p]):
+            for sub in p if isinstance(p, (tuple, list)) else [p]:
                 inner = getattr(sub, "jaxpr", sub)
                 if isinstance(inner, jcore.Jaxpr):
                     biggest = max(biggest, _max_intermediate(inner))
@@ -324,17 +367,19 @@ def test_star_is_stored_and_mixed_in_o_of_n():
     with one line that names the graph."""
     n, d = 30_000, 2
     topo = T.star(n)
-    budget = 64 * (n + topo.num_edges)                     # bytes: a few arrays of n + edges
+    budget = 64 * (n + topo.num_edges)  # bytes: a few arrays of n + edges
     assert topo.K == n - 1 and topo.num_edges == 2 * (n - 1)
     assert topo.is_padding_wasteful and _stored_bytes(topo) <= budget
     x = jax.random.normal(jax.random.PRNGKey(0), (n, d))
     y = rj_gossip.mix(topo, x)
-    assert _stored_bytes(topo) <= budget                   # mixing built nothing padded
+    assert _stored_bytes(topo) <= budget  # mixing built nothing padded
     jaxpr = jax.make_jaxpr(lambda v: rj_gossip.mix(topo, v))(x).jaxpr
     assert _max_intermediate(jaxpr) <= 4 * (n + topo.num_edges) * d
     ref = topo.sparse_mixing_matrix() @ np.asarray(x, np.float64)
     np.testing.assert_allclose(np.asarray(y), ref, atol=1e-5)
-    with pytest.raises(ValueError, match=r"star: padded neighbour lists \[n=30000, K=29999\].*smaller maximum degree") as e:
+    with pytest.raises(
+        ValueError, match=r"star: padded neighbour lists \[n=30000, K=29999\].*smaller maximum degree"
+    ) as e:
         _ = topo.neighbors
     assert "\n" not in str(e.value)
 
@@ -354,7 +399,7 @@ def test_a_gossip_round_on_a_hub_graph_builds_no_padded_lists():
         return y, rj.channels.edge_count(ctx)
 
     y, sent = step(x, jnp.int32(3))
-    assert int(sent) == 2 * (n - 1)                         # every leaf <-> hub link, both ways
+    assert int(sent) == 2 * (n - 1)  # every leaf <-> hub link, both ways
     np.testing.assert_allclose(np.asarray(y), topo.sparse_mixing_matrix() @ np.asarray(x, np.float64), atol=1e-5)
     assert _stored_bytes(topo) <= 64 * (n + topo.num_edges)
 
@@ -363,7 +408,7 @@ def test_a_gossip_round_on_a_hub_graph_builds_no_padded_lists():
 def _hub_graph(kind: str, n: int):
     if kind == "star":
         return T.star(n)
-    if kind == "two_stars":      # two hubs joined, leaves split between them
+    if kind == "two_stars":  # two hubs joined, leaves split between them
         i = np.arange(2, n)
         return T.from_adjacency(_sym(n, np.concatenate([i, [1]]), np.concatenate([i % 2, [0]])))
     # time-varying: a star then a ring (a hub in one round only)
@@ -388,16 +433,21 @@ def _jitted(kind: str, n: int, which: str, static_round: int = 0):
     if which == "traced":
         return jax.jit(lambda v, r: rj_gossip.mix(topo, v, round=r, method="sparse"))
 
-    def padded(v, r):                      # the padded slot accumulation (small n: allowed)
+    def padded(v, r):  # the padded slot accumulation (small n: allowed)
         nbr, w, sw = G._edge_arrays(topo, r, jnp.float32)
         return G._accumulate(sw[:, None] * v, topo.K, G._slot_fn(v, nbr, w))
+
     return jax.jit(padded)
 
 
 @pytest.mark.fuzz
 @settings(deadline=None)
-@given(kind=st.sampled_from(["star", "two_stars", "star_then_ring"]), n=st.sampled_from([40, 72]),
-       round=st.integers(0, 5), seed=st.integers(0, 2**31 - 1))
+@given(
+    kind=st.sampled_from(["star", "two_stars", "star_then_ring"]),
+    n=st.sampled_from([40, 72]),
+    round=st.integers(0, 5),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_hub_gossip_equals_padded_gossip(kind, n, round, seed):
     """On hub graphs gossip takes the degree-class path; it must equal the padded slot
     accumulation (same order of additions: equal up to fused multiply-adds) and W(t) x from
@@ -434,7 +484,7 @@ def test_gnp_pairs_edge_count_is_binomial_and_pairs_are_uniform():
         i, j = T._gnp_pairs(n, p, rng)
         assert np.all((0 <= j) & (j < i) & (i < n))
         k = i * (i - 1) // 2 + j
-        assert np.all(np.diff(k) > 0)                       # sorted, hence no repeats
+        assert np.all(np.diff(k) > 0)  # sorted, hence no repeats
         counts.append(k.size)
         blocks += np.bincount(k * 10 // N, minlength=10)
         degree_means.append(2 * k.size / n)
@@ -465,18 +515,17 @@ def test_large_erdos_renyi_draws_no_pair_by_pair_coin_flips(monkeypatch):
     monkeypatch.setattr(random.Random, "random", counting)
     n, p = 3000, 0.004
     topo = T.erdos_renyi(n, p, seed=1)
-    edges = topo.sparse_mixing_matrix().nnz - n          # off-diagonal entries (MH: W_ii > 0)
+    edges = topo.sparse_mixing_matrix().nnz - n  # off-diagonal entries (MH: W_ii > 0)
     assert calls[0] <= 10 * (n + edges), calls[0]
     mean_degree = edges / n
-    sd = np.sqrt(n * (n - 1) / 2 * p) * 2 / n            # of the mean degree, one draw
+    sd = np.sqrt(n * (n - 1) / 2 * p) * 2 / n  # of the mean degree, one draw
     assert abs(mean_degree - (n - 1) * p) <= 5 * sd
     assert topo.is_symmetric and topo.is_doubly_stochastic
 
 
 @pytest.mark.fuzz
 @settings(deadline=None)
-@given(n=st.integers(1, 400), p=st.sampled_from([0.0, 1e-4, 0.01, 0.3, 0.99, 1.0]),
-       seed=st.integers(0, 2**31 - 1))
+@given(n=st.integers(1, 400), p=st.sampled_from([0.0, 1e-4, 0.01, 0.3, 0.99, 1.0]), seed=st.integers(0, 2**31 - 1))
 def test_gnp_pairs_are_valid_distinct_pairs(n, p, seed):
     i, j = T._gnp_pairs(n, p, np.random.default_rng(seed))
     k = i * (i - 1) // 2 + j

@@ -4,6 +4,7 @@ References are independent of ``Unreliable.draw``: closed forms of E[W] and E[W^
 derived in ``redeem_jax.network.unreliable``, an exact NumPy enumeration over every up/down
 pattern, dense NumPy gossip, and Monte Carlo with tolerances from the samples' standard errors.
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,8 +25,12 @@ def _mc_mixing(topo, samples, seed=0, round=0):
 
 def _models(topo_ring=None):
     base = topo_ring or rj.topology.ring(N)
-    return [U.link_failures(base, 0.6, "self"), U.link_failures(base, 0.6, "renormalize"),
-            U.churn(base, 0.75, p=0.8, policy="self"), U.churn(base, 0.75, p=0.8, policy="renormalize")]
+    return [
+        U.link_failures(base, 0.6, "self"),
+        U.link_failures(base, 0.6, "renormalize"),
+        U.churn(base, 0.75, p=0.8, policy="self"),
+        U.churn(base, 0.75, p=0.8, policy="renormalize"),
+    ]
 
 
 # ------------------------------------------------------------------------ draws and policies
@@ -39,7 +44,7 @@ def test_symmetric_links_and_the_same_key_gives_the_same_graph():
     W2 = topo.sample_mixing_matrix(4, jax.random.PRNGKey(8))
     assert not np.array_equal(W, W2)
     off = W - np.diag(np.diag(W))
-    np.testing.assert_array_equal(off > 0, (off > 0).T)      # both directions fail together
+    np.testing.assert_array_equal(off > 0, (off > 0).T)  # both directions fail together
     base = topo.base.mixing_matrix()
     np.testing.assert_allclose(off[off > 0], base[off > 0], rtol=1e-6)  # live edges keep base weights
 
@@ -48,8 +53,11 @@ def test_symmetric_links_and_the_same_key_gives_the_same_graph():
 def test_self_policy_keeps_the_mean_and_renormalize_moves_it(model):
     # An irregular base (Metropolis weights differ per edge) so renormalizing breaks column sums.
     base = rj.topology.erdos_renyi(8, 0.5, seed=1)
-    mk = (lambda pol: U.link_failures(base, 0.5, pol)) if model == "links" else (
-        lambda pol: U.churn(base, 0.6, p=0.9, policy=pol))
+    mk = (
+        (lambda pol: U.link_failures(base, 0.5, pol))
+        if model == "links"
+        else (lambda pol: U.churn(base, 0.6, p=0.9, policy=pol))
+    )
     x0 = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (8, D)), np.float64)
     drift = {}
     for pol in U.POLICIES:
@@ -64,8 +72,8 @@ def test_self_policy_keeps_the_mean_and_renormalize_moves_it(model):
             if pol == "self":
                 np.testing.assert_allclose(W.sum(0), 1, atol=1e-6)
         drift[pol] = np.abs(np.asarray(x, np.float64).mean(0) - x0.mean(0)).max()
-    assert drift["self"] < 1e-5                  # float32 rounding only
-    assert drift["renormalize"] > 1e-2           # the mean moves
+    assert drift["self"] < 1e-5  # float32 rounding only
+    assert drift["renormalize"] > 1e-2  # the mean moves
 
 
 def test_a_user_trace_is_followed_exactly_hold_and_cycle():
@@ -83,7 +91,7 @@ def test_a_user_trace_is_followed_exactly_hold_and_cycle():
                 W = topo.sample_mixing_matrix(t, key)
                 for i in range(N):
                     if not on[i]:
-                        np.testing.assert_array_equal(W[i], np.eye(N)[i])   # offline row = e_i
+                        np.testing.assert_array_equal(W[i], np.eye(N)[i])  # offline row = e_i
                         np.testing.assert_array_equal(np.delete(W[:, i], i), 0)  # nobody hears it
                 live = (Wb > 0) & on[:, None] & on[None, :] & ~np.eye(N, dtype=bool)
                 np.testing.assert_array_equal((W > 0) & ~np.eye(N, dtype=bool), live)
@@ -93,7 +101,7 @@ def test_a_user_trace_is_followed_exactly_hold_and_cycle():
 
 def test_an_offline_node_keeps_its_state_through_a_gossip_round():
     trace = np.ones((3, N), bool)
-    trace[0, 0] = trace[1, 0] = False      # node 0 offline for rounds 0 and 1
+    trace[0, 0] = trace[1, 0] = False  # node 0 offline for rounds 0 and 1
     trace[1, 3] = False
     topo = U.churn(rj.topology.ring(N), trace=trace)
 
@@ -109,8 +117,8 @@ def test_an_offline_node_keeps_its_state_through_a_gossip_round():
     step = rj.round.make_step(algo, oracle, channels, topology=topo)
     data = jnp.zeros((N, 1))
     s1, m = jax.jit(lambda s: rj.round.scan_rounds(step, s, data, {}, 2, 2))(state)
-    np.testing.assert_array_equal(np.asarray(s1.algorithm)[0], np.asarray(x0)[0])   # kept bit for bit
-    assert not np.allclose(np.asarray(s1.algorithm)[1], np.asarray(x0)[1])         # others mixed
+    np.testing.assert_array_equal(np.asarray(s1.algorithm)[0], np.asarray(x0)[0])  # kept bit for bit
+    assert not np.allclose(np.asarray(s1.algorithm)[1], np.asarray(x0)[1])  # others mixed
     # ring of 6: round 0 drops node 0's two links (5 nodes, 4 undirected links up = 8 messages);
     # round 1 also drops node 3 (4 nodes, two paths of 2 = 2 links = 4 messages)
     np.testing.assert_array_equal(np.asarray(m["live_nodes"]), [5, 4])
@@ -125,8 +133,13 @@ def test_p_and_q_sweep_as_traced_values_with_one_trace():
     @jax.jit
     def run(p, q):
         t = topo.with_params(p=p, q=q)
-        algo = rj.core.Algorithm(lambda x0, ctx: x0, lambda a, o, c, ctx: (c["model"](a, ctx), {}),
-                                 lambda a: a, {"model": rj.core.Exchange()}, "gossip")
+        algo = rj.core.Algorithm(
+            lambda x0, ctx: x0,
+            lambda a, o, c, ctx: (c["model"](a, ctx), {}),
+            lambda a: a,
+            {"model": rj.core.Exchange()},
+            "gossip",
+        )
         oracle = rj.core.Oracle(lambda x: (), lambda x, s, ctx, data: (jnp.zeros(x.shape[0]), jnp.zeros_like(x), s))
         channels = {"model": rj.channels.gossip(t)}
         x0 = jnp.arange(N * D, dtype=jnp.float32).reshape(N, D)
@@ -136,7 +149,7 @@ def test_p_and_q_sweep_as_traced_values_with_one_trace():
         return st.algorithm
 
     outs = [np.asarray(run(jnp.float32(p), jnp.float32(q))) for p, q in ((0.2, 0.5), (0.5, 0.9), (1.0, 1.0))]
-    assert len(traces) == 1                                   # three (p, q) points, one compile
+    assert len(traces) == 1  # three (p, q) points, one compile
     assert not np.array_equal(outs[0], outs[1])
     x0 = np.arange(N * D, dtype=np.float32).reshape(N, D)
     W = base.mixing_matrix()
@@ -144,7 +157,7 @@ def test_p_and_q_sweep_as_traced_values_with_one_trace():
     # the same sweep under vmap (one batched trace)
     vm = jax.jit(jax.vmap(lambda p: U.dense_mixing(N, topo.with_params(p=p).draw(0, jax.random.PRNGKey(1)))))
     Ws = np.asarray(vm(jnp.array([0.0, 1.0], jnp.float32)))
-    np.testing.assert_allclose(Ws[0], np.eye(N), atol=0)      # p = 0: nothing arrives
+    np.testing.assert_allclose(Ws[0], np.eye(N), atol=0)  # p = 0: nothing arrives
 
 
 # ------------------------------------------------------------------------ theory vs references
@@ -161,7 +174,7 @@ def test_expected_w_closed_form_self_policy():
     p, q = 0.6, 0.75
     EW = U.churn(base, q, p=p).expected_mixing_matrix()
     off = ~np.eye(N, dtype=bool)
-    np.testing.assert_allclose(EW[off], p * q * q * Wb[off], atol=1e-7)   # both endpoints online: q^2
+    np.testing.assert_allclose(EW[off], p * q * q * Wb[off], atol=1e-7)  # both endpoints online: q^2
     np.testing.assert_allclose(EW.sum(1), 1, atol=1e-7)
 
 
@@ -219,7 +232,9 @@ def test_markov_churn_stationary_fraction_and_span_lengths():
     assert topo.q == pytest.approx(pi)
     # stationary fraction online; rounds are correlated, so use a conservative SE from N*T/(span) blocks
     frac = on.mean()
-    se_frac = np.sqrt(pi * (1 - pi) / (N * T) * (1 + 2 * (1 - 1 / mean_on - 1 / mean_off) / (1 / mean_on + 1 / mean_off)))
+    se_frac = np.sqrt(
+        pi * (1 - pi) / (N * T) * (1 + 2 * (1 - 1 / mean_on - 1 / mean_off) / (1 / mean_on + 1 / mean_off))
+    )
     assert abs(frac - pi) <= 4 * se_frac
     # P(on -> off) = 1 / mean_on and P(off -> on) = 1 / mean_off
     prev, nxt = on[:-1], on[1:]

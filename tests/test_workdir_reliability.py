@@ -47,8 +47,10 @@ def _strip(rows):
 
 def _strict(text: str):
     """A strict JSON parser: NaN / Infinity are not JSON."""
+
     def refuse(name):
         raise ValueError(f"non-JSON constant {name}")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -150,10 +152,18 @@ def _damage(wd: Path, step: int, mode: str, pick: int, frac: float, flips: int, 
 
 @pytest.mark.fuzz
 @settings()
-@given(k=st.sampled_from([2, 4, 6]), mode=st.sampled_from(MODES), target=st.sampled_from(["newest", "both"]),
-       pick=st.integers(0, 10_000), frac=st.floats(0.0, 0.999), flips=st.integers(1, 64), seed=st.integers(0, 2**31))
-def test_damaged_workdirs_resume_exactly_or_refuse_in_one_line(reference, stopped, k, mode, target, pick, frac,
-                                                               flips, seed):
+@given(
+    k=st.sampled_from([2, 4, 6]),
+    mode=st.sampled_from(MODES),
+    target=st.sampled_from(["newest", "both"]),
+    pick=st.integers(0, 10_000),
+    frac=st.floats(0.0, 0.999),
+    flips=st.integers(1, 64),
+    seed=st.integers(0, 2**31),
+)
+def test_damaged_workdirs_resume_exactly_or_refuse_in_one_line(
+    reference, stopped, k, mode, target, pick, frac, flips, seed
+):
     wd = Path(tempfile.mkdtemp(prefix="rj_damaged_"))
     try:
         shutil.copytree(stopped[k], wd, dirs_exist_ok=True)
@@ -206,8 +216,9 @@ def test_runs_stopped_at_any_rounds_resume_to_the_uninterrupted_run(reference, s
 def test_flipped_bytes_in_the_newest_checkpoint_fall_back_to_the_previous_one(reference, stopped, tmp_path):
     wd = tmp_path / "w"
     shutil.copytree(stopped[N], wd)
-    data_files = sorted((wd / "checkpoints" / "6" / "default" / "ocdbt.process_0" / "d").iterdir(),
-                        key=lambda p: p.stat().st_size)
+    data_files = sorted(
+        (wd / "checkpoints" / "6" / "default" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size
+    )
     for path in data_files[-2:]:  # the two largest chunks: the model rows and the optimizer state
         raw = bytearray(path.read_bytes())
         for i in range(len(raw) // 2, len(raw) // 2 + 64):
@@ -283,8 +294,10 @@ def test_unusable_workdirs_are_refused_before_any_work(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     for wd in (afile, afile / "sub"):
-        for call in (lambda wd=wd: rj.run(tiny(), wd),
-                     lambda wd=wd: rj.sweep(tiny(num_rounds=2), {"seed": [0, 1]}, wd)):
+        for call in (
+            lambda wd=wd: rj.run(tiny(), wd),
+            lambda wd=wd: rj.sweep(tiny(num_rounds=2), {"seed": [0, 1]}, wd),
+        ):
             with pytest.raises(ConfigError) as err:
                 call()
             assert isinstance(err.value, OSError)
@@ -308,9 +321,18 @@ def test_infinite_epsilon_a_diverged_loss_and_a_bounded_accountant(tmp_path, mon
     calls = []
     real = accounting.epsilon
     monkeypatch.setattr(accounting, "epsilon", lambda *a, **k: calls.append(a) or real(*a, **k))
-    c = tiny(**{"privacy.mode": "dp_sgd", "privacy.sample_rate": 0.5, "privacy.sampling": "poisson",
-                "optimizer.learning_rate": 1e30, "optimizer.name": "sgd", "num_rounds": 8, "eval_every": 1,
-                "checkpoint_every": 4})
+    c = tiny(
+        **{
+            "privacy.mode": "dp_sgd",
+            "privacy.sample_rate": 0.5,
+            "privacy.sampling": "poisson",
+            "optimizer.learning_rate": 1e30,
+            "optimizer.name": "sgd",
+            "num_rounds": 8,
+            "eval_every": 1,
+            "checkpoint_every": 4,
+        }
+    )
     df = rj.sweep(c, {"privacy.noise_multiplier": [0.0, 1.5]}, tmp_path)
     assert len(df) == 2 * 9 and not calls  # RDP: one step's loss per σ, scaled per evaluation
     private = df[df["privacy.noise_multiplier"] == 1.5]
@@ -374,18 +396,45 @@ def test_a_damaged_sweep_resumes_to_the_same_table(tmp_path):
 def test_command_lines_print_one_line_errors_and_list_only_written_outputs(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    base = [sys.executable, "-m", "redeem_jax", "--config", str(ROOT / "configs/default.py"),
-            "--config.num_nodes=4", "--config.num_rounds=2", "--config.eval_every=2", "--config.byzantine.num=0",
-            "--config.compare.key=", "--config.checkpoint_every=2", "--config.model.hidden=(8,)",
-            "--config.progress=False", "--config.plots=False"]
+    base = [
+        sys.executable,
+        "-m",
+        "redeem_jax",
+        "--config",
+        str(ROOT / "configs/default.py"),
+        "--config.num_nodes=4",
+        "--config.num_rounds=2",
+        "--config.eval_every=2",
+        "--config.byzantine.num=0",
+        "--config.compare.key=",
+        "--config.checkpoint_every=2",
+        "--config.model.hidden=(8,)",
+        "--config.progress=False",
+        "--config.plots=False",
+    ]
     bad = subprocess.run(base + ["--workdir", str(afile)], capture_output=True, text=True, timeout=600, check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith(f"error: workdir {afile}")
-    sweep = subprocess.run([sys.executable, "-m", "redeem_jax.sweep", "--config", str(ROOT / "configs/sweep.py"),
-                            "--sweep.seed=0,1", "--workdir", str(afile / "sub")], capture_output=True, text=True,
-                           timeout=600, check=False)
+    sweep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "redeem_jax.sweep",
+            "--config",
+            str(ROOT / "configs/sweep.py"),
+            "--sweep.seed=0,1",
+            "--workdir",
+            str(afile / "sub"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert sweep.returncode == 2 and "Traceback" not in sweep.stderr and str(afile) in sweep.stderr
-    good = subprocess.run(base + ["--workdir", str(tmp_path / "w")], capture_output=True, text=True, timeout=600, check=False)
+    good = subprocess.run(
+        base + ["--workdir", str(tmp_path / "w")], capture_output=True, text=True, timeout=600, check=False
+    )
     assert good.returncode == 0, good.stderr[-2000:]
     listed = good.stdout.strip().splitlines()[-1]
     assert "metrics.jsonl" in listed and "checkpoints/" in listed and ".png" not in listed

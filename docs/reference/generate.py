@@ -75,7 +75,8 @@ def pages() -> dict[str, str]:
         "Generated from the docstrings (`docs/reference/generate.py`, built by `make docs`).\n\n"
         "## `import redeem_jax as rj`\n\n"
         "Every top-level name is imported on first use.\n\n"
-        "| name | is |\n|---|---|\n" + "\n".join(rows) + "\n\n## Modules\n\n" + listing + "\n")
+        "| name | is |\n|---|---|\n" + "\n".join(rows) + "\n\n## Modules\n\n" + listing + "\n"
+    )
     return out
 
 
@@ -100,7 +101,7 @@ def _identifier(path: str, module: str | None) -> str:
     head, _, rest = path.partition(".")
     if head == "rj":
         target = _lazy_names().get(rest.partition(".")[0], "").replace(":", ".")
-        return target + rest[len(rest.partition(".")[0]):] if target else path
+        return target + rest[len(rest.partition(".")[0]) :] if target else path
     if head != "redeem_jax" and module:  # relative to the page's module (``f``, ``Ctx.value``)
         return f"{module}.{path}"
     return path
@@ -108,7 +109,7 @@ def _identifier(path: str, module: str | None) -> str:
 
 def on_page_content(html, page, config, files):
     uri = page.file.src_uri
-    module = uri[len("reference/"):-len(".md")] if uri.startswith("reference/redeem_jax") else None
+    module = uri[len("reference/") : -len(".md")] if uri.startswith("reference/redeem_jax") else None
 
     def link(m):
         path = m[2]

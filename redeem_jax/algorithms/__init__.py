@@ -13,8 +13,17 @@ from collections.abc import Callable
 
 from redeem_jax.algorithms import ad_psgd, dsgd, exact_diffusion, gradient_tracking, push_sum
 
-__all__ = ["REGISTRY", "register", "get", "options", "dsgd", "exact_diffusion", "gradient_tracking",
-           "push_sum", "ad_psgd"]
+__all__ = [
+    "REGISTRY",
+    "register",
+    "get",
+    "options",
+    "dsgd",
+    "exact_diffusion",
+    "gradient_tracking",
+    "push_sum",
+    "ad_psgd",
+]
 
 REGISTRY: dict[str, Callable] = {}
 
@@ -37,9 +46,13 @@ def get(name: str) -> Callable:
 def options(name: str) -> dict:
     """The config options of algorithm ``name``: ``{option: default}`` from its factory's signature."""
     sig = inspect.signature(get(name))
-    return {k: p.default for k, p in list(sig.parameters.items())[1:]
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not inspect.Parameter.empty
-            and not k.startswith("_")}
+    return {
+        k: p.default
+        for k, p in list(sig.parameters.items())[1:]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.default is not inspect.Parameter.empty
+        and not k.startswith("_")
+    }
 
 
 def _dsgd(optimizer, order: str = "atc", local_steps: int = 1):

@@ -75,10 +75,12 @@ def _round_edges(ctx, awake) -> Edges:
     return Edges(*arrays, topology=None, round=ctx.round, active=awake)
 
 
-_NOT_A_MATCHING = ("ad_psgd averages over one random neighbour: on a graph drawn every round it needs a matching "
-                   "(topology.name = random_matching or pairwise, K = 1); a static graph gets its own random "
-                   "matching. Failures or stragglers on a static graph (K > 1) are refused: ad_psgd's wake "
-                   "probability already idles nodes, and random_matching with topology.straggle combines both")
+_NOT_A_MATCHING = (
+    "ad_psgd averages over one random neighbour: on a graph drawn every round it needs a matching "
+    "(topology.name = random_matching or pairwise, K = 1); a static graph gets its own random "
+    "matching. Failures or stragglers on a static graph (K > 1) are refused: ad_psgd's wake "
+    "probability already idles nodes, and random_matching with topology.straggle combines both"
+)
 
 
 def _validate(topology):
@@ -89,8 +91,10 @@ def _validate(topology):
             raise ValueError(_NOT_A_MATCHING)
         return
     if getattr(topology, "period", 1) != 1:
-        raise ValueError(f"ad_psgd draws a random matching of a static graph; {topology.name!r} is periodic "
-                         "(use its static base, or topology.name=random_matching)")
+        raise ValueError(
+            f"ad_psgd draws a random matching of a static graph; {topology.name!r} is periodic "
+            "(use its static base, or topology.name=random_matching)"
+        )
     _matching_of(topology)  # raises ValueError for a directed graph: pairs average both ways
 
 
@@ -134,9 +138,11 @@ def ad_psgd(optimizer, max_delay: int = 0, wake: float = 1.0) -> Algorithm:
         x_local, opt = actx.where_active((optax.apply_updates(a.x, step), opt), (a.x, a.opt))
         x = channels["model"](a.x, actx) + (x_local - a.x)
         live = awake & ctx.honest
-        return ADPSGDState(x, buf, opt), {"train_loss": masked_mean(loss, ctx.honest),
-                                          "staleness": masked_mean(staleness, live),
-                                          "awake_nodes": jnp.sum(awake).astype(jnp.int32)}
+        return ADPSGDState(x, buf, opt), {
+            "train_loss": masked_mean(loss, ctx.honest),
+            "staleness": masked_mean(staleness, live),
+            "awake_nodes": jnp.sum(awake).astype(jnp.int32),
+        }
 
     exchanges = {"model": Exchange(robust=True, doc="the models, averaged over the round's random matching")}
     hyp = tuple(optimizer.hypers) + tuple(h for h in (wake,) if not isinstance(h, (int, float)))

@@ -44,8 +44,15 @@ def _local(optimizer, x, opt, oracle, ctx, local_steps: int):
     return x, opt, losses[-1]
 
 
-def dsgd(optimizer, order: str = "atc", local_steps: int = 1, *, over: str = "graph",
-         compression: str | None = None, name: str = "dsgd") -> Algorithm:
+def dsgd(
+    optimizer,
+    order: str = "atc",
+    local_steps: int = 1,
+    *,
+    over: str = "graph",
+    compression: str | None = None,
+    name: str = "dsgd",
+) -> Algorithm:
     """D-SGD in ATC or CTA order with ``local_steps`` local optimizer steps per round
     (``optimizer`` an ``rj.local.optim.LocalOptimizer``: SGD, momentum, Adam, ...)."""
     if order not in ("atc", "cta"):
@@ -67,8 +74,14 @@ def dsgd(optimizer, order: str = "atc", local_steps: int = 1, *, over: str = "gr
             x = channels["model"](a.x, ctx) + (x_local - a.x)
         return DSGDState(x, opt), {"train_loss": masked_mean(loss, ctx.honest)}
 
-    exchanges = {"model": Exchange(robust=True, compression=compression, over=over,
-                                   doc="the models, after (ATC) or before (CTA) the local steps")}
+    exchanges = {
+        "model": Exchange(
+            robust=True,
+            compression=compression,
+            over=over,
+            doc="the models, after (ATC) or before (CTA) the local steps",
+        )
+    }
     return Algorithm(init, update, lambda a: a.x, exchanges, name, optimizer.hypers)
 
 

@@ -38,8 +38,10 @@ def _check_symmetric(topology, name: str):
     if topology is None:
         return
     if not topology.is_symmetric:
-        raise ValueError(f"{name} needs a symmetric mixing matrix (it diverges on non-symmetric ones, e.g. a "
-                         f"directed ring); {topology.name!r} is not symmetric: use diging or dsgd")
+        raise ValueError(
+            f"{name} needs a symmetric mixing matrix (it diverges on non-symmetric ones, e.g. a "
+            f"directed ring); {topology.name!r} is not symmetric: use diging or dsgd"
+        )
 
 
 def _diffusion(optimizer, lazy: bool, name: str, validate) -> Algorithm:
@@ -74,7 +76,9 @@ def d2(optimizer) -> Algorithm:
         if topo is not None and topo.n <= 4096:
             lam = min(float(np.linalg.eigvalsh(topo.mixing_matrix(round=t)).min()) for t in range(topo.period))
             if lam <= -1.0 / 3.0:
-                raise ValueError(f"d2 needs λ_min(W) > -1/3 (Tang et al. 2018), {topo.name!r} has {lam:.4f}: use "
-                                 "exact_diffusion, whose (I + W)/2 always qualifies")
+                raise ValueError(
+                    f"d2 needs λ_min(W) > -1/3 (Tang et al. 2018), {topo.name!r} has {lam:.4f}: use "
+                    "exact_diffusion, whose (I + W)/2 always qualifies"
+                )
 
     return _diffusion(optimizer, False, "d2", validate)

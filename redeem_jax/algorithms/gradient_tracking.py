@@ -63,6 +63,8 @@ def diging(optimizer, order: str = "cta") -> Algorithm:
             x = channels["model"](optax.apply_updates(a.x, step), ctx)
         return TrackingState(x, y, g, opt), {"train_loss": masked_mean(loss, ctx.honest)}
 
-    exchanges = {"model": Exchange(robust=True, doc="the models"),
-                 "tracker": Exchange(robust=False, doc="the gradient trackers: their sum must be preserved")}
+    exchanges = {
+        "model": Exchange(robust=True, doc="the models"),
+        "tracker": Exchange(robust=False, doc="the gradient trackers: their sum must be preserved"),
+    }
     return Algorithm(init, update, lambda a: a.x, exchanges, "diging", optimizer.hypers)

@@ -55,8 +55,10 @@ class PushDIGingState(NamedTuple):
     opt: Any  # optimizer state, vmapped over nodes
 
 
-_PUSH_DOC = ("what every node pushes, stacked into one [N, ·] array (one message per edge): "
-             "its sums are invariants, so plain gossip with a column-stochastic A, never a robust rule")
+_PUSH_DOC = (
+    "what every node pushes, stacked into one [N, ·] array (one message per edge): "
+    "its sums are invariants, so plain gossip with a column-stochastic A, never a robust rule"
+)
 
 
 def check_column_stochastic(topology) -> None:
@@ -68,8 +70,10 @@ def check_column_stochastic(topology) -> None:
         cols = np.asarray(topology.sparse_mixing_matrix(t).sum(axis=0)).reshape(-1)
         if np.any(np.abs(cols - 1.0) > 1e-6):
             bad = int(np.argmax(np.abs(cols - 1.0)))
-            raise ValueError(f"push-sum needs column-stochastic weights; {topology.name} round {t} column {bad} "
-                             f"sums to {cols[bad]:.6g} (use rj.network.directed)")
+            raise ValueError(
+                f"push-sum needs column-stochastic weights; {topology.name} round {t} column {bad} "
+                f"sums to {cols[bad]:.6g} (use rj.network.directed)"
+            )
 
 
 def _push(channels, ctx, *parts):
@@ -79,7 +83,7 @@ def _push(channels, ctx, *parts):
     mixed = channels["push"](jnp.concatenate(cols, axis=1), ctx)
     out, at = [], 0
     for p, k in zip(parts, widths):
-        out.append(mixed[:, at] if p.ndim == 1 else mixed[:, at:at + k])
+        out.append(mixed[:, at] if p.ndim == 1 else mixed[:, at : at + k])
         at += k
     return out
 
@@ -105,8 +109,15 @@ def push_sum(optimizer=None) -> Algorithm:
         x, w = _push(channels, ctx, a.x, a.w)
         return PushSumState(x, w, ()), {"train_loss": masked_mean(loss, ctx.honest)}
 
-    return Algorithm(init, update, lambda a: _debias(a.x, a.w), {"push": Exchange(robust=False, doc=_PUSH_DOC)},
-                     "push_sum", (), check_column_stochastic)
+    return Algorithm(
+        init,
+        update,
+        lambda a: _debias(a.x, a.w),
+        {"push": Exchange(robust=False, doc=_PUSH_DOC)},
+        "push_sum",
+        (),
+        check_column_stochastic,
+    )
 
 
 def sgp(optimizer) -> Algorithm:
@@ -125,8 +136,15 @@ def sgp(optimizer) -> Algorithm:
         x, w = _push(channels, ctx, optax.apply_updates(a.x, step), a.w)
         return PushSumState(x, w, opt), {"train_loss": masked_mean(loss, ctx.honest)}
 
-    return Algorithm(init, update, lambda a: _debias(a.x, a.w), {"push": Exchange(robust=False, doc=_PUSH_DOC)},
-                     "sgp", optimizer.hypers, check_column_stochastic)
+    return Algorithm(
+        init,
+        update,
+        lambda a: _debias(a.x, a.w),
+        {"push": Exchange(robust=False, doc=_PUSH_DOC)},
+        "sgp",
+        optimizer.hypers,
+        check_column_stochastic,
+    )
 
 
 def push_diging(optimizer) -> Algorithm:
@@ -149,5 +167,12 @@ def push_diging(optimizer) -> Algorithm:
         u, y_mixed, v = _push(channels, ctx, optax.apply_updates(a.u, step), y, a.v)
         return PushDIGingState(u, v, y_mixed, g, opt), {"train_loss": masked_mean(loss, ctx.honest)}
 
-    return Algorithm(init, update, lambda a: _debias(a.u, a.v), {"push": Exchange(robust=False, doc=_PUSH_DOC)},
-                     "push_diging", optimizer.hypers, check_column_stochastic)
+    return Algorithm(
+        init,
+        update,
+        lambda a: _debias(a.u, a.v),
+        {"push": Exchange(robust=False, doc=_PUSH_DOC)},
+        "push_diging",
+        optimizer.hypers,
+        check_column_stochastic,
+    )

@@ -34,6 +34,7 @@ Conventions shared by every rule (see ``docs/aggregators.md``):
 * Preconditions are data (:func:`min_inputs`), checked statically (``check_preconditions``)
   from ``n`` and ``f``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,11 +58,35 @@ from redeem_jax.metrics import weighted_rows
 _threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performance.md)
 
 __all__ = [
-    "get", "RULES", "PRE_AGGREGATORS", "is_pre_aggregator", "check_preconditions", "min_inputs",
-    "kappa_bound", "kappa_lower_bound", "kappa_ratio", "empirical_kappa",
-    "mean", "median", "trimmed_mean", "geometric_median", "krum", "multi_krum", "bulyan",
-    "centered_clipping", "mda", "meamed", "monna", "caf", "smea",
-    "nnm", "bucketing", "clip", "arc", "MAX_SUBSETS", "neighbourhood",
+    "get",
+    "RULES",
+    "PRE_AGGREGATORS",
+    "is_pre_aggregator",
+    "check_preconditions",
+    "min_inputs",
+    "kappa_bound",
+    "kappa_lower_bound",
+    "kappa_ratio",
+    "empirical_kappa",
+    "mean",
+    "median",
+    "trimmed_mean",
+    "geometric_median",
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "centered_clipping",
+    "mda",
+    "meamed",
+    "monna",
+    "caf",
+    "smea",
+    "nnm",
+    "bucketing",
+    "clip",
+    "arc",
+    "MAX_SUBSETS",
+    "neighbourhood",
 ]
 
 MAX_SUBSETS = 100_000  # exact subset search (MDA, SMEA) up to C(n, f) this; an approximation above
@@ -73,6 +98,7 @@ _IMPL: dict[str, Callable] = {}
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _big(n: int, d: int, dtype) -> float:
     return float(math.sqrt(float(jnp.finfo(dtype).max) / (64.0 * max(n, 1) * max(d, 1))))
@@ -255,7 +281,7 @@ def _row_norms(x):
     precision) do all rows take the overflow-free form m·|x/m|, m = maxⱼ|xᵢⱼ|, with the finite
     rows found separately (``lax.cond``: one branch runs)."""
     ssq = jnp.sum(jnp.square(x), axis=-1)
-    tiny = jnp.asarray(2.0 ** -100, ssq.dtype)
+    tiny = jnp.asarray(2.0**-100, ssq.dtype)
     fast = jnp.isfinite(ssq) & ((ssq == 0) | (ssq >= tiny))
 
     def scaled(_):
@@ -279,7 +305,7 @@ def _cross(y, u):
     c = d // _GRAM_CHUNK
     if c < 4:
         return jnp.matmul(y, u.T, precision=_HI)
-    split = lambda a: a[:, :c * _GRAM_CHUNK].reshape(a.shape[0], c, _GRAM_CHUNK).transpose(1, 0, 2)  # noqa: E731
+    split = lambda a: a[:, : c * _GRAM_CHUNK].reshape(a.shape[0], c, _GRAM_CHUNK).transpose(1, 0, 2)  # noqa: E731
     g = jnp.sum(lax.dot_general(split(y), split(u), (((2,), (2,)), ((0,), (0,))), precision=_HI), axis=0)
     r = c * _GRAM_CHUNK
     return g + jnp.matmul(y[:, r:], u[:, r:].T, precision=_HI) if r < d else g
@@ -442,8 +468,10 @@ def _subset_ok(mask, combos, n_eff, f):
 
 def _static_int(f, what="f"):
     if isinstance(f, (jax.core.Tracer,)):
-        raise TypeError(f"{what} must be a static Python int (it fixes shapes and ranks); "
-                        "bind it with functools.partial before jax.jit")
+        raise TypeError(
+            f"{what} must be a static Python int (it fixes shapes and ranks); "
+            "bind it with functools.partial before jax.jit"
+        )
     if isinstance(f, (np.integer,)):
         f = int(f)
     if not isinstance(f, int) or isinstance(f, bool):
@@ -470,6 +498,7 @@ def _register(name, kind):
         _KIND[name] = kind
         _TAKES_FULL[name] = "full" in inspect.signature(fn).parameters
         if kind == "rule":
+
             @functools.wraps(fn)
             def wrapper(x, f, mask=None, **options):
                 given = mask  # warned about as given: inside jit, converted arrays are traced
@@ -481,9 +510,11 @@ def _register(name, kind):
                     _warn_below(name, f, given, need)
                     out = _keep_first_live(out, xw, mask, need)
                 return out.astype(x.dtype)
+
             wrapper.rule_name = name
             _RULES[name] = wrapper
         else:
+
             @functools.wraps(fn)
             def wrapper(x, f, mask=None, return_mask=False, **options):
                 given = mask
@@ -496,17 +527,18 @@ def _register(name, kind):
                     y = _pass_through(y, xw, mask, need)
                 y = y.astype(x.dtype)
                 return (y, m) if return_mask else y
+
             _PRES[name] = wrapper
         wrapper.__doc__ = (fn.__doc__ or "") + _FALLBACK_DOC
         wrapper.aggregator = (name, {})
         return wrapper
+
     return deco
 
 
 def _static(options):
     """The options that change shapes or preconditions (``bucketing={"s": 3}`` included)."""
-    return {k: v for k, v in options.items()
-            if k in _STATIC_OPTIONS or (k == "bucketing" and isinstance(v, dict))}
+    return {k: v for k, v in options.items() if k in _STATIC_OPTIONS or (k == "bucketing" and isinstance(v, dict))}
 
 
 def _stage(name, x, f, mask, options):
@@ -529,8 +561,9 @@ def _compute_dtype(name, dtype):
     (their range would cap honest values near ±3.4 through the finite-value clamp, and ``eigh``
     has no half-precision kernel); other floating dtypes as they are."""
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{name}: rows must be floating point, got dtype {dtype}; cast them first "
-                        "(e.g. x.astype(jnp.float32))")
+        raise TypeError(
+            f"{name}: rows must be floating point, got dtype {dtype}; cast them first (e.g. x.astype(jnp.float32))"
+        )
     return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
 
 
@@ -565,11 +598,15 @@ def _warn_below(name, f, mask, need: int, what="rows"):
     if not np.any(low):
         return
     if live.ndim == 0:
-        msg = (f"{name} (f={f}): {int(live)} live {what}, below min_inputs = {need}; returning the first "
-               "live row unchanged (zeros if none)")
+        msg = (
+            f"{name} (f={f}): {int(live)} live {what}, below min_inputs = {need}; returning the first "
+            "live row unchanged (zeros if none)"
+        )
     else:
-        msg = (f"{name} (f={f}): {int(low.sum())} of {live.size} nodes have fewer than min_inputs = {need} "
-               f"live {what} (fewest {int(live.min())}); they keep their own row")
+        msg = (
+            f"{name} (f={f}): {int(low.sum())} of {live.size} nodes have fewer than min_inputs = {need} "
+            f"live {what} (fewest {int(live.min())}); they keep their own row"
+        )
     warnings.warn(msg, stacklevel=3)
 
 
@@ -591,6 +628,7 @@ def _check_call(name, x, f, mask, options):
 
 
 # ----------------------------------------------------------------------------- rules
+
 
 @_register("mean", "rule")
 def mean(x, f, mask=None):
@@ -623,7 +661,7 @@ def trimmed_mean(x, f, mask=None, full=False, ranked=False):
     if full and 4 * f >= n:
         # Few kept rows: their sum straight off the sorting network.
         rows = _sorted_rows(v)
-        return _materialize(sum(rows[f:n - f]) / (n - 2 * f), n)
+        return _materialize(sum(rows[f : n - f]) / (n - 2 * f), n)
     if n <= 16:
         # A neighbourhood: sort it whole (absent rows last, at +inf) and sum the kept positions
         # f .. c - f - 1, one fused pass; order statistics and counting passes would each read
@@ -940,7 +978,7 @@ def smea(x, f, mask=None):
     y = jnp.where(valid[:, None], xc - center, 0.0)
     if math.comb(n, f) > MAX_SUBSETS:
         dist, _ = _pairwise(xc, valid)
-        members = _ball_candidates(dist, mask, valid, n_eff, f)                 # [n, n]
+        members = _ball_candidates(dist, mask, valid, n_eff, f)  # [n, n]
         w = (members & valid[None, :]).astype(x.dtype)
         cnt = jnp.maximum(jnp.sum(w, axis=1), 1.0)
         g = _gram(y)
@@ -954,7 +992,7 @@ def smea(x, f, mask=None):
         best = jnp.argmin(lam)
         return center + _weighted_mean(w[best], y)
     combos = jnp.asarray(_combos(n, m))
-    w = mask[combos].astype(x.dtype)                        # [C, m]; masked slots weigh 0
+    w = mask[combos].astype(x.dtype)  # [C, m]; masked slots weigh 0
     cnt = jnp.maximum(jnp.sum(w, axis=1), 1.0)
     if d < m:  # d x d covariances: [C, m, d] is small
         yt = y[combos]
@@ -976,6 +1014,7 @@ def smea(x, f, mask=None):
 
 
 # ----------------------------------------------------------------------------- pre-aggregators
+
 
 @_register("nnm", "pre")
 def nnm(x, f, mask=None):
@@ -1059,8 +1098,7 @@ def _split(name: str):
         raise ValueError(f"empty aggregator name {name!r}")
     for s in stages:
         if s not in _RULES and s not in _PRES:
-            raise ValueError(f"unknown aggregator {s!r}; rules: {RULES}; pre-aggregators: "
-                             f"{PRE_AGGREGATORS}")
+            raise ValueError(f"unknown aggregator {s!r}; rules: {RULES}; pre-aggregators: {PRE_AGGREGATORS}")
     for s in stages[:-1]:
         if s not in _PRES:
             raise ValueError(f"{name!r}: only the last stage may be a rule ({s!r} is a rule)")
@@ -1079,8 +1117,8 @@ _PRECONDITIONS = {
     "krum": (2, 3, "n >= 2f + 3", "Blanchard et al. 2017, Prop. 1: 2f + 2 < n"),
     "multi_krum": (2, 3, "n >= 2f + 3", "Blanchard et al. 2017"),
     "bulyan": (4, 3, "n >= 4f + 3", "El Mhamdi et al. 2018"),
-    "centered_clipping": _HONEST_MAJORITY + (("a honest majority; Karimireddy et al. 2021 "
-                                              "analyse a small constant fraction f/n"),),
+    "centered_clipping": _HONEST_MAJORITY
+    + (("a honest majority; Karimireddy et al. 2021 analyse a small constant fraction f/n"),),
     "mda": _HONEST_MAJORITY + ("El Mhamdi et al. 2018: n - f rows must hold a honest majority",),
     "meamed": _HONEST_MAJORITY + ("Xie et al. 2018: q < n/2",),
     "monna": _HONEST_MAJORITY + ("Farhadkhani et al. 2023",),
@@ -1148,8 +1186,10 @@ def check_preconditions(name: str, n: int, f: int, **options) -> None:
     for st in stages:
         a, b, cond, source = _PRECONDITIONS[st]
         if n < a * f + b:
-            raise ValueError(f"{st} needs {cond} ({source}), got n={n}, f={f}; lower f or give each "
-                             f"aggregation at least {a * f + b} rows")
+            raise ValueError(
+                f"{st} needs {cond} ({source}), got n={n}, f={f}; lower f or give each "
+                f"aggregation at least {a * f + b} rows"
+            )
         if st == "multi_krum":
             m = options.get("m")
             if isinstance(m, (int, np.integer)) and not 1 <= m <= n:
@@ -1165,8 +1205,7 @@ def check_preconditions(name: str, n: int, f: int, **options) -> None:
 
 
 def _accepted(fn):
-    return {p.name for p in inspect.signature(fn).parameters.values()
-            if p.kind == inspect.Parameter.KEYWORD_ONLY}
+    return {p.name for p in inspect.signature(fn).parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY}
 
 
 def get(name: str, **defaults) -> Callable:
@@ -1271,7 +1310,7 @@ def neighbourhood(rule, x, neighbors, f: int, mask=None, *, messages=None, **opt
     known = name is not None or hasattr(rule, "aggregator")
     need = min_inputs(name if name is not None else rule, f, **_static(options)) if known else 0
     slot_ok = jnp.ones((n_nodes, k), bool) if mask is None else jnp.asarray(mask, bool)
-    valid = jnp.concatenate([jnp.ones((n_nodes, 1), bool), slot_ok], axis=1)   # [N, m]
+    valid = jnp.concatenate([jnp.ones((n_nodes, 1), bool), slot_ok], axis=1)  # [N, m]
     if mask is not None and not isinstance(mask, jax.core.Tracer):
         # Counted on the mask as given: inside jit, arrays built from it are traced.
         _warn_below(label, f, np.concatenate([np.ones((n_nodes, 1), bool), np.asarray(mask, bool)], axis=1), need)
@@ -1302,13 +1341,22 @@ def neighbourhood(rule, x, neighbors, f: int, mask=None, *, messages=None, **opt
             return total / jnp.maximum(jnp.sum(w, axis=1), 1.0)[:, None]
         if stages in (["median"], ["trimmed_mean"]) and m <= 16:
             return keep_own(_coordinate_wise(stages[0], rows, f, valid))
-        final_ok = len(stages) == 1 or (len(stages) == 2 and stages[0] == "nnm"
-                                        and stages[1] in ("mean",) + _COORDINATE_WISE)
-        if (messages is None and n_nodes <= _GLOBAL_GRAM_MAX_N and final_ok
-                and stages[0] in ("krum", "multi_krum", "nnm", "geometric_median")):
+        final_ok = len(stages) == 1 or (
+            len(stages) == 2 and stages[0] == "nnm" and stages[1] in ("mean",) + _COORDINATE_WISE
+        )
+        if (
+            messages is None
+            and n_nodes <= _GLOBAL_GRAM_MAX_N
+            and final_ok
+            and stages[0] in ("krum", "multi_krum", "nnm", "geometric_median")
+        ):
             return keep_own(_neighbourhood_gram(stages, x, idx, valid, f))
-    if (stages == ["geometric_median"] and messages is None and n_nodes <= _GLOBAL_GRAM_MAX_N
-            and set(options) <= {"nu", "max_iter", "tol", "start"}):
+    if (
+        stages == ["geometric_median"]
+        and messages is None
+        and n_nodes <= _GLOBAL_GRAM_MAX_N
+        and set(options) <= {"nu", "max_iter", "tol", "start"}
+    ):
         return keep_own(_neighbourhood_gram(stages, x, idx, valid, f, **options))
     # The rule from get() applies the same fallback per node (its mask is traced here: no warning).
     agg = functools.partial(rule, **options) if callable(rule) else get(name, **options)
@@ -1356,7 +1404,8 @@ def _neighbourhood_mean(x, idx, valid=None):
         return _gathered_blocks(x, idx, lambda rows: sum(rows) / jnp.asarray(m, x.dtype))
     den = jnp.maximum(jnp.sum(valid.astype(x.dtype), axis=1), 1.0)[:, None]
     return _gathered_blocks(
-        x, idx, lambda rows: sum(jnp.where(valid[:, j, None], r, 0.0) for j, r in enumerate(rows)) / den)
+        x, idx, lambda rows: sum(jnp.where(valid[:, j, None], r, 0.0) for j, r in enumerate(rows)) / den
+    )
 
 
 def _neighbourhood_gram(stages, x, idx, valid, f, **options):
@@ -1370,9 +1419,9 @@ def _neighbourhood_gram(stages, x, idx, valid, f, **options):
     y = jnp.where(finite[:, None], xc - center, 0.0)
     g = _gram(y)
     sq = jnp.diagonal(g)
-    gi = g[idx[:, :, None], idx[:, None, :]]                               # [N, m, m]
+    gi = g[idx[:, :, None], idx[:, None, :]]  # [N, m, m]
     si = sq[idx]
-    ok = valid & finite[idx]                                               # present and finite
+    ok = valid & finite[idx]  # present and finite
     eye = jnp.eye(m, dtype=bool)
     dist = jnp.maximum(si[:, :, None] + si[:, None, :] - 2.0 * gi, 0.0)
     dist = jnp.where(eye, 0.0, dist)
@@ -1395,8 +1444,13 @@ def _neighbourhood_gram(stages, x, idx, valid, f, **options):
             a = _weiszfeld(gl, ok, nu, max_iter, tol, d0=nrm[idx])
             w = jnp.where(ok, a, 0.0)
             # z = (sum a) center + aᵀy = sum_j a_j xc_j, the clamp redone per block (not stored)
-            return _gathered_blocks(x, idx, lambda r: sum(
-                w[:, j, None] * jnp.where(finite[idx[:, j], None], jnp.clip(r[j], -c, c), 0.0) for j in range(m)))
+            return _gathered_blocks(
+                x,
+                idx,
+                lambda r: sum(
+                    w[:, j, None] * jnp.where(finite[idx[:, j], None], jnp.clip(r[j], -c, c), 0.0) for j in range(m)
+                ),
+            )
         rows = gathered()
         # Weiszfeld from each neighbourhood's coordinate-wise median z0ᵢ: the Gram matrix of its
         # rows centred at z0ᵢ is (r_a - uᵢ)·(r_b - uᵢ) with r = y (centred globally) and
@@ -1404,8 +1458,8 @@ def _neighbourhood_gram(stages, x, idx, valid, f, **options):
         # product, r uᵀ, instead of m(m+1)/2 passes per node.
         z0 = _cw_median(rows, ok.T)
         u = z0 - center
-        ru = _cross(y, u)                                                  # [N, N]: r_j . u_i
-        rui = ru[idx, jnp.arange(n_nodes)[:, None]]                        # [N, m]
+        ru = _cross(y, u)  # [N, N]: r_j . u_i
+        rui = ru[idx, jnp.arange(n_nodes)[:, None]]  # [N, m]
         uu = jnp.sum(u * u, axis=-1)
         gl = gi - rui[:, :, None] - rui[:, None, :] + uu[:, None, None]
         gl = jnp.where(ok[:, :, None] & ok[:, None, :], gl, 0.0)
@@ -1421,8 +1475,9 @@ def _neighbourhood_gram(stages, x, idx, valid, f, **options):
             # median (computed only when some score is tied: m passes over the gathered rows).
             rows = gathered()
             med = _cw_median(rows, ok.T)
-            return jnp.stack([jnp.where(ok[:, j], jnp.sum(jnp.square(rows[j] - med), axis=-1), jnp.inf)
-                              for j in range(m)], axis=1)
+            return jnp.stack(
+                [jnp.where(ok[:, j], jnp.sum(jnp.square(rows[j] - med), axis=-1), jnp.inf) for j in range(m)], axis=1
+            )
 
         tie = lax.cond(has_tie, tie_key, lambda _: jnp.zeros_like(scores), None)
         if stages[0] == "krum":
@@ -1436,12 +1491,14 @@ def _neighbourhood_gram(stages, x, idx, valid, f, **options):
     dn = jnp.where(valid[:, None, :], dist, jnp.inf)
     dn = jnp.where(eye, -1.0, dn)
     rank = jnp.argsort(jnp.argsort(dn, axis=-1, stable=True), axis=-1, stable=True)
-    w = ((rank < (n_eff - f)[:, None, None]) & ok[:, None, :]).astype(x.dtype)   # [N, m, m]
+    w = ((rank < (n_eff - f)[:, None, None]) & ok[:, None, :]).astype(x.dtype)  # [N, m, m]
     cnt = jnp.maximum(jnp.sum(w, axis=-1), 1.0)
     rows = gathered()
     raw = [x] + [x[idx[:, j]] for j in range(1, m)]
-    mixed = [jnp.where(ok[:, a, None], sum(w[:, a, b, None] * rows[b] for b in range(m)) / cnt[:, a, None], raw[a])
-             for a in range(m)]
+    mixed = [
+        jnp.where(ok[:, a, None], sum(w[:, a, b, None] * rows[b] for b in range(m)) / cnt[:, a, None], raw[a])
+        for a in range(m)
+    ]
     if stages[1] == "mean":
         total = sum(jnp.where(valid[:, j, None], mixed[j], 0.0) for j in range(m))
         return total / jnp.maximum(n_eff, 1).astype(x.dtype)[:, None]
@@ -1480,13 +1537,14 @@ def _fixed_attacks(honest, f, key):
     e = jax.random.normal(key, (d,))
     e = e / jnp.linalg.norm(e)
     cands = [mu + z * sd for z in (-3.0, -1.5, -1.0, -0.5, 0.5, 1.0, 1.5, 3.0)]  # ALIE-like
-    cands += [mu + t * spread * e for t in (0.5, 1.0, 2.0, 5.0, 100.0)]              # far point
+    cands += [mu + t * spread * e for t in (0.5, 1.0, 2.0, 5.0, 100.0)]  # far point
     cands += [-mu, -0.1 * mu, -2.0 * mu, honest[0], honest[jnp.argmax(jnp.sum(jnp.square(honest - mu), 1))]]
     return jnp.stack([jnp.broadcast_to(c, (f, d)) for c in cands])
 
 
-def empirical_kappa(rule, n: int, f: int, *, d: int = 5, trials: int = 4, steps: int = 60,
-                    key=None, **options) -> float:
+def empirical_kappa(
+    rule, n: int, f: int, *, d: int = 5, trials: int = 4, steps: int = 60, key=None, **options
+) -> float:
     """Search adversarial inputs for the worst ratio |F(x) - mean_S|^2 / var_S (the (f, kappa)-
     robustness of Allouah et al. 2023, Def. 2) with S the n - f honest rows.
 
@@ -1548,8 +1606,12 @@ def empirical_kappa(rule, n: int, f: int, *, d: int = 5, trials: int = 4, steps:
             cand = byz + step * spread * direction
             r = ratio(cand, honest)
             acc = jnp.isfinite(r) & (r > best)
-            return (jnp.where(acc, cand, byz), jnp.where(acc, r, best),
-                    jnp.where(acc, step * 1.5, jnp.maximum(step * 0.6, 1e-3)), kk)
+            return (
+                jnp.where(acc, cand, byz),
+                jnp.where(acc, r, best),
+                jnp.where(acc, step * 1.5, jnp.maximum(step * 0.6, 1e-3)),
+                kk,
+            )
 
         init = (byz0, jnp.max(rs), jnp.asarray(1.0), jax.random.fold_in(k, 1))
         _, best, _, _ = lax.fori_loop(0, steps, body, init)

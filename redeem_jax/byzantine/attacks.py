@@ -20,6 +20,7 @@ them to apply a vector attack at every node of a graph, where the number of
 honest and Byzantine in-neighbours differs from node to node, with static
 shapes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,14 +38,31 @@ from redeem_jax.metrics import masked_mean, weighted_rows
 _threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performance.md)
 
 __all__ = [
-    "get", "ATTACKS", "get_edge_attack", "EDGE_ATTACKS",
-    "sign_flip", "gaussian", "huge", "inf", "nan", "alie", "alie_z_max", "ipm", "mimic",
-    "alie_opt", "ipm_opt", "sign_flip_opt",
-    "label_flip", "poison_node_data",
-    "dissensus", "make_spectral_attack", "lift", "STRENGTH",
+    "get",
+    "ATTACKS",
+    "get_edge_attack",
+    "EDGE_ATTACKS",
+    "sign_flip",
+    "gaussian",
+    "huge",
+    "inf",
+    "nan",
+    "alie",
+    "alie_z_max",
+    "ipm",
+    "mimic",
+    "alie_opt",
+    "ipm_opt",
+    "sign_flip_opt",
+    "label_flip",
+    "poison_node_data",
+    "dissensus",
+    "make_spectral_attack",
+    "lift",
+    "STRENGTH",
 ]
 
-_P_CLIP = 1e-6   # keeps Phi^-1 finite when n, f make ALIE's quantile degenerate
+_P_CLIP = 1e-6  # keeps Phi^-1 finite when n, f make ALIE's quantile degenerate
 _HI = jax.lax.Precision.HIGHEST
 
 
@@ -54,8 +72,10 @@ _HI = jax.lax.Precision.HIGHEST
 def _float_dtype(dtype, where: str):
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"attacks.{where}: got {dtype.name} rows; attacks forge float vectors, cast the honest "
-                        "rows / messages to a float dtype (float32, bfloat16, ...) first")
+        raise TypeError(
+            f"attacks.{where}: got {dtype.name} rows; attacks forge float vectors, cast the honest "
+            "rows / messages to a float dtype (float32, bfloat16, ...) first"
+        )
     return dtype
 
 
@@ -151,8 +171,7 @@ def ipm(honest, f: int, key=None, *, epsilon=0.1, mask=None, num_byzantine=None)
 
 
 @_vector_attack
-def gaussian(honest, f: int, key=None, *, sigma=1.0, centered=True, mask=None,
-             num_byzantine=None):
+def gaussian(honest, f: int, key=None, *, sigma=1.0, centered=True, mask=None, num_byzantine=None):
     """Gaussian attack: ``mean(honest) + N(0, sigma^2 I)``, independent per attacker.
 
     The random-noise Byzantine baseline (Blanchard et al. 2017, Sec. 5; ByzFL
@@ -301,8 +320,9 @@ def _line_search(honest, f, mask, make_byz, default, grid, aggregator, agg_f):
 
 
 @_vector_attack
-def alie_opt(honest, f: int, key=None, *, aggregator=None, z=None, grid=None, agg_f=None,
-             mask=None, num_byzantine=None):
+def alie_opt(
+    honest, f: int, key=None, *, aggregator=None, z=None, grid=None, agg_f=None, mask=None, num_byzantine=None
+):
     """Optimized ALIE: ``mean - z * std`` with z line-searched against ``aggregator``.
 
     Baruch et al. (2019)'s direction, with the factor chosen (as in ByzFL's
@@ -316,13 +336,13 @@ def alie_opt(honest, f: int, key=None, *, aggregator=None, z=None, grid=None, ag
     mu = _mean(honest, mask)
     sd = _std(honest, mask, mu)
     z0 = _alie_factor(honest.shape[0], f, z, mask, num_byzantine)
-    return _line_search(honest, f, mask, lambda a: _rows(mu - a * sd, f), z0, grid,
-                        aggregator, agg_f)
+    return _line_search(honest, f, mask, lambda a: _rows(mu - a * sd, f), z0, grid, aggregator, agg_f)
 
 
 @_vector_attack
-def ipm_opt(honest, f: int, key=None, *, aggregator=None, epsilon=0.1, grid=None, agg_f=None,
-            mask=None, num_byzantine=None):
+def ipm_opt(
+    honest, f: int, key=None, *, aggregator=None, epsilon=0.1, grid=None, agg_f=None, mask=None, num_byzantine=None
+):
     """Optimized IPM: ``-epsilon * mean`` with epsilon line-searched against ``aggregator``.
 
     Xie et al. (2020)'s direction; the factor maximises
@@ -331,13 +351,13 @@ def ipm_opt(honest, f: int, key=None, *, aggregator=None, epsilon=0.1, grid=None
     """
     honest, f = _check(honest, f)
     mu = _mean(honest, mask)
-    return _line_search(honest, f, mask, lambda a: _rows(-a * mu, f), epsilon, grid,
-                        aggregator, agg_f)
+    return _line_search(honest, f, mask, lambda a: _rows(-a * mu, f), epsilon, grid, aggregator, agg_f)
 
 
 @_vector_attack
-def sign_flip_opt(honest, f: int, key=None, *, aggregator=None, scale=1.0, grid=None,
-                  agg_f=None, mask=None, num_byzantine=None):
+def sign_flip_opt(
+    honest, f: int, key=None, *, aggregator=None, scale=1.0, grid=None, agg_f=None, mask=None, num_byzantine=None
+):
     """Optimized sign flipping: ``-scale * mean`` with scale line-searched against ``aggregator``.
 
     Same search as :func:`ipm_opt` (the two attacks share a direction) but
@@ -345,14 +365,21 @@ def sign_flip_opt(honest, f: int, key=None, *, aggregator=None, scale=1.0, grid=
     """
     honest, f = _check(honest, f)
     mu = _mean(honest, mask)
-    return _line_search(honest, f, mask, lambda a: _rows(-a * mu, f), scale, grid,
-                        aggregator, agg_f)
+    return _line_search(honest, f, mask, lambda a: _rows(-a * mu, f), scale, grid, aggregator, agg_f)
 
 
 _VECTOR = {
-    "sign_flip": sign_flip, "gaussian": gaussian, "huge": huge, "inf": inf, "nan": nan,
-    "alie": alie, "ipm": ipm, "mimic": mimic,
-    "alie_opt": alie_opt, "ipm_opt": ipm_opt, "sign_flip_opt": sign_flip_opt,
+    "sign_flip": sign_flip,
+    "gaussian": gaussian,
+    "huge": huge,
+    "inf": inf,
+    "nan": nan,
+    "alie": alie,
+    "ipm": ipm,
+    "mimic": mimic,
+    "alie_opt": alie_opt,
+    "ipm_opt": ipm_opt,
+    "sign_flip_opt": sign_flip_opt,
 }
 ATTACKS = tuple(_VECTOR)
 
@@ -421,8 +448,7 @@ def _byz_weight(weights, byz_slot):
 
 
 @_edge_attack
-def dissensus(messages, x, neighbors, weights, self_weight, edge_mask, byzantine, key=None, *,
-              epsilon=1.5):
+def dissensus(messages, x, neighbors, weights, self_weight, edge_mask, byzantine, key=None, *, epsilon=1.5):
     """Dissensus (He, Karimireddy & Jaggi 2022, Sec. 5): reverse the honest gossip update.
 
     Every Byzantine neighbour of an honest target ``i`` sends
@@ -465,8 +491,19 @@ def make_spectral_attack(topology, byzantine, epsilon: float = 1.0, direction=No
     default_eps, default_dir = epsilon, direction
 
     @_edge_attack
-    def spectral(messages, x, neighbors, weights, self_weight, edge_mask, byzantine=mask_host,
-                 key=None, *, epsilon=default_eps, direction=default_dir):
+    def spectral(
+        messages,
+        x,
+        neighbors,
+        weights,
+        self_weight,
+        edge_mask,
+        byzantine=mask_host,
+        key=None,
+        *,
+        epsilon=default_eps,
+        direction=default_dir,
+    ):
         messages = jnp.asarray(messages)
         dt = messages.dtype
         x = jnp.asarray(x).astype(dt)
@@ -502,8 +539,7 @@ def lift(vector_attack, **options) -> Callable:
     atk = get(vector_attack) if isinstance(vector_attack, str) else vector_attack
 
     @_edge_attack
-    def lifted(messages, x, neighbors, weights, self_weight, edge_mask, byzantine, key=None,
-               **call_options):
+    def lifted(messages, x, neighbors, weights, self_weight, edge_mask, byzantine, key=None, **call_options):
         opts = {**options, **call_options}
         messages = jnp.asarray(messages)
         n, K, _ = messages.shape
@@ -525,9 +561,18 @@ def lift(vector_attack, **options) -> Callable:
 _EDGE = {"dissensus": dissensus}
 
 # Each attack's main factor, set by ``config.byzantine.strength`` (ALIE's z, IPM's ε, ...).
-STRENGTH = {"sign_flip": "scale", "sign_flip_opt": "scale", "gaussian": "sigma", "huge": "value",
-            "alie": "z", "alie_opt": "z", "ipm": "epsilon", "ipm_opt": "epsilon",
-            "dissensus": "epsilon", "spectral": "epsilon"}
+STRENGTH = {
+    "sign_flip": "scale",
+    "sign_flip_opt": "scale",
+    "gaussian": "sigma",
+    "huge": "value",
+    "alie": "z",
+    "alie_opt": "z",
+    "ipm": "epsilon",
+    "ipm_opt": "epsilon",
+    "dissensus": "epsilon",
+    "spectral": "epsilon",
+}
 EDGE_ATTACKS = ("dissensus", "spectral") + tuple(f"lift:{a}" for a in ATTACKS)
 
 
@@ -539,8 +584,9 @@ def get_edge_attack(name: str, **options) -> Callable:
     """
     key = str(name).lower().replace("-", "_")
     if key == "spectral":
-        raise ValueError("the spectral attack needs the topology: use "
-                         "attacks.make_spectral_attack(topology, byzantine, epsilon=...)")
+        raise ValueError(
+            "the spectral attack needs the topology: use attacks.make_spectral_attack(topology, byzantine, epsilon=...)"
+        )
     if key.startswith("lift:"):
         return lift(key[5:], **options)
     if key not in _EDGE:

@@ -10,6 +10,7 @@ connected components of the honest subgraph (:func:`honest_components`): a
 placement that cuts the honest nodes apart leaves no rule able to bring them
 to one model.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -19,13 +20,24 @@ import numpy as np
 
 from redeem_jax.network.topology import Topology
 
-__all__ = ["place", "PLACEMENTS", "byzantine_weight", "honest_subgraph_weights",
-           "honest_laplacian", "fiedler_vector", "honest_components", "byzantine_only_listeners",
-           "check_honest_connectivity", "warn_if_cut", "PlacementWarning"]
+__all__ = [
+    "place",
+    "PLACEMENTS",
+    "byzantine_weight",
+    "honest_subgraph_weights",
+    "honest_laplacian",
+    "fiedler_vector",
+    "honest_components",
+    "byzantine_only_listeners",
+    "check_honest_connectivity",
+    "warn_if_cut",
+    "PlacementWarning",
+]
 
 
 class PlacementWarning(UserWarning):
     """A Byzantine placement that cuts the honest nodes apart (warned before a run)."""
+
 
 PLACEMENTS = ("random", "highest_degree", "given")
 
@@ -41,8 +53,7 @@ def _n_of(topology_or_n) -> int:
     return n
 
 
-def place(topology_or_n, f: int, method: str = "random", seed: int = 0,
-          ids: Sequence[int] | None = None) -> np.ndarray:
+def place(topology_or_n, f: int, method: str = "random", seed: int = 0, ids: Sequence[int] | None = None) -> np.ndarray:
     """Choose the Byzantine nodes: ``bool[n]`` with exactly ``f`` True.
 
     * ``"random"``: ``f`` distinct nodes drawn uniformly with
@@ -161,7 +172,7 @@ def fiedler_vector(topology: Topology, byzantine, round=None) -> np.ndarray:
     L = honest_laplacian(topology, b, round)
     _, vecs = np.linalg.eigh(L)
     v = vecs[:, 1]
-    j = int(np.argmax(np.round(np.abs(v), 12)))   # first index among (near-)ties
+    j = int(np.argmax(np.round(np.abs(v), 12)))  # first index among (near-)ties
     if v[j] < 0:
         v = -v
     u[honest] = v / np.linalg.norm(v)
@@ -243,14 +254,18 @@ def check_honest_connectivity(topology: Topology, byzantine) -> str | None:
     comps = honest_components(topology, b)
     if len(comps) > 1:
         shown = "; ".join(_ids(c) for c in comps[:4]) + ("; ..." if len(comps) > 4 else "")
-        parts.append(f"the honest nodes form {len(comps)} groups that reach each other only through "
-                     f"Byzantine nodes ({shown})")
+        parts.append(
+            f"the honest nodes form {len(comps)} groups that reach each other only through Byzantine nodes ({shown})"
+        )
     if not parts:
         return None
     byz = np.flatnonzero(b)
-    return (f"Byzantine nodes {_ids(byz)} on {topology.name} (n={topology.n}) cut the honest nodes apart: "
-            + "; and ".join(parts) + "; the honest nodes cannot reach one model (place the Byzantine nodes "
-            "elsewhere or use a better connected graph)")
+    return (
+        f"Byzantine nodes {_ids(byz)} on {topology.name} (n={topology.n}) cut the honest nodes apart: "
+        + "; and ".join(parts)
+        + "; the honest nodes cannot reach one model (place the Byzantine nodes "
+        "elsewhere or use a better connected graph)"
+    )
 
 
 def warn_if_cut(topology: Topology, byzantine, stacklevel: int = 2) -> str | None:

@@ -15,8 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["DECENTRALIZED_RULES", "clipped_gossip", "ios", "cs_plus", "byzantine_weight_budget", "laplacian_step",
-           "min_inputs"]
+__all__ = [
+    "DECENTRALIZED_RULES",
+    "clipped_gossip",
+    "ios",
+    "cs_plus",
+    "byzantine_weight_budget",
+    "laplacian_step",
+    "min_inputs",
+]
 
 DECENTRALIZED_RULES = ("gossip", "clipped_gossip", "ios", "cs_plus")
 
@@ -70,12 +77,21 @@ def _float_rule(fn):
         x_i, messages = jnp.asarray(x_i), jnp.asarray(messages)
         for a in (x_i, messages):
             if not jnp.issubdtype(a.dtype, jnp.floating):
-                raise TypeError(f"rules.{name}: got {a.dtype.name} rows; robust gossip averages floats, "
-                                "cast them to a float dtype (float32, bfloat16, ...) first")
+                raise TypeError(
+                    f"rules.{name}: got {a.dtype.name} rows; robust gossip averages floats, "
+                    "cast them to a float dtype (float32, bfloat16, ...) first"
+                )
         dt = jnp.result_type(x_i.dtype, messages.dtype)
         ct = jnp.promote_types(dt, jnp.float32)
-        out = fn(x_i.astype(ct), messages.astype(ct), jnp.asarray(weights).astype(ct),
-                 jnp.asarray(self_weight).astype(ct), jnp.asarray(mask, bool), *args, **kwargs)
+        out = fn(
+            x_i.astype(ct),
+            messages.astype(ct),
+            jnp.asarray(weights).astype(ct),
+            jnp.asarray(self_weight).astype(ct),
+            jnp.asarray(mask, bool),
+            *args,
+            **kwargs,
+        )
         return out.astype(dt)
 
     return wrapper

@@ -1,8 +1,8 @@
 """Data across nodes: datasets, partitions (IID and non-IID) and per-round sampling.
 
-    ds = data.load("digits")
-    nd, summary = data.distribute_with_summary(ds, 16, method="dirichlet", alpha=0.1)
-    xb, yb, mask = data.sample_batch(key, nd.x[0], nd.y[0], nd.sizes[0], 32)
+ds = data.load("digits")
+nd, summary = data.distribute_with_summary(ds, 16, method="dirichlet", alpha=0.1)
+xb, yb, mask = data.sample_batch(key, nd.x[0], nd.y[0], nd.sizes[0], 32)
 """
 
 from redeem_jax.data.datasets import TEXT_MODULES, Dataset, list_datasets, load, register_dataset

@@ -130,14 +130,19 @@ def check_dataset(ds: Dataset) -> Dataset:
     for split in ("train", "test"):
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
         if np.shape(x)[:1] != np.shape(y)[:1]:
-            raise loaders.DataError(f"{where}: x_{split} has {np.shape(x)[:1]} examples but y_{split} has "
-                                    f"{np.shape(y)[:1]}")
+            raise loaders.DataError(
+                f"{where}: x_{split} has {np.shape(x)[:1]} examples but y_{split} has {np.shape(y)[:1]}"
+            )
     if ds.num_train == 0:
         raise loaders.DataError(f"{where}: no training examples")
-    if tuple(ds.x_train.shape[1:]) != tuple(ds.x_test.shape[1:]) or tuple(ds.input_shape) != tuple(ds.x_train.shape[1:]):
-        raise loaders.DataError(f"{where}: train examples have shape {tuple(ds.x_train.shape[1:])}, test examples "
-                                f"{tuple(ds.x_test.shape[1:])}, input_shape is {tuple(ds.input_shape)}; all three "
-                                "must be equal")
+    if tuple(ds.x_train.shape[1:]) != tuple(ds.x_test.shape[1:]) or tuple(ds.input_shape) != tuple(
+        ds.x_train.shape[1:]
+    ):
+        raise loaders.DataError(
+            f"{where}: train examples have shape {tuple(ds.x_train.shape[1:])}, test examples "
+            f"{tuple(ds.x_test.shape[1:])}, input_shape is {tuple(ds.input_shape)}; all three "
+            "must be equal"
+        )
     changes = {}
     if ds.task in ("classification", "language"):
         one_dim = ds.task == "classification"
@@ -237,9 +242,7 @@ def linear(
         if num_nodes is None:
             num_nodes = num_train // examples_per_node
         if num_nodes < 1 or examples_per_node < 1:
-            raise ValueError(
-                f"cannot split {num_train} train examples into {num_nodes} nodes of {examples_per_node}"
-            )
+            raise ValueError(f"cannot split {num_train} train examples into {num_nodes} nodes of {examples_per_node}")
         if whiten and examples_per_node < dim:
             raise ValueError(
                 f"whiten=True needs examples_per_node >= dim so that A_iᵀA_i/m = I is possible; "
@@ -281,8 +284,12 @@ def linear(
         "test_weights": info_test_weights,
     }
     if blocked:
-        info.update(num_nodes=num_nodes, examples_per_node=examples_per_node, node_weights=node_w,
-                    heterogeneity=float(heterogeneity))
+        info.update(
+            num_nodes=num_nodes,
+            examples_per_node=examples_per_node,
+            node_weights=node_w,
+            heterogeneity=float(heterogeneity),
+        )
     if whiten:
         m = examples_per_node
         node_targets = np.einsum("nmd,nm->nd", a64.reshape(num_nodes, m, dim), y64.reshape(num_nodes, m)) / m
@@ -292,9 +299,16 @@ def linear(
         optimum = np.linalg.lstsq(a64, y64, rcond=None)[0]
 
     return Dataset(
-        name="linear", x_train=x_tr, y_train=y_tr,
-        x_test=a_test.astype(np.float32), y_test=y_test.astype(np.float32),
-        task="regression", num_classes=1, input_shape=(dim,), optimum=optimum, info=info,
+        name="linear",
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=a_test.astype(np.float32),
+        y_test=y_test.astype(np.float32),
+        task="regression",
+        num_classes=1,
+        input_shape=(dim,),
+        optimum=optimum,
+        info=info,
     )
 
 
@@ -393,8 +407,16 @@ def logistic(
         "objective": "mean_j log(1 + exp(-s_j a_j^T w)) + (l2/2)||w||^2, s_j = 2 y_j - 1, no bias",
     }
     return Dataset(
-        name="logistic", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
-        task="classification", num_classes=2, input_shape=(dim,), optimum=optimum, info=info,
+        name="logistic",
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=x_te,
+        y_test=y_te,
+        task="classification",
+        num_classes=2,
+        input_shape=(dim,),
+        optimum=optimum,
+        info=info,
     )
 
 
@@ -418,8 +440,15 @@ def digits(seed: int = 0, test_fraction: float = 0.2, split_seed: int = 0) -> Da
     perm = np.random.default_rng(split_seed).permutation(len(labels))
     tr, te = perm[:num_train], perm[num_train:]
     return Dataset(
-        name="digits", x_train=images[tr], y_train=labels[tr], x_test=images[te], y_test=labels[te],
-        task="classification", num_classes=10, input_shape=(8, 8, 1), info={"split_seed": split_seed},
+        name="digits",
+        x_train=images[tr],
+        y_train=labels[tr],
+        x_test=images[te],
+        y_test=labels[te],
+        task="classification",
+        num_classes=10,
+        input_shape=(8, 8, 1),
+        info={"split_seed": split_seed},
     )
 
 
@@ -440,8 +469,10 @@ def _mnist1d_arrays(num_examples: int, train_split: float, generation_seed: int)
         np.random.set_state(np_state)
         _py_random.setstate(py_state)
     out = (
-        raw["x"].astype(np.float32), raw["y"].astype(np.int32),
-        raw["x_test"].astype(np.float32), raw["y_test"].astype(np.int32),
+        raw["x"].astype(np.float32),
+        raw["y"].astype(np.int32),
+        raw["x_test"].astype(np.float32),
+        raw["y_test"].astype(np.int32),
         np.asarray(raw["t"], np.float32),
     )
     for a in out:
@@ -456,11 +487,19 @@ def mnist1d(seed: int = 0, num_examples: int = 5000, test_fraction: float = 0.2,
     seed 42) reproduce the published dataset. Never downloads.
     """
     del seed
-    xs = _mnist1d_arrays(_check_positive_int("num_examples", num_examples), 1.0 - float(test_fraction), int(generation_seed))
+    xs = _mnist1d_arrays(
+        _check_positive_int("num_examples", num_examples), 1.0 - float(test_fraction), int(generation_seed)
+    )
     x_tr, y_tr, x_te, y_te, t = (np.array(a) for a in xs)
     return Dataset(
-        name="mnist1d", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
-        task="classification", num_classes=10, input_shape=tuple(x_tr.shape[1:]),
+        name="mnist1d",
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=x_te,
+        y_test=y_te,
+        task="classification",
+        num_classes=10,
+        input_shape=tuple(x_tr.shape[1:]),
         info={"t": t, "generation_seed": int(generation_seed)},
     )
 
@@ -470,11 +509,45 @@ def mnist1d(seed: int = 0, num_examples: int = 5000, test_fraction: float = 0.2,
 # order of sources in the train set, so a "contiguous" partition gives nodes
 # different texts (natural heterogeneity).
 TEXT_MODULES: tuple[str, ...] = (
-    "argparse", "collections", "json", "pickle", "re", "string", "textwrap", "typing",
-    "functools", "dataclasses", "inspect", "random", "statistics", "fractions", "decimal",
-    "heapq", "difflib", "csv", "logging", "pathlib", "datetime", "calendar", "shutil",
-    "zipfile", "tarfile", "threading", "subprocess", "unittest.case", "doctest", "pprint",
-    "enum", "abc", "contextlib", "itertools", "operator", "math", "os", "copy", "queue",
+    "argparse",
+    "collections",
+    "json",
+    "pickle",
+    "re",
+    "string",
+    "textwrap",
+    "typing",
+    "functools",
+    "dataclasses",
+    "inspect",
+    "random",
+    "statistics",
+    "fractions",
+    "decimal",
+    "heapq",
+    "difflib",
+    "csv",
+    "logging",
+    "pathlib",
+    "datetime",
+    "calendar",
+    "shutil",
+    "zipfile",
+    "tarfile",
+    "threading",
+    "subprocess",
+    "unittest.case",
+    "doctest",
+    "pprint",
+    "enum",
+    "abc",
+    "contextlib",
+    "itertools",
+    "operator",
+    "math",
+    "os",
+    "copy",
+    "queue",
 )
 
 
@@ -543,8 +616,14 @@ def text(
     if len(x_tr) == 0:
         raise ValueError(f"seq_len={seq_len} is longer than every source text")
     return Dataset(
-        name="text", x_train=x_tr, y_train=y_tr, x_test=np.concatenate(xs_te), y_test=np.concatenate(ys_te),
-        task="language", num_classes=256, input_shape=(seq_len,),
+        name="text",
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=np.concatenate(xs_te),
+        y_test=np.concatenate(ys_te),
+        task="language",
+        num_classes=256,
+        input_shape=(seq_len,),
         info={"sources": modules, "train_source": np.concatenate(src), "seq_len": seq_len, "stride": stride},
     )
 
@@ -576,8 +655,15 @@ def _image_builder(name: str):
             x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
             info.update(mean=mean, std=std)
         return Dataset(
-            name=name, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
-            task="classification", num_classes=10, input_shape=tuple(x_tr.shape[1:]), info=info,
+            name=name,
+            x_train=x_tr,
+            y_train=y_tr,
+            x_test=x_te,
+            y_test=y_te,
+            task="classification",
+            num_classes=10,
+            input_shape=tuple(x_tr.shape[1:]),
+            info=info,
         )
 
     build.__name__ = name

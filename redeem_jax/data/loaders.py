@@ -28,8 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IMAGE_DATASETS", "load_images", "read_idx", "load_npz", "default_data_dir", "DataError",
-           "check_labels", "check_features"]
+__all__ = [
+    "IMAGE_DATASETS",
+    "load_images",
+    "read_idx",
+    "load_npz",
+    "default_data_dir",
+    "DataError",
+    "check_labels",
+    "check_features",
+]
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 _NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
@@ -60,8 +68,10 @@ def check_labels(y, num_classes: int, what: str, where, one_dim: bool = True) ->
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1:
-            raise DataError(f"{where}: {what} must be class ids of shape [m] or [m, 1], got shape {y.shape} "
-                            f"(one-hot labels? store their argmax)")
+            raise DataError(
+                f"{where}: {what} must be class ids of shape [m] or [m, 1], got shape {y.shape} "
+                f"(one-hot labels? store their argmax)"
+            )
     if y.dtype == np.bool_:
         y = y.astype(np.int32)
     if np.issubdtype(y.dtype, np.floating):
@@ -69,16 +79,20 @@ def check_labels(y, num_classes: int, what: str, where, one_dim: bool = True) ->
         bad = ~np.isfinite(flat) | (flat != np.round(flat))
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(f"{where}: {what} has {int(bad.sum())} label(s) that are not whole numbers "
-                            f"(e.g. {flat[i].item()!r} at index {i}); labels must be class ids 0..{num_classes - 1}")
+            raise DataError(
+                f"{where}: {what} has {int(bad.sum())} label(s) that are not whole numbers "
+                f"(e.g. {flat[i].item()!r} at index {i}); labels must be class ids 0..{num_classes - 1}"
+            )
     elif not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{where}: {what} has dtype {y.dtype}, not integer class ids 0..{num_classes - 1}")
     flat = y.reshape(-1)
     bad = (flat < 0) | (flat >= num_classes)
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{where}: {what} has {int(bad.sum())} label(s) outside [0, {num_classes}) "
-                        f"(e.g. {flat[i].item()!r} at index {i}); the dataset has {num_classes} classes")
+        raise DataError(
+            f"{where}: {what} has {int(bad.sum())} label(s) outside [0, {num_classes}) "
+            f"(e.g. {flat[i].item()!r} at index {i}); the dataset has {num_classes} classes"
+        )
     return y.astype(np.int32)
 
 
@@ -91,10 +105,13 @@ def check_features(x, what: str, where) -> np.ndarray:
         finite = np.isfinite(x)
         if not finite.all():
             bad_rows = ~finite.reshape(x.shape[0], -1).all(axis=1) if x.ndim else ~finite.reshape(1)
-            raise DataError(f"{where}: {what} has {int((~finite).sum())} non-finite value(s) (NaN or inf) in "
-                            f"{int(bad_rows.sum())} example(s), the first at index {int(np.argmax(bad_rows))}; "
-                            "remove or impute them")
+            raise DataError(
+                f"{where}: {what} has {int((~finite).sum())} non-finite value(s) (NaN or inf) in "
+                f"{int(bad_rows.sum())} example(s), the first at index {int(np.argmax(bad_rows))}; "
+                "remove or impute them"
+            )
     return x
+
 
 _IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -139,21 +156,27 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     buf = _open_maybe_gz(path)
     if len(buf) < 4 or buf[0] != 0 or buf[1] != 0 or buf[2] not in _IDX_DTYPES or buf[3] == 0:
-        raise DataError(f"{path}: not an IDX file (its first bytes {bytes(buf[:4])!r} are not an IDX magic "
-                        "number 00 00 <type> <ndim>)")
+        raise DataError(
+            f"{path}: not an IDX file (its first bytes {bytes(buf[:4])!r} are not an IDX magic "
+            "number 00 00 <type> <ndim>)"
+        )
     dtype = np.dtype(_IDX_DTYPES[buf[2]])
     ndim = buf[3]
     header = 4 + 4 * ndim
     if len(buf) < header:
-        raise DataError(f"{path}: truncated IDX file: its header announces {ndim} dimensions ({header} bytes), "
-                        f"the file has {len(buf)} bytes")
+        raise DataError(
+            f"{path}: truncated IDX file: its header announces {ndim} dimensions ({header} bytes), "
+            f"the file has {len(buf)} bytes"
+        )
     dims = tuple(int(d) for d in np.frombuffer(buf, ">u4", count=ndim, offset=4))
     # math.prod of Python ints: a corrupt header can announce more values than int64 holds.
     expected = header + math.prod(dims) * dtype.itemsize
     if len(buf) != expected:
         state = "truncated" if len(buf) < expected else "damaged"
-        raise DataError(f"{path}: {state} IDX file: its header announces {dims} values of {dtype.name} "
-                        f"({expected} bytes), the file has {len(buf)} bytes")
+        raise DataError(
+            f"{path}: {state} IDX file: its header announces {dims} values of {dtype.name} "
+            f"({expected} bytes), the file has {len(buf)} bytes"
+        )
     data = np.frombuffer(buf, dtype, count=math.prod(dims), offset=header)
     return data.reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -185,8 +208,10 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         head = fh.read(6)
     if head[:2] != b"PK":
         kind = "a single .npy array" if head == b"\x93NUMPY" else f"its first bytes are {head!r}"
-        raise DataError(f"{path}: not an .npz archive (an .npz is a zip file starting with b'PK'; {kind}); "
-                        "save the four arrays with np.savez")
+        raise DataError(
+            f"{path}: not an .npz archive (an .npz is a zip file starting with b'PK'; {kind}); "
+            "save the four arrays with np.savez"
+        )
     found = None
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -195,15 +220,18 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             for canonical, aliases in _NPZ_ALIASES.items():
                 found = next((a for a in aliases if a in keys), None)
                 if found is None:
-                    raise DataError(f"{path}: no {canonical!r} array (accepted names: {', '.join(aliases)}; "
-                                    f"found {', '.join(sorted(keys)) or 'none'})")
+                    raise DataError(
+                        f"{path}: no {canonical!r} array (accepted names: {', '.join(aliases)}; "
+                        f"found {', '.join(sorted(keys)) or 'none'})"
+                    )
                 out[canonical] = f[found]
     except DataError:
         raise
     except Exception as e:  # zipfile, zlib, numpy's header parser: any of them means the file is unusable
         if "allow_pickle" in str(e):
-            raise DataError(f"{path}: array {found!r} holds Python objects, which redeem_jax never unpickles; "
-                            "store numeric arrays") from e
+            raise DataError(
+                f"{path}: array {found!r} holds Python objects, which redeem_jax never unpickles; store numeric arrays"
+            ) from e
         part = f" (reading array {found!r})" if found else ""
         raise DataError(f"{path}: damaged or truncated .npz archive{part}: {_why(e)}") from e
     return out
@@ -218,8 +246,9 @@ def _load_cifar_batches(directory: Path) -> dict[str, np.ndarray]:
         except FileNotFoundError:
             raise
         except Exception as e:  # unpickling errors, a dict without b"data"/b"labels", ...
-            raise DataError(f"{directory / name}: damaged CIFAR-10 batch ({_why(e)}); copy the "
-                            "cifar-10-batches-py directory again") from e
+            raise DataError(
+                f"{directory / name}: damaged CIFAR-10 batch ({_why(e)}); copy the cifar-10-batches-py directory again"
+            ) from e
 
     train = [read(f"data_batch_{i}") for i in range(1, 6)]
     x_te, y_te = read("test_batch")
@@ -244,8 +273,12 @@ def _resolve(name: str, path: str | os.PathLike | None) -> tuple[Path, str]:
     """Returns the file/directory to read and its layout ("npz"/"idx"/"cifar")."""
     if path is None:
         base = default_data_dir()
-        candidates = [base / name, base / f"{name}.npz", base / name / f"{name}.npz",
-                      base / name / "cifar-10-batches-py"]
+        candidates = [
+            base / name,
+            base / f"{name}.npz",
+            base / name / f"{name}.npz",
+            base / name / "cifar-10-batches-py",
+        ]
     else:
         p = Path(path).expanduser()
         candidates = [p, p / f"{name}.npz", p / "cifar-10-batches-py"]
@@ -270,8 +303,10 @@ def _to_nhwc_unit(x: np.ndarray, name: str, where, what: str) -> np.ndarray:
     if x.ndim == 2:
         side = {784: (28, 28, 1), 3072: (3, 32, 32)}.get(x.shape[1])
         if side is None:
-            raise DataError(f"{where}: cannot infer the image shape of {name} {what} from flat rows of width "
-                            f"{x.shape[1]} (784 is 28x28, 3072 is 3x32x32)")
+            raise DataError(
+                f"{where}: cannot infer the image shape of {name} {what} from flat rows of width "
+                f"{x.shape[1]} (784 is 28x28, 3072 is 3x32x32)"
+            )
         x = x.reshape((-1,) + side)
         if side[0] == 3:  # CIFAR rows are stored channel-major
             x = x.transpose(0, 2, 3, 1)
@@ -282,7 +317,7 @@ def _to_nhwc_unit(x: np.ndarray, name: str, where, what: str) -> np.ndarray:
     if x.ndim != 4:
         raise DataError(f"{where}: {name} {what} must be images [m, H, W(, C)], got shape {x.shape}")
     if x.dtype == np.uint8 or x.max(initial=0) > 1.0:
-        return (x.astype(np.float32) / 255.0)
+        return x.astype(np.float32) / 255.0
     return x.astype(np.float32)
 
 
@@ -306,19 +341,27 @@ def load_images(name: str, path: str | os.PathLike | None = None):
         arrays = {k: read_idx(f) for k, f in files.items()}
     else:
         arrays = _load_cifar_batches(where)
-        files = {"x_train": where / "data_batch_*", "y_train": where / "data_batch_*",
-                 "x_test": where / "test_batch", "y_test": where / "test_batch"}
+        files = {
+            "x_train": where / "data_batch_*",
+            "y_train": where / "data_batch_*",
+            "x_test": where / "test_batch",
+            "y_test": where / "test_batch",
+        }
     x_tr = _to_nhwc_unit(arrays["x_train"], name, files["x_train"], "x_train")
     x_te = _to_nhwc_unit(arrays["x_test"], name, files["x_test"], "x_test")
     if x_tr.shape[1:] != x_te.shape[1:]:
-        raise DataError(f"{where}: train images are {x_tr.shape[1:]} but test images are {x_te.shape[1:]}; "
-                        "both splits must have the same image shape")
+        raise DataError(
+            f"{where}: train images are {x_tr.shape[1:]} but test images are {x_te.shape[1:]}; "
+            "both splits must have the same image shape"
+        )
     classes = _NUM_CLASSES[name]
     y_tr = check_labels(arrays["y_train"], classes, "y_train", files["y_train"])
     y_te = check_labels(arrays["y_test"], classes, "y_test", files["y_test"])
     if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
-        raise DataError(f"{where}: images and labels differ in count "
-                        f"(train {len(x_tr)} vs {len(y_tr)}, test {len(x_te)} vs {len(y_te)})")
+        raise DataError(
+            f"{where}: images and labels differ in count "
+            f"(train {len(x_tr)} vs {len(y_tr)}, test {len(x_te)} vs {len(y_te)})"
+        )
     if len(x_tr) == 0:
         raise DataError(f"{where}: no training examples")
     return x_tr, y_tr, x_te, y_te, str(where)

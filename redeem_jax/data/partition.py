@@ -11,8 +11,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["partition", "node_assignment", "group_by_node", "partition_summary", "grouped_summary",
-           "PartitionSummary", "METHODS", "is_classification_labels"]
+__all__ = [
+    "partition",
+    "node_assignment",
+    "group_by_node",
+    "partition_summary",
+    "grouped_summary",
+    "PartitionSummary",
+    "METHODS",
+    "is_classification_labels",
+]
 
 METHODS = ("iid", "dirichlet", "shards", "quantity", "contiguous")
 _LABEL_FREE_METHODS = ("iid", "quantity", "contiguous")
@@ -70,8 +78,9 @@ def _iid(m: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return _assign_in_order(rng.permutation(m), _array_split_sizes(m, n))
 
 
-def _dirichlet(labels: np.ndarray, n: int, alpha: float, min_size: int, rng: np.random.Generator,
-               max_tries: int) -> np.ndarray:
+def _dirichlet(
+    labels: np.ndarray, n: int, alpha: float, min_size: int, rng: np.random.Generator, max_tries: int
+) -> np.ndarray:
     classes = np.unique(labels)
     by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
     for _ in range(max_tries):
@@ -180,13 +189,17 @@ def node_assignment(
         if quantity_alpha <= 0:
             raise ValueError(f"quantity_alpha must be > 0, got {quantity_alpha}")
         if num_nodes * min_size > m:
-            raise ValueError(f"min_size={min_size} for {num_nodes} nodes needs {num_nodes * min_size} examples, have {m}")
+            raise ValueError(
+                f"min_size={min_size} for {num_nodes} nodes needs {num_nodes * min_size} examples, have {m}"
+            )
         return _quantity(m, num_nodes, quantity_alpha, min_size, rng)
     if method == "dirichlet":
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
         if num_nodes * min_size > m:
-            raise ValueError(f"min_size={min_size} for {num_nodes} nodes needs {num_nodes * min_size} examples, have {m}")
+            raise ValueError(
+                f"min_size={min_size} for {num_nodes} nodes needs {num_nodes * min_size} examples, have {m}"
+            )
         return _dirichlet(labels, num_nodes, alpha, min_size, rng, max_tries)
     # shards
     if int(shards_per_node) != shards_per_node or shards_per_node < 1:
@@ -214,8 +227,17 @@ def partition(
     Returns ``num_nodes`` sorted int64 index arrays; methods and options as in
     :func:`node_assignment` (which skips building this list).
     """
-    node_of = node_assignment(labels, num_nodes, method, seed, alpha=alpha, shards_per_node=shards_per_node,
-                              min_size=min_size, quantity_alpha=quantity_alpha, max_tries=max_tries)
+    node_of = node_assignment(
+        labels,
+        num_nodes,
+        method,
+        seed,
+        alpha=alpha,
+        shards_per_node=shards_per_node,
+        min_size=min_size,
+        quantity_alpha=quantity_alpha,
+        max_tries=max_tries,
+    )
     return _split(*group_by_node(node_of, int(num_nodes)))
 
 
@@ -248,8 +270,11 @@ class PartitionSummary:
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (lists, not arrays)."""
-        out: dict[str, Any] = {"num_nodes": self.num_nodes, "sizes": self.sizes.tolist(),
-                               "num_classes": self.num_classes}
+        out: dict[str, Any] = {
+            "num_nodes": self.num_nodes,
+            "sizes": self.sizes.tolist(),
+            "num_classes": self.num_classes,
+        }
         if self.histogram is not None:
             out["histogram"] = self.histogram.tolist()
             out["label_entropy"] = [float(e) for e in self.label_entropy]
@@ -258,8 +283,10 @@ class PartitionSummary:
     def __str__(self, max_rows: int = 20, max_classes: int = 20) -> str:
         n = self.num_nodes
         sizes = self.sizes
-        head = (f"PartitionSummary: {n} nodes, {int(sizes.sum())} examples, size min/mean/max = "
-                f"{int(sizes.min())}/{sizes.mean():.1f}/{int(sizes.max())}")
+        head = (
+            f"PartitionSummary: {n} nodes, {int(sizes.sum())} examples, size min/mean/max = "
+            f"{int(sizes.min())}/{sizes.mean():.1f}/{int(sizes.max())}"
+        )
         rows_shown = list(range(n)) if n <= max_rows else list(range(max_rows // 2)) + list(range(n - max_rows // 2, n))
         lines = [head]
         if self.histogram is None:
@@ -269,10 +296,16 @@ class PartitionSummary:
             c = self.histogram.shape[1]
             cols = list(range(min(c, max_classes)))
             ent = self.label_entropy
-            lines.append(f"{'node':>6} {'size':>8} {'H(y)':>6} | " + " ".join(f"{k:>5}" for k in cols)
-                         + (" ..." if c > max_classes else ""))
-            body = {i: f"{i:>6} {int(sizes[i]):>8} {ent[i]:>6.2f} | "
-                       + " ".join(f"{int(self.histogram[i, k]):>5}" for k in cols) for i in rows_shown}
+            lines.append(
+                f"{'node':>6} {'size':>8} {'H(y)':>6} | "
+                + " ".join(f"{k:>5}" for k in cols)
+                + (" ..." if c > max_classes else "")
+            )
+            body = {
+                i: f"{i:>6} {int(sizes[i]):>8} {ent[i]:>6.2f} | "
+                + " ".join(f"{int(self.histogram[i, k]):>5}" for k in cols)
+                for i in rows_shown
+            }
         for j, i in enumerate(rows_shown):
             if j > 0 and i != rows_shown[j - 1] + 1:
                 lines.append(f"{'...':>6} ({n - len(rows_shown)} nodes not shown)")
@@ -325,8 +358,9 @@ def partition_summary(labels: Any, parts: list[np.ndarray], num_classes: int | N
     return grouped_summary(labels, flat, sizes, num_classes)
 
 
-def grouped_summary(labels: Any, order: np.ndarray, sizes: np.ndarray,
-                    num_classes: int | None = None) -> PartitionSummary:
+def grouped_summary(
+    labels: Any, order: np.ndarray, sizes: np.ndarray, num_classes: int | None = None
+) -> PartitionSummary:
     """:func:`partition_summary` of a partition given as :func:`group_by_node`'s ``(order, sizes)``."""
     labels = np.asarray(labels)
     sizes = np.asarray(sizes, np.int64)
@@ -337,10 +371,13 @@ def grouped_summary(labels: Any, order: np.ndarray, sizes: np.ndarray,
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         # bincount would fail on a negative label and reshape on a large one, both far from the cause.
         bad = (labels < 0) | (labels >= num_classes)
-        raise ValueError(f"labels must be class ids in [0, {num_classes}); {int(bad.sum())} are not "
-                         f"(e.g. {labels[np.argmax(bad)].item()} at index {int(np.argmax(bad))})")
+        raise ValueError(
+            f"labels must be class ids in [0, {num_classes}); {int(bad.sum())} are not "
+            f"(e.g. {labels[np.argmax(bad)].item()} at index {int(np.argmax(bad))})"
+        )
     n = len(sizes)
     node_of = np.repeat(np.arange(n), sizes)
-    hist = np.bincount(node_of * num_classes + labels[order].astype(np.int64),
-                       minlength=n * num_classes).reshape(n, num_classes)
+    hist = np.bincount(node_of * num_classes + labels[order].astype(np.int64), minlength=n * num_classes).reshape(
+        n, num_classes
+    )
     return PartitionSummary(sizes=sizes, histogram=hist, num_classes=int(num_classes))

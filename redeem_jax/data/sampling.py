@@ -63,8 +63,9 @@ def stack_parts(x: np.ndarray, y: np.ndarray, parts: list[np.ndarray], pad_to: i
     return stack_grouped(x, y, order, sizes, pad_to)
 
 
-def stack_grouped(x: np.ndarray, y: np.ndarray, order: np.ndarray, sizes: np.ndarray,
-                  pad_to: int | None = None) -> NodeData:
+def stack_grouped(
+    x: np.ndarray, y: np.ndarray, order: np.ndarray, sizes: np.ndarray, pad_to: int | None = None
+) -> NodeData:
     """:func:`stack_parts` for a partition given as ``(order, sizes)`` (see ``partition.group_by_node``)."""
     sizes = np.asarray(sizes, np.int64)
     m_max = int(sizes.max()) if pad_to is None else int(pad_to)
@@ -152,7 +153,7 @@ def sample_indices(key: jax.Array, size, m_max: int, batch_size: int) -> tuple[j
     return idx.astype(jnp.int32), mask
 
 
-_NETWORK_MAX_M = 32   # up to this many rows per node, select with a sorting network instead of top_k
+_NETWORK_MAX_M = 32  # up to this many rows per node, select with a sorting network instead of top_k
 
 
 def _smallest(scores: jax.Array, k: int) -> jax.Array:
@@ -271,7 +272,7 @@ def subset_indices(key: jax.Array, sizes: jax.Array, m_max: int, batch_size: int
     words = _words(key, n, batch_size)
     picks: list[jax.Array] = []
     for b, u in enumerate(words):
-        j = jnp.maximum(sizes - batch_size + b, 0)            # Floyd's j (clamped where sizes < B)
+        j = jnp.maximum(sizes - batch_size + b, 0)  # Floyd's j (clamped where sizes < B)
         t = _mulhi32(u, (j + 1).astype(jnp.uint32)).astype(jnp.int32)
         taken = functools.reduce(jnp.logical_or, [t == q for q in picks], jnp.zeros_like(full))
         picks.append(jnp.where(full, b, jnp.where(taken, j, t)))

@@ -70,8 +70,16 @@ class Experiment(NamedTuple):
         else:
             x0 = jax.vmap(model.init)(jax.random.split(init_key, n))
         x0 = jnp.asarray(x0, jnp.float32)
-        return _round.init_state(self.algorithm, self.oracle, self.channels, x0, run_key, topology=self.topology,
-                                 honest=self.honest, hp=self.hp_values() if hp is None else hp)
+        return _round.init_state(
+            self.algorithm,
+            self.oracle,
+            self.channels,
+            x0,
+            run_key,
+            topology=self.topology,
+            honest=self.honest,
+            hp=self.hp_values() if hp is None else hp,
+        )
 
     def models(self, state: _round.RoundState):
         return self.algorithm.models(state.algorithm)
@@ -133,8 +141,10 @@ def _graph_from_config(c) -> Any:
     if t.name in dynamic.FAMILIES:
         if unreliable_wanted:
             field = "link_up" if t.link_up < 1.0 else "online"
-            raise ConfigError(f"config.topology.{field}: failures and churn apply to a static graph; "
-                              f"{t.name!r} is already drawn every round (use topology.name={t.base!r} instead)")
+            raise ConfigError(
+                f"config.topology.{field}: failures and churn apply to a static graph; "
+                f"{t.name!r} is already drawn every round (use topology.name={t.base!r} instead)"
+            )
         base = None if t.name.startswith("epidemic") else _static_topology(c, t.base, "topology.base")
         # topology.s_max > 0 (a sweep over topology.s sets it): s is a hyper-parameter of the
         # step, the draw padded to s_max, so one compile serves every s of the sweep.
@@ -202,8 +212,10 @@ def _byzantine_from_config(c, topo) -> np.ndarray:
         # An unreliable graph fails edges of its static base: place and check on the base (its
         # Byzantine in-degree bounds every round's). Other drawn graphs have no fixed neighbours.
         if getattr(topo, "base", None) is None:
-            raise ConfigError(f"config.byzantine.num: Byzantine nodes on {topo.name}, a graph drawn every round, "
-                              "are not supported yet; use a static topology (with topology.link_up / online)")
+            raise ConfigError(
+                f"config.byzantine.num: Byzantine nodes on {topo.name}, a graph drawn every round, "
+                "are not supported yet; use a static topology (with topology.link_up / online)"
+            )
         topo = topo.base
     try:
         byz = placement.place(topo, c.byzantine.num, c.byzantine.placement, seed=seed, ids=ids)
@@ -234,10 +246,17 @@ def _optimizer(c):
 
     o, steps = c.optimizer, c.num_rounds * _steps_per_round(c)
     h = lambda k: hyper(f"optimizer.{k}", o[k])  # noqa: E731
-    return local_optimizer(o.name, h("learning_rate"), momentum=h("momentum"), weight_decay=h("weight_decay"),
-                           schedule=o.schedule, total_steps=steps,
-                           warmup_steps=o.warmup_rounds * _steps_per_round(c), decay_rate=h("decay_rate"),
-                           decay_every=o.decay_every * _steps_per_round(c))
+    return local_optimizer(
+        o.name,
+        h("learning_rate"),
+        momentum=h("momentum"),
+        weight_decay=h("weight_decay"),
+        schedule=o.schedule,
+        total_steps=steps,
+        warmup_steps=o.warmup_rounds * _steps_per_round(c),
+        decay_rate=h("decay_rate"),
+        decay_every=o.decay_every * _steps_per_round(c),
+    )
 
 
 def _steps_per_round(c) -> int:
@@ -283,19 +302,37 @@ def _privacy(c, model, node_data):
     sigma = p.noise_multiplier
     if p.target_epsilon > 0:
         try:
-            sigma = accounting.noise_multiplier_for(p.target_epsilon, q, steps, p.delta, accountant=p.accountant,
-                                                    sampling=p.sampling)
+            sigma = accounting.noise_multiplier_for(
+                p.target_epsilon, q, steps, p.delta, accountant=p.accountant, sampling=p.sampling
+            )
         except ValueError as e:
             raise ConfigError(f"config.privacy.target_epsilon: {e}") from e
     if p.clipping == "ghost" and not dp_sgd.supports_ghost_clipping(model):
-        raise ConfigError(f"config.privacy.clipping: 'ghost' needs a dense model without l2 "
-                          f"(linear, logistic, mlp), got {model.name!r}; use 'vmap' or 'auto'")
-    oracle = oracles.dp_sgd(model, c.data.batch_size, clip_norm=hyper("privacy.clip_norm", p.clip_norm),
-                            noise_multiplier=hyper("privacy.noise_multiplier", float(sigma)), sampling=p.sampling,
-                            sample_rate=q, m_max=m_max, expected_batch_size=expected, microbatch=c.perf.microbatch,
-                            clipping=p.clipping)
-    info = {"noise_multiplier": float(sigma), "sample_rate": float(q), "delta": p.delta, "accountant": p.accountant,
-            "sampling": p.sampling, "clip_norm": p.clip_norm, "steps_per_round": _steps_per_round(c)}
+        raise ConfigError(
+            f"config.privacy.clipping: 'ghost' needs a dense model without l2 "
+            f"(linear, logistic, mlp), got {model.name!r}; use 'vmap' or 'auto'"
+        )
+    oracle = oracles.dp_sgd(
+        model,
+        c.data.batch_size,
+        clip_norm=hyper("privacy.clip_norm", p.clip_norm),
+        noise_multiplier=hyper("privacy.noise_multiplier", float(sigma)),
+        sampling=p.sampling,
+        sample_rate=q,
+        m_max=m_max,
+        expected_batch_size=expected,
+        microbatch=c.perf.microbatch,
+        clipping=p.clipping,
+    )
+    info = {
+        "noise_multiplier": float(sigma),
+        "sample_rate": float(q),
+        "delta": p.delta,
+        "accountant": p.accountant,
+        "sampling": p.sampling,
+        "clip_norm": p.clip_norm,
+        "steps_per_round": _steps_per_round(c),
+    }
     return oracle, info
 
 
@@ -306,14 +343,26 @@ def _central_privacy(c):
     sigma = p.noise_multiplier
     if p.target_epsilon > 0:
         try:
-            sigma = accounting.noise_multiplier_for(p.target_epsilon, 1.0, c.num_rounds, p.delta,
-                                                    accountant=p.accountant, sampling="poisson")
+            sigma = accounting.noise_multiplier_for(
+                p.target_epsilon, 1.0, c.num_rounds, p.delta, accountant=p.accountant, sampling="poisson"
+            )
         except ValueError as e:
             raise ConfigError(f"config.privacy.target_epsilon: {e}") from e
-    cfg = {"clip_norm": float(p.clip_norm), "noise_multiplier": hyper("privacy.noise_multiplier", float(sigma)),
-           "secure": True, "num_nodes": c.num_nodes}
-    info = {"noise_multiplier": float(sigma), "sample_rate": 1.0, "delta": p.delta, "accountant": p.accountant,
-            "sampling": "poisson", "clip_norm": p.clip_norm, "steps_per_round": 1}
+    cfg = {
+        "clip_norm": float(p.clip_norm),
+        "noise_multiplier": hyper("privacy.noise_multiplier", float(sigma)),
+        "secure": True,
+        "num_nodes": c.num_nodes,
+    }
+    info = {
+        "noise_multiplier": float(sigma),
+        "sample_rate": 1.0,
+        "delta": p.delta,
+        "accountant": p.accountant,
+        "sampling": "poisson",
+        "clip_norm": p.clip_norm,
+        "steps_per_round": 1,
+    }
     return cfg, info
 
 
@@ -372,8 +421,9 @@ def _server_channel(c, byz: np.ndarray) -> Channel:
         tamper = _vector_tamper(c, attack, agg, tol)
     central = _central_privacy(c)[0] if c.privacy.mode == "central" else None
     try:
-        return _channels.server(rule=rule, f=tol, byzantine=byz, attack=tamper,
-                                message_dtype=c.perf.message_dtype, central_dp=central)
+        return _channels.server(
+            rule=rule, f=tol, byzantine=byz, attack=tamper, message_dtype=c.perf.message_dtype, central_dp=central
+        )
     except ValueError as e:
         raise ConfigError(f"config.privacy.clip_norm: {e}") from e
 
@@ -409,8 +459,10 @@ def _graph_channel(c, topo, byz: np.ndarray, exchange: Exchange) -> Channel:
             elif attack == "dissensus":
                 tamper = _channels.edge_tamper(attacks.dissensus, attack, **opts)
             elif attack.endswith("_opt"):
-                raise ConfigError(f"config.byzantine.attack: {attack!r} line-searches against a server's rule; "
-                                  "in gossip use alie, ipm, sign_flip, ... or dissensus/spectral")
+                raise ConfigError(
+                    f"config.byzantine.attack: {attack!r} line-searches against a server's rule; "
+                    "in gossip use alie, ipm, sign_flip, ... or dissensus/spectral"
+                )
             elif c.byzantine.view == "global":
                 tamper = _channels.global_view(_vector_tamper(c, attack), byz)
             else:
@@ -455,8 +507,10 @@ def _channels_for(c, algorithm: Algorithm, topo, byz) -> dict[str, Channel]:
     compressed = any(e.compression for e in algorithm.exchanges.values())
     defaults = _config.base_config().compression
     if not compressed and any(c.compression[k] != defaults[k] for k in ("name",)):
-        raise ConfigError(f"config.compression.name: {c.algorithm.name} sends its messages uncompressed; "
-                          "use algorithm.name = choco_sgd or deepsqueeze")
+        raise ConfigError(
+            f"config.compression.name: {c.algorithm.name} sends its messages uncompressed; "
+            "use algorithm.name = choco_sgd or deepsqueeze"
+        )
     out = {}
     for name, ex in algorithm.exchanges.items():
         out[name] = _server_channel(c, byz) if ex.over == "server" else _graph_channel(c, topo, byz, ex)
@@ -519,13 +573,28 @@ def build(config, topology=None) -> Experiment:
     ds = _dataset_from_config(c)
     try:
         node_data, summary = _data.distribute_with_summary(
-            ds, c.num_nodes, method=_partition_method(c), seed=data_seed(c), alpha=c.data.alpha,
-            shards_per_node=c.data.shards_per_node, quantity_alpha=c.data.quantity_alpha)
+            ds,
+            c.num_nodes,
+            method=_partition_method(c),
+            seed=data_seed(c),
+            alpha=c.data.alpha,
+            shards_per_node=c.data.shards_per_node,
+            quantity_alpha=c.data.quantity_alpha,
+        )
     except ValueError as e:
         raise ConfigError(f"config.data.partition: {e}") from e
-    model = _models.get(c.model.name, ds.input_shape, ds.num_classes, ds.task, hidden=tuple(c.model.hidden),
-                        channels=tuple(c.model.channels), d_model=c.model.d_model, num_heads=c.model.num_heads,
-                        num_layers=c.model.num_layers, l2=c.model.l2)
+    model = _models.get(
+        c.model.name,
+        ds.input_shape,
+        ds.num_classes,
+        ds.task,
+        hidden=tuple(c.model.hidden),
+        channels=tuple(c.model.channels),
+        d_model=c.model.d_model,
+        num_heads=c.model.num_heads,
+        num_layers=c.model.num_layers,
+        l2=c.model.l2,
+    )
     byz = _byzantine_from_config(c, topo)
     if c.byzantine.attack == "label_flip":
         from redeem_jax.byzantine import attacks
@@ -549,6 +618,20 @@ def build(config, topology=None) -> Experiment:
     step = _channels.with_channel_metrics(step)  # e.g. robust_fallback_nodes into metrics.jsonl
     n_test = min(c.eval.max_test_examples, ds.x_test.shape[0])
     evaluate = evaluate_fn(model, ds.x_test[:n_test], ds.y_test[:n_test], c.eval.max_nodes)
-    return Experiment(c, topo, ds, node_data, summary, model, algorithm, oracle, channels, step, hp, evaluate,
-                      honest, counter, privacy)
-
+    return Experiment(
+        c,
+        topo,
+        ds,
+        node_data,
+        summary,
+        model,
+        algorithm,
+        oracle,
+        channels,
+        step,
+        hp,
+        evaluate,
+        honest,
+        counter,
+        privacy,
+    )

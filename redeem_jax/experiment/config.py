@@ -14,8 +14,21 @@ from typing import Any
 
 import ml_collections
 
-__all__ = ["base_config", "validate", "ConfigError", "set_field", "parse_overrides", "SCHEMA", "check_field", "base_value",
-           "algorithm_exchanges", "is_federated", "inapplicable", "MAX_SEED"]
+__all__ = [
+    "base_config",
+    "validate",
+    "ConfigError",
+    "set_field",
+    "parse_overrides",
+    "SCHEMA",
+    "check_field",
+    "base_value",
+    "algorithm_exchanges",
+    "is_federated",
+    "inapplicable",
+    "MAX_SEED",
+]
+
 
 # Names come from the registries of the modules that own them; nothing here mirrors a list.
 def _registry_names():
@@ -28,11 +41,16 @@ def _registry_names():
     vector = tuple(attacks.ATTACKS)
     edge = ("dissensus", "spectral")
     return {
-        "TOPOLOGIES": tuple(topology.FAMILIES) + dynamic.FAMILIES, "STATIC_TOPOLOGIES": tuple(topology.FAMILIES),
+        "TOPOLOGIES": tuple(topology.FAMILIES) + dynamic.FAMILIES,
+        "STATIC_TOPOLOGIES": tuple(topology.FAMILIES),
         "MIXING": tuple(topology.WEIGHT_RULES),
-        "DATASETS": tuple(datasets.list_datasets()), "MODEL_NAMES": tuple(models.MODELS),
-        "OPTIMIZERS": tuple(optim.OPTIMIZERS), "ALGORITHMS": tuple(algorithms.REGISTRY),
-        "GOSSIP_METHODS": tuple(gossip.METHODS), "VECTOR_ATTACKS": vector, "EDGE_ATTACKS": edge,
+        "DATASETS": tuple(datasets.list_datasets()),
+        "MODEL_NAMES": tuple(models.MODELS),
+        "OPTIMIZERS": tuple(optim.OPTIMIZERS),
+        "ALGORITHMS": tuple(algorithms.REGISTRY),
+        "GOSSIP_METHODS": tuple(gossip.METHODS),
+        "VECTOR_ATTACKS": vector,
+        "EDGE_ATTACKS": edge,
         "ATTACK_NAMES": ("none", "label_flip") + vector + edge,
         "DECENTRALIZED_RULES": tuple(r for r in rules.DECENTRALIZED_RULES if r != "gossip"),
         "COMPRESSORS": tuple(compress.COMPRESSORS),
@@ -157,7 +175,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.byzantine.ids = ()  # for placement = "given"
     c.byzantine.attack = "none"
     c.byzantine.strength = -1.0  # the attack's main factor (ALIE z, IPM ε, dissensus ε, ...); -1: its default
-    c.byzantine.view = "global"  # vector attacks in gossip: computed from all honest rows, or per target ("neighbourhood")
+    c.byzantine.view = (
+        "global"  # vector attacks in gossip: computed from all honest rows, or per target ("neighbourhood")
+    )
 
     # How each node (or the server) combines what it receives.
     c.aggregation = ml_collections.ConfigDict()
@@ -211,6 +231,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 # --- validation ----------------------------------------------------------------------------
 
+
 def _tagged(check, kind, **bounds):
     """``check`` with its kind and bounds as attributes (read by the tests that fuzz the schema)."""
     check.kind = kind
@@ -220,11 +241,13 @@ def _tagged(check, kind, **bounds):
 
 def _choice(allowed):
     """``allowed``: a tuple, or the name of a registry list (looked up when checked)."""
+
     def check(v):
         names = _registry_names()[allowed] if isinstance(allowed, str) else allowed
         # A list or a dict is unhashable: `in` on a tuple of strings compares, it never raises.
         if not isinstance(v, str) or v not in names:
             return f"{v!r} is not one of {', '.join(map(str, names))}"
+
     return _tagged(check, "choice", allowed=allowed)
 
 
@@ -236,6 +259,7 @@ def _int(lo=None, hi=None):
             return f"must be >= {lo}, got {v}"
         if hi is not None and v > hi:
             return f"must be <= {hi}, got {v}"
+
     return _tagged(check, "int", lo=lo, hi=hi)
 
 
@@ -247,6 +271,7 @@ def _float(lo=None, hi=None, lo_open=False, hi_open=False):
             return f"must be {'>' if lo_open else '>='} {lo}, got {v}"
         if hi is not None and (v >= hi if hi_open else v > hi):
             return f"must be {'<' if hi_open else '<='} {hi}, got {v}"
+
     return _tagged(check, "float", lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
 
 
@@ -262,9 +287,13 @@ def _str(v):
 
 def _int_tuple(min_len=0):
     def check(v):
-        if not isinstance(v, (tuple, list)) or len(v) < min_len or not all(
-                isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in v):
+        if (
+            not isinstance(v, (tuple, list))
+            or len(v) < min_len
+            or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in v)
+        ):
             return f"must be a tuple of positive integers (at least {min_len}), got {v!r}"
+
     return _tagged(check, "int_tuple", min_len=min_len)
 
 
@@ -274,8 +303,11 @@ def _positive_or_inf(v):
 
 
 def _mesh_shape(v):
-    if not isinstance(v, (tuple, list)) or len(v) > 2 or not all(
-            isinstance(h, int) and not isinstance(h, bool) and (h >= 1 or h == -1) for h in v):
+    if (
+        not isinstance(v, (tuple, list))
+        or len(v) > 2
+        or not all(isinstance(h, int) and not isinstance(h, bool) and (h >= 1 or h == -1) for h in v)
+    ):
         return f"must be (), (nodes,) or (nodes, model) with positive sizes or -1 (all devices), got {v!r}"
 
 
@@ -284,8 +316,13 @@ def _any_tuple(v):
         return f"must be a tuple of values, got {v!r}"
 
 
-for _check, _kind in ((_bool, "bool"), (_str, "str"), (_positive_or_inf, "positive_or_inf"),
-                      (_mesh_shape, "mesh"), (_any_tuple, "tuple")):
+for _check, _kind in (
+    (_bool, "bool"),
+    (_str, "str"),
+    (_positive_or_inf, "positive_or_inf"),
+    (_mesh_shape, "mesh"),
+    (_any_tuple, "tuple"),
+):
     _tagged(_check, _kind)
 
 
@@ -479,8 +516,10 @@ def _algorithm_checks(c: dict, base: dict) -> None:
         field = key.split(".", 1)[1]
         if field not in opts:
             if key in base and c[key] != base[key]:
-                raise ConfigError(f"config.{key}: {name} has no option {field!r}"
-                                  + (f" (its options: {', '.join(opts)})" if opts else " (it has no options)"))
+                raise ConfigError(
+                    f"config.{key}: {name} has no option {field!r}"
+                    + (f" (its options: {', '.join(opts)})" if opts else " (it has no options)")
+                )
             continue
         msg = _type_check(c[key], opts[field])
         if msg:
@@ -506,17 +545,22 @@ def _cross_checks(c: dict) -> None:
     if c["checkpoint_every"] and c["checkpoint_every"] % c["eval_every"]:
         raise ConfigError(
             f"config.checkpoint_every: must be 0 or a multiple of eval_every ({c['eval_every']}), "
-            f"got {c['checkpoint_every']}")
+            f"got {c['checkpoint_every']}"
+        )
     if c["data.name"] in ("mnist", "fashion_mnist", "cifar10") and not c["data.path"]:
-        raise ConfigError(f"config.data.path: dataset {c['data.name']!r} is read from local files; "
-                          "set data.path to an .npz file or a directory of IDX files")
+        raise ConfigError(
+            f"config.data.path: dataset {c['data.name']!r} is read from local files; "
+            "set data.path to an .npz file or a directory of IDX files"
+        )
     if c["model.name"] == "transformer" and c["data.name"] != "text":
         raise ConfigError("config.model.name: 'transformer' needs data.name = 'text'")
     if c["data.name"] == "text" and c["model.name"] != "transformer":
         raise ConfigError(f"config.model.name: data 'text' needs model 'transformer', got {c['model.name']!r}")
     if c["data.name"] in ("linear", "text") and c["data.partition"] in ("dirichlet", "shards"):
-        raise ConfigError(f"config.data.partition: {c['data.partition']!r} needs class labels; "
-                          f"dataset {c['data.name']!r} allows iid, quantity, contiguous")
+        raise ConfigError(
+            f"config.data.partition: {c['data.partition']!r} needs class labels; "
+            f"dataset {c['data.name']!r} allows iid, quantity, contiguous"
+        )
     if c["model.name"] == "logistic" and c["data.name"] != "logistic":
         raise ConfigError("config.model.name: 'logistic' (one logit) needs the binary data.name = 'logistic'")
     _synthetic_size_checks(c)
@@ -524,8 +568,10 @@ def _cross_checks(c: dict) -> None:
     for key in _REFUSED_WHEN_INAPPLICABLE:
         why = inapplicable(c, key) if c[key] != base_value(key) else None
         if why:
-            raise ConfigError(f"config.{key}: is set to {c[key]!r} but has no effect because {why}; "
-                              f"remove it (its default is {base_value(key)!r})")
+            raise ConfigError(
+                f"config.{key}: is set to {c[key]!r} but has no effect because {why}; "
+                f"remove it (its default is {base_value(key)!r})"
+            )
     _byzantine_checks(c)
     _privacy_checks(c)
     if c["compare.key"]:
@@ -568,15 +614,18 @@ def inapplicable(config, key: str) -> str | None:
         if c.get("privacy.mode") == "central":
             return "privacy.mode 'central' takes every node's update every round (q = 1)"
         if c.get("privacy.sampling") != "poisson":
-            return (f"privacy.sampling is {c.get('privacy.sampling')!r}: fixed-size batches sample "
-                    "batch_size / shard size (set privacy.sampling = 'poisson' to choose the rate)")
+            return (
+                f"privacy.sampling is {c.get('privacy.sampling')!r}: fixed-size batches sample "
+                "batch_size / shard size (set privacy.sampling = 'poisson' to choose the rate)"
+            )
     if key == "byzantine.strength":
         from redeem_jax.byzantine import attacks
 
         attack = c.get("byzantine.attack")
         if attack not in attacks.STRENGTH:
-            return (f"byzantine.attack {attack!r} takes no strength factor (those that do: "
-                    f"{', '.join(attacks.STRENGTH)})")
+            return (
+                f"byzantine.attack {attack!r} takes no strength factor (those that do: {', '.join(attacks.STRENGTH)})"
+            )
     return None
 
 
@@ -589,9 +638,15 @@ def _synthetic_size_checks(c: dict) -> None:
         # One block of data.num_examples // num_nodes rows per node (see build._dataset_from_config).
         need = n * (c["data.dim"] if c["data.whiten"] else 1)
         if m < need:
-            what = "data.whiten needs at least data.dim" if c["data.whiten"] else "data.heterogeneity > 0 needs at least one"
-            raise ConfigError(f"config.data.num_examples: {m} synthetic examples for num_nodes={n}: {what} "
-                              f"example(s) per node, so data.num_examples >= {need}")
+            what = (
+                "data.whiten needs at least data.dim"
+                if c["data.whiten"]
+                else "data.heterogeneity > 0 needs at least one"
+            )
+            raise ConfigError(
+                f"config.data.num_examples: {m} synthetic examples for num_nodes={n}: {what} "
+                f"example(s) per node, so data.num_examples >= {need}"
+            )
         return
     from redeem_jax.data import datasets
 
@@ -604,9 +659,11 @@ def _synthetic_size_checks(c: dict) -> None:
         need = max(n, int(n / (1 - frac)) - 2)
         while train(need) < n:
             need += 1
-        raise ConfigError(f"config.data.num_examples: {m} synthetic examples leave {train(m)} for training "
-                          f"({frac:.0%} are the test set), fewer than num_nodes={n}; use data.num_examples >= {need} "
-                          "or fewer nodes")
+        raise ConfigError(
+            f"config.data.num_examples: {m} synthetic examples leave {train(m)} for training "
+            f"({frac:.0%} are the test set), fewer than num_nodes={n}; use data.num_examples >= {need} "
+            "or fewer nodes"
+        )
 
 
 def _rule_check(c: dict) -> None:
@@ -619,8 +676,9 @@ def _rule_check(c: dict) -> None:
     try:
         aggregators.get(rule)
     except (ValueError, KeyError) as e:
-        raise ConfigError(f"config.aggregation.rule: {' '.join(str(e).split())} (or mean, "
-                          f"{', '.join(rules.DECENTRALIZED_RULES)})") from e
+        raise ConfigError(
+            f"config.aggregation.rule: {' '.join(str(e).split())} (or mean, {', '.join(rules.DECENTRALIZED_RULES)})"
+        ) from e
 
 
 def _byzantine_checks(c: dict) -> None:
@@ -629,24 +687,32 @@ def _byzantine_checks(c: dict) -> None:
         raise ConfigError(f"config.byzantine.num: must be < num_nodes ({n}) so that an honest node remains, got {f}")
     if f > 0 and c["byzantine.placement"] == "given":
         ids = c["byzantine.ids"]
-        if len(ids) != f or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in ids) \
-                or len(set(ids)) != len(ids):
-            raise ConfigError(f"config.byzantine.ids: placement 'given' needs {f} distinct node ids in [0, {n}), "
-                              f"got {tuple(ids)!r}")
+        if (
+            len(ids) != f
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in ids)
+            or len(set(ids)) != len(ids)
+        ):
+            raise ConfigError(
+                f"config.byzantine.ids: placement 'given' needs {f} distinct node ids in [0, {n}), got {tuple(ids)!r}"
+            )
     names = _registry_names()
     attack = c["byzantine.attack"]
     if f > 0 and attack == "none":
-        raise ConfigError("config.byzantine.attack: byzantine.num > 0 needs an attack (e.g. alie, sign_flip, "
-                          "dissensus, label_flip)")
+        raise ConfigError(
+            "config.byzantine.attack: byzantine.num > 0 needs an attack (e.g. alie, sign_flip, dissensus, label_flip)"
+        )
     if c["algorithm.name"] in names["ALGORITHMS"] and is_federated(c["algorithm.name"]):
         algo = c["algorithm.name"]
         if attack in names["EDGE_ATTACKS"]:
-            raise ConfigError(f"config.byzantine.attack: {attack!r} sends a different vector on every edge of a "
-                              f"graph; the federated ({algo}) setting allows label_flip or "
-                              + ", ".join(names["VECTOR_ATTACKS"]))
+            raise ConfigError(
+                f"config.byzantine.attack: {attack!r} sends a different vector on every edge of a "
+                f"graph; the federated ({algo}) setting allows label_flip or " + ", ".join(names["VECTOR_ATTACKS"])
+            )
         if c["aggregation.rule"] in names["DECENTRALIZED_RULES"]:
-            raise ConfigError(f"config.aggregation.rule: {c['aggregation.rule']!r} is a decentralized rule; "
-                              f"with algorithm.name = {algo!r} use an rj.aggregators rule")
+            raise ConfigError(
+                f"config.aggregation.rule: {c['aggregation.rule']!r} is a decentralized rule; "
+                f"with algorithm.name = {algo!r} use an rj.aggregators rule"
+            )
     tol = c["aggregation.tolerance"]
     if tol >= n:
         raise ConfigError(f"config.aggregation.tolerance: must be < num_nodes ({n}), got {tol}")
@@ -683,11 +749,15 @@ def _privacy_checks(c: dict) -> None:
         return
     if c["privacy.mode"] == "central":
         if not is_federated(c["algorithm.name"]):
-            raise ConfigError("config.privacy.mode: 'central' adds noise at a server; it needs a federated algorithm "
-                              "(algorithm.name = 'fedavg')")
+            raise ConfigError(
+                "config.privacy.mode: 'central' adds noise at a server; it needs a federated algorithm "
+                "(algorithm.name = 'fedavg')"
+            )
         if c["byzantine.num"] or c["aggregation.rule"] != "mean":
-            raise ConfigError("config.privacy.mode: 'central' sums updates through secure aggregation, so the server "
-                              "sees only the sum: use aggregation.rule = 'mean' and no Byzantine nodes")
+            raise ConfigError(
+                "config.privacy.mode: 'central' sums updates through secure aggregation, so the server "
+                "sees only the sum: use aggregation.rule = 'mean' and no Byzantine nodes"
+            )
         if not math.isfinite(c["privacy.clip_norm"]):
             raise ConfigError("config.privacy.clip_norm: central DP needs a finite clip norm")
         return
@@ -695,11 +765,15 @@ def _privacy_checks(c: dict) -> None:
     if c["privacy.sampling"] == "poisson" and q != -1.0 and not 0 < q <= 1:
         raise ConfigError(f"config.privacy.sample_rate: must be in (0, 1] (or -1 for batch_size / shard size), got {q}")
     if c["privacy.accountant"] == "pld" and c["privacy.sampling"] == "fixed":
-        raise ConfigError("config.privacy.accountant: fixed-size sampling is accounted with rdp only "
-                          "(or use privacy.sampling = 'poisson')")
+        raise ConfigError(
+            "config.privacy.accountant: fixed-size sampling is accounted with rdp only "
+            "(or use privacy.sampling = 'poisson')"
+        )
     if c["privacy.target_epsilon"] != -1.0 and c["privacy.target_epsilon"] <= 0:
-        raise ConfigError(f"config.privacy.target_epsilon: must be > 0 (or -1 to use noise_multiplier), "
-                          f"got {c['privacy.target_epsilon']}")
+        raise ConfigError(
+            f"config.privacy.target_epsilon: must be > 0 (or -1 to use noise_multiplier), "
+            f"got {c['privacy.target_epsilon']}"
+        )
 
 
 def config_stem(argv: list[str]) -> str:

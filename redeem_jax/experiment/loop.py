@@ -33,9 +33,25 @@ from redeem_jax import metrics as _metrics
 from redeem_jax import round as _round
 from redeem_jax.experiment import config as _config
 
-__all__ = ["RESUME_FREE", "EpsilonLedger", "Loop", "WorkdirError", "check_horizon", "check_writable",
-           "checkpoint_manager", "checkpoint_steps", "columns", "config_fingerprint", "dumps", "epsilon_spent", "loads",
-           "read_rows", "restore_state", "resume_and_run", "save_state"]
+__all__ = [
+    "RESUME_FREE",
+    "EpsilonLedger",
+    "Loop",
+    "WorkdirError",
+    "check_horizon",
+    "check_writable",
+    "checkpoint_manager",
+    "checkpoint_steps",
+    "columns",
+    "config_fingerprint",
+    "dumps",
+    "epsilon_spent",
+    "loads",
+    "read_rows",
+    "restore_state",
+    "resume_and_run",
+    "save_state",
+]
 
 _FORMAT = 1  # checkpoint layout: the state's leaves in tree order, and its structure beside them
 _SEAL = "redeem_jax"  # the key of this library's entry in a step's orbax custom metadata
@@ -68,8 +84,9 @@ def check_writable(wd: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise WorkdirError(e.filename or wd, f"workdir {e.filename or wd}: {e.strerror or e}; give a writable "
-                                             f"--workdir") from e
+        raise WorkdirError(
+            e.filename or wd, f"workdir {e.filename or wd}: {e.strerror or e}; give a writable --workdir"
+        ) from e
 
 
 # --------------------------------------------------------------------------- #
@@ -81,8 +98,11 @@ _NONFINITE = "nonfinite"
 def _encode(row: dict) -> dict:
     """A row as strict JSON: a non-finite float becomes ``null`` and its key is listed under
     ``"nonfinite"`` as ``"inf"``, ``"-inf"`` or ``"nan"`` (e.g. ε at σ = 0, a diverged loss)."""
-    bad = {k: ("nan" if math.isnan(v) else "inf" if v > 0 else "-inf")
-           for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
+    bad = {
+        k: ("nan" if math.isnan(v) else "inf" if v > 0 else "-inf")
+        for k, v in row.items()
+        if isinstance(v, float) and not math.isfinite(v)
+    }
     if not bad:
         return row
     return {**{k: (None if k in bad else v) for k, v in row.items()}, _NONFINITE: bad}
@@ -162,22 +182,34 @@ def save_state(mgr, step: int, state, fingerprint: str = "") -> None:
     import orbax.checkpoint as ocp
 
     leaves = jax.tree.leaves(state)
-    meta = {"format": _FORMAT, "round": int(step), "tree": _structure(state), "sha256": _digest(leaves),
-            "config": fingerprint}
+    meta = {
+        "format": _FORMAT,
+        "round": int(step),
+        "tree": _structure(state),
+        "sha256": _digest(leaves),
+        "config": fingerprint,
+    }
     meta["seal"] = _seal(meta)
     try:
-        mgr.save(step, args=ocp.args.StandardSave({f"{i:05d}": v for i, v in enumerate(leaves)}), force=True,
-                 custom_metadata={_SEAL: meta})
+        mgr.save(
+            step,
+            args=ocp.args.StandardSave({f"{i:05d}": v for i, v in enumerate(leaves)}),
+            force=True,
+            custom_metadata={_SEAL: meta},
+        )
         mgr.wait_until_finished()
         # Older readers look for the structure here; steps carry their own copy since.
-        _write_atomic(Path(mgr.directory) / "structure.json", json.dumps({"format": _FORMAT, "tree": meta["tree"],
-                                                                         "sealed": True}))
+        _write_atomic(
+            Path(mgr.directory) / "structure.json",
+            json.dumps({"format": _FORMAT, "tree": meta["tree"], "sealed": True}),
+        )
     except OSError:
         raise
     except Exception as e:  # orbax / tensorstore wrap filesystem failures in their own types
         where = Path(mgr.directory) / str(step)
-        raise OSError(None, f"could not write the checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})",
-                      str(where)) from e
+        raise OSError(
+            None, f"could not write the checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})", str(where)
+        ) from e
 
 
 def checkpoint_steps(ckdir: Path) -> list[int]:
@@ -194,7 +226,8 @@ class _BadStep(Exception):
 def _refuse_structure(where: str, algorithm: str):
     return _config.ConfigError(
         f"config.algorithm.name: the checkpoint in {where} holds the state of another algorithm or layout than "
-        f"{algorithm!r} with this config; use a new --workdir or set config.resume=False (which clears it)")
+        f"{algorithm!r} with this config; use a new --workdir or set config.resume=False (which clears it)"
+    )
 
 
 def _restore_step(path: Path, template, fingerprint: str, where: str, algorithm: str, legacy: dict | None):
@@ -219,7 +252,8 @@ def _restore_step(path: Path, template, fingerprint: str, where: str, algorithm:
         if fingerprint and meta.get("config") != fingerprint:
             raise _config.ConfigError(
                 f"config: the checkpoint {path} was made with another config than this one (its config.json may "
-                f"have been replaced); use a new --workdir or set config.resume=False (which clears it)")
+                f"have been replaced); use a new --workdir or set config.resume=False (which clears it)"
+            )
     leaves, treedef = jax.tree.flatten(template)
     abstract = {f"{i:05d}": ocp.utils.to_shape_dtype_struct(v) for i, v in enumerate(leaves)}
     try:
@@ -232,8 +266,9 @@ def _restore_step(path: Path, template, fingerprint: str, where: str, algorithm:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
         raise _BadStep(f"{type(e).__name__}: {first}") from e
     if legacy is not None:
-        warnings.warn(f"checkpoint {path} has no checksum (written by an older redeem_jax): restored unverified",
-                      stacklevel=3)
+        warnings.warn(
+            f"checkpoint {path} has no checksum (written by an older redeem_jax): restored unverified", stacklevel=3
+        )
     elif digest != meta.get("sha256"):
         raise _BadStep("its arrays do not match their sha256")
     return jax.tree.unflatten(treedef, out)
@@ -248,8 +283,7 @@ def _legacy(ckdir: Path) -> dict | None:
     return None if saved.get("sealed") else saved
 
 
-def restore_state(ckdir: Path, template, where: str, algorithm: str, *, fingerprint: str = "",
-                  upto: int | None = None):
+def restore_state(ckdir: Path, template, where: str, algorithm: str, *, fingerprint: str = "", upto: int | None = None):
     """The newest checkpoint under ``ckdir`` that verifies, restored into the shapes and dtypes of
     ``template`` (a state or its ``jax.eval_shape``), as ``(round, state)``, or None when there is
     none. Steps after ``upto`` (the last round the rows file covers) are not used.
@@ -277,11 +311,13 @@ def restore_state(ckdir: Path, template, where: str, algorithm: str, *, fingerpr
             bad.append((path, str(e)))
     if found is None:
         listing = "; ".join(f"{p}: {why}" for p, why in bad)
-        raise WorkdirError(ckdir, f"no usable checkpoint in {ckdir} ({listing}); delete {ckdir} and the rows file "
-                                  f"beside it, or set config.resume=False (which clears them), to start afresh")
+        raise WorkdirError(
+            ckdir,
+            f"no usable checkpoint in {ckdir} ({listing}); delete {ckdir} and the rows file "
+            f"beside it, or set config.resume=False (which clears them), to start afresh",
+        )
     for path, why in bad:
-        warnings.warn(f"checkpoint {path} is unusable ({why}): removed; resuming from round {found[0]}",
-                      stacklevel=2)
+        warnings.warn(f"checkpoint {path} is unusable ({why}): removed; resuming from round {found[0]}", stacklevel=2)
         shutil.rmtree(path, ignore_errors=True)
     return found
 
@@ -311,8 +347,11 @@ def _scan_rows(path: Path, warn: bool = True) -> tuple[list[dict], list[int]]:
                     if warn:
                         warnings.warn(f"{path}: its last line is torn (a write was cut short): dropped", stacklevel=3)
                     break
-                raise WorkdirError(path, f"{path}: line {i + 1} is damaged; delete the file and the checkpoints "
-                                         "beside it, or set config.resume=False, to start afresh")
+                raise WorkdirError(
+                    path,
+                    f"{path}: line {i + 1} is damaged; delete the file and the checkpoints "
+                    "beside it, or set config.resume=False, to start afresh",
+                )
             rows.append(_decode(row))
             ends.append(end)
         pos += len(line) + 1
@@ -420,8 +459,14 @@ class EpsilonLedger:
             fallback = getattr(accounting, "PLDFallbackWarning", None)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                accounting.epsilon(sigma, self.p["sample_rate"], self.horizon, self.p["delta"], accountant="pld",
-                                   sampling=self.p["sampling"])
+                accounting.epsilon(
+                    sigma,
+                    self.p["sample_rate"],
+                    self.horizon,
+                    self.p["delta"],
+                    accountant="pld",
+                    sampling=self.p["sampling"],
+                )
             self.one_step_builds += 1
             refused = [w for w in caught if fallback is not None and issubclass(w.category, fallback)]
             for w in refused[:1]:
@@ -463,8 +508,16 @@ def epsilon_spent(privacy: dict | None, sigma: float, steps: int, cache: dict) -
         else:
             from redeem_jax.privacy.analysis import accounting
 
-            cache[key] = float(accounting.epsilon(sigma, privacy["sample_rate"], steps, privacy["delta"],
-                                                  accountant=privacy["accountant"], sampling=privacy["sampling"]))
+            cache[key] = float(
+                accounting.epsilon(
+                    sigma,
+                    privacy["sample_rate"],
+                    steps,
+                    privacy["delta"],
+                    accountant=privacy["accountant"],
+                    sampling=privacy["sampling"],
+                )
+            )
     return cache[key]
 
 
@@ -479,8 +532,19 @@ class Loop:
     sharded over devices.
     """
 
-    def __init__(self, exp, *, points: list[dict] | None = None, hp: dict | None = None, seeds=None,
-                 sigma=None, mesh=None, by_point: bool = False, label: str = "", show: bool = True):
+    def __init__(
+        self,
+        exp,
+        *,
+        points: list[dict] | None = None,
+        hp: dict | None = None,
+        seeds=None,
+        sigma=None,
+        mesh=None,
+        by_point: bool = False,
+        label: str = "",
+        show: bool = True,
+    ):
         self.exp, self.points, self.label, self.show = exp, points, label, show
         c = exp.config
         self.batched = points is not None
@@ -540,8 +604,14 @@ class Loop:
     def restore(self, ckdir: Path, where: str, upto: int | None = None) -> bool:
         """Restore the newest verified checkpoint under ``ckdir`` not after round ``upto``
         (see :func:`restore_state`); False when there is none."""
-        found = restore_state(ckdir, jax.eval_shape(lambda: self.state), where, self.exp.config.algorithm.name,
-                              fingerprint=self.fingerprint, upto=upto)
+        found = restore_state(
+            ckdir,
+            jax.eval_shape(lambda: self.state),
+            where,
+            self.exp.config.algorithm.name,
+            fingerprint=self.fingerprint,
+            upto=upto,
+        )
         if found is not None:
             self.state = found[1]
         return found is not None
@@ -552,8 +622,15 @@ class Loop:
             return [{"round": r, **{k: float(v) for k, v in ev.items()}, **{k: float(v) for k, v in extra.items()}}]
         out = []
         for i, p in enumerate(self.points):
-            out.append({**p, "point": i, "round": r, **{k: float(v[i]) for k, v in ev.items()},
-                        **{k: float(np.asarray(v)[i]) for k, v in extra.items()}})
+            out.append(
+                {
+                    **p,
+                    "point": i,
+                    "round": r,
+                    **{k: float(v[i]) for k, v in ev.items()},
+                    **{k: float(np.asarray(v)[i]) for k, v in extra.items()},
+                }
+            )
         return out
 
     def run(self, rows: list[dict], log: Callable, mgr=None, wall_offset: float = 0.0) -> list[dict]:
@@ -566,20 +643,37 @@ class Loop:
             bytes_total = float(bytes_total[0])
         if self.round() == 0:
             ev = jax.device_get(self._eval(self.state))
-            new = self._rows(0, ev, {"consensus_distance": self._consensus_now(),
-                                     "wall_time": np.zeros(G) if self.batched else 0.0,
-                                     "bytes_sent": np.zeros(G) if self.batched else 0.0})
+            new = self._rows(
+                0,
+                ev,
+                {
+                    "consensus_distance": self._consensus_now(),
+                    "wall_time": np.zeros(G) if self.batched else 0.0,
+                    "bytes_sent": np.zeros(G) if self.batched else 0.0,
+                },
+            )
             rows.extend(new)
             log(new)
         from tqdm.auto import tqdm
 
         desc = (f"sweep of {G} runs" + (f" [{self.label}]" if self.label else "")) if self.batched else "rounds"
-        bar = tqdm(total=c.num_rounds, initial=self.round(), unit="round", desc=desc, disable=not self.show,
-                   file=sys.stderr, dynamic_ncols=True, leave=True)
+        bar = tqdm(
+            total=c.num_rounds,
+            initial=self.round(),
+            unit="round",
+            desc=desc,
+            disable=not self.show,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=True,
+        )
         limit = jnp.asarray(c.num_rounds, jnp.int32)
         steps_per_round = exp.privacy["steps_per_round"] if exp.privacy else 1
-        ledger = EpsilonLedger(exp.privacy, c.eval_every * steps_per_round,
-                               c.num_rounds * steps_per_round) if exp.privacy else None
+        ledger = (
+            EpsilonLedger(exp.privacy, c.eval_every * steps_per_round, c.num_rounds * steps_per_round)
+            if exp.privacy
+            else None
+        )
         while self.round() < c.num_rounds:
             before = self.round()
             self.state, per_round = self._chunk(self.state, self.hp, limit, self._data)
@@ -591,12 +685,20 @@ class Loop:
             axis = 1 if self.batched else 0
             sent = np.sum(np.asarray(per_round["bytes_sent"])[cut], axis=axis)
             bytes_total = bytes_total + (sent if self.batched else float(sent))
-            extra = {"train_loss": np.mean(np.asarray(per_round["train_loss"])[cut], axis=axis),
-                     "consensus_distance": self._consensus_now(),
-                     "bytes_per_round": sent / max(done, 1), "bytes_sent": bytes_total,
-                     "wall_time": np.full(G, time.perf_counter() - t0) if self.batched else time.perf_counter() - t0}
-            extra.update({k: np.mean(np.asarray(v)[cut], axis=axis) for k, v in per_round.items()
-                          if k not in ("train_loss", "bytes_sent", "consensus_distance")})
+            extra = {
+                "train_loss": np.mean(np.asarray(per_round["train_loss"])[cut], axis=axis),
+                "consensus_distance": self._consensus_now(),
+                "bytes_per_round": sent / max(done, 1),
+                "bytes_sent": bytes_total,
+                "wall_time": np.full(G, time.perf_counter() - t0) if self.batched else time.perf_counter() - t0,
+            }
+            extra.update(
+                {
+                    k: np.mean(np.asarray(v)[cut], axis=axis)
+                    for k, v in per_round.items()
+                    if k not in ("train_loss", "bytes_sent", "consensus_distance")
+                }
+            )
             if exp.privacy is not None:
                 sig = self.sigma if self.sigma is not None else np.full(G, exp.privacy["noise_multiplier"])
                 eps = np.array([ledger(s, r * steps_per_round) for s in np.atleast_1d(sig)])
@@ -633,14 +735,19 @@ def check_horizon(wd: Path, num_rounds: int) -> None:
     ckdir = Path(wd) / "checkpoints"
     steps = checkpoint_steps(ckdir)
     if steps and steps[0] > num_rounds:
-        raise WorkdirError(ckdir / str(steps[0]), (
-            f"config.num_rounds: {num_rounds} is below round {steps[0]}, which the run in {wd} has reached "
-            f"(checkpoint {ckdir / str(steps[0])}); give num_rounds >= {steps[0]} to continue it, or a new "
-            f"--workdir, or set config.resume=False (which clears it)"))
+        raise WorkdirError(
+            ckdir / str(steps[0]),
+            (
+                f"config.num_rounds: {num_rounds} is below round {steps[0]}, which the run in {wd} has reached "
+                f"(checkpoint {ckdir / str(steps[0])}); give num_rounds >= {steps[0]} to continue it, or a new "
+                f"--workdir, or set config.resume=False (which clears it)"
+            ),
+        )
 
 
-def resume_and_run(lp: Loop, wd: Path | None, rows_file: str, checkpoint_every: int, resume: bool,
-                   say: Callable | None = None):
+def resume_and_run(
+    lp: Loop, wd: Path | None, rows_file: str, checkpoint_every: int, resume: bool, say: Callable | None = None
+):
     """Run ``lp`` to the end, in ``wd`` if given, and return all rows.
 
     With checkpoints and ``resume``: restore the newest checkpoint that verifies and that the

@@ -40,8 +40,9 @@ def frame(rows: list[dict], config, **extra):
     fields = config_columns(config) if config is not None else {}
     metrics = pd.DataFrame(rows) if rows else pd.DataFrame({"round": pd.Series([], dtype="int64")})
     consts = {**extra, **{k: v for k, v in fields.items() if k not in metrics.columns}}
-    const = pd.DataFrame({k: pd.Series([v] * len(metrics), index=metrics.index, dtype=object)
-                          for k, v in consts.items()})
+    const = pd.DataFrame(
+        {k: pd.Series([v] * len(metrics), index=metrics.index, dtype=object) for k, v in consts.items()}
+    )
     out = pd.concat([const, metrics], axis=1) if len(consts) else metrics
     return out.infer_objects()
 
@@ -64,8 +65,10 @@ def load_run(workdir: str | os.PathLike):
     subs = sorted(p for p in wd.iterdir() if (p / "metrics.jsonl").exists()) if wd.is_dir() else []
     if not subs:
         raise _config.ConfigError(f"load_run: {wd} holds no metrics.jsonl, sweep.json or runs in sub-folders")
-    frames = [frame(_loop.read_rows(p / "metrics.jsonl"), _read_json(p / "config.json"), workdir=str(p),
-                    run=p.name) for p in subs]
+    frames = [
+        frame(_loop.read_rows(p / "metrics.jsonl"), _read_json(p / "config.json"), workdir=str(p), run=p.name)
+        for p in subs
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -88,8 +91,13 @@ def _load_sweep(wd: Path):
     for overrides in _sweep.grid({k: axes[k] for k in looped}) if looped else [{}]:  # the sweep's order
         rows = found.get(_sweep._group_dir(overrides))
         if rows is not None:
-            frames.append(frame([{**overrides, **r} for r in rows], record.get("config"),
-                                workdir=str(wd / _sweep._group_dir(overrides))))
+            frames.append(
+                frame(
+                    [{**overrides, **r} for r in rows],
+                    record.get("config"),
+                    workdir=str(wd / _sweep._group_dir(overrides)),
+                )
+            )
     if not frames:
         return frame([], record.get("config"), workdir=str(wd))
     return pd.concat(frames, ignore_index=True)

@@ -25,8 +25,15 @@ from redeem_jax.experiment import config as _config
 from redeem_jax.experiment import loop as _loop
 from redeem_jax.experiment.build import Experiment, build
 
-__all__ = ["RESUME_FREE", "RunResult", "WorkdirError", "check_resumable", "clear_run_outputs", "horizon_dependents",
-           "run"]
+__all__ = [
+    "RESUME_FREE",
+    "RunResult",
+    "WorkdirError",
+    "check_resumable",
+    "clear_run_outputs",
+    "horizon_dependents",
+    "run",
+]
 
 RESUME_FREE = _loop.RESUME_FREE  # fields a resumed run may change: they do not enter what was computed
 WorkdirError = _loop.WorkdirError
@@ -87,13 +94,15 @@ def check_resumable(old: dict, c, where: str, prefix: str = "config") -> None:
     hint = "use a new --workdir or set config.resume=False (which clears it)"
     if diff:
         changes = ", ".join(f"{prefix}.{k}: {_show(old, k)} -> {_show(new, k)}" for k in diff)
-        raise _config.ConfigError(f"{changes}: the checkpoint in {where} was made with the value(s) on the left; "
-                                  f"{hint}")
+        raise _config.ConfigError(
+            f"{changes}: the checkpoint in {where} was made with the value(s) on the left; {hint}"
+        )
     if old.get("num_rounds") != new.get("num_rounds") and horizon_dependents(c):
         raise _config.ConfigError(
             f"{prefix}.num_rounds: the checkpoint in {where} was made for num_rounds={old.get('num_rounds')} and "
             f"{horizon_dependents(c)[0]}, so resuming with num_rounds={new.get('num_rounds')} would change its past; "
-            f"{hint}")
+            f"{hint}"
+        )
 
 
 def _norm(v):
@@ -122,8 +131,11 @@ def read_record(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise WorkdirError(path, f"{path}: unreadable ({type(e).__name__}); restore it, or set config.resume=False "
-                                 "(which clears the workdir), or use a new --workdir") from e
+        raise WorkdirError(
+            path,
+            f"{path}: unreadable ({type(e).__name__}); restore it, or set config.resume=False "
+            "(which clears the workdir), or use a new --workdir",
+        ) from e
 
 
 def refuse_to_discard(wd: Path, c, rows_files=("metrics.jsonl",)) -> None:
@@ -132,14 +144,20 @@ def refuse_to_discard(wd: Path, c, rows_files=("metrics.jsonl",)) -> None:
     could never resume) are replaced, with a warning naming them."""
     steps = _loop.checkpoint_steps(wd / "checkpoints")
     if steps:
-        raise WorkdirError(wd, f"config.checkpoint_every: 0 would discard the run in {wd}, checkpointed up to round "
-                               f"{steps[0]}; set checkpoint_every as it was to continue it, or set "
-                               "config.resume=False (which clears it), or use a new --workdir")
+        raise WorkdirError(
+            wd,
+            f"config.checkpoint_every: 0 would discard the run in {wd}, checkpointed up to round "
+            f"{steps[0]}; set checkpoint_every as it was to continue it, or set "
+            "config.resume=False (which clears it), or use a new --workdir",
+        )
     for name in rows_files:
         rows = _loop.read_rows(wd / name)
         if rows:
-            warnings.warn(f"{wd / name}: replacing the rows of the previous run in {wd} (up to round "
-                          f"{rows[-1]['round']}, without checkpoints to resume from)", stacklevel=3)
+            warnings.warn(
+                f"{wd / name}: replacing the rows of the previous run in {wd} (up to round "
+                f"{rows[-1]['round']}, without checkpoints to resume from)",
+                stacklevel=3,
+            )
 
 
 def _open_workdir(wd: Path, c, record_name: str, record: dict, check) -> None:
@@ -253,8 +271,9 @@ def _run_compare(c, workdir, topology=None):
         from redeem_jax import plotting
 
         Path(workdir).mkdir(parents=True, exist_ok=True)
-        plotting.plot_comparison({k: r.rows for k, r in results.items()}, Path(workdir) / "comparison.png",
-                                 title=f"{title(c)} · by {key}")
+        plotting.plot_comparison(
+            {k: r.rows for k, r in results.items()}, Path(workdir) / "comparison.png", title=f"{title(c)} · by {key}"
+        )
     if workdir is not None:
         summary = {k: _loop._encode(r.final) for k, r in results.items()}
         _loop._write_atomic(Path(workdir) / "comparison.json", _loop.dumps(summary, indent=2))

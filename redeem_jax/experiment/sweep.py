@@ -133,15 +133,25 @@ def _noise_for_targets(exp, targets: Sequence[float]) -> dict[float, float]:
     out = {}
     for eps in targets:
         try:
-            out[eps] = float(accounting.noise_multiplier_for(eps, p["sample_rate"], steps, p["delta"],
-                                                             accountant=p["accountant"], sampling=p["sampling"]))
+            out[eps] = float(
+                accounting.noise_multiplier_for(
+                    eps, p["sample_rate"], steps, p["delta"], accountant=p["accountant"], sampling=p["sampling"]
+                )
+            )
         except ValueError as e:
             raise _config.ConfigError(f"sweep.privacy.target_epsilon: {e}") from e
     return out
 
 
-def sweep(config, axes: Mapping[str, Sequence], workdir: str | Path | None = None, *, topology=None,
-          progress: bool | None = None, sweep_devices: int = 0):
+def sweep(
+    config,
+    axes: Mapping[str, Sequence],
+    workdir: str | Path | None = None,
+    *,
+    topology=None,
+    progress: bool | None = None,
+    sweep_devices: int = 0,
+):
     """Run ``config`` on every point of the grid ``axes`` and return one tidy ``pandas.DataFrame``.
 
     ``axes`` maps config fields to values, e.g. ``{"seed": range(8), "optimizer.learning_rate":
@@ -221,8 +231,9 @@ def sweep(config, axes: Mapping[str, Sequence], workdir: str | Path | None = Non
     return df
 
 
-def _run_group(exp, points: list[dict], gdir: Path | None, show: bool, label: str,
-               sweep_devices: int = 0) -> list[dict]:
+def _run_group(
+    exp, points: list[dict], gdir: Path | None, show: bool, label: str, sweep_devices: int = 0
+) -> list[dict]:
     """One compiled program for every point of ``points`` (same shapes, different scalars)."""
     import jax.numpy as jnp
 
@@ -244,13 +255,21 @@ def _run_group(exp, points: list[dict], gdir: Path | None, show: bool, label: st
         elif "privacy.noise_multiplier" in points[0]:
             sigma = np.array([p["privacy.noise_multiplier"] for p in points], np.float64)
     by_point = mesh is not None and "sweep" in mesh.axis_names
-    lp = _loop.Loop(exp, points=points, hp={k: jnp.asarray(v) for k, v in hp.items()}, seeds=seeds, sigma=sigma,
-                    mesh=mesh, by_point=by_point, label=label, show=show)
+    lp = _loop.Loop(
+        exp,
+        points=points,
+        hp={k: jnp.asarray(v) for k, v in hp.items()},
+        seeds=seeds,
+        sigma=sigma,
+        mesh=mesh,
+        by_point=by_point,
+        label=label,
+        show=show,
+    )
     if gdir is not None:
         _loop.check_writable(gdir)
     say = (lambda r: f"sweep: resuming {label or 'the grid'} at round {r} from {gdir}") if show else None
     return _loop.resume_and_run(lp, gdir, "rows.jsonl", c.checkpoint_every, c.resume, say)
-
 
 
 def _prepare_workdir(wd: Path, c, axes: Mapping[str, Sequence]) -> None:
@@ -262,8 +281,11 @@ def _prepare_workdir(wd: Path, c, axes: Mapping[str, Sequence]) -> None:
     _loop.check_writable(wd)
     record = {"config": json.loads(c.to_json()), "axes": json.loads(json.dumps({k: list(v) for k, v in axes.items()}))}
     path = wd / "sweep.json"
-    groups = [child for child in (wd.iterdir() if wd.exists() else ()) if child.is_dir() and
-              ((child / "rows.jsonl").exists() or (child / "checkpoints").exists())]
+    groups = [
+        child
+        for child in (wd.iterdir() if wd.exists() else ())
+        if child.is_dir() and ((child / "rows.jsonl").exists() or (child / "checkpoints").exists())
+    ]
     if c.resume and not c.checkpoint_every:
         for child in groups:  # a resumable sweep is not discarded by a rerun without checkpoints
             _run.refuse_to_discard(child, c, ("rows.jsonl",))
@@ -273,11 +295,14 @@ def _prepare_workdir(wd: Path, c, axes: Mapping[str, Sequence]) -> None:
         old_axes, new_axes = old.get("axes", {}), record["axes"]
         for key in list(dict.fromkeys([*old_axes, *new_axes])):
             if old_axes.get(key) != new_axes.get(key):
-                raise _config.ConfigError(f"sweep.{key}: the sweep in {wd} was run with values "
-                                          f"{old_axes.get(key)!r}, not {new_axes.get(key)!r}; {hint}")
+                raise _config.ConfigError(
+                    f"sweep.{key}: the sweep in {wd} was run with values "
+                    f"{old_axes.get(key)!r}, not {new_axes.get(key)!r}; {hint}"
+                )
         if list(old_axes) != list(new_axes):
-            raise _config.ConfigError(f"sweep: the sweep in {wd} had its axes in the order {list(old_axes)}, "
-                                      f"not {list(new_axes)}; {hint}")
+            raise _config.ConfigError(
+                f"sweep: the sweep in {wd} had its axes in the order {list(old_axes)}, not {list(new_axes)}; {hint}"
+            )
         _run.check_resumable(old.get("config", {}), c, str(wd))
         for child in groups:
             _loop.check_horizon(child, c.num_rounds)
@@ -291,7 +316,9 @@ def _prepare_workdir(wd: Path, c, axes: Mapping[str, Sequence]) -> None:
 def final(df):
     """The last evaluated round of every point (and group) of a sweep table."""
     keys = [k for k in df.columns if k in _config.SCHEMA or k.startswith("algorithm.")] + ["point"]
-    return df.sort_values("round").groupby(keys, sort=False, dropna=False).tail(1).sort_values(keys).reset_index(drop=True)
+    return (
+        df.sort_values("round").groupby(keys, sort=False, dropna=False).tail(1).sort_values(keys).reset_index(drop=True)
+    )
 
 
 def _mesh(c, G: int, sweep_devices: int):
@@ -299,8 +326,9 @@ def _mesh(c, G: int, sweep_devices: int):
     from redeem_jax import sharding
 
     if tuple(c.perf.mesh) and sweep_devices:
-        raise _config.ConfigError("sweep_devices: shard either the nodes (config.perf.mesh) or the sweep points, "
-                                  "not both")
+        raise _config.ConfigError(
+            "sweep_devices: shard either the nodes (config.perf.mesh) or the sweep points, not both"
+        )
     try:
         if tuple(c.perf.mesh):
             return sharding.make_mesh(c.perf.mesh, num_nodes=c.num_nodes)
@@ -339,9 +367,11 @@ def plot_sweep(df, metric: str, by: Sequence[str], path: str | Path | None = Non
     for key, part in groups:
         key = key if isinstance(key, tuple) else (key,)
         stats = part.groupby("round")[metric].agg(["mean", "min", "max"]).reset_index()
-        lab = ", ".join(f"{_short(k)}={v:g}" if isinstance(v, float) else f"{_short(k)}={v}"
-                        for k, v in zip(by, key)) or "all"
-        line, = ax.plot(stats["round"], stats["mean"], label=lab)
+        lab = (
+            ", ".join(f"{_short(k)}={v:g}" if isinstance(v, float) else f"{_short(k)}={v}" for k, v in zip(by, key))
+            or "all"
+        )
+        (line,) = ax.plot(stats["round"], stats["mean"], label=lab)
         ax.fill_between(stats["round"], stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
     n_seeds = df["seed"].nunique() if "seed" in df.columns else 1
     ax.set_xlabel("round")

@@ -68,8 +68,9 @@ def _field(number: int, payload: bytes) -> bytes:  # a length-delimited field (w
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _event(step: int, *, file_version: str | None = None, scalars: dict[str, float] | None = None,
-           session_start: bool = False) -> bytes:
+def _event(
+    step: int, *, file_version: str | None = None, scalars: dict[str, float] | None = None, session_start: bool = False
+) -> bytes:
     """One ``tensorflow.Event``: wall_time = 1 (double), step = 2 (int64), file_version = 3,
     summary = 5 (``Summary``: value = 1, ``Value``: tag = 1, simple_value = 2 (float)),
     session_log = 6 (``SessionLog``: status = 1, START = 1)."""
@@ -77,8 +78,9 @@ def _event(step: int, *, file_version: str | None = None, scalars: dict[str, flo
     if file_version is not None:
         msg += _field(3, file_version.encode())
     if scalars:
-        values = b"".join(_field(1, _field(1, tag.encode()) + b"\x15" + struct.pack("<f", v))
-                          for tag, v in scalars.items())
+        values = b"".join(
+            _field(1, _field(1, tag.encode()) + b"\x15" + struct.pack("<f", v)) for tag, v in scalars.items()
+        )
         msg += _field(5, values)
     if session_start:
         msg += _field(6, b"\x08\x01")
@@ -98,15 +100,19 @@ class Writer:
 
     def _record(self, data: bytes) -> None:
         header = struct.pack("<Q", len(data))
-        self._f.write(header + struct.pack("<I", _masked_crc32c(header)) + data
-                      + struct.pack("<I", _masked_crc32c(data)))
+        self._f.write(
+            header + struct.pack("<I", _masked_crc32c(header)) + data + struct.pack("<I", _masked_crc32c(data))
+        )
 
     def write(self, rows: list[dict]) -> None:
         """One event per row holding its numeric fields (``round`` is the step), then flush so a
         TensorBoard following the run sees them now."""
         for row in rows:
-            scalars = {k: float(v) for k, v in row.items()
-                       if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            scalars = {
+                k: float(v)
+                for k, v in row.items()
+                if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
             if scalars:
                 self._record(_event(int(row["round"]), scalars=scalars))
         self._f.flush()

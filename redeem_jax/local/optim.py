@@ -11,8 +11,15 @@ import optax
 __all__ = ["make_optimizer", "make_schedule", "local_optimizer", "LocalOptimizer", "OPTIMIZERS", "FLOAT_OPTIONS"]
 
 
-def make_schedule(learning_rate: float, schedule: str = "constant", *, total_steps: int = 1,
-                  warmup_steps: int = 0, decay_rate: float = 0.1, decay_every: int = 100) -> optax.Schedule:
+def make_schedule(
+    learning_rate: float,
+    schedule: str = "constant",
+    *,
+    total_steps: int = 1,
+    warmup_steps: int = 0,
+    decay_rate: float = 0.1,
+    decay_every: int = 100,
+) -> optax.Schedule:
     """Learning-rate schedule over optimizer steps: constant, cosine (Loshchilov & Hutter 2017),
     warmup_cosine (linear warm-up then cosine), or step (× ``decay_rate`` every ``decay_every``)."""
     total_steps = max(int(total_steps), 1)
@@ -21,17 +28,27 @@ def make_schedule(learning_rate: float, schedule: str = "constant", *, total_ste
     if schedule == "cosine":
         return optax.cosine_decay_schedule(learning_rate, total_steps)
     if schedule == "warmup_cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 1),
-                                                  max(total_steps, warmup_steps + 1))
+        return optax.warmup_cosine_decay_schedule(
+            0.0, learning_rate, max(warmup_steps, 1), max(total_steps, warmup_steps + 1)
+        )
     if schedule == "step":
         return optax.exponential_decay(learning_rate, decay_every, decay_rate, staircase=True)
     raise ValueError(f"optimizer.schedule: {schedule!r} is not one of constant, cosine, warmup_cosine, step")
 
 
-def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9, weight_decay: float = 0.0,
-                   schedule: str = "constant", total_steps: int = 1, warmup_steps: int = 0,
-                   decay_rate: float = 0.1, decay_every: int = 100,
-                   force_decay: bool = False) -> optax.GradientTransformation:
+def make_optimizer(
+    name: str,
+    learning_rate: float,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "constant",
+    total_steps: int = 1,
+    warmup_steps: int = 0,
+    decay_rate: float = 0.1,
+    decay_every: int = 100,
+    force_decay: bool = False,
+) -> optax.GradientTransformation:
     """One node's optimizer (the runner vmaps its state over nodes).
 
     sgd; momentum / nesterov (heavy-ball, Polyak 1964; Nesterov 1983); adam (Kingma & Ba 2015);
@@ -39,8 +56,14 @@ def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9, we
     family and is decoupled for adamw; ``force_decay`` keeps that transform even when λ may be
     0 (a traced λ, e.g. swept).
     """
-    lr = make_schedule(learning_rate, schedule, total_steps=total_steps, warmup_steps=warmup_steps,
-                       decay_rate=decay_rate, decay_every=decay_every)
+    lr = make_schedule(
+        learning_rate,
+        schedule,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        decay_rate=decay_rate,
+        decay_every=decay_every,
+    )
     if name == "sgd":
         opt = optax.sgd(lr)
     elif name == "momentum":
@@ -85,9 +108,18 @@ class LocalOptimizer(NamedTuple):
     name: str
 
 
-def local_optimizer(name: str, learning_rate, *, momentum=0.9, weight_decay=0.0, schedule: str = "constant",
-                    total_steps: int = 1, warmup_steps: int = 0, decay_rate=0.1,
-                    decay_every: int = 100) -> LocalOptimizer:
+def local_optimizer(
+    name: str,
+    learning_rate,
+    *,
+    momentum=0.9,
+    weight_decay=0.0,
+    schedule: str = "constant",
+    total_steps: int = 1,
+    warmup_steps: int = 0,
+    decay_rate=0.1,
+    decay_every: int = 100,
+) -> LocalOptimizer:
     """:func:`make_optimizer` for the round protocol (see :class:`LocalOptimizer`)."""
     from redeem_jax.core import Hyper, resolve
 
@@ -102,10 +134,18 @@ def local_optimizer(name: str, learning_rate, *, momentum=0.9, weight_decay=0.0,
         wd = val["weight_decay"]
         if not isinstance(weight_decay, Hyper) and not weight_decay:
             wd = 0.0  # structure as the plain optimizer: no decay transform at all
-        return make_optimizer(name, val["learning_rate"], momentum=val["momentum"], weight_decay=wd,
-                              schedule=schedule, total_steps=total_steps, warmup_steps=warmup_steps,
-                              decay_rate=val["decay_rate"], decay_every=decay_every, force_decay=isinstance(
-                                  weight_decay, Hyper))
+        return make_optimizer(
+            name,
+            val["learning_rate"],
+            momentum=val["momentum"],
+            weight_decay=wd,
+            schedule=schedule,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps,
+            decay_rate=val["decay_rate"],
+            decay_every=decay_every,
+            force_decay=isinstance(weight_decay, Hyper),
+        )
 
     def init(x):
         return jax.vmap(build(None).init)(x)

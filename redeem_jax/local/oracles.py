@@ -87,9 +87,19 @@ def minibatch(model: Model, batch_size: int) -> Oracle:
     return _oracle(lambda ctx: (_OneDraw(int(batch_size)), grad))
 
 
-def dp_sgd(model: Model, batch_size: int, *, clip_norm, noise_multiplier, sampling: str = "fixed",
-           sample_rate: float = 1.0, m_max: int | None = None, expected_batch_size: float | None = None,
-           microbatch: int = 0, clipping: str = "auto") -> Oracle:
+def dp_sgd(
+    model: Model,
+    batch_size: int,
+    *,
+    clip_norm,
+    noise_multiplier,
+    sampling: str = "fixed",
+    sample_rate: float = 1.0,
+    m_max: int | None = None,
+    expected_batch_size: float | None = None,
+    microbatch: int = 0,
+    clipping: str = "auto",
+) -> Oracle:
     """DP-SGD at every node (Abadi et al. 2016, Alg. 1): per-example gradients clipped to C,
     summed, N(0, σ²C²) added, divided by the expected batch size.
 
@@ -106,17 +116,21 @@ def dp_sgd(model: Model, batch_size: int, *, clip_norm, noise_multiplier, sampli
 
         def sample_fn(key, node_x, node_y, size):
             return node_x, node_y, _dp.poisson_mask(key, size, m_max, sample_rate)
+
         expected = float(sample_rate * (m_max if expected_batch_size is None else expected_batch_size))
         if expected_batch_size is not None:
             expected = float(expected_batch_size)
     else:
+
         def sample_fn(key, node_x, node_y, size):
             return _sampling.sample_batch(key, node_x, node_y, size, batch_size)
+
         expected = float(batch_size if expected_batch_size is None else expected_batch_size)
 
     def make(ctx):
-        grad = _dp.make_dp_gradient_fn(model, ctx.value(clip_norm), ctx.value(noise_multiplier), expected,
-                                       microbatch, clipping)
+        grad = _dp.make_dp_gradient_fn(
+            model, ctx.value(clip_norm), ctx.value(noise_multiplier), expected, microbatch, clipping
+        )
         return sample_fn, grad
 
     hypers = tuple(v for v in (clip_norm, noise_multiplier) if isinstance(v, Hyper))

@@ -37,6 +37,7 @@ independent. Deterministic compressors ignore ``key`` (it may be None). Everythi
 vmappable (``jax.vmap(c.compress)(X, keys)`` with one key per row also works) and never loops in
 Python over rows or coordinates.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,13 +54,20 @@ from redeem_jax import _threefry
 _threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performance.md)
 
 __all__ = [
-    "Compressor", "COMPRESSORS", "get",
-    "identity", "top_k", "random_k", "qsgd", "sign",
-    "bits_to_bytes", "empirical_omega",
+    "Compressor",
+    "COMPRESSORS",
+    "get",
+    "identity",
+    "top_k",
+    "random_k",
+    "qsgd",
+    "sign",
+    "bits_to_bytes",
+    "empirical_omega",
 ]
 
-_VALUE_BITS = 32   # float32 on the wire
-_SEED_BITS = 32    # rand-k: the receiver regenerates the indices from a shared seed
+_VALUE_BITS = 32  # float32 on the wire
+_SEED_BITS = 32  # rand-k: the receiver regenerates the indices from a shared seed
 
 
 class Compressor(NamedTuple):
@@ -70,6 +78,7 @@ class Compressor(NamedTuple):
     compressed d-vector. ``unbiased``: ``E[Q(x)] = x``. ``name`` describes the options, e.g.
     ``"top_k(ratio=0.1)"``; the registry key is ``name.split("(")[0]``.
     """
+
     name: str
     compress: Callable
     omega: Callable
@@ -91,6 +100,7 @@ def _as_float(x):
 
 def _rowwise(row_fn, name, needs_key):
     """Lift ``row_fn(x [d], key) -> [d]`` to ``[..., d]`` with one split key per row."""
+
     def compress(x, key=None):
         x = _as_float(x)
         if needs_key and key is None:
@@ -106,16 +116,19 @@ def _rowwise(row_fn, name, needs_key):
         else:
             out = jax.vmap(lambda r: row_fn(r, None))(rows)
         return out.reshape(x.shape).astype(x.dtype)
+
     return compress
 
 
 def _check_ratio_k(ratio, k, name):
     if (ratio is None) == (k is None):
-        raise ValueError(f"{name}: give exactly one of ratio (in (0, 1]) or k (int >= 1), "
-                         f"got ratio={ratio!r}, k={k!r}")
+        raise ValueError(f"{name}: give exactly one of ratio (in (0, 1]) or k (int >= 1), got ratio={ratio!r}, k={k!r}")
     if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.integer, np.floating)) \
-                or not 0.0 < float(ratio) <= 1.0:
+        if (
+            isinstance(ratio, bool)
+            or not isinstance(ratio, (int, float, np.integer, np.floating))
+            or not 0.0 < float(ratio) <= 1.0
+        ):
             raise ValueError(f"{name}: ratio must be a number in (0, 1], got ratio={ratio!r}")
         return float(ratio), None
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -140,8 +153,10 @@ def _omega_unbiased(c, what):
     """ω = 1 − c of an unbiased Q with E‖Q(x) − x‖² ≤ c‖x‖²; raise when that is not in (0, 1]."""
     if c < 1.0:
         return 1.0 - c
-    raise ValueError(f"{what} is unbiased with E‖Q(x) − x‖² ≤ {c:.4g}·‖x‖² (≥ ‖x‖²): not a contraction, "
-                     f"ω ≤ 0 (Koloskova et al. 2019, Assumption 1); divide by τ = 1 + {c:.4g} for ω = 1/τ")
+    raise ValueError(
+        f"{what} is unbiased with E‖Q(x) − x‖² ≤ {c:.4g}·‖x‖² (≥ ‖x‖²): not a contraction, "
+        f"ω ≤ 0 (Koloskova et al. 2019, Assumption 1); divide by τ = 1 + {c:.4g} for ω = 1/τ"
+    )
 
 
 def _scatter_keep(x, idx):
@@ -153,8 +168,13 @@ def _scatter_keep(x, idx):
 # --------------------------------------------------------------------------- #
 def identity() -> Compressor:
     """No compression: Q(x) = x, ω = 1, 32·d bits."""
-    return Compressor("identity", _rowwise(lambda x, key: x, "identity", False),
-                      lambda d: 1.0, lambda d: float(_VALUE_BITS * int(d)), True)
+    return Compressor(
+        "identity",
+        _rowwise(lambda x, key: x, "identity", False),
+        lambda d: 1.0,
+        lambda d: float(_VALUE_BITS * int(d)),
+        True,
+    )
 
 
 def top_k(ratio: float | None = None, k: int | None = None) -> Compressor:
@@ -173,10 +193,13 @@ def top_k(ratio: float | None = None, k: int | None = None) -> Compressor:
         return _scatter_keep(x, idx)
 
     name = f"top_k(ratio={ratio})" if ratio is not None else f"top_k(k={k})"
-    return Compressor(name, _rowwise(row, "top_k", False),
-                      lambda d: _k_of(d, ratio, k) / int(d),
-                      lambda d: float(_k_of(d, ratio, k) * (_VALUE_BITS + math.ceil(math.log2(int(d))))),
-                      False)
+    return Compressor(
+        name,
+        _rowwise(row, "top_k", False),
+        lambda d: _k_of(d, ratio, k) / int(d),
+        lambda d: float(_k_of(d, ratio, k) * (_VALUE_BITS + math.ceil(math.log2(int(d))))),
+        False,
+    )
 
 
 def random_k(ratio: float | None = None, k: int | None = None, scaled: bool = False) -> Compressor:
@@ -195,18 +218,24 @@ def random_k(ratio: float | None = None, k: int | None = None, scaled: bool = Fa
     def row(x, key):
         d = x.shape[-1]
         kk = _k_of(d, ratio, k)
-        idx = jax.random.permutation(key, d)[:kk]   # exactly uniform k-subset, static shape
+        idx = jax.random.permutation(key, d)[:kk]  # exactly uniform k-subset, static shape
         out = _scatter_keep(x, idx)
         return out * (d / kk) if scaled else out
 
     def omega(d):
         kk = _k_of(d, ratio, k)
-        return _omega_unbiased(int(d) / kk - 1.0, f"random_k(k={kk}, d={int(d)}, scaled=True)") if scaled \
-            else kk / int(d)
+        return (
+            _omega_unbiased(int(d) / kk - 1.0, f"random_k(k={kk}, d={int(d)}, scaled=True)") if scaled else kk / int(d)
+        )
 
     opt = f"ratio={ratio}" if ratio is not None else f"k={k}"
-    return Compressor(f"random_k({opt}, scaled={scaled})", _rowwise(row, "random_k", True), omega,
-                      lambda d: float(_VALUE_BITS * _k_of(d, ratio, k) + _SEED_BITS), scaled)
+    return Compressor(
+        f"random_k({opt}, scaled={scaled})",
+        _rowwise(row, "random_k", True),
+        omega,
+        lambda d: float(_VALUE_BITS * _k_of(d, ratio, k) + _SEED_BITS),
+        scaled,
+    )
 
 
 def qsgd(levels: int = 16, scaled: bool = True) -> Compressor:
@@ -227,7 +256,7 @@ def qsgd(levels: int = 16, scaled: bool = True) -> Compressor:
 
     def var_factor(d):
         d = int(d)
-        return min(d / s ** 2, math.sqrt(d) / s)
+        return min(d / s**2, math.sqrt(d) / s)
 
     def row(x, key):
         norm = jnp.linalg.norm(x)
@@ -243,8 +272,13 @@ def qsgd(levels: int = 16, scaled: bool = True) -> Compressor:
         c = var_factor(d)
         return 1.0 / (1.0 + c) if scaled else _omega_unbiased(c, f"qsgd(levels={s}, d={int(d)}, scaled=False)")
 
-    return Compressor(f"qsgd(levels={s}, scaled={scaled})", _rowwise(row, "qsgd", True), omega,
-                      lambda d: float(_VALUE_BITS + int(d) * (1 + math.ceil(math.log2(s + 1)))), not scaled)
+    return Compressor(
+        f"qsgd(levels={s}, scaled={scaled})",
+        _rowwise(row, "qsgd", True),
+        omega,
+        lambda d: float(_VALUE_BITS + int(d) * (1 + math.ceil(math.log2(s + 1)))),
+        not scaled,
+    )
 
 
 def sign() -> Compressor:
@@ -256,11 +290,13 @@ def sign() -> Compressor:
     on x; its worst case 1/d (approached by a near one-hot x) is what ``omega(d)`` returns. Bits: d
     signs plus a 32-bit scale.
     """
+
     def row(x, key):
         return jnp.sum(jnp.abs(x)) / x.shape[-1] * jnp.sign(x)
 
-    return Compressor("sign", _rowwise(row, "sign", False), lambda d: 1.0 / int(d),
-                      lambda d: float(int(d) + _VALUE_BITS), False)
+    return Compressor(
+        "sign", _rowwise(row, "sign", False), lambda d: 1.0 / int(d), lambda d: float(int(d) + _VALUE_BITS), False
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -317,5 +353,5 @@ def empirical_omega(compressor: Compressor, x, key, trials: int = 1000):
     x = _as_float(x)
     qs = _over_keys(compressor)(x, jax.random.split(key, int(trials)))
     err = jnp.mean(jnp.sum((qs - x) ** 2, axis=-1), axis=0)
-    sq = jnp.sum(x ** 2, axis=-1)
+    sq = jnp.sum(x**2, axis=-1)
     return jnp.where(sq > 0, 1.0 - err / jnp.where(sq > 0, sq, 1.0), 1.0)

@@ -20,6 +20,7 @@ module's own ``_build`` (which checks strong connectivity of the union graph).
 Edge convention here: an edge ``i → j`` means i *sends* to j (``adjacency[i, j]`` for
 :func:`from_adjacency_directed`), the transpose of ``Topology.adjacency`` (i receives from j).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,16 @@ import scipy.sparse.csgraph as csgraph
 
 from redeem_jax.network import topology as _topo
 
-__all__ = ["out_degree_weights", "directed_ring", "directed_exponential",
-           "one_peer_directed_exponential", "from_adjacency_directed", "is_column_stochastic",
-           "perron_vector", "push_sum_rate"]
+__all__ = [
+    "out_degree_weights",
+    "directed_ring",
+    "directed_exponential",
+    "one_peer_directed_exponential",
+    "from_adjacency_directed",
+    "is_column_stochastic",
+    "perron_vector",
+    "push_sum_rate",
+]
 
 _ATOL = 1e-6  # as topology's stochasticity checks: float32 user matrices pass
 
@@ -65,8 +73,10 @@ def _strongly_connected(E: sp.csr_matrix, name: str):
     if E.shape[0] > 1:
         k, _ = csgraph.connected_components(E, directed=True, connection="strong")
         if k > 1:
-            raise ValueError(f"{name}: digraph is not strongly connected ({k} strongly connected components); "
-                             "push-sum needs every node to reach every other")
+            raise ValueError(
+                f"{name}: digraph is not strongly connected ({k} strongly connected components); "
+                "push-sum needs every node to reach every other"
+            )
 
 
 def _column_topology(name: str, mats, params=None) -> _topo.Topology:
@@ -109,7 +119,7 @@ def directed_exponential(n: int) -> _topo.Topology:
     ``i → i + 2^k mod n`` for ``k < ceil(log2 n)``, weights ``1/(τ + 1)`` with τ = ceil(log2 n)."""
     n = _topo._check_n(n, "directed_exponential", 2)
     tau = math.ceil(math.log2(n))
-    A = out_degree_weights(_shift_edges(n, [2 ** k for k in range(tau)]))
+    A = out_degree_weights(_shift_edges(n, [2**k for k in range(tau)]))
     return _column_topology("directed_exponential", [A], dict(tau=tau, directed=True))
 
 
@@ -119,7 +129,7 @@ def one_peer_directed_exponential(n: int) -> _topo.Topology:
     For n a power of 2 the product of τ consecutive rounds is exactly ``11ᵀ/n``."""
     n = _topo._check_n(n, "one_peer_directed_exponential", 2)
     tau = max(1, math.ceil(math.log2(n)))
-    mats = [out_degree_weights(_shift_edges(n, [2 ** t])) for t in range(tau)]
+    mats = [out_degree_weights(_shift_edges(n, [2**t])) for t in range(tau)]
     return _column_topology("one_peer_directed_exponential", mats, dict(tau=tau, directed=True))
 
 

@@ -186,8 +186,11 @@ class Straggling(DrawnTopology):
 
     def sample_mixing_matrix(self, round: int, key, hp=None) -> np.ndarray:
         """``inner``'s dense ``W`` of this round's draw."""
-        return self.inner.sample_mixing_matrix(round, key, hp) if getattr(self.inner, "hypers", ()) \
+        return (
+            self.inner.sample_mixing_matrix(round, key, hp)
+            if getattr(self.inner, "hypers", ())
             else self.inner.sample_mixing_matrix(round, key)
+        )
 
     def __repr__(self) -> str:
         return f"Straggling({self.inner!r}, r={self.r!r})"

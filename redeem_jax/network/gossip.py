@@ -21,6 +21,7 @@ faster than sparse on a ring and 10x slower on the exponential graph, whose
 far shifts XLA materialises (docs/performance.md). All paths are jittable with a traced ``round`` for time-varying
 topologies (``W(round % period)``), and never loop over nodes in Python.
 """
+
 from __future__ import annotations
 
 import jax
@@ -33,8 +34,8 @@ __all__ = ["mix", "mix_edges", "gather", "combine", "consensus_distance", "resol
 
 METHODS = ("auto", "dense", "sparse", "roll")
 _DENSE_AUTO_MAX_N = 256
-_DENSE_MAX_N = 16384   # dense W above this is >= 1 GiB in float32: refuse
-_UNROLL_MAX_K = 32     # unroll per-slot accumulation up to this many neighbour slots
+_DENSE_MAX_N = 16384  # dense W above this is >= 1 GiB in float32: refuse
+_UNROLL_MAX_K = 32  # unroll per-slot accumulation up to this many neighbour slots
 
 
 def _compute_dtype(dtype):
@@ -52,8 +53,10 @@ def check_float(dtype, where: str):
     rows would silently return floats of another dtype, or truncate."""
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{where}: got {dtype.name} rows; gossip and robust rules average floats, "
-                        "cast them to a float dtype (float32, bfloat16, ...) first")
+        raise TypeError(
+            f"{where}: got {dtype.name} rows; gossip and robust rules average floats, "
+            "cast them to a float dtype (float32, bfloat16, ...) first"
+        )
     return dtype
 
 
@@ -111,9 +114,11 @@ def _edge_arrays(topo: Topology, round, dtype):
         w64, s64 = w64[None], s64[None]
     nbr = topo.neighbors if topo.period > 1 else topo.neighbors[None]
     np_dtype = np.dtype(dtype)
-    return (_select(nbr, topo.period, round),
-            _select(w64.astype(np_dtype), topo.period, round),
-            _select(s64.astype(np_dtype), topo.period, round))
+    return (
+        _select(nbr, topo.period, round),
+        _select(w64.astype(np_dtype), topo.period, round),
+        _select(s64.astype(np_dtype), topo.period, round),
+    )
 
 
 def _flat(x):
@@ -228,6 +233,7 @@ def _slot_fn(x, nbr, w):
         nk = jax.lax.dynamic_index_in_dim(nbr, k, 1, keepdims=False)
         wk = jax.lax.dynamic_index_in_dim(w, k, 1, keepdims=False)[:, None]
         return _weighted(wk, x.at[nk].get(mode="promise_in_bounds"))
+
     return slot
 
 
@@ -243,10 +249,16 @@ def _mix_buckets(topo, x, round, ct):
 
         def f(x):
             x = x.astype(ct)
-            parts = [_accumulate(jnp.asarray(sw64[t, rows].astype(np_ct))[:, None] * x[rows], nbr.shape[1],
-                                 _slot_fn(x, jnp.asarray(nbr), jnp.asarray(w.astype(np_ct))))
-                     for rows, nbr, w in buckets]
+            parts = [
+                _accumulate(
+                    jnp.asarray(sw64[t, rows].astype(np_ct))[:, None] * x[rows],
+                    nbr.shape[1],
+                    _slot_fn(x, jnp.asarray(nbr), jnp.asarray(w.astype(np_ct))),
+                )
+                for rows, nbr, w in buckets
+            ]
             return jnp.concatenate(parts).at[jnp.asarray(inverse)].get(mode="promise_in_bounds")
+
         return f
 
     if topo.period == 1:
@@ -272,6 +284,7 @@ def _roll_branch(shifts, weights, selfw, ct, roll=None):
             if w != 0.0:
                 y = y + w * roll(x, s)
         return y
+
     return f
 
 

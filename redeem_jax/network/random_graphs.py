@@ -39,10 +39,22 @@ from redeem_jax.core import Hyper, resolve
 from redeem_jax.network.dynamic import DrawnTopology
 
 __all__ = [
-    "ELOracle", "ELLocal", "swap_or_not", "RandomMatching", "Pairwise", "KOut",
-    "el_oracle", "el_local", "random_matching", "pairwise", "k_out",
-    "mean_square_contraction", "el_oracle_contraction", "pairwise_complete_contraction",
-    "matching_complete_contraction", "el_local_overflow_probability",
+    "ELOracle",
+    "ELLocal",
+    "swap_or_not",
+    "RandomMatching",
+    "Pairwise",
+    "KOut",
+    "el_oracle",
+    "el_local",
+    "random_matching",
+    "pairwise",
+    "k_out",
+    "mean_square_contraction",
+    "el_oracle_contraction",
+    "pairwise_complete_contraction",
+    "matching_complete_contraction",
+    "el_local_overflow_probability",
 ]
 
 
@@ -283,8 +295,7 @@ def _swap_keys(key, n: int, rounds: int):
     import jax.numpy as jnp
 
     k_off, k_seed = jax.random.split(key)
-    return (jax.random.randint(k_off, (rounds,), 0, n, dtype=jnp.int32),
-            jax.random.bits(k_seed, (rounds,), jnp.uint32))
+    return (jax.random.randint(k_off, (rounds,), 0, n, dtype=jnp.int32), jax.random.bits(k_seed, (rounds,), jnp.uint32))
 
 
 def swap_or_not(key, x, n: int, rounds: int = SWAP_ROUNDS, inverse: bool = False):
@@ -298,7 +309,7 @@ def swap_or_not(key, x, n: int, rounds: int = SWAP_ROUNDS, inverse: bool = False
 
     offs, seeds = _swap_keys(key, n, rounds)
     x = jnp.asarray(x, jnp.int32)
-    for r in (range(rounds - 1, -1, -1) if inverse else range(rounds)):  # static, few rounds
+    for r in range(rounds - 1, -1, -1) if inverse else range(rounds):  # static, few rounds
         x = _swap_round(x, offs[r], seeds[r], n)
     return x
 
@@ -311,8 +322,8 @@ def _relabelled_circulant(key, n: int, shifts, mode: str):
 
     me = jnp.arange(n, dtype=jnp.int32)
     if mode == "uniform":
-        perm = jax.random.permutation(key, n).astype(jnp.int32)           # position -> node
-        pos = jnp.zeros(n, jnp.int32).at[perm].set(me)                    # node -> position
+        perm = jax.random.permutation(key, n).astype(jnp.int32)  # position -> node
+        pos = jnp.zeros(n, jnp.int32).at[perm].set(me)  # node -> position
     else:
         offs, seeds = _swap_keys(key, n, SWAP_ROUNDS)
         R = SWAP_ROUNDS
@@ -412,7 +423,7 @@ class ELLocal(DrawnTopology):
         u = jax.random.uniform(key, (n, n))
         u = jnp.where(jnp.eye(n, dtype=bool), -1.0, u)
         if self.s_max is None:
-            _, targets = jax.lax.top_k(u, s)                                 # [sender, s]
+            _, targets = jax.lax.top_k(u, s)  # [sender, s]
             senders = jnp.repeat(jnp.arange(n), s)
             A = jnp.zeros((n, n), bool).at[targets.reshape(-1), senders].set(True)  # A[i, j]: j -> i
         else:
@@ -420,8 +431,11 @@ class ELLocal(DrawnTopology):
             pushes = jnp.arange(self.s_max)[None, :] < _traced_fan_out(self._s_opt, hp, self.s_max)
             senders = jnp.repeat(jnp.arange(n), self.s_max)
             # (target, sender) pairs are distinct, so set() writes each cell once: live or not.
-            A = jnp.zeros((n, n), bool).at[targets.reshape(-1), senders].set(
-                jnp.broadcast_to(pushes, targets.shape).reshape(-1))
+            A = (
+                jnp.zeros((n, n), bool)
+                .at[targets.reshape(-1), senders]
+                .set(jnp.broadcast_to(pushes, targets.shape).reshape(-1))
+            )
         # stable sort puts each receiver's senders first (ascending id); padded slots -> i itself.
         order = jnp.argsort(~A, axis=1, stable=True)[:, : n - 1].astype(jnp.int32)
         mask = jnp.take_along_axis(A, order, axis=1)
@@ -442,7 +456,7 @@ class ELLocal(DrawnTopology):
         """``lambda = tr E[W^T (I-J) W] / (n-1)`` by exact enumeration (see the class docstring)."""
         n, s = self.n, self.s
         p = s / (n - 1)
-        q11 = s * (s - 1) / ((n - 1) * (n - 2)) if n > 2 else 0.0   # one sender hits both i and j
+        q11 = s * (s - 1) / ((n - 1) * (n - 2)) if n > 2 else 0.0  # one sender hits both i and j
         q10 = p - q11
         q00 = 1.0 - 2 * p + q11
         mu1 = self._mu1()
@@ -461,10 +475,13 @@ class ELLocal(DrawnTopology):
             P = _pair_sum_pmf(n - 3, q11, q10, q10, q00)
             a = np.arange(n - 2)[:, None]
             b = np.arange(n - 2)[None, :]
-            f = sum(pb1 * pb2 / ((2 + b1 + a) * (2 + b2 + b))
-                    for b1, pb1 in ((0, 1 - p), (1, p)) for b2, pb2 in ((0, 1 - p), (1, p)))
+            f = sum(
+                pb1 * pb2 / ((2 + b1 + a) * (2 + b2 + b))
+                for b1, pb1 in ((0, 1 - p), (1, p))
+                for b2, pb2 in ((0, 1 - p), (1, p))
+            )
             T2 = q11 * float(np.sum(P * f))
-        col2 = n * mu1 + 2 * n * (n - 1) * T1 + n * (n - 1) * (n - 2) * T2   # E||W^T 1||^2
+        col2 = n * mu1 + 2 * n * (n - 1) * T1 + n * (n - 1) * (n - 2) * T2  # E||W^T 1||^2
         return (n * mu1 - col2 / n) / (n - 1)
 
     def second_moment(self) -> np.ndarray:
@@ -638,16 +655,17 @@ class KOut(DrawnTopology):
         n, K = self.n, self.K
         valid = jnp.asarray(self._valid)
         u = jnp.where(valid, jax.random.uniform(key, valid.shape), -1.0)
-        top, slot = jax.lax.top_k(u, K)              # K largest iid uniforms: a uniform subset
-        mask = top >= 0.0                             # fewer than K real neighbours: padding
+        top, slot = jax.lax.top_k(u, K)  # K largest iid uniforms: a uniform subset
+        mask = top >= 0.0  # fewer than K real neighbours: padding
         if self.k_max is None:
             c = jnp.asarray(1.0 / (self._ki + 1.0), jnp.float32)
         else:
             k = _traced_fan_out(self._k_opt, hp, self.k_max)
             mask = mask & (jnp.arange(K)[None, :] < k)
             c = 1.0 / (jnp.minimum(k, jnp.asarray(self._deg, jnp.int32)).astype(jnp.float32) + 1.0)
-        nbr = jnp.where(mask, jnp.take_along_axis(jnp.asarray(self._nbr), slot, axis=1),
-                        jnp.arange(n, dtype=jnp.int32)[:, None])
+        nbr = jnp.where(
+            mask, jnp.take_along_axis(jnp.asarray(self._nbr), slot, axis=1), jnp.arange(n, dtype=jnp.int32)[:, None]
+        )
         return nbr.astype(jnp.int32), jnp.where(mask, c[:, None], 0.0).astype(jnp.float32), c, mask
 
     def _coeffs(self):
@@ -667,12 +685,12 @@ class KOut(DrawnTopology):
         c, r, r2 = self._coeffs()
         c2 = c * c
         S = np.diag(c2)
-        S += (c2 * r)[:, None] * A + ((c2 * r)[:, None] * A).T      # e_i 1_Ni^T + transpose
-        S += np.diag(A.T @ (c2 * r))                                  # diag 1_Ni
+        S += (c2 * r)[:, None] * A + ((c2 * r)[:, None] * A).T  # e_i 1_Ni^T + transpose
+        S += np.diag(A.T @ (c2 * r))  # diag 1_Ni
         S += A.T @ ((c2 * r2)[:, None] * A) - np.diag(A.T @ (c2 * r2))
-        Ew = self.expected_mixing_matrix()                            # row i = m_i
+        Ew = self.expected_mixing_matrix()  # row i = m_i
         u = Ew.sum(0)
-        cc = S + np.outer(u, u) - Ew.T @ Ew                           # E[(W^T 1)(W^T 1)^T]
+        cc = S + np.outer(u, u) - Ew.T @ Ew  # E[(W^T 1)(W^T 1)^T]
         return S - cc / n
 
 

@@ -18,6 +18,7 @@ A 2-D mesh ``nodes x model`` also splits the flat parameter columns ``d`` over
 the ``model`` axis (for models too large for ``n / D`` rows of one device).
 No ``pmap`` anywhere: ``jit`` + ``NamedSharding`` + ``shard_map`` only.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,17 @@ from redeem_jax.network import gossip as _gossip
 from redeem_jax.network.topology import Topology
 
 __all__ = [
-    "NODES", "MODEL", "SWEEP", "make_mesh", "node_spec", "shard_nodes", "shard_sweep",
-    "replicate", "ppermute_mix", "sharded_mix", "sharded_gossip_communication",
+    "NODES",
+    "MODEL",
+    "SWEEP",
+    "make_mesh",
+    "node_spec",
+    "shard_nodes",
+    "shard_sweep",
+    "replicate",
+    "ppermute_mix",
+    "sharded_mix",
+    "sharded_gossip_communication",
     "uses_ppermute",
 ]
 
@@ -49,8 +59,9 @@ SWEEP = "sweep"
 # --------------------------------------------------------------------------- #
 # Meshes
 # --------------------------------------------------------------------------- #
-def make_mesh(shape: Sequence[int] = (-1,), axis_names: Sequence[str] | None = None,
-              devices=None, num_nodes: int | None = None) -> Mesh:
+def make_mesh(
+    shape: Sequence[int] = (-1,), axis_names: Sequence[str] | None = None, devices=None, num_nodes: int | None = None
+) -> Mesh:
     """A device mesh ``("nodes",)`` for ``shape=(k,)`` or ``("nodes", "model")`` for ``(k, m)``.
 
     ``-1`` in one entry means "all the devices the other entries leave"
@@ -83,13 +94,16 @@ def make_mesh(shape: Sequence[int] = (-1,), axis_names: Sequence[str] | None = N
         shape = tuple(total // fixed if s == -1 else s for s in shape)
     need = math.prod(shape)
     if need > total:
-        raise ValueError(f"mesh shape {shape} needs {need} devices but only {total} exist "
-                         f"({jax.default_backend()}; on CPU pass --cpu_devices {need} on the command line, or set "
-                         f"jax.config.update('jax_num_cpu_devices', {need}) before JAX starts)")
+        raise ValueError(
+            f"mesh shape {shape} needs {need} devices but only {total} exist "
+            f"({jax.default_backend()}; on CPU pass --cpu_devices {need} on the command line, or set "
+            f"jax.config.update('jax_num_cpu_devices', {need}) before JAX starts)"
+        )
     # Auto axes: sharding is a layout hint the partitioner propagates, not part
     # of the types (Explicit, the make_mesh default, would reject unannotated ops).
-    mesh = jax.make_mesh(shape, axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
-                         devices=devices[:need])
+    mesh = jax.make_mesh(
+        shape, axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(shape), devices=devices[:need]
+    )
     if num_nodes is not None:
         _check_nodes(int(num_nodes), mesh)
     return mesh
@@ -102,8 +116,10 @@ def _axis_size(mesh: Mesh, name: str) -> int:
 def _check_nodes(n: int, mesh: Mesh) -> int:
     D = _axis_size(mesh, NODES)
     if n % D:
-        raise ValueError(f"{n} nodes cannot be split evenly over the mesh's {D} 'nodes' devices; "
-                         f"choose num_nodes divisible by {D} or a smaller perf.mesh")
+        raise ValueError(
+            f"{n} nodes cannot be split evenly over the mesh's {D} 'nodes' devices; "
+            f"choose num_nodes divisible by {D} or a smaller perf.mesh"
+        )
     return D
 
 
@@ -158,15 +174,16 @@ def _place(tree, mesh: Mesh, num_nodes: int | None, lead: tuple):
                 G = np.shape(leaf)[0]
                 break
         if G is not None and G % _axis_size(mesh, SWEEP):
-            raise ValueError(f"{G} sweep points cannot be split over the mesh's "
-                             f"{_axis_size(mesh, SWEEP)} 'sweep' devices")
+            raise ValueError(
+                f"{G} sweep points cannot be split over the mesh's {_axis_size(mesh, SWEEP)} 'sweep' devices"
+            )
 
     def place(leaf):
         if not hasattr(leaf, "shape"):
             return leaf
         spec = node_spec(leaf.shape, mesh, n, lead)
         if spec == P() and lead and lead[0] == SWEEP and np.ndim(leaf) >= 1:
-            spec = P(SWEEP)     # per-sweep-point scalars (round, key) follow their point
+            spec = P(SWEEP)  # per-sweep-point scalars (round, key) follow their point
         return _put(leaf, NamedSharding(mesh, spec))
 
     return jax.tree.map(place, tree)
@@ -221,16 +238,16 @@ def _block_roll(xb, s: int, n: int, D: int):
     B = n // D
     q, r = divmod(int(s) % n, B)
 
-    def send(part, k):   # ``part`` of every device's block goes k devices ahead
+    def send(part, k):  # ``part`` of every device's block goes k devices ahead
         k %= D
         if k == 0:
             return part
         return jax.lax.ppermute(part, NODES, [(j, (j + k) % D) for j in range(D)])
 
-    a = send(xb[:B - r], q)
+    a = send(xb[: B - r], q)
     if r == 0:
         return a
-    b = send(xb[B - r:], q + 1)
+    b = send(xb[B - r :], q + 1)
     return jnp.concatenate([b, a], axis=0)
 
 
@@ -250,8 +267,10 @@ def ppermute_mix(topology: Topology, x, mesh: Mesh, round=None):
     bit for bit, and the sparse/dense methods up to float reassociation.
     """
     if not topology.is_circulant:
-        raise ValueError(f"ppermute_mix needs a circulant topology; {topology.name} is not "
-                         "(use sharded_mix, which falls back to a gather)")
+        raise ValueError(
+            f"ppermute_mix needs a circulant topology; {topology.name} is not "
+            "(use sharded_mix, which falls back to a gather)"
+        )
     xf, shape = _gossip._flat(x)
     n = topology.n
     if xf.shape[0] != n:
@@ -267,10 +286,12 @@ def ppermute_mix(topology: Topology, x, mesh: Mesh, round=None):
         t = 0 if topology.period == 1 or round is None else int(round) % topology.period
         y = jax.shard_map(branches[t], mesh=mesh, in_specs=spec, out_specs=spec)(xf)
     else:
+
         def body(xb, t):
             # Every device holds the same (replicated) t, so all take the same
             # branch and the ppermutes inside it pair up.
             return jax.lax.switch(t, branches, xb)
+
         t = jnp.asarray(round) % topology.period
         y = jax.shard_map(body, mesh=mesh, in_specs=(spec, P()), out_specs=spec)(xf, t)
     return y.astype(_gossip._out_dtype(xf.dtype)).reshape(shape)

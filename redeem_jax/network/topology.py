@@ -28,6 +28,7 @@ Weight rules (``weights=``)
   checked to be non-negative, supported on edges, and doubly stochastic
   (``stochastic="row"`` on ``from_*`` constructors relaxes this to rows).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,20 +44,36 @@ import scipy.sparse.csgraph as csgraph
 import scipy.sparse.linalg as spla
 
 __all__ = [
-    "Topology", "ring", "path", "torus", "complete", "star", "hypercube",
-    "erdos_renyi", "random_regular", "exponential", "one_peer_exponential",
-    "small_world", "random_geometric", "two_cliques", "dumbbell",
-    "from_adjacency", "from_networkx", "from_mixing_matrices", "get",
-    "FAMILIES", "WEIGHT_RULES",
+    "Topology",
+    "ring",
+    "path",
+    "torus",
+    "complete",
+    "star",
+    "hypercube",
+    "erdos_renyi",
+    "random_regular",
+    "exponential",
+    "one_peer_exponential",
+    "small_world",
+    "random_geometric",
+    "two_cliques",
+    "dumbbell",
+    "from_adjacency",
+    "from_networkx",
+    "from_mixing_matrices",
+    "get",
+    "FAMILIES",
+    "WEIGHT_RULES",
 ]
 
 WEIGHT_RULES = ("metropolis_hastings", "max_degree", "uniform")
-_ATOL = 1e-6          # tolerance of the stochasticity checks (float32 user matrices pass)
-_DENSE_SPECTRAL_MAX_N = 2048   # above this, spectral norms use sparse eigensolvers
-_MAX_CIRCULANT_SHIFTS = 64     # roll fast path only when few shifts per round
-_PAD_WASTE = 4                 # padded slots / (nodes + edges) above which padding is lazy
-_PADDED_MAX_ENTRIES = 16384 ** 2   # the dense-gossip limit (gossip._DENSE_MAX_N ** 2 entries)
-_PADDED_BYTES_PER_SLOT = 4 + 4 + 8 + 1   # neighbors i32, weights f32 and f64, mask
+_ATOL = 1e-6  # tolerance of the stochasticity checks (float32 user matrices pass)
+_DENSE_SPECTRAL_MAX_N = 2048  # above this, spectral norms use sparse eigensolvers
+_MAX_CIRCULANT_SHIFTS = 64  # roll fast path only when few shifts per round
+_PAD_WASTE = 4  # padded slots / (nodes + edges) above which padding is lazy
+_PADDED_MAX_ENTRIES = 16384**2  # the dense-gossip limit (gossip._DENSE_MAX_N ** 2 entries)
+_PADDED_BYTES_PER_SLOT = 4 + 4 + 8 + 1  # neighbors i32, weights f32 and f64, mask
 
 
 # --------------------------------------------------------------------------- #
@@ -100,12 +117,12 @@ class Topology:
     is_doubly_stochastic: bool
     is_symmetric: bool
     params: Mapping[str, Any]
-    _sparse: tuple            # per-round scipy CSR float64 W(t): the O(n + edges) storage
-    _adjacency_csr: Any       # union graph, bool CSR, i receives from j
+    _sparse: tuple  # per-round scipy CSR float64 W(t): the O(n + edges) storage
+    _adjacency_csr: Any  # union graph, bool CSR, i receives from j
     _self_weight64: np.ndarray
-    _circulant: Any           # None or (shifts int[T, S], weights f64[T, S], self f64[T])
-    _width: int               # K: max off-diagonal in-degree over the rounds (>= 1)
-    _num_edges: int           # off-diagonal entries of W(t), summed over the period
+    _circulant: Any  # None or (shifts int[T, S], weights f64[T, S], self f64[T])
+    _width: int  # K: max off-diagonal in-degree over the rounds (>= 1)
+    _num_edges: int  # off-diagonal entries of W(t), summed over the period
     _cache: dict
 
     # ------------------------------------------------------------------ shape
@@ -131,7 +148,8 @@ class Topology:
         one gossip exchange sends in round t), counted on the host without padded lists."""
         if "live_edges" not in self._cache:
             self._cache["live_edges"] = np.array(
-                [int(np.count_nonzero(_offdiag(w).data.astype(np.float32))) for w in self._sparse], np.int64)
+                [int(np.count_nonzero(_offdiag(w).data.astype(np.float32))) for w in self._sparse], np.int64
+            )
         return self._cache["live_edges"]
 
     def padded_nbytes(self) -> int:
@@ -169,7 +187,8 @@ class Topology:
                     f"{self.name}: padded neighbour lists [n={self.n}, K={self.K}] would need "
                     f"{self.padded_nbytes() / 2**30:.1f} GiB for {self.num_edges} edges (limit "
                     f"{_PADDED_MAX_ENTRIES} slots, as dense gossip); plain gossip (rj.gossip.mix) "
-                    "does not need them, per-neighbourhood rules do: use a graph of smaller maximum degree")
+                    "does not need them, per-neighbourhood rules do: use a graph of smaller maximum degree"
+                )
             self._cache["padded"] = _padded_arrays(self._sparse)
         return self._cache["padded"]
 
@@ -318,8 +337,7 @@ class Topology:
         """
         A = self._adjacency_csr.tocoo()
         W = self._sparse[self._round_index(round)]
-        symmetric = (abs(self._adjacency_csr.astype(np.int8)
-                         - self._adjacency_csr.T.astype(np.int8))).nnz == 0
+        symmetric = (abs(self._adjacency_csr.astype(np.int8) - self._adjacency_csr.T.astype(np.int8))).nnz == 0
         G = nx.Graph() if symmetric else nx.DiGraph()
         G.add_nodes_from(range(self.n))
         for i, j in zip(A.row.tolist(), A.col.tolist()):
@@ -332,8 +350,7 @@ class Topology:
         # repr must stay instant: skip the O(n^3) dense norm for large graphs.
         cheap = ("rho", 0) in self._cache or self.n <= 512 or self.is_circulant
         gap = f"{self.spectral_gap():.6g}" if cheap else "not computed"
-        return (f"Topology(name={self.name!r}, n={self.n}, K={self.K}, "
-                f"period={self.period}, spectral_gap={gap})")
+        return f"Topology(name={self.name!r}, n={self.n}, K={self.K}, period={self.period}, spectral_gap={gap})"
 
 
 # --------------------------------------------------------------------------- #
@@ -365,7 +382,7 @@ def _rho_of(topo: Topology, rounds: Sequence[int]) -> float:
 
     def matvec(v):
         v = np.asarray(v).reshape(-1)
-        v = v - v.mean()       # W J = J W = J for doubly stochastic W; project out the mean
+        v = v - v.mean()  # W J = J W = J for doubly stochastic W; project out the mean
         for m in mats:
             v = m @ v
         return v - v.mean()
@@ -386,7 +403,8 @@ def _rho_of(topo: Topology, rounds: Sequence[int]) -> float:
         return float(val[0])
     raise ValueError(
         f"rho of a non doubly stochastic topology with n={n} > {_DENSE_SPECTRAL_MAX_N} "
-        "needs the dense matrix; use np.linalg.norm(topo.mixing_matrix() - 1/n, 2)")
+        "needs the dense matrix; use np.linalg.norm(topo.mixing_matrix() - 1/n, 2)"
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -457,8 +475,7 @@ def _rule_weights(A: sp.csr_matrix, rule: str) -> sp.csr_matrix:
     elif rule == "uniform":
         w = 1.0 / (1.0 + deg[r])
     else:
-        raise ValueError(f"unknown weight rule {rule!r}; expected one of {WEIGHT_RULES} "
-                         "or an explicit [n, n] matrix")
+        raise ValueError(f"unknown weight rule {rule!r}; expected one of {WEIGHT_RULES} or an explicit [n, n] matrix")
     W = sp.csr_matrix((w, (r, c)), shape=(n, n))
     selfw = 1.0 - np.asarray(W.sum(axis=1)).reshape(-1)
     return (W + sp.diags(selfw)).tocsr()
@@ -493,8 +510,10 @@ def _check_weights(W: sp.csr_matrix, A: sp.csr_matrix | None, stochastic: str, t
         on_edge = np.asarray(A[rr, cc]).reshape(-1) if rr.size else np.zeros(0, bool)
         if rr.size and not on_edge.all():
             k = int(np.flatnonzero(~on_edge)[0])
-            raise ValueError(f"weights on non-edges{where}: W[{rr[k]}, {cc[k]}] = "
-                             f"{off.data[keep][k]:.3g} but there is no edge {cc[k]} -> {rr[k]}")
+            raise ValueError(
+                f"weights on non-edges{where}: W[{rr[k]}, {cc[k]}] = "
+                f"{off.data[keep][k]:.3g} but there is no edge {cc[k]} -> {rr[k]}"
+            )
     rows = np.asarray(W.sum(axis=1)).reshape(-1)
     bad = np.flatnonzero(np.abs(rows - 1.0) > _ATOL)
     if bad.size:
@@ -505,7 +524,8 @@ def _check_weights(W: sp.csr_matrix, A: sp.csr_matrix | None, stochastic: str, t
         if bad.size:
             raise ValueError(
                 f"weights not doubly stochastic{where}: column {bad[0]} sums to {cols[bad[0]]:.6g} "
-                "(pass stochastic='row' to allow row-stochastic matrices)")
+                "(pass stochastic='row' to allow row-stochastic matrices)"
+            )
     elif stochastic != "row":
         raise ValueError(f"stochastic must be 'doubly' or 'row', got {stochastic!r}")
 
@@ -527,8 +547,9 @@ def _check_connected(A: sp.csr_matrix, family: str):
         return
     k, _ = csgraph.connected_components(A, directed=True, connection="strong")
     if k > 1:
-        raise ValueError(f"{family}: disconnected graph ({k} strongly connected components); "
-                         "gossip cannot reach consensus")
+        raise ValueError(
+            f"{family}: disconnected graph ({k} strongly connected components); gossip cannot reach consensus"
+        )
 
 
 def _pad(mats: Sequence[sp.csr_matrix]):
@@ -569,7 +590,7 @@ def _detect_circulant(nbr, wts, mask, selfw):
         if np.any(deg != deg[0]) or deg[0] > _MAX_CIRCULANT_SHIFTS:
             return None
         s = (np.arange(n)[:, None] - nbr[t]) % n
-        s = np.where(mask[t], s, n)           # padded slots sort last
+        s = np.where(mask[t], s, n)  # padded slots sort last
         order = np.argsort(s, axis=1, kind="stable")
         s_sorted = np.take_along_axis(s, order, axis=1)[:, : deg[0]]
         w_sorted = np.take_along_axis(wts[t], order, axis=1)[:, : deg[0]]
@@ -595,14 +616,17 @@ def _padded_arrays(mats: Sequence[sp.csr_matrix], padded=None):
     """``(neighbors i32, weights f32, edge_mask, weights f64)``, ``[n, K]`` or ``[T, n, K]``."""
     nbr, wts, mask, _ = _pad(mats) if padded is None else padded
     squeeze = (lambda a: a[0]) if len(mats) == 1 else (lambda a: a)
-    return (_ro(np.ascontiguousarray(squeeze(nbr)).astype(np.int32)),
-            _ro(np.ascontiguousarray(squeeze(wts)).astype(np.float32)),
-            _ro(np.ascontiguousarray(squeeze(mask))),
-            _ro(np.ascontiguousarray(squeeze(wts))))
+    return (
+        _ro(np.ascontiguousarray(squeeze(nbr)).astype(np.int32)),
+        _ro(np.ascontiguousarray(squeeze(wts)).astype(np.float32)),
+        _ro(np.ascontiguousarray(squeeze(mask))),
+        _ro(np.ascontiguousarray(squeeze(wts))),
+    )
 
 
-def _build(name: str, mats: Sequence[sp.csr_matrix], adjacency: sp.csr_matrix,
-           params: Mapping[str, Any] | None = None) -> Topology:
+def _build(
+    name: str, mats: Sequence[sp.csr_matrix], adjacency: sp.csr_matrix, params: Mapping[str, Any] | None = None
+) -> Topology:
     """Assemble a Topology from already-validated per-round CSR matrices (O(n + edges))."""
     n = mats[0].shape[0]
     T = len(mats)
@@ -623,7 +647,9 @@ def _build(name: str, mats: Sequence[sp.csr_matrix], adjacency: sp.csr_matrix,
     degrees = np.asarray(adjacency.sum(axis=1)).reshape(-1).astype(np.int64)
     squeeze = (lambda a: a[0]) if T == 1 else (lambda a: a)
     return Topology(
-        n=n, name=name, period=T,
+        n=n,
+        name=name,
+        period=T,
         degrees=_ro(degrees),
         self_weight=_ro(np.ascontiguousarray(squeeze(selfw)).astype(np.float32)),
         is_doubly_stochastic=all(_is_doubly(W) for W in mats),
@@ -639,8 +665,7 @@ def _build(name: str, mats: Sequence[sp.csr_matrix], adjacency: sp.csr_matrix,
     )
 
 
-def _from_graph(name: str, A: sp.csr_matrix, weights, params=None,
-                stochastic: str = "doubly") -> Topology:
+def _from_graph(name: str, A: sp.csr_matrix, weights, params=None, stochastic: str = "doubly") -> Topology:
     """Static topology from a receive-adjacency and a weight rule or matrix."""
     n = A.shape[0]
     _check_connected(A, name)
@@ -655,8 +680,9 @@ def _from_graph(name: str, A: sp.csr_matrix, weights, params=None,
     return _build(name, [W], A, params)
 
 
-def _time_varying(name: str, adjs: Sequence[sp.csr_matrix], weights, params=None,
-                  stochastic: str = "doubly") -> Topology:
+def _time_varying(
+    name: str, adjs: Sequence[sp.csr_matrix], weights, params=None, stochastic: str = "doubly"
+) -> Topology:
     n = adjs[0].shape[0]
     union = adjs[0]
     for a in adjs[1:]:
@@ -763,8 +789,7 @@ def hypercube(n: int, weights="metropolis_hastings") -> Topology:
     i = np.arange(n)
     rows = np.concatenate([i for _ in range(k)]) if k else np.zeros(0, int)
     cols = np.concatenate([i ^ (1 << b) for b in range(k)]) if k else np.zeros(0, int)
-    return _from_graph("hypercube", _csr_from_edges(n, rows, cols, True), weights,
-                       params=dict(dim=k))
+    return _from_graph("hypercube", _csr_from_edges(n, rows, cols, True), weights, params=dict(dim=k))
 
 
 def _gnp_pairs(n: int, p: float, rng: np.random.Generator):
@@ -790,16 +815,15 @@ def _gnp_pairs(n: int, p: float, rng: np.random.Generator):
     k = np.concatenate(chunks)
     i = np.floor((1 + np.sqrt(1 + 8 * k.astype(np.float64))) / 2).astype(np.int64)
     # float64 sqrt can be one off near perfect squares when k ~ 1e12: fix exactly.
-    i -= (i * (i - 1) // 2 > k)
-    i += ((i + 1) * i // 2 <= k)
+    i -= i * (i - 1) // 2 > k
+    i += (i + 1) * i // 2 <= k
     return i, k - i * (i - 1) // 2
 
 
-_ER_PAIRWISE_MAX_N = 1024   # up to here, networkx's pairwise draw (graphs of earlier versions)
+_ER_PAIRWISE_MAX_N = 1024  # up to here, networkx's pairwise draw (graphs of earlier versions)
 
 
-def erdos_renyi(n: int, p: float, seed: int = 0, weights="metropolis_hastings",
-                max_tries: int = 100) -> Topology:
+def erdos_renyi(n: int, p: float, seed: int = 0, weights="metropolis_hastings", max_tries: int = 100) -> Topology:
     """Erdős–Rényi G(n, p) (Erdős & Rényi 1959), resampled until connected.
 
     Tries seeds ``seed, seed + 1, ...`` (the one used is in ``params["seed"]``);
@@ -822,12 +846,13 @@ def erdos_renyi(n: int, p: float, seed: int = 0, weights="metropolis_hastings",
         A = _csr_from_edges(n, i, j, symmetric=True)
         if csgraph.connected_components(A, directed=False, return_labels=False) == 1:
             return _from_graph("erdos_renyi", A, weights, {"p": p, "seed": seed + t})
-    raise ValueError(f"erdos_renyi(n={n}, p={p}): graph not connected after {max_tries} tries; "
-                     f"increase p (connectivity threshold ~ ln(n)/n = {math.log(max(n, 2)) / n:.3g})")
+    raise ValueError(
+        f"erdos_renyi(n={n}, p={p}): graph not connected after {max_tries} tries; "
+        f"increase p (connectivity threshold ~ ln(n)/n = {math.log(max(n, 2)) / n:.3g})"
+    )
 
 
-def random_regular(n: int, k: int, seed: int = 0, weights="metropolis_hastings",
-                   max_tries: int = 100) -> Topology:
+def random_regular(n: int, k: int, seed: int = 0, weights="metropolis_hastings", max_tries: int = 100) -> Topology:
     """Uniform random ``k``-regular graph (networkx, Steger & Wormald 1999), resampled until connected.
 
     All weight rules give ``1/(k+1)`` per edge (regular graph, Xiao & Boyd 2004).
@@ -853,7 +878,7 @@ def exponential(n: int, weights="metropolis_hastings") -> Topology:
     """
     n = _check_n(n, "exponential")
     tau = math.ceil(math.log2(n)) if n > 1 else 0
-    A = _circulant_adj(n, [2 ** j for j in range(tau)], symmetric=False)
+    A = _circulant_adj(n, [2**j for j in range(tau)], symmetric=False)
     return _from_graph("exponential", A, weights, params=dict(tau=tau))
 
 
@@ -867,14 +892,14 @@ def one_peer_exponential(n: int, weights="metropolis_hastings") -> Topology:
     n = _check_n(n, "one_peer_exponential")
     tau = math.ceil(math.log2(n)) if n > 1 else 0
     if tau == 0:
-        return _from_graph("one_peer_exponential", sp.csr_matrix((1, 1), dtype=bool), weights,
-                           params=dict(tau=1))
-    adjs = [_circulant_adj(n, [2 ** t], symmetric=False) for t in range(tau)]
+        return _from_graph("one_peer_exponential", sp.csr_matrix((1, 1), dtype=bool), weights, params=dict(tau=1))
+    adjs = [_circulant_adj(n, [2**t], symmetric=False) for t in range(tau)]
     return _time_varying("one_peer_exponential", adjs, weights, params=dict(tau=tau))
 
 
-def small_world(n: int, k: int, p: float, seed: int = 0, weights="metropolis_hastings",
-                max_tries: int = 100) -> Topology:
+def small_world(
+    n: int, k: int, p: float, seed: int = 0, weights="metropolis_hastings", max_tries: int = 100
+) -> Topology:
     """Connected Watts–Strogatz small-world graph (Watts & Strogatz 1998).
 
     Ring lattice of degree ``k`` with each edge rewired with probability ``p``;
@@ -888,13 +913,15 @@ def small_world(n: int, k: int, p: float, seed: int = 0, weights="metropolis_has
     try:
         G = nx.connected_watts_strogatz_graph(n, k, p, tries=max_tries, seed=seed)
     except nx.NetworkXError as e:
-        raise ValueError(f"small_world(n={n}, k={k}, p={p}): graph not connected after "
-                         f"{max_tries} tries ({e})") from None
+        raise ValueError(
+            f"small_world(n={n}, k={k}, p={p}): graph not connected after {max_tries} tries ({e})"
+        ) from None
     return _from_networkx_graph("small_world", G, weights, dict(k=k, p=p, seed=seed))
 
 
-def random_geometric(n: int, radius: float, seed: int = 0, weights="metropolis_hastings",
-                     max_tries: int = 100) -> Topology:
+def random_geometric(
+    n: int, radius: float, seed: int = 0, weights="metropolis_hastings", max_tries: int = 100
+) -> Topology:
     """Random geometric graph in the unit square (Penrose 2003), resampled until connected.
 
     Nodes at uniform positions, linked within Euclidean distance ``radius`` (the
@@ -906,10 +933,10 @@ def random_geometric(n: int, radius: float, seed: int = 0, weights="metropolis_h
     for t in range(max_tries):
         G = nx.random_geometric_graph(n, radius, seed=seed + t)
         if nx.is_connected(G):
-            return _from_networkx_graph("random_geometric", G, weights,
-                                        dict(radius=radius, seed=seed + t))
-    raise ValueError(f"random_geometric(n={n}, radius={radius}): graph not connected after "
-                     f"{max_tries} tries; increase radius")
+            return _from_networkx_graph("random_geometric", G, weights, dict(radius=radius, seed=seed + t))
+    raise ValueError(
+        f"random_geometric(n={n}, radius={radius}): graph not connected after {max_tries} tries; increase radius"
+    )
 
 
 def two_cliques(n: int, weights="metropolis_hastings") -> Topology:
@@ -940,12 +967,11 @@ def _from_networkx_graph(name, G, weights, params=None, stochastic="doubly"):
     if n < 1:
         raise ValueError(f"{name}: n must be >= 1, got an empty graph")
     S = nx.to_scipy_sparse_array(G, nodelist=nodes, weight=None, format="csr")
-    A = S.T if G.is_directed() else S   # networkx u -> v means v receives from u
+    A = S.T if G.is_directed() else S  # networkx u -> v means v receives from u
     return _from_graph(name, _as_adjacency_csr(A), weights, params, stochastic)
 
 
-def from_adjacency(A, weights="metropolis_hastings", name: str = "custom",
-                   stochastic: str = "doubly") -> Topology:
+def from_adjacency(A, weights="metropolis_hastings", name: str = "custom", stochastic: str = "doubly") -> Topology:
     """Topology from an adjacency matrix ``A[i, j] != 0`` iff ``i`` receives from ``j``.
 
     ``A`` may be dense or scipy sparse; its diagonal is ignored. A symmetric
@@ -955,8 +981,7 @@ def from_adjacency(A, weights="metropolis_hastings", name: str = "custom",
     return _from_graph(name, _as_adjacency_csr(A), weights, stochastic=stochastic)
 
 
-def from_networkx(G, weights="metropolis_hastings", name: str = "networkx",
-                  stochastic: str = "doubly") -> Topology:
+def from_networkx(G, weights="metropolis_hastings", name: str = "networkx", stochastic: str = "doubly") -> Topology:
     """Topology from a networkx (Di)Graph; nodes are indexed in ``G.nodes()`` order.
 
     A directed edge ``u -> v`` means ``v`` receives from ``u``. Self loops are ignored.

@@ -85,11 +85,25 @@ class Unreliable(DrawnTopology):
     ``node_model`` is ``"always"``, ``"bernoulli"``, ``"markov"`` or ``"trace"``.
     """
 
-    def __init__(self, base, *, p=1.0, node_model="always", q=1.0, mean_on=None, mean_off=None,
-                 trace=None, beyond="hold", seed=0, policy="self", name=None):
+    def __init__(
+        self,
+        base,
+        *,
+        p=1.0,
+        node_model="always",
+        q=1.0,
+        mean_on=None,
+        mean_off=None,
+        trace=None,
+        beyond="hold",
+        seed=0,
+        policy="self",
+        name=None,
+    ):
         if getattr(base, "is_drawn", False) or getattr(base, "period", 1) != 1:
-            raise ValueError("unreliable: the base must be a static Topology (period 1); "
-                             f"got {getattr(base, 'name', base)!r}")
+            raise ValueError(
+                f"unreliable: the base must be a static Topology (period 1); got {getattr(base, 'name', base)!r}"
+            )
         if policy not in POLICIES:
             raise ValueError(f"unreliable: policy must be one of {POLICIES}, got {policy!r}")
         if node_model not in ("always", "bernoulli", "markov", "trace"):
@@ -103,7 +117,12 @@ class Unreliable(DrawnTopology):
         self.n = int(base.n)
         nbr, w, sw, mask = (np.asarray(a) for a in (base.neighbors, base.weights, base.self_weight, base.edge_mask))
         self.K = int(nbr.shape[1])
-        self._nbr, self._w, self._sw, self._mask = nbr.astype(np.int32), w.astype(np.float32), sw.astype(np.float32), mask
+        self._nbr, self._w, self._sw, self._mask = (
+            nbr.astype(np.int32),
+            w.astype(np.float32),
+            sw.astype(np.float32),
+            mask,
+        )
         # One id per undirected pair {i, j}: both directions of a link share one Bernoulli draw.
         rows = np.repeat(np.arange(self.n), self.K).reshape(self.n, self.K)
         lo, hi = np.minimum(rows, nbr), np.maximum(rows, nbr)
@@ -325,9 +344,11 @@ class Unreliable(DrawnTopology):
             js, ws = self._nbr[i, slots].astype(int), self._w[i, slots].astype(float)
             d = len(js)
             if d > _ENUM_LIMIT:
-                raise ValueError(f"unreliable: E[W] under renormalize enumerates 2^deg patterns; degree {d} is too large")
+                raise ValueError(
+                    f"unreliable: E[W] under renormalize enumerates 2^deg patterns; degree {d} is too large"
+                )
             pj = p * qv[js]
-            pats = ((np.arange(2 ** d)[:, None] >> np.arange(d)) & 1).astype(bool)  # [P, d]
+            pats = ((np.arange(2**d)[:, None] >> np.arange(d)) & 1).astype(bool)  # [P, d]
             prob = np.prod(np.where(pats, pj, 1 - pj), axis=1)
             total = self._sw[i] + pats @ ws
             safe = np.where(total > 0, total, 1.0)
@@ -368,8 +389,9 @@ def link_failures(base, p, policy="self", *, name=None) -> Unreliable:
     return Unreliable(base, p=p, node_model="always", policy=policy, name=name)
 
 
-def churn(base, q=None, *, mean_on=None, mean_off=None, trace=None, beyond="hold", p=1.0, seed=0,
-          policy="self", name=None) -> Unreliable:
+def churn(
+    base, q=None, *, mean_on=None, mean_off=None, trace=None, beyond="hold", p=1.0, seed=0, policy="self", name=None
+) -> Unreliable:
     """Node churn over ``base``: each node online with probability ``q`` (i.i.d. per round; may
     be a JAX value), or on/off spans with geometric lengths of means ``mean_on`` / ``mean_off``
     (a two-state Markov chain per node seeded by ``seed``, stationary from round 0), or a user
@@ -383,8 +405,9 @@ def churn(base, q=None, *, mean_on=None, mean_off=None, trace=None, beyond="hold
         return Unreliable(base, p=p, node_model="bernoulli", q=q, policy=policy, seed=seed, name=name)
     if trace is not None:
         return Unreliable(base, p=p, node_model="trace", trace=trace, beyond=beyond, policy=policy, name=name)
-    return Unreliable(base, p=p, node_model="markov", mean_on=mean_on, mean_off=mean_off, seed=seed,
-                      policy=policy, name=name)
+    return Unreliable(
+        base, p=p, node_model="markov", mean_on=mean_on, mean_off=mean_off, seed=seed, policy=policy, name=name
+    )
 
 
 def stragglers(base, r, *, name=None):
@@ -461,10 +484,10 @@ def second_moment(topology: Unreliable) -> np.ndarray:
     MA = np.einsum("bc,fcd->fbd", M, A)
     for weight, qv in topology._node_probs():
         ez = p * qv[pairs[:, 0]] * qv[pairs[:, 1]]
-        union = inc[:, None, :] | inc[None, :, :]                        # [m, m, n]
+        union = inc[:, None, :] | inc[None, :, :]  # [m, m, n]
         G = p * p * np.prod(np.where(union, qv, 1.0), axis=-1)
         G[np.diag_indices(topology.m)] = ez
-        H = np.einsum("ef,eab->fab", G, A)                                # sum_e G_ef A_e
+        H = np.einsum("ef,eab->fab", G, A)  # sum_e G_ef A_e
         S = B0 @ M @ B0 + np.einsum("e,ab,bc,ecd->ad", ez, B0, M, A)
         S = S + S.T - B0 @ M @ B0 + np.einsum("fba,fbd->ad", H, MA)
         out += weight * S
@@ -478,11 +501,17 @@ def enumerate_second_moment(topology: Unreliable, moment="second"):
     reference for :meth:`Unreliable.draw`). Feasible for ``m + n <= 20``."""
     p = topology._p()
     n, m = topology.n, topology.m
-    nbr, w, sw, mask, eid = topology._nbr, topology._w.astype(float), topology._sw.astype(float), topology._mask, topology._eid
+    nbr, w, sw, mask, eid = (
+        topology._nbr,
+        topology._w.astype(float),
+        topology._sw.astype(float),
+        topology._mask,
+        topology._eid,
+    )
     M = _center(n)
     out = np.zeros((n, n))
     for weight, qv in topology._node_probs():
-        free = np.nonzero((qv > 0) & (qv < 1))[0]     # nodes whose state is random
+        free = np.nonzero((qv > 0) & (qv < 1))[0]  # nodes whose state is random
         if m + len(free) > _ENUM_LIMIT:
             raise ValueError(f"unreliable: exact enumeration over {m} links and {len(free)} nodes is too large")
         P = 2 ** (m + len(free))
@@ -491,7 +520,7 @@ def enumerate_second_moment(topology: Unreliable, moment="second"):
         on = np.broadcast_to(qv > 0.5, (P, n)).copy()
         on[:, free] = onf
         prob = np.prod(np.where(up, p, 1 - p), axis=1) * np.prod(np.where(onf, qv[free], 1 - qv[free]), axis=1)
-        live = mask[None] & up[:, eid] & on[:, :, None] & on[:, nbr]                  # [P, n, K]
+        live = mask[None] & up[:, eid] & on[:, :, None] & on[:, nbr]  # [P, n, K]
         wl = np.where(live, w[None], 0.0)
         if topology.policy == "self":
             selfw = np.where(on, sw + (np.where(mask, w, 0.0)[None] - wl).sum(-1), 1.0)

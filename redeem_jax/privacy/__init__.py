@@ -10,10 +10,11 @@ Byzantine attacks. Everything is imported on first use (dp-accounting alone take
 from redeem_jax._lazy import lazy_package as _lazy_package
 
 _ANALYSIS = ("accounting", "audit", "inference", "network_dp", "reconstruction")
-_SUB = {**{k: f"redeem_jax.privacy.{k}" for k in ("central", "dp_sgd", "secure_agg", "analysis")},
-        **{k: f"redeem_jax.privacy.analysis.{k}" for k in _ANALYSIS},
-        "epsilon": "redeem_jax.privacy.analysis.accounting:epsilon",
-        "noise_multiplier_for": "redeem_jax.privacy.analysis.accounting:noise_multiplier_for"}
+_SUB = {
+    **{k: f"redeem_jax.privacy.{k}" for k in ("central", "dp_sgd", "secure_agg", "analysis")},
+    **{k: f"redeem_jax.privacy.analysis.{k}" for k in _ANALYSIS},
+    "epsilon": "redeem_jax.privacy.analysis.accounting:epsilon",
+    "noise_multiplier_for": "redeem_jax.privacy.analysis.accounting:noise_multiplier_for",
+}
 __getattr__, __dir__ = _lazy_package(__name__, _SUB, globals())
 __all__ = sorted(_SUB)
-

@@ -26,7 +26,15 @@ from redeem_jax.models import Model, loss_and_metrics
 
 _threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performance.md)
 
-__all__ = ["clip_by_norm", "per_example_grads", "clipped_grad_sum", "ghost_clipped_grad_sum", "supports_ghost_clipping", "make_dp_gradient_fn", "poisson_mask"]
+__all__ = [
+    "clip_by_norm",
+    "per_example_grads",
+    "clipped_grad_sum",
+    "ghost_clipped_grad_sum",
+    "supports_ghost_clipping",
+    "make_dp_gradient_fn",
+    "poisson_mask",
+]
 
 
 def clip_by_norm(g: jax.Array, clip_norm: float) -> jax.Array:
@@ -77,8 +85,10 @@ def ghost_clipped_grad_sum(model: Model, flat, x, y, mask, clip_norm: float):
     zeros = [jnp.zeros((h0.shape[0], layer["kernel"].shape[1]), flat.dtype) for layer in layers]
     _, vjp, acts = jax.vjp(forward, zeros, has_aux=True)
     (deltas,) = vjp(mask.astype(flat.dtype))
-    sq = sum((jnp.sum(a * a, axis=1) + ("bias" in layer)) * jnp.sum(d * d, axis=1)
-             for a, d, layer in zip(acts, deltas, layers))
+    sq = sum(
+        (jnp.sum(a * a, axis=1) + ("bias" in layer)) * jnp.sum(d * d, axis=1)
+        for a, d, layer in zip(acts, deltas, layers)
+    )
     scale = jnp.where(mask, jnp.minimum(1.0, clip_norm / jnp.maximum(jnp.sqrt(sq), 1e-30)), 0.0)
     scale = jax.lax.stop_gradient(scale)
 
@@ -90,8 +100,7 @@ def ghost_clipped_grad_sum(model: Model, flat, x, y, mask, clip_norm: float):
     return total, models.loss_and_metrics(model, flat, x, y, mask)[0]
 
 
-def clipped_grad_sum(model: Model, flat, x, y, mask, clip_norm: float, microbatch: int = 0,
-                     method: str = "auto"):
+def clipped_grad_sum(model: Model, flat, x, y, mask, clip_norm: float, microbatch: int = 0, method: str = "auto"):
     """Σ_{i in batch} clip(∇ℓ(θ; xᵢ), C) over the unmasked examples, and the mean loss.
 
     ``method``: "ghost" (:func:`ghost_clipped_grad_sum`, dense chains only), "vmap" (explicit
@@ -120,8 +129,11 @@ def clipped_grad_sum(model: Model, flat, x, y, mask, clip_norm: float, microbatc
         return jnp.sum(jnp.where(mc[:, None], g, 0.0), axis=0)
 
     n_chunks = x.shape[0] // mb
-    shaped = (x.reshape((n_chunks, mb) + x.shape[1:]), y.reshape((n_chunks, mb) + y.shape[1:]),
-              mask.reshape(n_chunks, mb))
+    shaped = (
+        x.reshape((n_chunks, mb) + x.shape[1:]),
+        y.reshape((n_chunks, mb) + y.shape[1:]),
+        mask.reshape(n_chunks, mb),
+    )
     total = jnp.sum(jax.lax.map(chunk, shaped), axis=0)
     loss = loss_and_metrics(model, flat, x, y, mask)[0]
     return total, loss
@@ -133,9 +145,14 @@ def poisson_mask(key: jax.Array, size, m_max: int, sample_rate: float) -> jax.Ar
     return (jax.random.uniform(key, (m_max,)) < sample_rate) & (jnp.arange(m_max) < size)
 
 
-def make_dp_gradient_fn(model: Model, clip_norm: float, noise_multiplier: float,
-                        expected_batch_size: float | Callable | None = None, microbatch: int = 0,
-                        method: str = "auto"):
+def make_dp_gradient_fn(
+    model: Model,
+    clip_norm: float,
+    noise_multiplier: float,
+    expected_batch_size: float | Callable | None = None,
+    microbatch: int = 0,
+    method: str = "auto",
+):
     """DP-SGD ``gradient_fn(flat, x, y, mask, key) -> (loss, noisy gradient)`` for one node.
 
     (Σ clip(gᵢ, C) + N(0, σ²C²·I)) / B, with B = ``expected_batch_size`` (a number, or a

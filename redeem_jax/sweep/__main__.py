@@ -20,14 +20,23 @@ from redeem_jax import _cli
 from redeem_jax.experiment import config as _config
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A shipped config's name (sweep, default, ...: see --help) or a path to a config file "
-    "with get_config().", lock_config=False)
+    "config",
+    None,
+    "A shipped config's name (sweep, default, ...: see --help) or a path to a config file with get_config().",
+    lock_config=False,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/sweep_<config name>).")
-_SWEEP_DEVICES = flags.DEFINE_integer("sweep_devices", 0, "Split the grid's points over this many devices "
-                                      "(-1: all); the node axis is sharded by --config.perf.mesh instead.")
+_SWEEP_DEVICES = flags.DEFINE_integer(
+    "sweep_devices",
+    0,
+    "Split the grid's points over this many devices (-1: all); the node axis is sharded by --config.perf.mesh instead.",
+)
 _CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", 0, "CPU devices for JAX to create (fake devices on one host, set before JAX starts); "
-    "0: as many as --config.perf.mesh or --sweep_devices needs.")
+    "cpu_devices",
+    0,
+    "CPU devices for JAX to create (fake devices on one host, set before JAX starts); "
+    "0: as many as --config.perf.mesh or --sweep_devices needs.",
+)
 _AXES: dict[str, list] = {}
 _FLAGS_HELP = [
     ("--config NAME_OR_FILE", "a shipped config (above) or a path to a .py file with get_config()"),
@@ -57,7 +66,7 @@ def _split_argv(argv: list[str]) -> list[str]:
     for i in it:
         a = argv[i]
         if a.startswith("--sweep."):
-            key, sep, raw = a[len("--sweep."):].partition("=")
+            key, sep, raw = a[len("--sweep.") :].partition("=")
             if not sep:
                 if i + 1 >= len(argv):
                     raise app.UsageError(f"{a}: give values, e.g. {a}=0.01,0.1")
@@ -73,8 +82,10 @@ def _main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     if _CONFIG.value is None:
-        _cli.fail(f"config: --config is required: a shipped config ({', '.join(_cli._shipped().names())}) "
-                  "or a path to a .py file")
+        _cli.fail(
+            f"config: --config is required: a shipped config ({', '.join(_cli._shipped().names())}) "
+            "or a path to a .py file"
+        )
     if not _AXES:
         _cli.fail("sweep: give at least one axis, e.g. --sweep.seed=0,1,2 --sweep.optimizer.learning_rate=0.03,0.1")
     from redeem_jax.experiment.config import ConfigError

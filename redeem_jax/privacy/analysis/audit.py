@@ -19,6 +19,7 @@
 
 Host-side statistics are numpy/scipy float64; only the mechanism runs in JAX.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,11 +32,18 @@ import numpy as np
 from scipy import stats
 
 __all__ = [
-    "clopper_pearson", "clopper_pearson_epsilon", "ScoreAudit", "scores_epsilon",
-    "one_run_p_value", "one_run_epsilon_from_counts", "one_run_epsilon", "DpSgdAudit", "audit_dp_sgd",
+    "clopper_pearson",
+    "clopper_pearson_epsilon",
+    "ScoreAudit",
+    "scores_epsilon",
+    "one_run_p_value",
+    "one_run_epsilon_from_counts",
+    "one_run_epsilon",
+    "DpSgdAudit",
+    "audit_dp_sgd",
 ]
 
-_EPS_MAX = 50.0   # bisection ceiling: e^50 is beyond any count an audit can observe
+_EPS_MAX = 50.0  # bisection ceiling: e^50 is beyond any count an audit can observe
 _BISECT = 60
 
 
@@ -101,14 +109,20 @@ class ScoreAudit(NamedTuple):
 
 
 def _counts_at(sorted_in, sorted_out, thresholds):
-    """"in iff score >= t": true / false positives at every threshold (searchsorted, no loop)."""
+    """ "in iff score >= t": true / false positives at every threshold (searchsorted, no loop)."""
     tp = sorted_in.size - np.searchsorted(sorted_in, thresholds, side="left")
     fp = sorted_out.size - np.searchsorted(sorted_out, thresholds, side="left")
     return tp, fp
 
 
-def scores_epsilon(scores_in, scores_out, delta: float = 0.0, alpha: float = 0.05,
-                   threshold_fraction: float = 0.5, threshold: float | None = None) -> ScoreAudit:
+def scores_epsilon(
+    scores_in,
+    scores_out,
+    delta: float = 0.0,
+    alpha: float = 0.05,
+    threshold_fraction: float = 0.5,
+    threshold: float | None = None,
+) -> ScoreAudit:
     """Clopper–Pearson eps lower bound from attack scores, maximised over the threshold.
 
     The threshold (test "in iff score >= t") is picked on the first ``threshold_fraction`` of
@@ -134,8 +148,9 @@ def scores_epsilon(scores_in, scores_out, delta: float = 0.0, alpha: float = 0.0
         s_in, s_out = s_in[k_in:], s_out[k_out:]
     tp, fp = _counts_at(np.sort(s_in), np.sort(s_out), np.asarray([threshold]))
     eps = clopper_pearson_epsilon(int(tp[0]), s_in.size, int(fp[0]), s_out.size, delta, alpha)
-    return ScoreAudit(float(np.asarray(eps).reshape(())), float(threshold), int(tp[0]), s_in.size,
-                      int(fp[0]), s_out.size)
+    return ScoreAudit(
+        float(np.asarray(eps).reshape(())), float(threshold), int(tp[0]), s_in.size, int(fp[0]), s_out.size
+    )
 
 
 def _check_delta(delta):
@@ -160,7 +175,7 @@ def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float = 0.0) 
     q = 1.0 / (1.0 + math.exp(-epsilon))
     p = float(stats.binom.sf(v - 1, r, q))
     if delta > 0 and v > 0:
-        pmf = stats.binom.pmf(np.arange(v - 1, -1, -1), r, q)      # P[B = v-1], P[B = v-2], ...
+        pmf = stats.binom.pmf(np.arange(v - 1, -1, -1), r, q)  # P[B = v-1], P[B = v-2], ...
         p += 2.0 * m * delta * float(np.max(np.cumsum(pmf) / np.arange(1, v + 1)))
     return min(p, 1.0)
 
@@ -205,7 +220,7 @@ def one_run_epsilon(scores, included, k_plus: int, k_minus: int, delta: float = 
     if k_plus < 0 or k_minus < 0 or k_plus + k_minus > m or k_plus + k_minus == 0:
         raise ValueError(f"need k_plus, k_minus >= 0 and 0 < k_plus + k_minus <= m={m}, got {k_plus}, {k_minus}")
     order = np.argsort(s, kind="stable")
-    v = int(np.sum(inc[order[m - k_plus:]])) + int(np.sum(~inc[order[:k_minus]]))
+    v = int(np.sum(inc[order[m - k_plus :]])) + int(np.sum(~inc[order[:k_minus]]))
     return one_run_epsilon_from_counts(m, k_plus + k_minus, v, delta, beta)
 
 
@@ -224,6 +239,7 @@ def _canary_model(dim: int):
     """Least-squares linear model without bias at theta = 0, label -1: example x has gradient
     (0 - (-1)) x = x, so a canary row *is* its gradient and its direction is known exactly."""
     from redeem_jax import models
+
     return models.get("linear", (dim,), 1, task="regression", use_bias=False)
 
 
@@ -231,6 +247,7 @@ def _canary_model(dim: int):
 def _many_runs_fn(noise_multiplier: float, clip_norm: float, dim: int, background: int, canary_scale: float):
     """Jitted ``(canary_in [trials], keys [trials], k_bg) -> scores [trials]``: one DP-SGD step per trial (vmap)."""
     from redeem_jax.privacy import dp_sgd
+
     model = _canary_model(dim)
     fn = dp_sgd.make_dp_gradient_fn(model, clip_norm, noise_multiplier, expected_batch_size=1.0)
     theta = jnp.zeros((model.num_params,), jnp.float32)
@@ -254,18 +271,30 @@ def _many_runs_fn(noise_multiplier: float, clip_norm: float, dim: int, backgroun
 def _one_run_fn(noise_multiplier: float, clip_norm: float, m: int, canary_scale: float):
     """Jitted ``(included [m], key) -> scores [m]``: one DP-SGD step with ``m`` orthogonal canaries."""
     from redeem_jax.privacy import dp_sgd
+
     model = _canary_model(m)
     fn = dp_sgd.make_dp_gradient_fn(model, clip_norm, noise_multiplier, expected_batch_size=1.0)
-    xm = canary_scale * clip_norm * jnp.eye(m, dtype=jnp.float32)   # canary i has gradient direction e_i
+    xm = canary_scale * clip_norm * jnp.eye(m, dtype=jnp.float32)  # canary i has gradient direction e_i
     y = -jnp.ones((m,), jnp.float32)
     theta = jnp.zeros((model.num_params,), jnp.float32)
     return jax.jit(lambda included, key: fn(theta, xm, y, included, key)[1])
 
 
-def audit_dp_sgd(key: jax.Array, noise_multiplier: float, clip_norm: float = 1.0, *, trials: int = 10_000,
-                 canaries: int = 1000, dim: int = 16, background: int = 4, canary_scale: float = 2.0,
-                 delta: float = 1e-5, alpha: float = 0.05, k_plus: int | None = None,
-                 k_minus: int | None = None) -> DpSgdAudit:
+def audit_dp_sgd(
+    key: jax.Array,
+    noise_multiplier: float,
+    clip_norm: float = 1.0,
+    *,
+    trials: int = 10_000,
+    canaries: int = 1000,
+    dim: int = 16,
+    background: int = 4,
+    canary_scale: float = 2.0,
+    delta: float = 1e-5,
+    alpha: float = 0.05,
+    k_plus: int | None = None,
+    k_minus: int | None = None,
+) -> DpSgdAudit:
     """Audit one full-batch step of :func:`dp_sgd.make_dp_gradient_fn` both ways (white-box gradient canary).
 
     Mechanism: ``sum_i clip(g_i, C) + N(0, sigma^2 C^2)`` on a batch of ``background`` random
@@ -290,7 +319,7 @@ def audit_dp_sgd(key: jax.Array, noise_multiplier: float, clip_norm: float = 1.0
     sigma, c, scale = float(noise_multiplier), float(clip_norm), float(canary_scale)
 
     # many runs: one canary, `trials` independent steps in one vmap
-    canary_in = jnp.arange(trials) % 2 == 0   # alternate so any prefix split keeps both classes
+    canary_in = jnp.arange(trials) % 2 == 0  # alternate so any prefix split keeps both classes
     scores = _many_runs_fn(sigma, c, int(dim), int(background), scale)(canary_in, jax.random.split(k_cp, trials), k_bg)
     scores = np.asarray(scores, np.float64)
     inc_np = np.asarray(canary_in)

@@ -35,9 +35,17 @@ from redeem_jax import models
 from redeem_jax.models import Model
 
 __all__ = [
-    "analytic_inversion", "optimization_inversion", "infer_label", "relative_error",
-    "loss_threshold_scores", "roc", "auc", "auc_std_error", "tpr_at_fpr",
-    "membership_advantage", "membership_advantage_bound",
+    "analytic_inversion",
+    "optimization_inversion",
+    "infer_label",
+    "relative_error",
+    "loss_threshold_scores",
+    "roc",
+    "auc",
+    "auc_std_error",
+    "tpr_at_fpr",
+    "membership_advantage",
+    "membership_advantage_bound",
 ]
 
 
@@ -237,7 +245,9 @@ def auc_std_error(auc_value: float, n_members: int, n_nonmembers: int) -> float:
     and Q₂ = 2A²/(1 + A)."""
     a = float(auc_value)
     q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
-    var = (a * (1 - a) + (n_members - 1) * (q1 - a * a) + (n_nonmembers - 1) * (q2 - a * a)) / (n_members * n_nonmembers)
+    var = (a * (1 - a) + (n_members - 1) * (q1 - a * a) + (n_nonmembers - 1) * (q2 - a * a)) / (
+        n_members * n_nonmembers
+    )
     return math.sqrt(max(var, 0.0))
 
 

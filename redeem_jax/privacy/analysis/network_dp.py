@@ -41,6 +41,7 @@ local DP** (``v`` effectively sees ``z_u + N(0, sigma^2)`` each release),
 ``K`` local-DP releases of ``u`` and of independent variables. The diagonal
 is set to 1 (a node knows its own value).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,16 +50,28 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "mixing_sequence", "observation_matrix", "leakage_matrix", "muffliato_per_step",
-    "leakage_vs_distance", "graph_distances", "epsilon_matrix", "gaussian_epsilon",
-    "underestimated_pairs", "NOISE_REGIMES", "OBSERVE_MODES",
-    "realised_mixing_sequence", "record_run", "load_mixing_sequence", "leakage_from_run", "RECORD_FILE",
+    "mixing_sequence",
+    "observation_matrix",
+    "leakage_matrix",
+    "muffliato_per_step",
+    "leakage_vs_distance",
+    "graph_distances",
+    "epsilon_matrix",
+    "gaussian_epsilon",
+    "underestimated_pairs",
+    "NOISE_REGIMES",
+    "OBSERVE_MODES",
+    "realised_mixing_sequence",
+    "record_run",
+    "load_mixing_sequence",
+    "leakage_from_run",
+    "RECORD_FILE",
 ]
 
 NOISE_REGIMES = ("once", "fresh")
 OBSERVE_MODES = ("neighbors", "self")
 VALUE_MODES = ("once", "every_step")
-_RTOL = 1e-9        # singular values below rtol * s_max are treated as exactly 0 (float64)
+_RTOL = 1e-9  # singular values below rtol * s_max are treated as exactly 0 (float64)
 _OUT_OF_RANGE = 1e-7  # relative residual of a_u outside range(N): noiseless view -> infinite loss
 
 
@@ -127,8 +140,10 @@ def record_run(experiment, state, workdir) -> Path:
 def check_record_size(T: int, n: int) -> None:
     """Refuse a recording of more than :data:`RECORD_LIMIT` floats (dense ``[T, n, n]``)."""
     if T * n * n > RECORD_LIMIT:
-        raise ValueError(f"privacy.network_dp_record: {T} rounds of dense {n}x{n} matrices is {T * n * n:.3g} "
-                         f"floats, above {RECORD_LIMIT:.3g}; record fewer rounds or nodes")
+        raise ValueError(
+            f"privacy.network_dp_record: {T} rounds of dense {n}x{n} matrices is {T * n * n:.3g} "
+            f"floats, above {RECORD_LIMIT:.3g}; record fewer rounds or nodes"
+        )
 
 
 def load_mixing_sequence(workdir) -> np.ndarray:
@@ -137,8 +152,9 @@ def load_mixing_sequence(workdir) -> np.ndarray:
         return np.asarray(f["W"], np.float64)
 
 
-def leakage_from_run(run, noise: str = "once", observe: str = "neighbors", value: str = "once",
-                     rounds: int | None = None, **options) -> np.ndarray:
+def leakage_from_run(
+    run, noise: str = "once", observe: str = "neighbors", value: str = "once", rounds: int | None = None, **options
+) -> np.ndarray:
     """:func:`leakage_matrix` over the matrices a run really used: ``run`` is a workdir with a
     recording (:func:`record_run`) or a ``RunResult`` (recomputed from its key with
     :func:`realised_mixing_sequence`); ``rounds`` keeps the first ones only. Exact pairwise
@@ -193,7 +209,7 @@ def _messages(w: np.ndarray, noise: str, value: str):
     N[0, :, :n] = np.eye(n)
     for t in range(1, T):
         N[t, :, : n * t] = w[t - 1] @ N[t - 1, :, : n * t]
-        N[t, :, n * t: n * (t + 1)] = np.eye(n)
+        N[t, :, n * t : n * (t + 1)] = np.eye(n)
     return A, N
 
 
@@ -212,8 +228,7 @@ def _view_rows(w, A, N, v, observe):
     return np.concatenate(ra), np.concatenate(rn)
 
 
-def observation_matrix(mixing_matrices, v: int, noise: str = "once", observe: str = "neighbors",
-                       value: str = "once"):
+def observation_matrix(mixing_matrices, v: int, noise: str = "once", observe: str = "neighbors", value: str = "once"):
     """``(A, N)`` with observer ``v``'s view ``y = A z + N eta`` (Cyffers & Bellet 2022, Sec. 3 linear view).
 
     Rows: one per observed scalar (see the module docstring); ``N`` has ``n`` columns with
@@ -252,9 +267,14 @@ def _pair_leakage(Av: np.ndarray, Nv: np.ndarray, rtol: float) -> np.ndarray:
     return out
 
 
-def leakage_matrix(mixing_matrices, noise: str = "once", observe: str = "neighbors",
-                   value: str = "once", observer_knows_own: bool = True,
-                   rtol: float = _RTOL) -> np.ndarray:
+def leakage_matrix(
+    mixing_matrices,
+    noise: str = "once",
+    observe: str = "neighbors",
+    value: str = "once",
+    observer_knows_own: bool = True,
+    rtol: float = _RTOL,
+) -> np.ndarray:
     """Exact pairwise network-DP leakage ``[u, v]`` (Cyffers & Bellet 2022 network DP, Gaussian through a linear map).
 
     ``leakage[u, v] = a_u^T (N N^T)^+ a_u / K`` (module docstring): the Rényi loss from ``u`` to
@@ -305,11 +325,11 @@ def muffliato_per_step(mixing_matrices, noise: str = "once", value: str = "once"
     A, N = _messages(w, noise, value)
     out = np.zeros((n, n))
     for t in range(T):
-        nrm2 = np.sum(N[t] ** 2, axis=1)       # [n] noise variance / sigma^2 of each message
-        per_msg = A[t] ** 2 / nrm2[:, None]     # [w, u]
-        recv = (w[t] != 0)
-        np.fill_diagonal(recv, False)           # the paper sums over neighbours only
-        out += per_msg.T @ recv.T.astype(np.float64)   # [u, v] = sum_{w in N_t(v)} per_msg[w, u]
+        nrm2 = np.sum(N[t] ** 2, axis=1)  # [n] noise variance / sigma^2 of each message
+        per_msg = A[t] ** 2 / nrm2[:, None]  # [w, u]
+        recv = w[t] != 0
+        np.fill_diagonal(recv, False)  # the paper sums over neighbours only
+        out += per_msg.T @ recv.T.astype(np.float64)  # [u, v] = sum_{w in N_t(v)} per_msg[w, u]
     out /= K
     np.fill_diagonal(out, 1.0)
     return out
@@ -328,13 +348,21 @@ def graph_distances(topology) -> np.ndarray:
     """Hop distance ``[u, v]`` on the union graph (``inf`` if unreachable), for Cyffers & Bellet 2022's
     leakage-vs-distance view. Information from ``u`` reaches ``v`` no sooner than this many rounds."""
     import scipy.sparse.csgraph as csgraph
+
     adj = np.asarray(topology.adjacency, dtype=np.float64)
     # adjacency[i, j]: i receives from j, so information flows j -> i: distances on the transpose
     return csgraph.shortest_path(np.ascontiguousarray(adj.T), unweighted=True, directed=True)
 
 
-def leakage_vs_distance(topology, T: int, noise: str = "once", observe: str = "neighbors",
-                        value: str = "once", method: str = "exact", **kwargs) -> dict:
+def leakage_vs_distance(
+    topology,
+    T: int,
+    noise: str = "once",
+    observe: str = "neighbors",
+    value: str = "once",
+    method: str = "exact",
+    **kwargs,
+) -> dict:
     """Leakage by graph distance (Cyffers & Bellet 2022 network DP; Cyffers et al. 2022 Muffliato formula).
 
     Returns ``{distance: dict(mean, max, min, count)}`` over ordered pairs ``u != v`` at that hop
@@ -357,8 +385,9 @@ def _by_distance(L: np.ndarray, D: np.ndarray) -> dict:
     off = ~np.eye(L.shape[0], dtype=bool)
     for d in np.unique(D[off & np.isfinite(D)]):
         vals = L[off & (D == d)]
-        out[int(d)] = dict(mean=float(np.mean(vals)), max=float(np.max(vals)),
-                           min=float(np.min(vals)), count=int(vals.size))
+        out[int(d)] = dict(
+            mean=float(np.mean(vals)), max=float(np.max(vals)), min=float(np.min(vals)), count=int(vals.size)
+        )
     return out
 
 
@@ -389,6 +418,7 @@ def gaussian_epsilon(mu: float, delta: float, accountant: str = "rdp") -> float:
         def dlt(eps):
             # log-space second term: e^eps * Phi(.) overflows for large eps
             return norm.cdf(mu / 2 - eps / mu) - math.exp(eps + norm.logcdf(-mu / 2 - eps / mu))
+
         if dlt(0.0) <= delta:
             return 0.0
         hi = 1.0
@@ -406,8 +436,9 @@ def gaussian_epsilon(mu: float, delta: float, accountant: str = "rdp") -> float:
     return float(dp_accounting.rdp.RdpAccountant().compose(dp_accounting.GaussianDpEvent(1.0 / mu)).get_epsilon(delta))
 
 
-def epsilon_matrix(leakage, sigma_over_delta: float, delta: float, accountant: str = "rdp",
-                   releases: int = 1, decimals: int = 10) -> np.ndarray:
+def epsilon_matrix(
+    leakage, sigma_over_delta: float, delta: float, accountant: str = "rdp", releases: int = 1, decimals: int = 10
+) -> np.ndarray:
     """``(epsilon, delta)``-DP from ``u`` to ``v`` for every pair (Cyffers & Bellet 2022 network DP).
 
     The view of ``v`` is equivalent to one Gaussian mechanism on ``z_u`` with

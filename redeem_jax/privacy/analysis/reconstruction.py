@@ -23,6 +23,7 @@ the others:
 With noise the same solve returns ``z_u + (noise the system cannot separate)``: with Muffliato's
 noise drawn once it is ``z_u + eta_u`` for identifiable ``u`` (local DP, FIELD_NOTES).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,11 +34,16 @@ import numpy as np
 from redeem_jax.privacy.analysis import network_dp
 
 __all__ = [
-    "GossipView", "observation_operator", "identifiable", "simulate_gossip", "gather_view",
-    "reconstruct", "relative_errors",
+    "GossipView",
+    "observation_operator",
+    "identifiable",
+    "simulate_gossip",
+    "gather_view",
+    "reconstruct",
+    "relative_errors",
 ]
 
-_RTOL = 1e-9      # singular values of A_U below rtol * s_max are exactly 0 (float64 roundoff)
+_RTOL = 1e-9  # singular values of A_U below rtol * s_max are exactly 0 (float64 roundoff)
 _LEVERAGE_TOL = 1e-6  # (A_U^+ A_U)_uu within this of 1: e_u is in the row space
 
 
@@ -67,8 +73,9 @@ def _check_attackers(attackers, n: int) -> np.ndarray:
 _stack = network_dp._as_stack
 
 
-def observation_operator(mixing_matrices, attackers: Sequence[int], noise: str = "once",
-                         observe: str = "neighbors", value: str = "once"):
+def observation_operator(
+    mixing_matrices, attackers: Sequence[int], noise: str = "once", observe: str = "neighbors", value: str = "once"
+):
     """``(A [R, n], N [R, P])``: the pooled view ``y = A z + N eta`` of the colluding ``attackers``.
 
     The knowledge matrix ``K_T`` of El Mrini et al. 2024 (Sec. 3) is ``A``: the rows of
@@ -92,12 +99,18 @@ def _solve(A: np.ndarray, attackers: np.ndarray, rtol: float):
     Uu, s, Vt = np.linalg.svd(Au, full_matrices=False)
     keep = s > rtol * s[0] if s.size and s[0] > 0 else np.zeros(s.shape, bool)
     Uu, s, Vt = Uu[:, keep], s[keep], Vt[keep]
-    leverage = np.sum(Vt ** 2, axis=0)  # diag of A_U^+ A_U, the projector onto row space
+    leverage = np.sum(Vt**2, axis=0)  # diag of A_U^+ A_U, the projector onto row space
     return unknown, Uu, s, Vt, leverage
 
 
-def identifiable(mixing_matrices, attackers: Sequence[int], noise: str = "once",
-                 observe: str = "neighbors", value: str = "once", rtol: float = _RTOL) -> np.ndarray:
+def identifiable(
+    mixing_matrices,
+    attackers: Sequence[int],
+    noise: str = "once",
+    observe: str = "neighbors",
+    value: str = "once",
+    rtol: float = _RTOL,
+) -> np.ndarray:
     """``bool [n]``: nodes whose private value the attackers' noiseless view determines exactly.
 
     El Mrini et al. 2024, Sec. 3 (reconstructible nodes of ``K_T z = Y_T``): ``u`` is identifiable
@@ -146,8 +159,17 @@ def gather_view(messages, next_states, mixing_matrices, attackers: Sequence[int]
     return src[t, j]
 
 
-def simulate_gossip(mixing_matrices, z, attackers: Sequence[int], *, sigma: float = 0.0, seed: int = 0,
-                    noise: str = "once", observe: str = "neighbors", value: str = "once") -> GossipView:
+def simulate_gossip(
+    mixing_matrices,
+    z,
+    attackers: Sequence[int],
+    *,
+    sigma: float = 0.0,
+    seed: int = 0,
+    noise: str = "once",
+    observe: str = "neighbors",
+    value: str = "once",
+) -> GossipView:
     """Run gossip averaging on private values ``z [n, d]`` and return what the attackers observe.
 
     ``m_0 = z + eta_0``, ``m_{t+1} = W_t m_t (+ z if value="every_step") (+ eta_{t+1} if
@@ -181,8 +203,15 @@ def simulate_gossip(mixing_matrices, z, attackers: Sequence[int], *, sigma: floa
     return GossipView(y, z[s], own_noise)
 
 
-def reconstruct(mixing_matrices, attackers: Sequence[int], view: GossipView, noise: str = "once",
-                observe: str = "neighbors", value: str = "once", rtol: float = _RTOL):
+def reconstruct(
+    mixing_matrices,
+    attackers: Sequence[int],
+    view: GossipView,
+    noise: str = "once",
+    observe: str = "neighbors",
+    value: str = "once",
+    rtol: float = _RTOL,
+):
     """``(z_hat [n, d], identifiable bool [n])``: least-squares solution of the knowledge system.
 
     El Mrini et al. 2024, Sec. 3: ``K_T z = Y_T`` with the attackers' own contributions removed
@@ -199,16 +228,19 @@ def reconstruct(mixing_matrices, attackers: Sequence[int], view: GossipView, noi
         y = y[:, None]
     own = np.asarray(view.own_values, dtype=np.float64).reshape(s.size, -1)
     if y.shape[0] != A.shape[0] or own.shape[1] != y.shape[1]:
-        raise ValueError(f"view.y must be [{A.shape[0]}, d] and view.own_values [{s.size}, d]; "
-                         f"got {y.shape} and {np.shape(view.own_values)}")
+        raise ValueError(
+            f"view.y must be [{A.shape[0]}, d] and view.own_values [{s.size}, d]; "
+            f"got {y.shape} and {np.shape(view.own_values)}"
+        )
     y = y - A[:, s] @ own
     if view.own_noise is not None:
         # noise columns: eta_j (once) or eta_{t, j} at column n t + j (fresh, round-major)
         own_eta = np.asarray(view.own_noise, dtype=np.float64).reshape(-1, s.size, y.shape[1])
         cols = (n * np.arange(own_eta.shape[0])[:, None] + s[None]).reshape(-1)
         if cols.max() >= N.shape[1]:
-            raise ValueError(f"view.own_noise has {own_eta.shape[0]} draws per attacker; "
-                             f"the {noise!r} regime has {N.shape[1] // n}")
+            raise ValueError(
+                f"view.own_noise has {own_eta.shape[0]} draws per attacker; the {noise!r} regime has {N.shape[1] // n}"
+            )
         y = y - N[:, cols] @ own_eta.reshape(-1, y.shape[1])
     unknown, Uu, sv, Vt, leverage = _solve(A, s, rtol)
     z_hat = np.zeros((n, y.shape[1]))
