@@ -33,9 +33,9 @@ def fail(message: str) -> None:
 
 
 def _shipped():
-    from redeem_jax import configs
-
-    return configs
+    # Not `from redeem_jax import configs`: that goes through the package's lazy __getattr__,
+    # which installs the PRNG lowering and so imports JAX (2 s of `--help`).
+    return importlib.import_module("redeem_jax.configs")
 
 
 def _config_arg(argv: list[str]) -> tuple[int, str] | None:

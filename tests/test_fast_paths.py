@@ -214,6 +214,19 @@ def test_import_loads_neither_jax_nor_numpy():
     assert rj.__version__
 
 
+def test_help_does_not_start_jax():
+    # --help lists the shipped configs and the config's sections: none of it needs JAX (2 s to
+    # import), and a module-level __getattr__ must not be tricked into importing the registries.
+    code = (
+        "import sys, runpy; sys.argv = ['redeem_jax', '--help']\n"
+        "try:\n    runpy.run_module('redeem_jax', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('JAX', 'jax' in sys.modules, 'flax' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+    assert "shipped configs" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "JAX False False"
+
+
 def test_neighbourhood_geometric_median_from_the_origin_equals_a_per_node_loop():
     # ByzFL's setting (3 steps from the origin, nu = 0.1): every node's result from the one N x N
     # Gram equals the one-node rule and a NumPy loop over nodes; N = 64, d = 9000 runs the final

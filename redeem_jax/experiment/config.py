@@ -58,6 +58,8 @@ def _registry_names():
 
 
 def __getattr__(name):  # TOPOLOGIES, ALGORITHMS, ...: always the registries' current names
+    if name.startswith("__"):  # `from ... import` probes __path__: no reason to import every registry (and JAX)
+        raise AttributeError(name)
     names = _registry_names()
     if name in names:
         return names[name]
