@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from redeem_jax.algorithms import ad_psgd, dsgd, exact_diffusion, gradient_tracking, push_sum
+from redeem_jax.algorithms import ad_psgd, collab, dsgd, exact_diffusion, gradient_tracking, ifca, push_sum
 
 __all__ = [
     "REGISTRY",
@@ -70,3 +70,5 @@ register("push_sum", push_sum.push_sum)
 register("sgp", push_sum.sgp)
 register("push_diging", push_sum.push_diging)
 register("ad_psgd", ad_psgd.ad_psgd)
+register("ifca", ifca.ifca)
+register("collab", collab.collab)
