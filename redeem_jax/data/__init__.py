@@ -2,12 +2,13 @@
 
 ds = data.load("digits")
 nd, summary = data.distribute_with_summary(ds, 16, method="dirichlet", alpha=0.1)
+nd = data.distribute(ds, 16, method="dirichlet", alpha=0.1, local_test_fraction=0.2)  # + nd.test_x/test_y/test_sizes
 xb, yb, mask = data.sample_batch(key, nd.x[0], nd.y[0], nd.sizes[0], 32)
 """
 
 from redeem_jax.data.datasets import TEXT_MODULES, Dataset, list_datasets, load, register_dataset
 from redeem_jax.data.loaders import DataError, load_images, read_idx
-from redeem_jax.data.partition import METHODS, PartitionSummary, partition, partition_summary
+from redeem_jax.data.partition import METHODS, PartitionSummary, local_test_split, partition, partition_summary
 from redeem_jax.data.sampling import (
     NodeData,
     distribute,
@@ -31,6 +32,7 @@ __all__ = [
     "read_idx",
     "METHODS",
     "partition",
+    "local_test_split",
     "partition_summary",
     "PartitionSummary",
     "NodeData",

@@ -20,6 +20,7 @@ from redeem_jax.data.partition import (
     PartitionSummary,
     group_by_node,
     grouped_summary,
+    local_test_split,
     node_assignment,
 )
 
@@ -45,11 +46,16 @@ class NodeData(NamedTuple):
     x: ``[N, m_max, *input_shape]``, zero rows beyond ``sizes[i]``.
     y: ``[N, m_max, ...]``, zero beyond ``sizes[i]``.
     sizes: int32 ``[N]``, number of real rows of each node.
+    test_x, test_y, test_sizes: each node's local test set (``data.local_test_fraction`` > 0),
+        padded the same way; ``None`` (no pytree leaves) without one.
     """
 
     x: jax.Array
     y: jax.Array
     sizes: jax.Array
+    test_x: jax.Array | None = None
+    test_y: jax.Array | None = None
+    test_sizes: jax.Array | None = None
 
 
 def stack_parts(x: np.ndarray, y: np.ndarray, parts: list[np.ndarray], pad_to: int | None = None) -> NodeData:
@@ -97,16 +103,35 @@ def distribute_with_summary(
     seed: int = 0,
     *,
     pad_to: int | None = None,
+    local_test_fraction: float = 0.0,
     **partition_options,
 ) -> tuple[NodeData, PartitionSummary]:
-    """:func:`distribute` that also returns the :class:`PartitionSummary`."""
+    """:func:`distribute` that also returns the :class:`PartitionSummary` (of the train split)."""
     # Grouped (order, sizes) arrays rather than a list of per-node arrays: at
     # 10^6 nodes the list alone took ~10 s of Python.
     node_of = node_assignment(ds.y_train, num_nodes, method=method, seed=seed, **partition_options)
+    if local_test_fraction > 0.0:
+        return _with_local_test(ds, node_of, int(num_nodes), local_test_fraction, seed, pad_to)
     order, sizes = group_by_node(node_of, int(num_nodes))
     nd = stack_grouped(ds.x_train, ds.y_train, order, sizes, pad_to=pad_to)
     num_classes = ds.num_classes if ds.task == "classification" else None
     return nd, grouped_summary(ds.y_train, order, sizes, num_classes)
+
+
+def _with_local_test(ds: Dataset, node_of, n: int, fraction: float, seed: int, pad_to) -> tuple:
+    """Train and local test sets of every node from one node assignment (``local_test_split``)."""
+    is_test = local_test_split(ds.y_train, node_of, fraction, seed)
+    ids = np.arange(node_of.shape[0])
+    tr, te = ids[~is_test], ids[is_test]
+    order, sizes = group_by_node(node_of[tr], n)
+    t_order, t_sizes = group_by_node(node_of[te], n)
+    nd = stack_grouped(ds.x_train, ds.y_train, tr[order], sizes, pad_to=pad_to)
+    # At least one padded row, so that a node set without test examples still has a [N, 1] array.
+    t_pad = max(int(t_sizes.max()) if n else 0, 1)
+    test = stack_grouped(ds.x_train, ds.y_train, te[t_order], t_sizes, pad_to=t_pad)
+    nd = nd._replace(test_x=test.x, test_y=test.y, test_sizes=test.sizes)
+    num_classes = ds.num_classes if ds.task == "classification" else None
+    return nd, grouped_summary(ds.y_train, tr[order], sizes, num_classes)
 
 
 def distribute(
@@ -116,6 +141,7 @@ def distribute(
     seed: int = 0,
     *,
     pad_to: int | None = None,
+    local_test_fraction: float = 0.0,
     **partition_options,
 ) -> NodeData:
     """Partitions ``ds``'s train set across nodes (see :func:`partition` for
@@ -123,8 +149,14 @@ def distribute(
 
     Memory is ``N · m_max``: strongly skewed partitions (small Dirichlet
     ``alpha``) pad every node to the largest one.
+
+    ``local_test_fraction`` > 0 also holds out that fraction of every node's examples, stratified
+    by label (:func:`~redeem_jax.data.partition.local_test_split`), as the node's local test set
+    (``NodeData.test_x`` / ``test_y`` / ``test_sizes``); 0 gives exactly the split without one.
     """
-    return distribute_with_summary(ds, num_nodes, method, seed, pad_to=pad_to, **partition_options)[0]
+    return distribute_with_summary(
+        ds, num_nodes, method, seed, pad_to=pad_to, local_test_fraction=local_test_fraction, **partition_options
+    )[0]
 
 
 def sample_indices(key: jax.Array, size, m_max: int, batch_size: int) -> tuple[jax.Array, jax.Array]:

@@ -134,6 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.whiten = False  # synthetic linear: (1/m)AᵢᵀAᵢ = I on every node
     c.data.seq_len = 64  # text
     c.data.seed = -1  # the data draw and partition; -1: use the run's seed
+    # Fraction of every node's examples held out, stratified by label, as its local test set
+    # (local_test_* metrics, docs/personalization.md); 0: no local test set, the split of before.
+    c.data.local_test_fraction = 0.0
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"
@@ -365,6 +368,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "data.whiten": _bool,
     "data.seq_len": _int(2),
     "data.seed": _int(-1, MAX_SEED),
+    "data.local_test_fraction": _float(0.0, 1.0, hi_open=True),
     "model.name": _choice("MODEL_NAMES"),
     "model.hidden": _int_tuple(0),
     "model.channels": _int_tuple(1),
