@@ -520,17 +520,31 @@ def _channels_for(c, algorithm: Algorithm, topo, byz) -> dict[str, Channel]:
 # --------------------------------------------------------------------------- #
 # evaluation
 # --------------------------------------------------------------------------- #
-def evaluate_fn(model: _models.Model, x_test, y_test, max_nodes: int = 0) -> Callable:
+def evaluate_fn(model: _models.Model, x_test, y_test, max_nodes: int = 0, local_test=None) -> Callable:
     """``evaluate(params[N, d], honest[N]) -> dict`` of test metrics.
 
     The model averaged over honest nodes (what D-SGD theory bounds) and every node's own
     model, summarised over honest nodes as mean / std / min / max. ``max_nodes > 0`` takes
     the per-node statistics over that many evenly spaced nodes (scoring 10^6 models on the
     whole test set costs more than the rounds); the averaged model still uses every node.
+
+    ``local_test = (x [N, T, ...], y [N, T, ...], sizes [N])`` (``NodeData.test_*``): also every
+    node's model on its own local test set, the personalized accuracy of e.g. Ditto (Li et al.
+    2021, Sec. 5), as ``local_test_{loss,accuracy}_{mean,std,min,max}`` over the honest nodes
+    that have a local test example.
     """
     x_test = jnp.asarray(x_test)
     y_test = jnp.asarray(y_test)
     ones = jnp.ones((x_test.shape[0],), bool)
+    if local_test is not None:
+        lx, ly, lsizes = (np.asarray(a) for a in local_test)
+        lmask = np.arange(lx.shape[1])[None, :] < lsizes[:, None]  # [N, T]: real rows of each node
+
+    def local_metrics(params, honest, idx):
+        """Every node's own model on its own local test rows: one vmap over nodes, masks for padding."""
+        x, y, m = (jnp.asarray(a if idx is None else a[idx]) for a in (lx, ly, lmask))
+        per_node = jax.vmap(lambda p, xi, yi, mi: _models.loss_and_metrics(model, p, xi, yi, mi)[1])(params, x, y, m)
+        return _node_stats("local_test", per_node, honest & jnp.any(m, axis=1))
 
     def node_metrics(p):
         return _models.loss_and_metrics(model, p, x_test, y_test, ones)[1]
@@ -539,20 +553,30 @@ def evaluate_fn(model: _models.Model, x_test, y_test, max_nodes: int = 0) -> Cal
     def evaluate(params, honest):
         xbar = masked_mean(params, honest)
         out = {f"test_{k}": v for k, v in node_metrics(xbar).items()}
+        idx = None
         if 0 < max_nodes < params.shape[0]:
             idx = np.linspace(0, params.shape[0] - 1, max_nodes).round().astype(np.int64)
             params, honest = params[idx], honest[idx]
         per_node = jax.lax.map(node_metrics, params, batch_size=min(64, params.shape[0]))
-        w = honest.astype(jnp.float32)
-        for k, v in per_node.items():
-            mean = jnp.sum(v * w) / jnp.sum(w)
-            out[f"node_test_{k}_mean"] = mean
-            out[f"node_test_{k}_std"] = jnp.sqrt(jnp.sum(w * (v - mean) ** 2) / jnp.sum(w))
-            out[f"node_test_{k}_min"] = jnp.min(jnp.where(honest, v, jnp.inf))
-            out[f"node_test_{k}_max"] = jnp.max(jnp.where(honest, v, -jnp.inf))
+        out.update(_node_stats("node_test", per_node, honest))
+        if local_test is not None:
+            out.update(local_metrics(params, honest, idx))
         return out
 
     return evaluate
+
+
+def _node_stats(prefix: str, per_node: dict, keep) -> dict:
+    """Mean / std / min (the worst node's accuracy) / max of per-node metrics over the ``keep`` nodes."""
+    w = keep.astype(jnp.float32)
+    out = {}
+    for k, v in per_node.items():
+        mean = jnp.sum(v * w) / jnp.sum(w)
+        out[f"{prefix}_{k}_mean"] = mean
+        out[f"{prefix}_{k}_std"] = jnp.sqrt(jnp.sum(w * (v - mean) ** 2) / jnp.sum(w))
+        out[f"{prefix}_{k}_min"] = jnp.min(jnp.where(keep, v, jnp.inf))
+        out[f"{prefix}_{k}_max"] = jnp.max(jnp.where(keep, v, -jnp.inf))
+    return out
 
 
 # --------------------------------------------------------------------------- #
@@ -580,6 +604,7 @@ def build(config, topology=None) -> Experiment:
             alpha=c.data.alpha,
             shards_per_node=c.data.shards_per_node,
             quantity_alpha=c.data.quantity_alpha,
+            local_test_fraction=c.data.get("local_test_fraction", 0.0),
         )
     except ValueError as e:
         raise ConfigError(f"config.data.partition: {e}") from e
@@ -617,7 +642,10 @@ def build(config, topology=None) -> Experiment:
     step = _round.make_step(algorithm, oracle, channels, topology=topo, honest=honest, trace_counter=counter)
     step = _channels.with_channel_metrics(step)  # e.g. robust_fallback_nodes into metrics.jsonl
     n_test = min(c.eval.max_test_examples, ds.x_test.shape[0])
-    evaluate = evaluate_fn(model, ds.x_test[:n_test], ds.y_test[:n_test], c.eval.max_nodes)
+    local_test = None
+    if node_data.test_x is not None:  # data.local_test_fraction > 0: every node also scored on its own test set
+        local_test = (node_data.test_x, node_data.test_y, node_data.test_sizes)
+    evaluate = evaluate_fn(model, ds.x_test[:n_test], ds.y_test[:n_test], c.eval.max_nodes, local_test)
     return Experiment(
         c,
         topo,
