@@ -53,6 +53,8 @@ __all__ = [
     "choco_identity_rate",
     "mean_square_contraction",
     "expected_mixing_matrix",
+    "ditto_mse",
+    "ditto_optimal_lambda",
 ]
 
 
@@ -655,3 +657,40 @@ def expected_mixing_matrix(topology) -> np.ndarray:
     if getattr(topology, "is_drawn", False):
         return topology.expected_mixing_matrix()
     return np.mean(topology.mixing_matrices(), axis=0)
+
+
+# --------------------------------------------------------------------------- #
+# Personalization: Ditto on Gaussian mean estimation
+# --------------------------------------------------------------------------- #
+def ditto_mse(lam, m: int, sigma2: float, tau2: float, n: int, d: int = 1):
+    """E‖vᵢ − μᵢ‖² of Ditto's personal model (Li et al. 2021, Eq. 2) on Gaussian mean estimation.
+
+    Node i has m samples yᵢⱼ ~ N(μᵢ, σ²I_d), μᵢ = μ + δᵢ, δᵢ ~ N(0, τ²I_d) independent over n nodes.
+    With fᵢ(v) = (1/2m)Σⱼ‖v − yᵢⱼ‖² = ½‖v − ȳᵢ‖² + c and the shared model at its optimum
+    x̄ = mean_k ȳₖ, Ditto's fixed point ∇fᵢ(v) + λ(v − x̄) = 0 is
+
+        vᵢ = (ȳᵢ + λx̄)/(1 + λ) = (1 − w)ȳᵢ + w x̄,   w = λ/(1 + λ)
+
+    (with the per-sample sum Σⱼ½‖v − yᵢⱼ‖² it is (mȳᵢ + λx̄)/(m + λ): λ_sum = mλ). Writing
+    s = σ²/m and a = 1 − 1/n, vᵢ − μᵢ = (1 − wa)eᵢ + (w/n)Σ_{k≠i}eₖ − waδᵢ + (w/n)Σ_{k≠i}δₖ with
+    eₖ = ȳₖ − μₖ ~ N(0, sI), so per coordinate
+
+        MSE/d = s(1 − wa)² + w²a s/n + w²a τ² = s − 2saw + a(s + τ²)w².
+
+    w = 0 gives local averaging (s), w = 1 the global mean (s/n + aτ²). ``lam`` may be an array.
+    """
+    lam = np.asarray(lam, np.float64)
+    w = lam / (1.0 + lam)
+    s, a = sigma2 / m, 1.0 - 1.0 / n
+    return d * (s - 2.0 * s * a * w + a * (s + tau2) * w**2)
+
+
+def ditto_optimal_lambda(m: int, sigma2: float, tau2: float, n: int | None = None, d: int = 1) -> float:
+    """The λ minimising :func:`ditto_mse`: w* = s/(s + τ²) with s = σ²/m, so λ* = w*/(1 − w*) =
+    σ²/(mτ²) (λ*_sum = σ²/τ² for the per-sample sum), for every n ≥ 2 and d: the pull toward the
+    shared model grows with the sampling noise of one node's mean and shrinks with heterogeneity.
+    ``n`` and ``d`` do not enter (kept for the same signature as :func:`ditto_mse`)."""
+    del n, d
+    if tau2 <= 0:
+        return math.inf
+    return sigma2 / (m * tau2)

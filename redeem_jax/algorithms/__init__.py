@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from redeem_jax.algorithms import ad_psgd, collab, dsgd, exact_diffusion, gradient_tracking, ifca, push_sum
+from redeem_jax.algorithms import ad_psgd, apfl, collab, ditto, dsgd, exact_diffusion, gradient_tracking, ifca, push_sum
 
 __all__ = [
     "REGISTRY",
@@ -23,6 +23,8 @@ __all__ = [
     "gradient_tracking",
     "push_sum",
     "ad_psgd",
+    "ditto",
+    "apfl",
 ]
 
 REGISTRY: dict[str, Callable] = {}
@@ -70,5 +72,17 @@ register("push_sum", push_sum.push_sum)
 register("sgp", push_sum.sgp)
 register("push_diging", push_sum.push_diging)
 register("ad_psgd", ad_psgd.ad_psgd)
+
+
+def _ditto(optimizer, lam: float = 1.0, local_steps: int = 1, over: str = "graph"):
+    return ditto.ditto(optimizer, lam, local_steps, over=over)
+
+
+def _apfl(optimizer, alpha: float = 0.5, alpha_lr: float = 0.1, local_steps: int = 1, over: str = "graph"):
+    return apfl.apfl(optimizer, alpha, alpha_lr, local_steps, over=over)
+
+
+register("ditto", _ditto)
+register("apfl", _apfl)
 register("ifca", ifca.ifca)
 register("collab", collab.collab)
