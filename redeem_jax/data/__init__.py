@@ -9,6 +9,7 @@ xb, yb, mask = data.sample_batch(key, nd.x[0], nd.y[0], nd.sizes[0], 32)
 from redeem_jax.data.datasets import TEXT_MODULES, Dataset, list_datasets, load, register_dataset
 from redeem_jax.data.loaders import DataError, load_images, read_idx
 from redeem_jax.data.partition import METHODS, PartitionSummary, local_test_split, partition, partition_summary
+from redeem_jax.data.ratings import movielens, planted, read_movielens
 from redeem_jax.data.sampling import (
     NodeData,
     distribute,
@@ -21,6 +22,11 @@ from redeem_jax.data.sampling import (
     subset_indices,
 )
 
+# Ratings (task "ratings": x = (user, item) ids, y = ratings) for rj.recommend; registered here,
+# after datasets.py is whole, since ratings.py builds on its Dataset.
+register_dataset("ratings", planted)
+register_dataset("movielens", movielens)
+
 __all__ = [
     "Dataset",
     "load",
@@ -30,6 +36,7 @@ __all__ = [
     "load_images",
     "DataError",
     "read_idx",
+    "read_movielens",
     "METHODS",
     "partition",
     "local_test_split",
