@@ -106,6 +106,37 @@ def test_ifca_with_one_cluster_is_dsgd(averaging):
     np.testing.assert_allclose(np.asarray(ma["train_loss"]), np.asarray(mb["train_loss"]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("averaging", ["gradient", "model"])
+def test_ifca_round_against_a_dense_numpy_reference(averaging):
+    """One round, k = 3 on a ring, against NumPy with the dense W: each node picks its
+    lowest-loss copy, takes one SGD step on it, then option I gossips all copies (W x̃ⱼ) and
+    option II takes the ratio W(sⱼ⊙x̃ⱼ) / W sⱼ where some in-neighbour chose j, else W xⱼ."""
+    k, lr = 3, 0.1
+    B = jnp.asarray(np.random.default_rng(1).normal(size=(N, D)) * 2.0, jnp.float32)
+    topo = rj.topology.ring(N)
+    algo = ifca.ifca(local_optimizer("sgd", lr), k, averaging=averaging, init_scale=1.0)
+    channels = {"model": rj.channels.gossip(topo)}
+    s0 = rj.round.init_state(
+        algo, _quadratic_oracle(), channels, jnp.zeros((N, D)), jax.random.PRNGKey(3), topology=topo
+    )
+    s1, _ = jax.jit(rj.round.make_step(algo, _quadratic_oracle(), channels, topology=topo))(s0, B, {})
+    x, b, W = np.asarray(s0.algorithm.x, np.float64), np.asarray(B, np.float64), np.asarray(topo.mixing_matrix())
+    loss = 0.5 * ((x - b[None]) ** 2).sum(-1)  # [k, N]
+    choice = loss.argmin(0)
+    s = (np.arange(k)[:, None] == choice[None]).astype(np.float64)  # [k, N]
+    assert len(set(choice)) == k, "the reference should exercise every cluster"
+    xt = x - lr * s[..., None] * (x - b[None])
+    if averaging == "gradient":
+        ref = np.einsum("ij,kjd->kid", W, xt)
+    else:
+        num, den = np.einsum("ij,kjd->kid", W, s[..., None] * xt), W @ s.T  # den [N, k]
+        ref = np.where(den.T[..., None] > 0, num / np.maximum(den.T, 1e-300)[..., None], np.einsum("ij,kjd->kid", W, x))
+        assert (den == 0).any(), "some node should hear no chooser of some cluster"
+    np.testing.assert_array_equal(np.asarray(s1.algorithm.choice), choice)
+    np.testing.assert_allclose(np.asarray(s1.algorithm.x), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(algo.models(s1.algorithm)), ref[choice, np.arange(N)], rtol=1e-5, atol=1e-5)
+
+
 def test_ifca_options_are_validated_and_registered():
     opt = local_optimizer("sgd", 0.1)
     with pytest.raises(ValueError, match="clusters"):
