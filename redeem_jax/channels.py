@@ -51,6 +51,7 @@ __all__ = [
     "round_messages",
     "choco",
     "error_feedback",
+    "shared_coordinates",
     "Tamper",
     "vector_tamper",
     "edge_tamper",
@@ -588,3 +589,53 @@ def error_feedback(exchange: Channel, compressor, gamma) -> Channel:
 
     hyp = exchange.hypers + ((gamma,) if isinstance(gamma, Hyper) else ())
     return Channel(init, update, wire, exchange.conserving, hyp, f"error_feedback[{compressor.name}]({exchange.name})")
+
+
+# --------------------------------------------------------------------------- #
+# shared coordinates (personalization: shared body, personal head)
+# --------------------------------------------------------------------------- #
+def shared_coordinates(inner: Channel, mask) -> Channel:
+    """Only the coordinates where ``mask`` is True go through ``inner`` (FedPer, Arivazhagan et
+    al. 2019; FedRep, Collins et al. 2021, Alg. 1: only the body is exchanged):
+    ``X ← m⊙inner(X[:, m]) + (1−m)⊙X``.
+
+    ``mask`` is a static ``bool[d]`` over the flat row. The shared columns are gathered into an
+    ``[N, d_shared]`` array, run through ``inner`` (gossip, server, robust rule with its attack,
+    compression) and scattered back, so a robust rule or an attack never sees nor touches a
+    personal coordinate, ``inner``'s state (public copies, the server's model) holds only the
+    shared columns, and the wire cost counts ``d_shared`` floats per row. An empty mask makes
+    the channel the identity that sends nothing.
+    """
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 1:
+        raise ValueError(f"shared_coordinates: mask must be bool[d], got shape {mask.shape}")
+    idx = np.flatnonzero(mask)
+    d_shared, d = int(idx.size), int(mask.size)
+
+    def _check(x):
+        if x.shape[-1] != d:
+            raise ValueError(f"shared_coordinates: rows have {x.shape[-1]} coordinates, the mask {d}")
+
+    def init(x):
+        x = jnp.asarray(x)
+        _check(x)
+        return inner.init(x[:, idx]) if d_shared else ()
+
+    def update(x, s, ctx):
+        _check(x)
+        if not d_shared:
+            return x, s
+        y, s = inner.update(x[:, idx], s, ctx)
+        # A scatter of the shared columns: the personal ones are the input's, bit for bit.
+        return x.at[:, idx].set(y.astype(x.dtype)), s
+
+    def wire(dd, ctx):
+        del dd  # the rows' width; only the shared columns are sent
+        if not d_shared or inner.wire is None:
+            return (0 if not d_shared else None), None
+        messages, bits = inner.wire(d_shared, ctx)
+        if messages is not None and bits is None:
+            bits = 32 * d_shared  # an exchange alone sends float32 rows of what it is given
+        return messages, bits
+
+    return Channel(init, update, wire, inner.conserving, inner.hypers, f"shared[{d_shared}/{d}]({inner.name})")

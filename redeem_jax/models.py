@@ -22,6 +22,7 @@ __all__ = [
     "get",
     "MODELS",
     "loss_and_metrics",
+    "head_mask",
     "per_example_loss",
     "MLP",
     "CNN",
@@ -189,6 +190,27 @@ def get(
         raise ValueError(f"model.d_model ({d_model}) must be divisible by model.num_heads ({num_heads})")
     mod = TinyTransformerLM(num_classes, d_model, num_heads, num_layers, int(input_shape[-1]))
     return _wrap(name, task, mod, example, l2)
+
+
+def head_mask(model: Model) -> np.ndarray:
+    """``bool[d]``: the flat coordinates (``ravel_pytree`` order) of the model's head, its last
+    layer — the personal part in FedPer (Arivazhagan et al. 2019) and FedRep (Collins et al.
+    2021, Sec. 3: a shared representation, a per-client linear head).
+
+    The head is the top-level ``Dense`` module with the highest index (the output layer of
+    ``mlp``, ``cnn`` and ``transformer``; for ``linear`` / ``logistic`` the only layer, so the
+    whole model is personal and nothing is shared)."""
+    tree = model.unravel(jnp.zeros((model.num_params,), jnp.float32))
+    params = tree["params"] if isinstance(tree, dict) and "params" in tree else tree
+    dense = [k for k in params if k.startswith("Dense_") and k[6:].isdigit()]
+    if not dense:
+        raise ValueError(f"head_mask: model {model.name!r} has no top-level Dense layer to call its head")
+    head = max(dense, key=lambda k: int(k[6:]))
+    # Mark the head's leaves and ravel the same structure again: the same order as the flat row.
+    marked = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.full(leaf.shape, any(getattr(p, "key", None) == head for p in path[:2])), tree
+    )
+    return np.asarray(ravel_pytree(marked)[0], bool)
 
 
 def _masked_mean(v, mask):

@@ -84,5 +84,28 @@ def _apfl(optimizer, alpha: float = 0.5, alpha_lr: float = 0.1, local_steps: int
 
 register("ditto", _ditto)
 register("apfl", _apfl)
+
+# Shared body, personal head (FedPer, FedRep) and the local-only baseline: one self-contained block.
+from redeem_jax.algorithms import fedrep, local_only  # noqa: E402
+
+__all__ += ["fedrep", "local_only"]
+
+
+def _fedrep(
+    optimizer, head_steps: int = 1, local_steps: int = 1, personal: str = "head", over: str = "graph", *, _shared=None
+):
+    # ``_shared`` (the model's shared-coordinate mask) is filled in by rj.build from ``personal``.
+    del personal
+    return fedrep.fedrep(optimizer, _shared, head_steps, local_steps, over=over)
+
+
+def _fedper(optimizer, local_steps: int = 1, personal: str = "head", over: str = "graph", *, _shared=None):
+    del personal
+    return fedrep.fedper(optimizer, _shared, local_steps, over=over)
+
+
+register("fedrep", _fedrep)
+register("fedper", _fedper)
+register("local_only", local_only.local_only)
 register("ifca", ifca.ifca)
 register("collab", collab.collab)

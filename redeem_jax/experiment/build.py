@@ -261,12 +261,37 @@ def _optimizer(c):
 
 def _steps_per_round(c) -> int:
     """Oracle calls per round per node (local steps), for schedules and privacy accounting."""
-    return int(c.algorithm.get("local_steps", 1)) if "local_steps" in _algorithms.options(c.algorithm.name) else 1
+    opts = _algorithms.options(c.algorithm.name)
+    steps = int(c.algorithm.get("local_steps", 1)) if "local_steps" in opts else 1
+    # FedRep's head steps call the oracle too (DP-SGD accounts for every call).
+    return steps + (int(c.algorithm.get("head_steps", 0)) if "head_steps" in opts else 0)
 
 
-def _algorithm(c, optimizer) -> tuple[Algorithm, tuple]:
+def _shared_mask(c, model) -> np.ndarray | None:
+    """The shared (exchanged) coordinates of an algorithm with a ``personal`` option (FedPer,
+    FedRep): ``~rj.models.head_mask(model)`` for ``personal = "head"``; None for the others."""
+    if "personal" not in _algorithms.options(c.algorithm.name):
+        return None
+    personal = c.algorithm.personal
+    if personal != "head":
+        raise ConfigError(f"config.algorithm.personal: {personal!r} is not one of head")
+    try:
+        shared = ~_models.head_mask(model)
+    except ValueError as e:
+        raise ConfigError(f"config.model.name: {e}") from e
+    if not shared.any():
+        raise ConfigError(
+            f"config.model.name: {model.name!r} is its head alone, so {c.algorithm.name} would share nothing; "
+            "use an mlp or cnn, or algorithm.name = local_only"
+        )
+    return shared
+
+
+def _algorithm(c, optimizer, shared=None) -> tuple[Algorithm, tuple]:
     factory = _algorithms.get(c.algorithm.name)
     opts, hyp = {}, []
+    if shared is not None:
+        opts["_shared"] = shared
     for k, default in _algorithms.options(c.algorithm.name).items():
         v = c.algorithm.get(k, default)
         if isinstance(v, float) and not isinstance(v, bool):
@@ -627,13 +652,16 @@ def build(config, topology=None) -> Experiment:
         node_data = attacks.poison_node_data(node_data, byz, ds.num_classes)
     honest = ~byz
 
-    algorithm, algo_hypers = _algorithm(c, _optimizer(c))
+    shared = _shared_mask(c, model)
+    algorithm, algo_hypers = _algorithm(c, _optimizer(c), shared)
     if algorithm.validate is not None:
         try:
             algorithm.validate(topo)
         except ValueError as e:
             raise ConfigError(f"config.algorithm.name: {e}") from e
     channels = _channels_for(c, algorithm, topo, byz)
+    if shared is not None:  # FedPer / FedRep: only the body goes through every exchange
+        channels = {k: _channels.shared_coordinates(ch, shared) for k, ch in channels.items()}
     oracle, privacy = _privacy(c, model, node_data)
     if c.privacy.mode == "central":
         privacy = _central_privacy(c)[1]
