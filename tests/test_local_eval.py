@@ -140,14 +140,21 @@ def _isolated(n, monkeypatch):
     return rj.topology.from_mixing_matrices([np.eye(n)], name="isolated")
 
 
-def test_local_only_scores_higher_on_local_than_on_global_test(monkeypatch):
+@pytest.mark.parametrize("how", ["dsgd_without_edges", "local_only"])
+def test_local_only_scores_higher_on_local_than_on_global_test(how, monkeypatch):
     # Dirichlet alpha = 0.1: each node holds mostly one to three of the ten digits, so a model
     # trained on its own data alone fits its own distribution (the local test set) but can be
     # right on the global test set only for those few classes (at most ~30% of it).
     c = small_config(
         **{"data.partition": "dirichlet", "data.alpha": 0.1, "data.local_test_fraction": 0.2, "num_rounds": 30}
     )
-    res = rj.run(c, topology=_isolated(8, monkeypatch))
+    if how == "local_only":
+        if "local_only" not in rj.algorithms.REGISTRY:
+            pytest.skip("algorithm local_only is not registered")
+        c.algorithm.name = "local_only"
+        res = rj.run(c)
+    else:
+        res = rj.run(c, topology=_isolated(8, monkeypatch))
     m = {k: float(v[-1]) for k, v in res.metrics.items()}
     local, node_global = m["local_test_accuracy_mean"], m["node_test_accuracy_mean"]
     assert local > node_global + 0.3, (local, node_global)
@@ -157,8 +164,9 @@ def test_local_only_scores_higher_on_local_than_on_global_test(monkeypatch):
 
 
 def test_build_with_fraction_zero_changes_nothing():
-    base = small_config(**{"num_rounds": 4, "eval_every": 2})
-    zero = small_config(**{"num_rounds": 4, "eval_every": 2, "data.local_test_fraction": 0.0})
+    small = {"num_nodes": 4, "num_rounds": 2, "eval_every": 1, "model.hidden": (8,)}
+    base = small_config(**small)
+    zero = small_config(**small, **{"data.local_test_fraction": 0.0})
     a, b = rj.run(base), rj.run(zero)
     assert b.experiment.node_data.test_x is None
     assert set(a.metrics) == set(b.metrics) and not any("local" in k for k in b.metrics)
