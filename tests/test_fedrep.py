@@ -254,12 +254,29 @@ def test_fedrep_from_a_config_resumes_identically_and_sends_only_the_body(tmp_pa
     assert np.isfinite(full.final["test_loss"])
 
 
-def test_config_errors():
+def test_config_wiring_dp_byzantine_and_errors():
+    """Built, not run: DP-SGD accounts for head and body steps (an oracle call each); a
+    Byzantine ALIE attack with a trimmed mean is the inner exchange of the shared coordinates,
+    on a graph and on the server; local_only declares no exchange; bad configs name the field."""
     import sys
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from _configs import small_config
 
+    dp = rj.build(
+        small_config(
+            **{"algorithm.name": "fedrep", "algorithm.head_steps": 2, "algorithm.local_steps": 3}
+            | {"privacy.mode": "dp_sgd", "privacy.noise_multiplier": 1.0, "privacy.clip_norm": 1.0}
+        )
+    )
+    assert dp.privacy["steps_per_round"] == 5
+    byz = {"byzantine.num": 1, "byzantine.attack": "alie", "aggregation.rule": "trimmed_mean"}
+    graph = rj.build(small_config(**{"algorithm.name": "fedper", "topology.name": "complete"} | byz))
+    d_shared = int((~rj.models.head_mask(graph.model)).sum())
+    assert graph.channels["body"].name.startswith(f"shared[{d_shared}/{graph.model.num_params}](robust_gossip")
+    fed = rj.build(small_config(**{"algorithm.name": "fedrep", "algorithm.over": "server"} | byz))
+    assert fed.channels["body"].name.endswith("(server[robust])")
+    assert rj.build(small_config(**{"algorithm.name": "local_only"})).channels == {}
     with pytest.raises(rj.config.ConfigError, match="config.model.name: 'linear' is its head alone"):
         rj.build(small_config(**{"algorithm.name": "fedrep", "model.name": "linear"}))
     with pytest.raises(rj.config.ConfigError, match="config.algorithm.personal"):
