@@ -115,7 +115,7 @@ def test_ifca_round_against_a_dense_numpy_reference(averaging):
     B = jnp.asarray(np.random.default_rng(1).normal(size=(N, D)) * 2.0, jnp.float32)
     topo = rj.topology.ring(N)
     algo = ifca.ifca(local_optimizer("sgd", lr), k, averaging=averaging, init_scale=1.0)
-    channels = {"model": rj.channels.gossip(topo)}
+    channels = {name: rj.channels.gossip(topo) for name in algo.exchanges}
     s0 = rj.round.init_state(
         algo, _quadratic_oracle(), channels, jnp.zeros((N, D)), jax.random.PRNGKey(3), topology=topo
     )
@@ -143,6 +143,10 @@ def test_ifca_options_are_validated_and_registered():
         ifca.ifca(opt, clusters=0)
     with pytest.raises(ValueError, match="averaging"):
         ifca.ifca(opt, averaging="median")
+    with pytest.raises(ValueError, match="graph only"):
+        ifca.ifca(opt, averaging="model", over="server")
+    # option I: one model-shaped exchange per cluster, so the server and stateful channels apply
+    assert sorted(ifca.ifca(opt, clusters=3).exchanges) == ["model_0", "model_1", "model_2"]
     assert rj.algorithms.options("ifca")["clusters"] == 2
     assert rj.algorithms.options("collab")["mu"] == 1.0
 

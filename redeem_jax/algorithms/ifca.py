@@ -16,12 +16,18 @@ copy of model j). One round:
      copies, xⱼ⁺ = W x̃ⱼ. A node that did not choose j contributes its unchanged copy, i.e. a
      zero gradient, which is option I's division by the number of machines m; it is D-SGD on
      Σᵢ sᵢⱼ fᵢ for each j and preserves the network sum (conserving gossip, robust rules apply).
+     Each model goes through its own exchange ``model_j`` of ``[N, d]`` rows, so any channel
+     (the server, robust rules with their state, attacks) sees model-shaped messages.
    * ``averaging = "model"`` (option II, θⱼ⁺ = Σᵢ sᵢⱼ θ̃ᵢ / Σᵢ sᵢⱼ): the masked mean becomes
      one ratio-consensus step (numerator and denominator gossiped together, as in push-sum),
      xᵢⱼ⁺ = [W(sⱼ ⊙ x̃ⱼ)]ᵢ / [W sⱼ]ᵢ wherever [W sⱼ]ᵢ > 0 (some in-neighbour of i, or i itself,
      chose j: the average over the choosers i hears from). Where none did, i has no fresh
      information about j and takes the plain gossip average [W xⱼ]ᵢ of the copies, which keeps
-     the copies of an unchosen model in consensus (and leaves it unchanged on the server).
+     the copies of an unchosen model in consensus. The numerators, the choices sⱼ and the
+     copies travel as one row of k(2d + 1) floats through the exchange ``model``: a row wider
+     than the model, so this option runs over the graph only (plain or robust gossip, whose
+     state does not depend on the row width); the server's masked mean is option II on the
+     complete graph.
 
 ``models(state)`` is every node's chosen model ``x[ĵᵢ, i]``. The k models start from the run's
 x₀: model 0 at x₀ itself (so k = 1 is D-SGD in ATC order exactly) and model j ≥ 1 at
@@ -89,6 +95,11 @@ def ifca(
         raise ValueError(f"algorithm.over: {over!r} is not one of graph, server")
     if averaging not in AVERAGING:
         raise ValueError(f"algorithm.averaging: {averaging!r} is not one of {', '.join(AVERAGING)}")
+    if averaging == "model" and over != "graph":
+        raise ValueError(
+            "algorithm.averaging: 'model' (option II) sends rows wider than the model and runs over the graph only; "
+            "on the server use the complete topology or averaging = 'gradient'"
+        )
     hypers = tuple(optimizer.hypers) + tuple(h for h in (init_scale,) if not isinstance(h, (int, float)))
 
     def init(x0, ctx):
@@ -129,12 +140,12 @@ def ifca(
         onehot = jnp.arange(k)[:, None] == choice[None, :]  # [k, N]: s_ij of the paper
         x_loc = _scatter(a.x, x_c, onehot)
         opt = _scatter(a.opt, opt_c, onehot)
-        # 3. the exchange: all k copies of a node travel as one row [k·d] (one message per link)
+        # 3. the exchange
         d = x_loc.shape[2]
-        rows = jnp.moveaxis(x_loc, 0, 1).reshape(n, k * d)
-        if averaging == "gradient":
-            x = jnp.moveaxis(channels["model"](rows, ctx).reshape(n, k, d), 1, 0)
-        else:
+        if averaging == "gradient":  # option I: every model through its own model-shaped exchange
+            x = jnp.stack([channels[f"model_{j}"](x_loc[j], ctx) for j in range(k)])
+        else:  # option II: one ratio-consensus row [s⊙x̃ | s | x] per node
+            rows = jnp.moveaxis(x_loc, 0, 1).reshape(n, k * d)
             s = jnp.moveaxis(onehot, 0, 1).astype(x_loc.dtype)  # [N, k]
             num = (jnp.moveaxis(x_loc, 0, 1) * s[..., None]).reshape(n, k * d)
             y = channels["model"](jnp.concatenate([num, s, rows], axis=1), ctx)
@@ -148,11 +159,15 @@ def ifca(
         used = jnp.sum(jnp.any(onehot & h[None, :], axis=1)).astype(jnp.int32)
         return IFCAState(x, opt, choice), {"train_loss": masked_mean(loss, h), "clusters_used": used}
 
-    exchanges = {
-        "model": Exchange(
-            robust=True,
-            over=over,
-            doc="every node's k cluster models as one row (option II: with the choice weights and the plain copies)",
-        )
-    }
+    if averaging == "gradient":
+        exchanges = {
+            f"model_{j}": Exchange(robust=True, over=over, doc=f"every node's copy of cluster model {j}")
+            for j in range(k)
+        }
+    else:
+        exchanges = {
+            "model": Exchange(
+                robust=True, doc="[s⊙x̃ | s | x]: the choosers' models, the choices and all k copies, one row per node"
+            )
+        }
     return Algorithm(init, update, lambda a: _rows(a.x, a.choice), exchanges, "ifca", hypers)
