@@ -200,25 +200,41 @@ def test_ditto_run_from_a_config_checkpoints_and_resumes_identically(tmp_path):
     assert np.isfinite(full.final["test_loss"])
 
 
-@pytest.mark.parametrize("name", ["ditto", "apfl"])
-def test_personal_models_stay_finite_under_attack_with_a_robust_channel(name):
+@pytest.mark.parametrize(
+    "name, over",
+    [
+        # APFL on a torus: 3 NaN senders against ClippedGossip.
+        ("apfl", {"topology.name": "torus", "byzantine.attack": "nan", "aggregation.rule": "clipped_gossip"}),
+        # Ditto through a server (algorithm.over): 3 sign-flippers against the trimmed mean. The
+        # config's placement check reads the algorithm's default exchange (a ring): adjacent ids
+        # leave the honest nodes connected on it, so it does not warn.
+        (
+            "ditto",
+            {
+                "algorithm.over": "server",
+                "byzantine.attack": "sign_flip",
+                "aggregation.rule": "trimmed_mean",
+                "byzantine.placement": "given",
+                "byzantine.ids": (0, 1, 2),
+            },
+        ),
+    ],
+)
+def test_personal_models_stay_finite_under_attack_with_a_robust_channel(name, over):
     c = small_config(
-        **{
-            "num_nodes": 16,
-            "topology.name": "torus",
-            "num_rounds": 10,
-            "eval_every": 10,
-            "model.hidden": (),
-            "byzantine.num": 3,
-            "byzantine.attack": "nan",
-            "aggregation.rule": "clipped_gossip",
-            "algorithm.name": name,
-        }
+        **{"num_nodes": 16, "num_rounds": 10, "eval_every": 10, "model.hidden": (), "byzantine.num": 3},
+        **{"algorithm.name": name, **over},
     )
     res = rj.run(c)
     honest = np.asarray(res.experiment.honest)
+    assert honest.sum() == 13
     assert np.isfinite(np.asarray(res.params)[honest]).all()
     assert np.isfinite(res.final["test_loss"])
+    if name == "ditto":
+        # The server broadcasts one shared model; the personal models stay apart.
+        x = np.asarray(res.state.algorithm.x)[honest]
+        assert np.abs(x - x[0]).max() == 0.0
+        assert np.abs(np.asarray(res.params)[honest] - x).max() > 1e-3
 
 
 # --------------------------------------------------------------------------- theory

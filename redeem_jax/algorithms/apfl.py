@@ -55,6 +55,8 @@ def apfl(
     ``alpha_lr`` on the mixing weight (initially ``alpha``). ``models`` are the mixtures."""
     if local_steps < 1:
         raise ValueError(f"algorithm.local_steps: must be >= 1, got {local_steps}")
+    if over not in ("graph", "server"):
+        raise ValueError(f"algorithm.over: {over!r} is not one of graph, server")
     if not isinstance(alpha, Hyper) and not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"algorithm.alpha: must be in [0, 1], got {alpha}")
 

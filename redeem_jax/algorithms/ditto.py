@@ -50,6 +50,8 @@ def ditto(
     model. ``lam`` (config ``algorithm.lam``) may be a :class:`~redeem_jax.core.Hyper`."""
     if local_steps < 1:
         raise ValueError(f"algorithm.local_steps: must be >= 1, got {local_steps}")
+    if over not in ("graph", "server"):
+        raise ValueError(f"algorithm.over: {over!r} is not one of graph, server")
     if not isinstance(lam, Hyper) and float(lam) < 0:
         raise ValueError(f"algorithm.lam: must be >= 0, got {lam}")
 
