@@ -141,9 +141,21 @@ def test_ditto_with_huge_lambda_follows_the_shared_model():
     assert np.abs(v_local - x_prev).max() > 1.0  # λ = 0 does not follow it
 
 
-def test_ditto_lambda_is_a_swept_hyper_parameter():
+def test_ditto_lambda_is_an_argument_of_the_compiled_step():
+    # λ is a Hyper (config algorithm.lam): one compiled step, two values passed as its argument;
+    # λ = 0 through the argument is local training (closed form), λ = 0.5 is not.
     exp = rj.build(_config("ditto", **{"algorithm.lam": 0.5}))
-    assert "algorithm.lam" in exp.hp_values()
+    step = jax.jit(exp.step)
+    runs = {}
+    for lam in (0.0, 0.5):
+        s, hp = exp.init_state(), exp.hp_values(**{"algorithm.lam": lam})
+        for _ in range(10):
+            s, _ = step(s, exp.node_data, hp)
+        runs[lam] = np.asarray(exp.models(s), np.float64)
+    assert step._cache_size() == 1
+    ref = _local_training(_x0(exp), _targets(exp), 0.3, np.arange(1, 11.0))[-1]
+    np.testing.assert_allclose(runs[0.0], ref, atol=2e-5)
+    assert np.abs(runs[0.5] - ref).max() > 1e-2
 
 
 # --------------------------------------------------------------------------- APFL
