@@ -124,3 +124,24 @@ def test_shift_offsets_every_row_of_a_node_by_one_vector():
     np.testing.assert_allclose(delta, np.broadcast_to(delta[:, :1], delta.shape), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(delta[:, 0], axis=1), 2.0, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(moved.test - base.test)[:, 0], delta[:, 0], atol=1e-5)
+
+
+def test_autoencoder_dsgd_on_complete_graph_is_centralized_gd(data):
+    # Complete graph, W = 11ᵀ/N, same start: ATC D-SGD x⁺ = mean_i(x − η∇f_i(x)) = x − η∇F(x) with
+    # F the pooled mean squared error (equal shard sizes): centralized gradient descent.
+    import jax
+
+    h, rounds, lr = 4, 20, 0.05
+    D = data.train.shape[-1]
+    got = np.asarray(dt.train_autoencoder(data, rj.topology.complete(N), hidden=h, rounds=rounds, lr=lr))
+    pooled = data.train.reshape(-1, D)
+
+    def loss(p):
+        r = dt.reconstruction_scores(p[None], pooled[None], D, h)[0]
+        return jnp.mean(r)
+
+    p = dt.autoencoder_init(jax.random.PRNGKey(0), D, h)
+    g = jax.jit(jax.grad(loss))
+    for _ in range(rounds):
+        p = p - lr * g(p)
+    np.testing.assert_allclose(got, np.broadcast_to(np.asarray(p), got.shape), atol=2e-5)
