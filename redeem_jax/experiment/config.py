@@ -164,6 +164,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.algorithm.name = "dsgd"  # dsgd | fedavg | diging | exact_diffusion | d2 | choco_sgd | deepsqueeze | ...
     c.algorithm.order = "atc"
     c.algorithm.local_steps = 1
+    c.algorithm.clusters = 2  # ifca: the number k of shared cluster models (Ghosh et al. 2020)
 
     # Compressed messages (rj.network.compress) for algorithms whose model exchange is compressed
     # (choco_sgd: Choco-Gossip public copies; deepsqueeze: error feedback).
@@ -391,6 +392,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "compression.gamma": _float(0.0, lo_open=True),
     "algorithm.order": _choice(ORDERS),
     "algorithm.local_steps": _int(1),
+    "algorithm.clusters": _int(1),
     "byzantine.num": _int(0),
     "byzantine.placement": _choice(PLACEMENTS),
     "byzantine.ids": _any_tuple,
