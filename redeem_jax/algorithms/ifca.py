@@ -79,7 +79,7 @@ def ifca(
     clusters: int = 2,
     local_steps: int = 1,
     averaging: str = "gradient",
-    init_scale: float = 1.0,
+    init_scale: float = 0.1,
     over: str = "graph",
 ) -> Algorithm:
     """IFCA (Ghosh et al. 2020, Alg. 1) with ``clusters`` = k models, ``local_steps`` optimizer
