@@ -50,10 +50,12 @@ def _node_keys(ctx):
 
 
 class _OneDraw(NamedTuple):
-    """The sampler of :func:`minibatch`: ``batch_size`` rows per node by
-    ``rj.data.subset_indices``, all nodes from one key (no per-node keys)."""
+    """The sampler of :func:`minibatch` and fixed-size :func:`dp_sgd`: ``batch_size`` rows per
+    node by ``rj.data.subset_indices``, all nodes from one key. ``noise_keys``: the gradient
+    function still gets per-node keys (DP-SGD's noise), derived as before."""
 
     batch_size: int
+    noise_keys: bool = False
 
 
 def _oracle(make_fns: Callable, hypers: tuple = ()) -> Oracle:
@@ -68,7 +70,10 @@ def _oracle(make_fns: Callable, hypers: tuple = ()) -> Oracle:
         if isinstance(sample_fn, _OneDraw):  # every node's indices from one counter-based draw
             key = jax.random.fold_in(jax.random.fold_in(ctx.key, tag("minibatch")), ctx.step)
             xb, yb, mask = _sampling.sample_network_batches(key, data, sample_fn.batch_size)
-            grad_keys = jnp.zeros((x.shape[0], 2), jnp.uint32)  # unused by gradient_fn
+            if sample_fn.noise_keys:
+                grad_keys = _node_keys(ctx)[1]
+            else:
+                grad_keys = jnp.zeros((x.shape[0], 2), jnp.uint32)  # unused by gradient_fn
         else:
             batch_keys, grad_keys = _node_keys(ctx)
             xb, yb, mask = jax.vmap(sample_fn)(batch_keys, data.x, data.y, data.sizes)
@@ -121,10 +126,9 @@ def dp_sgd(
         if expected_batch_size is not None:
             expected = float(expected_batch_size)
     else:
-
-        def sample_fn(key, node_x, node_y, size):
-            return _sampling.sample_batch(key, node_x, node_y, size, batch_size)
-
+        # The same rows as the non-private oracle draws (one draw for all nodes), so DP-SGD with
+        # no noise and no clipping is the plain run; the noise keeps its per-node keys.
+        sample_fn = _OneDraw(int(batch_size), noise_keys=True)
         expected = float(batch_size if expected_batch_size is None else expected_batch_size)
 
     def make(ctx):
