@@ -59,6 +59,8 @@ _LAZY = {
     "plotting": "redeem_jax.plotting",
     "privacy": "redeem_jax.privacy",
     "theory": "redeem_jax.theory",
+    "recommend": "redeem_jax.recommend",
+    "detect": "redeem_jax.detect",
     "experiment": "redeem_jax.experiment",
     "network": "redeem_jax.network",
     "local": "redeem_jax.local",

@@ -276,3 +276,18 @@ def test_ditto_mse_closed_form_matches_monte_carlo_and_its_optimum():
     # And λ* is the closed form's minimiser on a fine grid.
     grid = np.geomspace(1e-3, 1e3, 20001)
     assert grid[np.argmin(rj.theory.ditto_mse(grid, m, sigma2, tau2, n, d))] == pytest.approx(lam_star, rel=1e-3)
+
+
+@pytest.mark.parametrize("algo", ["ditto", "apfl", "fedrep"])
+def test_config_checks_see_the_server_when_algorithm_over_is_server(algo):
+    """With ``algorithm.over = "server"`` the config checks treat the run as federated: an edge
+    attack (one vector per edge of a graph) is refused, central DP is accepted; on the graph it
+    is the other way round."""
+    server = {"algorithm.name": algo, "algorithm.over": "server", "byzantine.num": 1}
+    with pytest.raises(rj.config.ConfigError, match="byzantine.attack"):
+        rj.config.validate(small_config(**server, **{"byzantine.attack": "dissensus"}))
+    rj.config.validate(small_config(**{**server, "byzantine.num": 0}, **{"privacy.mode": "central"}))
+    with pytest.raises(rj.config.ConfigError, match="privacy.mode"):
+        rj.config.validate(
+            small_config(**{"algorithm.name": algo, "algorithm.over": "graph"}, **{"privacy.mode": "central"})
+        )

@@ -221,7 +221,7 @@ def _byzantine_from_config(c, topo) -> np.ndarray:
         byz = placement.place(topo, c.byzantine.num, c.byzantine.placement, seed=seed, ids=ids)
     except ValueError as e:
         raise ConfigError(f"config.byzantine.placement: {e}") from e
-    if not _config.is_federated(c.algorithm.name):  # a server hears everyone: no graph to cut
+    if not _config.is_federated(c.algorithm.name, c.algorithm.get("over")):  # a server hears everyone
         placement.warn_if_cut(topo, byz, stacklevel=3)
     return byz
 

@@ -534,18 +534,21 @@ def _algorithm_checks(c: dict, base: dict) -> None:
             raise ConfigError(f"config.{key}: {msg}")
 
 
-def algorithm_exchanges(name: str) -> dict:
-    """The exchanges algorithm ``name`` declares (built with a stand-in optimizer: cheap)."""
+def algorithm_exchanges(name: str, over: str | None = None) -> dict:
+    """The exchanges algorithm ``name`` declares (built with a stand-in optimizer: cheap), with
+    its ``over`` option (``"graph"`` / ``"server"``) when given and the algorithm has one."""
     from redeem_jax import algorithms
     from redeem_jax.local.optim import LocalOptimizer
 
     dummy = LocalOptimizer(lambda x: (), lambda g, s, x, ctx: (g, s), (), "dummy")
-    return dict(algorithms.get(name)(dummy).exchanges)
+    kw = {"over": over} if over is not None and "over" in algorithms.options(name) else {}
+    return dict(algorithms.get(name)(dummy, **kw).exchanges)
 
 
-def is_federated(name: str) -> bool:
-    """Whether algorithm ``name`` exchanges its models through a server."""
-    ex = algorithm_exchanges(name)
+def is_federated(name: str, over: str | None = None) -> bool:
+    """Whether algorithm ``name`` (with its ``algorithm.over`` option, for the personalized
+    methods that take one) exchanges its models through a server."""
+    ex = algorithm_exchanges(name, over)
     return bool(ex) and all(e.over == "server" for e in ex.values())
 
 
@@ -709,7 +712,7 @@ def _byzantine_checks(c: dict) -> None:
         raise ConfigError(
             "config.byzantine.attack: byzantine.num > 0 needs an attack (e.g. alie, sign_flip, dissensus, label_flip)"
         )
-    if c["algorithm.name"] in names["ALGORITHMS"] and is_federated(c["algorithm.name"]):
+    if c["algorithm.name"] in names["ALGORITHMS"] and is_federated(c["algorithm.name"], c.get("algorithm.over")):
         algo = c["algorithm.name"]
         if attack in names["EDGE_ATTACKS"]:
             raise ConfigError(
@@ -756,7 +759,7 @@ def _privacy_checks(c: dict) -> None:
     if c["privacy.mode"] == "none":
         return
     if c["privacy.mode"] == "central":
-        if not is_federated(c["algorithm.name"]):
+        if not is_federated(c["algorithm.name"], c.get("algorithm.over")):
             raise ConfigError(
                 "config.privacy.mode: 'central' adds noise at a server; it needs a federated algorithm "
                 "(algorithm.name = 'fedavg')"
