@@ -103,19 +103,24 @@ def test_diging_tracks_the_gradient_sum_and_reaches_the_optimum_on_drawn_graphs(
     np.testing.assert_allclose(np.asarray(states.x[-1]), np.broadcast_to(bbar, (N, D)), atol=1e-4)
 
 
-@pytest.mark.parametrize("graph", [{"topology.link_up": 0.5}, {"topology.name": "epidemic_oracle", "topology.s": 2}])
-def test_dp_sgd_on_drawn_graphs_is_the_plain_run_without_noise_and_accounts_as_on_a_static_one(graph):
+def test_dp_sgd_on_a_drawn_graph_is_the_plain_run_without_noise_or_clipping():
     """DP-SGD is the oracle, the graph the channel: with no noise and no clipping a private run
-    on a drawn graph equals the non-private one (same graphs: the topology's key stream does not
-    depend on the oracle), and with noise its ε is the accountant's for the run, as on a static
-    graph (the per-node guarantee does not depend on who receives the model)."""
+    on a drawn graph equals the non-private one (the same graphs: the topology's key stream does
+    not depend on the oracle). Its ε does not depend on the graph (tests/test_private_runs.py)."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
     from _configs import small_config
 
-    base = {"data.batch_size": 16, "optimizer.name": "sgd", "optimizer.learning_rate": 0.1, "num_rounds": 10, **graph}
+    base = {
+        "data.batch_size": 16,
+        "optimizer.name": "sgd",
+        "optimizer.learning_rate": 0.1,
+        "num_rounds": 10,
+        "eval_every": 10,
+        "topology.link_up": 0.5,
+    }
     plain = rj.run(small_config(**base))
     dp = rj.run(
         small_config(
@@ -123,8 +128,3 @@ def test_dp_sgd_on_drawn_graphs_is_the_plain_run_without_noise_and_accounts_as_o
         )
     )
     np.testing.assert_allclose(np.asarray(dp.params), np.asarray(plain.params), rtol=1e-4, atol=1e-5)
-    noisy = rj.run(small_config(**base, **{"privacy.mode": "dp_sgd", "privacy.noise_multiplier": 1.1}))
-    q = noisy.experiment.privacy["sample_rate"]
-    want = rj.privacy.accounting.epsilon(1.1, q, 10, 1e-5, accountant="rdp", sampling="fixed")
-    assert noisy.final["epsilon"] == pytest.approx(want, rel=1e-9)
-    assert np.all(np.isfinite(np.asarray(noisy.params)))

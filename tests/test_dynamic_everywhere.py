@@ -179,6 +179,7 @@ def test_a_drawn_graph_shards_through_make_step(family):
     assert not np.allclose(np.asarray(ref.algorithm), np.asarray(jax.random.normal(jax.random.PRNGKey(0), (n, d))))
 
 
+@pytest.mark.slow  # two full runs on 8 devices; make_step's sharded = unsharded test above stays in make test
 def test_a_drawn_graph_shards_through_the_runner():
     """ClippedGossip under ALIE with link failures p = 0.5, nodes over a 4 x 2 mesh: the same run."""
     over = {
