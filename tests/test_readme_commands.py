@@ -9,9 +9,8 @@ by the command line), its sweep axes. ``make ...`` and the experiment and benchm
 (``python experiments/...``) have their own tests.
 
 A line whose config compares several runs (``compare.key``: the default config's three runs, the
-seven topology families) compiles one program per run: minutes on 2 busy cores, so those lines
-are marked ``slow`` (``pytest -m slow tests/test_readme_commands.py``); the others run in
-``make test``.
+seven topology families) compiles one program per run; with two rounds all lines together take
+under a minute on 2 quiet cores, so every line runs in ``make test``.
 """
 
 import os
@@ -44,15 +43,6 @@ def readme_commands(text: str) -> list[list[str]]:
 COMMANDS = readme_commands((ROOT / "README.md").read_text())
 
 
-def _compares(argv: list[str]) -> bool:
-    """Whether ``argv``'s config compares several runs (its ``compare.key``, unless the line clears it)."""
-    from redeem_jax import _cli
-
-    _, path = _cli.resolve_config(argv)
-    cleared = any(a in ("--config.compare.key=", "--config.compare.key=''") for a in argv)
-    return bool(_cli.load_config(path).compare.key) and not cleared
-
-
 def _ids(argv: list[str]) -> str:
     return " ".join(argv[2 if argv[0] == "python" else 0 :]).replace("--config.", "")[:90]
 
@@ -81,9 +71,7 @@ def test_the_readme_shows_configs_by_name_and_by_path():
     assert any(a[0] == "redeem-jax" for a in COMMANDS)
 
 
-@pytest.mark.parametrize(
-    "argv", [pytest.param(a, marks=[pytest.mark.slow] if _compares(a) else [], id=_ids(a)) for a in COMMANDS]
-)
+@pytest.mark.parametrize("argv", [pytest.param(a, id=_ids(a)) for a in COMMANDS])
 def test_readme_command_runs(argv, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     # The test suite's compilation cache (tests/conftest.py): the same programs recur across lines.
