@@ -23,30 +23,10 @@ N, DIM, M = 8, 5, 20
 
 
 def _config(algorithm, lr=0.3, rounds=100, **over):
-    c = rj.config.base_config()
-    fields = {
-        "num_nodes": N,
-        "topology.name": "ring",
-        "data.name": "linear",
-        "data.whiten": True,
-        "data.dim": DIM,
-        "data.num_examples": N * M,
-        "data.heterogeneity": 1.0,
-        "data.batch_size": M,
-        "model.name": "linear",
-        "optimizer.name": "sgd",
-        "optimizer.learning_rate": lr,
-        "num_rounds": rounds,
-        "eval_every": rounds,
-        "checkpoint_every": 0,
-        "progress": False,
-        "plots": False,
-        "algorithm.name": algorithm,
-        **over,
-    }
-    for k, v in fields.items():
-        rj.config.set_field(c, k, v)
-    return c
+    """test_algorithms' linear-regression config (8 nodes of a ring), 100 rounds by default."""
+    from test_algorithms import _config as linear_config
+
+    return linear_config(algorithm, lr, rounds, **over)
 
 
 def _run_exp(exp, rounds):
