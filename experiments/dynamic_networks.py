@@ -32,8 +32,8 @@ Three parts (issue 13, part 5; the rules of issue 16):
    4x4 torus, 2 Byzantine nodes, link-up p in {1.0, 0.7, 0.5}; honest nodes' mean test accuracy
    and honest consensus distance against rounds, with attack-free runs at p = 1 and 0.5 as reference.
 
-    python experiments/dynamic_networks.py --out runs/dynamic_networks   # 189 s wall, 227 s CPU
-    python experiments/dynamic_networks.py --quick --out /tmp/dyn        # the test's run: 32 s at load 2.5
+    python experiments/dynamic_networks.py --out docs/results/dynamic_networks   # 189 s wall, 227 s CPU
+    python experiments/dynamic_networks.py --quick --out /tmp/dyn                # the test's run: 32 s at load 2.5
 
 Measured on the 2-core development machine at load 1-4: 189 s wall, 227 s of CPU (contraction
 68 s, D-SGD 86 s, ClippedGossip 30 s), mostly XLA compiles (one per drawn model or sweep
@@ -43,7 +43,8 @@ group). At load 8-18 the same parts took 757 s, 832 s and 455 s wall. ``--parts`
 Writes in DIR: ``contraction.csv`` / ``.json`` (one row per model and parameter: theory lambda,
 trace form, measured means with standard errors and min-max over seeds), ``dsgd.csv`` and
 ``robust.csv`` (per graph and round: mean, min, max over seeds), ``summary.json`` (final
-accuracies, run time) and the three PNGs.
+accuracies, run time) and the three PNGs. ``TABLES`` renders docs/results.md's four tables of the
+section "Dynamic networks" from those files (``python experiments/regenerate.py``).
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _results, when loaded as a module
 
 import numpy as np  # noqa: E402
+from _results import fmt_band, markdown_table  # noqa: E402
 
 import redeem_jax as rj  # noqa: E402
 from redeem_jax.network import random_graphs as rg  # noqa: E402
@@ -540,6 +544,154 @@ def _final(band, by):
         if c.startswith(("node_test_accuracy_mean_", "test_accuracy_", "consensus_distance_", "models_sent_per_node_"))
     ]
     return last[[c for c in cols if c in last.columns]].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- tables (docs/results.md)
+# docs/results.md renders these from the committed files (experiments/regenerate.py).
+CONTRACTION_ROWS = (  # (model, value, label, parameter): the rows the page shows; all 50 are in contraction.csv
+    ("epidemic_oracle", "1", "EL-Oracle", "s = 1"),
+    ("epidemic_oracle", "7", "EL-Oracle", "s = 7"),
+    ("epidemic_local", "1", "EL-Local", "s = 1"),
+    ("epidemic_local", "7", "EL-Local", "s = 7"),
+    ("link_failures_self", "0.5", "ring, link failures, policy self", "p = 0.5"),
+    ("link_failures_renormalize", "0.5", "ring, link failures, renormalize", "p = 0.5"),
+    ("churn_self", "0.5", "ring, Bernoulli churn, policy self", "q = 0.5"),
+    ("pairwise", "torus", "pairwise gossip", "base torus 4×8"),
+    ("random_matching", "hypercube", "random matching", "base hypercube"),
+)
+DSGD_ORDER = (
+    "static ring",
+    "ring, link failures p = 0.5",
+    "EL-Oracle s = 1",
+    "EL-Oracle s = 2",
+    "EL-Oracle s = 4",
+    "EL-Oracle s = 7",
+    "SGP, directed exponential",
+)
+ROBUST_ORDER = (
+    "no attacker, p = 1",
+    "no attacker, p = 0.5",
+    "dissensus, f = 2, p = 1",
+    "dissensus, f = 2, p = 0.7",
+    "dissensus, f = 2, p = 0.5",
+)
+
+
+def _read(folder, name):
+    import pandas as pd
+
+    return pd.read_csv(Path(folder) / name, keep_default_na=False, na_values=["NaN", "nan"])
+
+
+def _decimals(se: float) -> int:
+    """Decimals that show a standard error with two significant digits (at least 4)."""
+    return max(4, 1 - math.floor(math.log10(se))) if se > 0 else 6
+
+
+def table_contraction(folder) -> str:
+    """The selected rows of contraction.csv: λ and the trace form against the measured means."""
+    c = _read(folder, "contraction.csv")
+    pick = [(c[(c["model"] == m) & (c["value"].astype(str) == v)], lab, prm) for m, v, lab, prm in CONTRACTION_ROWS]
+    pick = [(sel.iloc[0], lab, prm) for sel, lab, prm in pick if len(sel)]
+    if not pick:  # a --quick folder: other sizes, so every row
+        pick = [(r, r["model"], f"{r['param']} = {r['value']}") for _, r in c.iterrows()]
+    rows = []
+    for r, label, param in pick:
+        k = _decimals(r["worst_se"])
+        rows.append(
+            [
+                label,
+                param,
+                f"{r['lambda_theory']:.{k}f}",
+                f"{r['worst_mean']:.{k}f} ± {r['worst_se']:.{k}f}",
+                f"{r['trace_theory']:.4f}",
+                f"{r['iso_mean']:.4f}",
+            ]
+        )
+    header = ["model (n = {})".format(int(c["n"].iloc[0])), "parameter", "λ (theory)"]
+    header += ["measured, x = v (± SE)", "tr S/(n−1)", "measured, isotropic x"]
+    return markdown_table(header, rows)
+
+
+def table_contraction_check(folder) -> str:
+    """All rows of contraction.csv: how many standard errors the measured means are from theory."""
+    c = _read(folder, "contraction.csv")
+    drawn = c["worst_se"] > 1e-12  # p = 1 / q = 1: the static ring, no randomness
+    zw = ((c["worst_mean"] - c["lambda_theory"]).abs() / c["worst_se"])[drawn]
+    zi = ((c["iso_mean"] - c["trace_theory"]).abs() / c["iso_se"])[drawn]
+    static = (c["worst_mean"] - c["lambda_theory"]).abs()[~drawn]
+    traj = (c["traj_mean"] - c["lambda_theory"]) / c["worst_se"].where(drawn)
+    header = ["points (drawn / static)", "seeds × draws", "x = v: abs(mean − λ) / SE, max (median)"]
+    header += ["isotropic x: abs(mean − tr S/(n−1)) / SE, max (median)", "static rows: max abs(mean − λ)"]
+    header += ["trajectory: max (mean − λ) / SE"]
+    row = [
+        f"{int(drawn.sum())} / {int((~drawn).sum())}",
+        f"{int(c['seeds'].iloc[0])} × {int(c['rounds'].iloc[0])}",
+        f"{zw.max():.2f} ({zw.median():.2f})",
+        f"{zi.max():.2f} ({zi.median():.2f})",
+        f"{static.max():.1e}" if len(static) else "–",
+        f"{traj.max():.2f}",
+    ]
+    return markdown_table(header, [row])
+
+
+def _acc(r, key) -> str:
+    """Accuracy over seeds as 'mean [min, max]' with three decimals."""
+    return "{:.3f} [{:.3f}, {:.3f}]".format(*(r[f"{key}_{s}"] for s in ("mean", "min", "max")))
+
+
+def _models(mean, lo, hi) -> str:
+    if lo == hi:
+        return f"{mean:.0f}"
+    return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def _last(df, by, order):
+    last = df.sort_values("round").groupby(by, sort=False).tail(1).set_index(by)
+    return [(k, last.loc[k]) for k in order if k in last.index]
+
+
+def table_dsgd(folder) -> str:
+    """dsgd.csv at the last round: mean [min, max] over seeds per graph."""
+    rows = []
+    for g, r in _last(_read(folder, "dsgd.csv"), "graph", DSGD_ORDER):
+        rows.append(
+            [
+                g,
+                _models(*(r[f"models_sent_per_node_{s}"] for s in ("mean", "min", "max"))),
+                _acc(r, "node_test_accuracy_mean"),
+                _acc(r, "test_accuracy"),
+                fmt_band(*(r[f"consensus_distance_{s}"] for s in ("mean", "min", "max"))),
+                int(r["seeds"]),
+            ]
+        )
+    header = ["graph", "models sent per node", "node accuracy", "averaged-model accuracy"]
+    return markdown_table(header + ["consensus distance", "seeds"], rows)
+
+
+def table_robust(folder) -> str:
+    """robust.csv at the last round: mean [min, max] over seeds per setting."""
+    rows = []
+    for s, r in _last(_read(folder, "robust.csv"), "setting", ROBUST_ORDER):
+        rows.append(
+            [
+                s,
+                _acc(r, "node_test_accuracy_mean"),
+                _acc(r, "test_accuracy"),
+                fmt_band(*(r[f"consensus_distance_{k}"] for k in ("mean", "min", "max"))),
+                int(r["seeds"]),
+            ]
+        )
+    header = ["setting", "honest node accuracy", "averaged-model accuracy", "honest consensus distance", "seeds"]
+    return markdown_table(header, rows)
+
+
+TABLES = {
+    "contraction": table_contraction,
+    "contraction_check": table_contraction_check,
+    "dsgd": table_dsgd,
+    "robust": table_robust,
+}
 
 
 def main(argv=None):

@@ -84,6 +84,11 @@ def test_dynamic_networks_quick(dyn, tmp_path):
     assert abs(lf["models_sent_per_node_mean"] - 2 * 0.5 * rounds) <= 5 * sd
     assert lf["models_sent_per_node_max"] < 2 * rounds  # some links were down
 
+    # docs/results.md's tables render from the files the run wrote (one row per graph, setting).
+    tables = {k: f(tmp_path).splitlines() for k, f in dyn.TABLES.items()}
+    assert len(tables["dsgd"]) == 2 + len(last) and all(r.endswith("| 2 |") for r in tables["dsgd"][2:])
+    assert len(tables["contraction"]) == 2 + len(rows)
+
     rob = pd.read_csv(tmp_path / "robust.csv")
     fin = rob[rob["round"] == rob["round"].max()]
     assert np.isfinite(fin["consensus_distance_max"]).all()
