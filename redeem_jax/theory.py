@@ -55,6 +55,8 @@ __all__ = [
     "expected_mixing_matrix",
     "ditto_mse",
     "ditto_optimal_lambda",
+    "dsgd_noise_average_variance",
+    "dsgd_noise_consensus_distance",
 ]
 
 
@@ -694,3 +696,57 @@ def ditto_optimal_lambda(m: int, sigma2: float, tau2: float, n: int | None = Non
     if tau2 <= 0:
         return math.inf
     return sigma2 / (m * tau2)
+
+
+def _noise_modes(lam, step: float, mu: float, order: str) -> np.ndarray:
+    """The AR(1) coefficient of each eigenmode of constant-step D-SGD on ``f = (mu/2)||x - b||^2``
+    with additive gradient noise: ATC ``(1 - step mu) lambda``, CTA ``lambda - step mu``."""
+    c = float(step) * float(mu)
+    lam = np.asarray(lam, dtype=np.float64)
+    return (1.0 - c) * lam if _check_order(order) == "atc" else lam - c
+
+
+def dsgd_noise_average_variance(step: float, sigma: float, n: int, d: int = 1, mu: float = 1.0) -> float:
+    """Stationary ``E||x_bar - b||^2`` of constant-step D-SGD on identical quadratics with noise.
+
+    Setting of Lian et al. (2017, Thm. 1: the ``sigma^2 / n`` term, linear speedup) and Koloskova
+    et al. (2020, Thm. 2, the ``sigma_bar^2 / n`` term), exactly: ``f_i = (mu/2)||x - b||^2`` for all
+    i, ``g_i = mu (x_i - b) + xi_i``, ``xi_i ~ N(0, sigma^2 I_d)`` i.i.d. over nodes and steps, ATC
+    ``X+ = W(X - step G)`` or CTA ``X+ = W X - step G`` with ``1^T W = 1^T``. Derivation: the
+    average obeys ``e_bar+ = (1 - step mu) e_bar - step xi_bar`` (both orders, ``1^T W = 1^T``) with
+    ``xi_bar ~ N(0, sigma^2/n I)``, a scalar AR(1) per coordinate, so
+    ``v = step^2 sigma^2 / (n (1 - (1 - step mu)^2)) = step sigma^2 / (n mu (2 - step mu))`` and
+    ``E||x_bar - b||^2 = d v``: independent of W, ``1/n`` of one node's (SGD: n = 1). ``inf`` when
+    ``|1 - step mu| >= 1`` (no stationary law).
+    """
+    a = 1.0 - float(step) * float(mu)
+    if abs(a) >= 1.0:
+        return math.inf
+    return float(d * float(step) ** 2 * float(sigma) ** 2 / (n * (1.0 - a * a)))
+
+
+def dsgd_noise_consensus_distance(
+    W, step: float, sigma: float, d: int = 1, mu: float = 1.0, order: str = "atc"
+) -> float:
+    """Stationary consensus distance ``(1/n) E||X - 1 x_bar^T||_F^2`` of the same noisy D-SGD.
+
+    Koloskova et al. (2020, Lemma 8 bounds it by ``step^2 sigma^2 / p`` up to constants; this is its
+    exact value on identical quadratics; Lian et al. 2017, Thm. 1's ``sigma^2 / (1 - rho)`` term).
+    Derivation: with symmetric doubly stochastic ``W = sum_k lambda_k u_k u_k^T`` (``u_1 = 1/sqrt(n)``)
+    the error ``E = X - 1 b^T`` obeys ATC ``E+ = W((1 - step mu) E - step Xi)``, so each mode
+    ``c_k = u_k^T E`` is an AR(1) ``c_k+ = a_k c_k - step lambda_k u_k^T Xi`` with ``a_k = (1 - step mu)
+    lambda_k`` and ``u_k^T Xi ~ N(0, sigma^2 I_d)``: ``E||c_k||^2 = d step^2 sigma^2 lambda_k^2 / (1 - a_k^2)``.
+    Modes k >= 2 span ``X - 1 x_bar^T``, hence ``(d step^2 sigma^2 / n) sum_{k>=2} lambda_k^2 / (1 - a_k^2)``.
+    CTA (``E+ = (W - step mu I) E - step Xi``): ``a_k = lambda_k - step mu`` and no ``lambda_k^2`` in
+    the numerator. ``inf`` when some ``|a_k| >= 1``.
+    """
+    W = _as_w(W)
+    if not _is_symmetric(W):
+        raise ValueError("dsgd_noise_consensus_distance: W must be symmetric (modes are orthogonal)")
+    n = W.shape[0]
+    lam = _disagreement_eigs(W)
+    a = _noise_modes(lam, step, mu, order)
+    if np.any(np.abs(a) >= 1.0):
+        return math.inf
+    gain = lam**2 if _check_order(order) == "atc" else np.ones_like(lam)
+    return float(d * float(step) ** 2 * float(sigma) ** 2 / n * np.sum(gain / (1.0 - a * a)))

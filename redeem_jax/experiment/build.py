@@ -663,6 +663,10 @@ def build(config, topology=None) -> Experiment:
     if shared is not None:  # FedPer / FedRep: only the body goes through every exchange
         channels = {k: _channels.shared_coordinates(ch, shared) for k, ch in channels.items()}
     oracle, privacy = _privacy(c, model, node_data)
+    if c.oracle.grad_noise > 0:  # 0 leaves the oracle untouched (no extra key, no hyper-parameter)
+        from redeem_jax.local import oracles
+
+        oracle = oracles.with_gradient_noise(oracle, hyper("oracle.grad_noise", c.oracle.grad_noise))
     if c.privacy.mode == "central":
         privacy = _central_privacy(c)[1]
     hp = hypers_of(algorithm, oracle, *channels.values(), list(algo_hypers), topo)

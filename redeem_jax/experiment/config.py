@@ -157,6 +157,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.decay_rate = 0.1  # step schedule
     c.optimizer.decay_every = 100  # step schedule, rounds
 
+    # The gradient oracle: additive Gaussian gradient noise N(0, grad_noise² I) on every node's
+    # stochastic gradient at every local step (Lian et al. 2017's σ; rj.local.oracles.with_gradient_noise).
+    # 0: no noise, the oracle of before bit for bit; > 0: a hyper-parameter (rj.sweep vmaps it).
+    c.oracle = ml_collections.ConfigDict()
+    c.oracle.grad_noise = 0.0
+
     # The algorithm (rj.algorithms.REGISTRY) and its options: the keyword options of its factory,
     # e.g. dsgd(order, local_steps), diging(order), fedavg(local_steps). A field the chosen
     # algorithm does not take must keep its default.
@@ -402,6 +408,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "aggregation.rule": _str,
     "aggregation.tolerance": _int(-1),
     "privacy.mode": _choice(("none", "dp_sgd", "central")),
+    "oracle.grad_noise": _float(0.0),
     "privacy.clip_norm": _positive_or_inf,
     "privacy.noise_multiplier": _float(0.0),
     "privacy.target_epsilon": _float(),

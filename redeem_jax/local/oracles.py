@@ -25,7 +25,7 @@ from redeem_jax.models import Model, loss_and_metrics
 
 _threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performance.md)
 
-__all__ = ["gradient_fn", "minibatch", "dp_sgd"]
+__all__ = ["gradient_fn", "minibatch", "dp_sgd", "with_gradient_noise"]
 
 
 def gradient_fn(model: Model) -> Callable:
@@ -139,3 +139,27 @@ def dp_sgd(
 
     hypers = tuple(v for v in (clip_norm, noise_multiplier) if isinstance(v, Hyper))
     return _oracle(make, hypers)
+
+
+def with_gradient_noise(oracle: Oracle, sigma) -> Oracle:
+    """``oracle`` whose every node's gradient gets i.i.d. ``N(0, σ² I)`` added at every local step.
+
+    The stochastic-gradient model of Lian et al. (2017, Assumption 1.3) and Koloskova et al.
+    (2020, Assumption 3): ``g_i = ∇f_i(x_i) + ξ_i`` with ``E ξ_i = 0`` and ``E‖ξ_i‖² = σ² d``,
+    here Gaussian, independent over nodes and steps. Node i's noise at local step h of round t
+    comes from ``split(fold_in(fold_in(k_t, tag("grad_noise")), h), N)[i]``, a stream of its own,
+    so the inner oracle's minibatches (and DP-SGD's noise) are those of the run without it.
+    ``sigma`` may be a :class:`~redeem_jax.core.Hyper` (``oracle.grad_noise``: swept by vmap).
+    With a noiseless full-batch inner oracle on ``f_i = ½‖x − b‖²`` this is the setting of the
+    closed forms ``rj.theory.dsgd_noise_average_variance`` / ``dsgd_noise_consensus_distance``.
+    """
+
+    def update(x, s, ctx, data):
+        loss, grads, s = oracle.update(x, s, ctx, data)
+        key = jax.random.fold_in(jax.random.fold_in(ctx.key, tag("grad_noise")), ctx.step)
+        keys = jax.random.split(key, x.shape[0])
+        noise = jax.vmap(lambda k: jax.random.normal(k, grads.shape[1:], grads.dtype))(keys)
+        return loss, grads + jnp.asarray(ctx.value(sigma), grads.dtype) * noise, s
+
+    extra = (sigma,) if isinstance(sigma, Hyper) else ()
+    return Oracle(oracle.init, update, tuple(oracle.hypers) + extra)
