@@ -109,3 +109,9 @@ register("fedper", _fedper)
 register("local_only", local_only.local_only)
 register("ifca", ifca.ifca)
 register("collab", collab.collab)
+
+# DiLoCo (Douillard et al. 2023): H inner steps, an outer Nesterov step, one exchange per round.
+from redeem_jax.algorithms import diloco  # noqa: E402
+
+__all__ += ["diloco"]
+register("diloco", diloco.diloco)
