@@ -542,6 +542,36 @@ def _channels_for(c, algorithm: Algorithm, topo, byz) -> dict[str, Channel]:
     return out
 
 
+def _base_and_adapters(c, model, ds):
+    """``model.init_from`` (every node starts from a local checkpoint) and ``model.lora`` (the
+    rows become LoRA adapters over that frozen base, stored once: ``rj.lora``). Returns the model
+    the nodes train and the :class:`rj.lora.LoraSpec` (None without adapters)."""
+    lo = c.model.lora
+    if not c.model.init_from and not lo.rank:
+        return model, None
+    from redeem_jax import lora as _lora
+
+    if lo.rank and "personal" in _algorithms.options(c.algorithm.name):
+        raise ConfigError(f"config.model.lora.rank: {c.algorithm.name} splits the model's own row; use rank 0")
+    try:
+        base = _lora.load_base(model, c.model.init_from) if c.model.init_from else None
+        if not lo.rank:
+            return _lora.with_base(model, base), None
+        example = np.zeros((1, *ds.input_shape), np.int32 if ds.task == "language" else np.float32)
+        return _lora.lora_model(
+            model,
+            example,
+            rank=lo.rank,
+            alpha=lo.alpha or None,
+            targets=tuple(t.strip() for t in lo.targets.split(",")),
+            aggregation=lo.aggregation,
+            base=base,
+            key=jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x10A4),
+        )
+    except ValueError as e:  # the messages name the field: "model.init_from: ...", "model.lora...."
+        raise ConfigError(f"config.{e}") from e
+
+
 # --------------------------------------------------------------------------- #
 # evaluation
 # --------------------------------------------------------------------------- #
@@ -645,6 +675,7 @@ def build(config, topology=None) -> Experiment:
         num_layers=c.model.num_layers,
         l2=c.model.l2,
     )
+    model, lora_spec = _base_and_adapters(c, model, ds)
     byz = _byzantine_from_config(c, topo)
     if c.byzantine.attack == "label_flip":
         from redeem_jax.byzantine import attacks
@@ -662,6 +693,13 @@ def build(config, topology=None) -> Experiment:
     channels = _channels_for(c, algorithm, topo, byz)
     if shared is not None:  # FedPer / FedRep: only the body goes through every exchange
         channels = {k: _channels.shared_coordinates(ch, shared) for k, ch in channels.items()}
+    if lora_spec is not None and lora_spec.aggregation == "product":  # models' exchanges average BA
+        from redeem_jax import lora as _lora
+
+        channels = {
+            k: _lora.product_channel(ch, lora_spec) if algorithm.exchanges[k].robust else ch
+            for k, ch in channels.items()
+        }
     oracle, privacy = _privacy(c, model, node_data)
     if c.oracle.grad_noise > 0:  # 0 leaves the oracle untouched (no extra key, no hyper-parameter)
         from redeem_jax.local import oracles

@@ -146,6 +146,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_heads = 4
     c.model.num_layers = 2
     c.model.l2 = 0.0
+    # A base model read from a local checkpoint (.npz: a flat vector or one array per parameter
+    # name; or an orbax checkpoint directory): every node starts from it (rj.lora.load_base).
+    c.model.init_from = ""
+    # LoRA adapters (rj.lora, Hu et al. 2021): rank 0 is off. The nodes' rows hold only the
+    # adapters; the frozen base (init_from, or a draw from the run's seed) is stored once.
+    # alpha 0 means alpha = rank (scale alpha/rank = 1); targets: comma-separated attention,
+    # mlp, head; aggregation: naive (average A and B), ffa (A frozen and shared, only B
+    # exchanged: exact), product (average the products BA, refactorised at rank r by SVD).
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 0
+    c.model.lora.alpha = 0.0
+    c.model.lora.targets = "attention,mlp"
+    c.model.lora.aggregation = "naive"
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"
@@ -314,6 +327,15 @@ def _positive_or_inf(v):
         return f"must be a positive number (or inf), got {v!r}"
 
 
+def _lora_targets(v):
+    kinds = ("attention", "mlp", "head")
+    if not isinstance(v, str) or not v or any(t.strip() not in kinds for t in v.split(",")):
+        return f"must be a comma-separated list of {', '.join(kinds)}, got {v!r}"
+
+
+_tagged(_lora_targets, "str")  # what the schema fuzz feeds it: non-strings, all refused
+
+
 def _mesh_shape(v):
     if (
         not isinstance(v, (tuple, list))
@@ -383,6 +405,11 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "model.num_heads": _int(1),
     "model.num_layers": _int(1),
     "model.l2": _float(0.0),
+    "model.init_from": _str,
+    "model.lora.rank": _int(0),
+    "model.lora.alpha": _float(0.0),
+    "model.lora.targets": _lora_targets,
+    "model.lora.aggregation": _choice(("naive", "ffa", "product")),
     "optimizer.name": _choice("OPTIMIZERS"),
     "optimizer.learning_rate": _float(0.0, lo_open=True),
     "optimizer.momentum": _float(0.0, 1.0, hi_open=True),
