@@ -22,11 +22,16 @@ burn-in the per-round values are averaged in batches of ``batch`` rounds; a seed
 mean of its batches and the standard error comes from the batch means of all seeds (batch
 length >> the slowest mode's correlation time ``1 / (1 - (1 - eta)^2 lambda_2^2)``).
 
-    python experiments/linear_speedup.py --out docs/results/linear_speedup   # full run
+    python experiments/linear_speedup.py --out docs/results/linear_speedup   # 319 s wall at load ~12
     python experiments/linear_speedup.py --quick --out /tmp/speedup          # the test's run
 
+Measured on the shared 2-core machine at load ~12: 319 s wall for the full run (27 configs, about
+10 s each, mostly the compile of each n and graph); the --quick run (ring n = 4, 9 and the 3x3
+torus, 2 seeds) is three compiles.
+
 Full run: ring, torus, star and complete graphs for n in {4, 9, 16, 25, 36, 49, 64} (torus:
-square n), eta = 0.1, sigma = 1, d = 4, 5 seeds of 4000 rounds after 500 of burn-in. Writes
+square n), eta = 0.1, sigma = 1, d = 4, 5 seeds (``1000 n + 0..4``) of 4000 rounds after 500 of
+burn-in, batches of 200 rounds. Writes
 ``speedup.csv`` (one row per topology and n: closed forms, measured mean, min, max over seeds,
 standard errors, seeds), ``speedup.png`` (both quantities against n, theory as lines, measured
 points with min-max bars) and ``summary.json``.
@@ -56,7 +61,7 @@ except ImportError:  # pragma: no cover
 
 TOPOLOGIES = ("ring", "torus", "star", "complete")
 FULL = dict(ns=(4, 9, 16, 25, 36, 49, 64), seeds=5, burn_in=500, rounds=4000, batch=200)
-QUICK = dict(ns=(4, 16), seeds=2, burn_in=200, rounds=800, batch=100)
+QUICK = dict(ns=(4, 9), seeds=2, burn_in=200, rounds=800, batch=100, topologies=("ring", "torus"))
 ETA, SIGMA, DIM = 0.1, 1.0, 4
 
 
@@ -158,7 +163,9 @@ def run(out: Path, ns, seeds: int, burn_in: int, rounds: int, batch: int, topolo
     for topo in topologies:
         for n in _sizes(topo, ns):
             t0 = time.perf_counter()
-            m = measure(config(n, topo), np.arange(seeds), burn_in, rounds, batch)
+            # Seeds differ across n (node i's key does not depend on n, so shared seeds would share
+            # the first nodes' noise); the same across graphs: x_bar's path does not depend on W.
+            m = measure(config(n, topo), 1000 * n + np.arange(seeds), burn_in, rounds, batch)
             th_avg, th_cons = theory(m["exp"], ETA, SIGMA)
             a, k = summarize(m["avg"][0]), summarize(m["cons"][0])
             rows.append(
@@ -193,76 +200,82 @@ def run(out: Path, ns, seeds: int, burn_in: int, rounds: int, batch: int, topolo
 
 
 def plot(df, path: Path) -> None:
+    """Both stationary quantities against n: closed forms as lines, measurements as points with
+    min-max bars over seeds. The complete graph's consensus distance is 0 (W = J) and left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = dict(zip(TOPOLOGIES, ("C0", "C1", "C2", "C3")))
     grid = np.linspace(df.n.min(), df.n.max(), 200)
-    axes[0].plot(
-        grid, rj.theory.dsgd_noise_average_variance(ETA, SIGMA, 1, DIM) / grid, "k-", lw=1.2, label="theory (every W)"
-    )
-    for topo, g in df.groupby("topology", sort=False):
+    theory_avg = [rj.theory.dsgd_noise_average_variance(ETA, SIGMA, n, DIM) for n in grid]
+    axes[0].plot(grid, theory_avg, "k-", lw=1.2, label="theory ησ²d / (n(2 − η)), every W")
+    for i, (topo, g) in enumerate(df.groupby("topology", sort=False)):
         col = colors.get(topo, "C4")
+        shift = 1.0 + 0.025 * (i - 1.5)  # x̄'s path does not depend on W: side by side, not on top
         for ax, q in zip(axes, ("avg", "cons")):
             if q == "cons":
-                ax.plot(g.n, g.theory_cons, "-", color=col, lw=1.2, label=f"{topo}: theory")
+                if (g.theory_cons < 1e-12).all():
+                    continue
+                ax.plot(g.n, g.theory_cons, "-", color=col, lw=1.2, label=f"{topo}: spectral formula")
             lo, hi = g[f"{q}_mean"] - g[f"{q}_min"], g[f"{q}_max"] - g[f"{q}_mean"]
+            x = g.n * (shift if q == "avg" else 1.0)
             ax.errorbar(
-                g.n, g[f"{q}_mean"], yerr=[lo, hi], fmt="o", ms=4, color=col, capsize=3, label=f"{topo}: measured"
+                x, g[f"{q}_mean"], yerr=[lo, hi], fmt="o", ms=4, color=col, capsize=3, label=f"{topo}: measured"
             )
-    axes[0].set_title(f"network average, η = {ETA}, σ = {SIGMA}, d = {DIM}")
+    axes[0].set_title(f"variance of the network average (η = {ETA}, σ = {SIGMA}, d = {DIM})")
     axes[0].set_ylabel("stationary E‖x̄ − b‖²")
-    axes[1].set_title("consensus distance")
+    axes[1].set_title("consensus distance (complete graph: 0, W = J)")
     axes[1].set_ylabel("stationary (1/n) E‖X − 1x̄ᵀ‖²")
     for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("nodes n")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     seeds = int(df.seeds.iloc[0])
-    fig.suptitle(f"ATC D-SGD on identical quadratics: mean and min–max over {seeds} seeds, lines: closed forms")
+    fig.suptitle(f"ATC D-SGD on identical quadratics: mean and min–max over {seeds} seeds; lines: closed forms")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def _table(folder: Path) -> str:
+    """One row per n: the average's variance (the same on every graph: same seeds, and x_bar's
+    path does not depend on W) and each graph's consensus distance, theory against measurement
+    with z = (measured - theory) / standard error."""
     import pandas as pd
 
     df = pd.read_csv(Path(folder) / "speedup.csv")
+    graphs = [t for t in TOPOLOGIES if t in set(df.topology) and (df[df.topology == t].theory_cons > 1e-12).any()]
+
+    def cell(theory, mean, lo, hi, se):
+        return f"{_results.fmt(theory)} → {_results.fmt_band(mean, lo, hi)} ({(mean - theory) / se:+.1f})"
+
     rows = []
-    for r in df.itertuples():
-        rows.append(
-            (
-                r.topology,
-                r.n,
-                _results.fmt(r.theory_avg),
-                _results.fmt_band(r.avg_mean, r.avg_min, r.avg_max),
-                f"{(r.avg_mean - r.theory_avg) / r.avg_se:+.1f}",
-                _results.fmt(r.theory_cons),
-                _results.fmt_band(r.cons_mean, r.cons_min, r.cons_max),
-                f"{(r.cons_mean - r.theory_cons) / r.cons_se:+.1f}" if r.cons_se > 0 else "exact",
-                r.seeds,
+    for n, g in df.groupby("n", sort=True):
+        a = g.iloc[0]
+        row = [n, cell(a.theory_avg, a.avg_mean, a.avg_min, a.avg_max, a.avg_se), f"{n * a.avg_mean:.3f}"]
+        for t in graphs:
+            r = g[g.topology == t]
+            row.append(
+                cell(*r[["theory_cons", "cons_mean", "cons_min", "cons_max", "cons_se"]].iloc[0]) if len(r) else "–"
             )
-        )
-    return _results.markdown_table(
-        (
-            "graph",
-            "n",
-            "E‖x̄−b‖² theory",
-            "measured mean [min, max]",
-            "z",
-            "consensus theory",
-            "measured mean [min, max]",
-            "z",
-            "seeds",
-        ),
-        rows,
-    )
+        row.append(int(a.seeds))
+        rows.append(row)
+    header = [
+        "n",
+        "E‖x̄−b‖²: theory → measured (z)",
+        f"n · measured (theory {DIM * ETA * SIGMA**2 / (2 - ETA):.3f})",
+        *[f"consensus, {t}" for t in graphs],
+        "seeds",
+    ]
+    return _results.markdown_table(header, rows)
 
 
 TABLES = {"speedup": _table}
@@ -286,6 +299,7 @@ def main(argv=None) -> int:
         "quick": args.quick,
         **{k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()},
     }
+    summary.setdefault("topologies", list(TOPOLOGIES))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {out} in {summary['seconds']:.0f} s")
     return 0
