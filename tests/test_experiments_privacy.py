@@ -66,3 +66,47 @@ def test_trilemma_quick(tmp_path):
     # The trilemma: with DP noise the same attack costs SMEA more, and the attack costs DP training.
     assert acc[("smea", 2.0, 2)] < acc[("smea", math.inf, 2)]
     assert acc[("smea", 2.0, 2)] < acc[("smea", 2.0, 0)]
+
+
+def test_network_dp_reconstruction_attack_beside_exact_leakage(tmp_path):
+    """Issue 16: the gossip reconstruction attack's success is 1 exactly where the exact leakage is 1
+    (noise once, the observer's whole view over rounds 0..T-1) and below 1 where it is not; its
+    mean over private draws is the leakage (both are u's leverage in v's knowledge matrix)."""
+    import pandas as pd
+
+    from redeem_jax import topology
+    from redeem_jax.privacy.analysis import network_dp as nd
+    from redeem_jax.privacy.analysis import reconstruction as rc
+
+    mod = load_experiment("network_dp")
+    for top in (topology.torus(3), topology.erdos_renyi(10, 0.3, seed=100), topology.random_geometric(10, 0.5, seed=7)):
+        W = nd.mixing_sequence(top, mod.RECON_T)
+        r = mod.reconstruction_pairs(W, columns=300, seed=1)
+        off = ~np.eye(top.n, dtype=bool)
+        full = r["exact"] >= 1 - mod.IDENT_TOL
+        assert full[off].any() and (~full[off]).any()  # both kinds of pair on every graph
+        np.testing.assert_array_equal(r["identified"], full)
+        assert np.all(np.abs(r["success"][full] - 1.0) < 1e-9)
+        assert np.all(r["success"][off & ~full] < 1.0 - 1e-9)
+        spread = off & ~full & (r["se"] > 1e-12)
+        assert np.all(np.abs(r["success"] - r["exact"])[spread] < 5 * r["se"][spread])
+        # with Muffliato's noise (drawn once) the attack returns exactly z_u + eta_u where leakage is 1
+        z = np.random.default_rng(2).standard_normal((top.n, 3))
+        v = int(np.argmax((full & off).sum(0)))  # the observer that reconstructs the most nodes
+        view = rc.simulate_gossip(W, z, [v], sigma=0.5, seed=3)
+        z_hat, _ = rc.reconstruct(W, [v], view)
+        eta = 0.5 * np.random.default_rng(3).standard_normal((1, top.n, 3))[0]
+        hit = full[:, v] & off[:, v]
+        np.testing.assert_allclose(z_hat[hit], (z + eta)[hit], atol=1e-8)
+
+    rows, meta = mod.reconstruction(quick=True)
+    assert all(meta["checks"].values()) and meta["worst_z"] < 5
+    df = pd.DataFrame(rows)
+    assert set(df.family) == {"ring", "erdos_renyi"} and df[df.family == "erdos_renyi"].draw.nunique() == 3
+    df.to_csv(tmp_path / "reconstruction.csv", index=False)
+    mod.plot_reconstruction(df, str(tmp_path / "reconstruction.png"))
+    assert (tmp_path / "reconstruction.png").stat().st_size > 10_000
+    table = mod.TABLES["reconstruction"](tmp_path)
+    assert "attack success" in table and table.count("\n") == 1 + len(
+        df[df.distance <= df["T"]].groupby(["family", "distance"])
+    )
