@@ -101,3 +101,27 @@ def test_grad_noise_is_a_swept_hyper_parameter_and_absent_at_zero():
     assert "oracle.grad_noise" not in plain.hp  # 0: the oracle of before, no extra key or parameter
     with pytest.raises(rj.config.ConfigError, match="oracle.grad_noise"):
         rj.build(ls.config(4, "ring", sigma=-1.0))
+
+
+def test_sweep_vmaps_grad_noise_in_one_compile_and_matches_the_step():
+    """rj.sweep over seeds and oracle.grad_noise: one compile, and each point is the built step's run."""
+    import jax
+
+    ls = load_experiment("linear_speedup")
+    c = ls.config(4, "ring")
+    for k, v in {"num_rounds": 30, "eval_every": 30, "eval.max_test_examples": 8}.items():
+        rj.config.set_field(c, k, v)
+    df = rj.sweep(c, {"seed": [0, 1], "oracle.grad_noise": [0.5, 2.0]}, progress=False)
+    assert df.attrs["traces"] == [1]
+    exp = rj.build(c)
+    last = df[df["round"] == 30]
+    for row in last.itertuples():
+        hp = exp.hp_values(**{"oracle.grad_noise": row._2})
+        state = exp.init_state(row.seed, hp)
+        step = jax.jit(exp.step)
+        for _ in range(30):
+            state, _m = step(state, exp.node_data, hp)
+        cons = float(rj.metrics.consensus_distance(exp.models(state)))
+        np.testing.assert_allclose(row.consensus_distance, cons, rtol=1e-4)
+    by_sigma = last.groupby("oracle.grad_noise").consensus_distance.mean()
+    assert by_sigma[2.0] > 4 * by_sigma[0.5]  # the consensus distance grows as sigma^2 (16x in expectation)
