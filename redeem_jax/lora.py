@@ -60,6 +60,7 @@ __all__ = [
     "merge",
     "factors",
     "product_channel",
+    "aggregation_gap",
     "load_base",
     "with_base",
     "param_names",
@@ -287,6 +288,28 @@ def merge(spec: LoraSpec, row) -> jax.Array:
         return leaf + (spec.scale * (a @ b)).reshape(leaf.shape).astype(leaf.dtype)
 
     return ravel_pytree(jax.tree_util.tree_map_with_path(add, tree))[0]
+
+
+def aggregation_gap(spec: LoraSpec, rows) -> dict:
+    """How far each aggregation of adapter rows ``[N, d_adapter]`` (a server's uniform mean) is
+    from the exact mean of the full updates ``mean_i (α/r)·a_i b_i``, relative to its norm (all
+    targets together, Frobenius): ``naive`` = ``mean(a)·mean(b)`` (Hu et al.'s factors averaged
+    separately), ``product`` = the rank-r SVD truncation of the exact mean (Eckart–Young), and
+    ``ffa`` = ``a·mean(b)`` for FFA rows (Sun et al. 2024: 0 up to rounding). Only the aggregations
+    the rows allow are returned (FFA rows: ``ffa``; others: ``naive`` and ``product``)."""
+    f = factors(spec, rows)
+    err: dict = {}
+    norm = jnp.zeros((), jnp.float32)
+    for a, b in f.values():
+        exact = jnp.einsum("nkr,nrd->kd", a, b) / a.shape[0]
+        norm = norm + jnp.sum(exact**2)
+        if spec.frozen_a is not None:
+            err["ffa"] = err.get("ffa", 0.0) + jnp.sum((a[0] @ b.mean(0) - exact) ** 2)
+            continue
+        err["naive"] = err.get("naive", 0.0) + jnp.sum((a.mean(0) @ b.mean(0) - exact) ** 2)
+        sv = jnp.linalg.svd(exact, compute_uv=False)
+        err["product"] = err.get("product", 0.0) + jnp.sum(sv[spec.rank :] ** 2)
+    return {k: jnp.sqrt(v / norm) for k, v in err.items()}
 
 
 def product_channel(inner: Channel, spec: LoraSpec) -> Channel:

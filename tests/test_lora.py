@@ -39,7 +39,7 @@ def lm_config(**kw):
         "optimizer.learning_rate": 0.5,
         "num_rounds": 2,
         "eval_every": 1,
-        "eval.max_test_examples": 64,
+        "eval.max_test_examples": 16,
     }
     base.update(kw)
     return small_config(**base)
@@ -48,6 +48,11 @@ def lm_config(**kw):
 @pytest.fixture(scope="module")
 def transformer():
     return models.get("transformer", (SEQ,), 256, "language", **TINY)
+
+
+@pytest.fixture(scope="module")
+def base(transformer):
+    return jax.jit(transformer.init)(jax.random.PRNGKey(11))
 
 
 @pytest.fixture(scope="module")
@@ -73,20 +78,22 @@ def _random_rows(model, key, n, spread=0.3):
     return rows + spread * jax.random.normal(jax.random.fold_in(key, 1), rows.shape)
 
 
-def test_forward_is_the_merged_model_and_starts_at_the_base(transformer):
+def test_forward_is_the_merged_model_and_starts_at_the_base(transformer, base):
     ex = np.zeros((1, SEQ), np.int32)
     x = jax.random.randint(jax.random.PRNGKey(3), (3, SEQ), 0, 256)
-    lm, spec = lora.lora_model(transformer, ex, rank=R, alpha=4.0, targets=("attention", "mlp"))
+    lm, spec = lora.lora_model(transformer, ex, rank=R, alpha=4.0, targets=("attention", "mlp"), base=base)
     kinds = sorted(t.kind for t in spec.targets)
     assert kinds == ["attention"] * 4 + ["mlp"] * 2  # q, k, v, out and the two MLP Dense; not the head
     # The adapter row: a [k, r] and b [r, d] per target, nothing of the base.
     assert spec.num_params == sum(R * (t.k + t.d) for t in spec.targets) < transformer.num_params // 10
     row0 = lm.init(jax.random.PRNGKey(1))
-    np.testing.assert_array_equal(lm.apply(row0, x), transformer.apply(spec.base, x))  # b = 0: the base
+    lora_fwd, full_fwd = jax.jit(lm.apply), jax.jit(transformer.apply)
+    np.testing.assert_array_equal(lora_fwd(row0, x), full_fwd(spec.base, x))  # b = 0: the base
     row = _random_rows(lm, jax.random.PRNGKey(2), 1)[0]
+    merged_row = jax.jit(lambda r: lora.merge(spec, r))(row)
     # x·K₀ + (α/r)(x·a)·b through the interceptor = the model with K₀ + (α/r)·a·b written in.
-    np.testing.assert_allclose(lm.apply(row, x), transformer.apply(lora.merge(spec, row), x), atol=2e-5)
-    merged = _kernels(transformer, lora.merge(spec, row), spec)
+    np.testing.assert_allclose(lora_fwd(row, x), full_fwd(merged_row, x), atol=2e-5)
+    merged = _kernels(transformer, merged_row, spec)
     base = _kernels(transformer, spec.base, spec)
     for p, (a, b) in spec.tree(row).items():
         np.testing.assert_allclose(merged[p], base[p] + 2.0 * np.asarray(a, np.float64) @ np.asarray(b), atol=1e-5)
@@ -105,30 +112,31 @@ def _local_updates(lm, rows, x, y, steps=3, lr=0.5):
     return rows
 
 
-def test_ffa_aggregate_equals_the_mean_of_full_updates_and_naive_does_not(transformer):
+def test_ffa_aggregate_equals_the_mean_of_full_updates_and_naive_does_not(transformer, base):
     ex = np.zeros((1, SEQ), np.int32)
     key = jax.random.PRNGKey(7)
     x = jax.random.randint(key, (N, 4, SEQ), 0, 256)  # every node its own text
     y = jnp.roll(x, -1, axis=-1)
     server = rj_channels.server()
     ctx = rj.core.Ctx(jnp.zeros((), jnp.int32), key, None, jnp.ones((N,), bool), {})
-    gaps = {}
+    w0, scale, gaps = np.asarray(base, np.float64), 2.0, {}
     for how in ("ffa", "naive", "product"):
-        lm, spec = lora.lora_model(transformer, ex, rank=R, alpha=4.0, aggregation=how, key=key)
-        start = _random_rows(lm, jax.random.fold_in(key, 5), N)  # nodes' adapters differ (naive: a too)
-        rows = _local_updates(lm, start, x, y)
+        if how != "product":  # product trains the same [a, b] rows as naive; only the channel differs
+            lm, spec = lora.lora_model(transformer, ex, rank=R, alpha=4.0, aggregation=how, key=key, base=base)
+            start = _random_rows(lm, jax.random.fold_in(key, 5), N)  # nodes' adapters differ (naive: a too)
+            rows = _local_updates(lm, start, x, y)
+            merge = jax.jit(jax.vmap(lambda r, spec=spec: lora.merge(spec, r)))
+            full = np.asarray(merge(rows), np.float64)
+            mean_update = (full - w0).mean(0)  # the mean of the full updates ΔW_i
+            f = {
+                p: (np.asarray(a, np.float64), np.asarray(b, np.float64))
+                for p, (a, b) in lora.factors(spec, rows).items()
+            }
         channel = lora.product_channel(server, spec) if how == "product" else server
         agg, state = channel.update(rows, channel.init(rows), ctx)
-        full = np.stack([np.asarray(lora.merge(spec, r), np.float64) for r in rows])
-        w0 = np.asarray(spec.base, np.float64)
-        mean_update = (full - w0).mean(0)  # the mean of the full updates ΔW_i
-        got = np.asarray(lora.merge(spec, agg[0]), np.float64) - w0
         np.testing.assert_allclose(np.asarray(agg), np.asarray(agg[:1]).repeat(N, 0), atol=1e-6)  # one model
+        got = np.asarray(merge(agg[:1])[0], np.float64) - w0
         gaps[how] = np.linalg.norm(got - mean_update)
-        f = {
-            p: (np.asarray(a, np.float64), np.asarray(b, np.float64)) for p, (a, b) in lora.factors(spec, rows).items()
-        }
-        scale = 2.0
         if how == "ffa":
             np.testing.assert_allclose(got, mean_update, atol=1e-6)  # exact: a·mean(b) = mean(a·b)
         elif how == "naive":
@@ -213,8 +221,9 @@ def test_attack_and_robust_rule_touch_only_adapters_with_product_aggregation():
 
 
 def test_rank_zero_is_the_run_without_lora_bit_for_bit():
-    plain = small_config(num_rounds=2)
-    off = small_config(num_rounds=2, **{"model.lora.rank": 0, "model.lora.aggregation": "ffa"})
+    lin = {"data.name": "linear", "model.name": "linear", "num_rounds": 2}
+    plain = small_config(**lin)
+    off = small_config(**lin, **{"model.lora.rank": 0, "model.lora.aggregation": "ffa", "model.lora.alpha": 3.0})
     out = []
     for cfg in (plain, off):
         exp = build(cfg)

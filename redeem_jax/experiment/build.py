@@ -59,6 +59,7 @@ class Experiment(NamedTuple):
     honest: np.ndarray
     trace_counter: list
     privacy: dict | None = None  # DP: noise_multiplier, sample_rate, delta, accountant, sampling, steps_per_round
+    lora: Any = None  # rj.lora.LoraSpec of a model.lora run: the frozen base, targets, merge(spec, row)
 
     def init_state(self, seed: int | jax.Array | None = None, hp: dict | None = None) -> _round.RoundState:
         """The network at round 0 for ``seed`` (default ``config.seed``; may be traced, e.g. vmapped)."""
@@ -732,4 +733,5 @@ def build(config, topology=None) -> Experiment:
         honest,
         counter,
         privacy,
+        lora_spec,
     )
