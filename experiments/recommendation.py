@@ -39,7 +39,7 @@ changes the padded shapes. Recommendation runs do not go through the config runn
 ``ratings.dat`` file (users split at random over the nodes; no σ line).
 
     python experiments/recommendation.py --out docs/results/recommendation   # 375 s wall at load 20 (14 compiles)
-    python experiments/recommendation.py --quick --out /tmp/rec              # the test's run: ring only, 8 nodes
+    python experiments/recommendation.py --quick --out /tmp/rec              # the test's run: ring only, 600 rounds
     python experiments/recommendation.py --replot --out docs/results/recommendation  # redraw from the CSV
 
 Writes in DIR: ``curves.csv`` (per part, setting and evaluated round: mean, min, max over seeds
@@ -444,9 +444,7 @@ def figure(band, info, path, quick):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/recommendation", help="output directory")
-    ap.add_argument(
-        "--quick", action="store_true", help="8 nodes, 1000 rounds, 2 seeds, ring only, no DP or attacks (the test)"
-    )
+    ap.add_argument("--quick", action="store_true", help="600 rounds, 2 seeds, ring only, no DP or attacks (the test)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--movielens", default=None, help="a local MovieLens u.data / ratings.dat file for part 1")
     ap.add_argument("--replot", action="store_true", help="redraw the figure from DIR's curves.csv, run nothing")
@@ -464,7 +462,7 @@ def main(argv=None):
     a.nodes, a.users_per_node, a.items, a.rank, a.l2, a.lr, a.degree = 16, 6, 30, 2, 1e-4, 0.5, 6
     a.rounds, a.every, a.attack_rounds, a.dp_sigmas, a.clip = 2000, 50, 2000, (0.002, 0.01), 10.0
     if a.quick:
-        a.nodes, a.rounds, a.every, a.seeds, a.dp_sigmas = 8, 1000, 100, 2, ()
+        a.nodes, a.rounds, a.every, a.seeds, a.dp_sigmas = 16, 600, 100, 2, ()
     out = _results.out_dir(a.out)
     seeds = list(range(a.seeds))
     t0 = time.time()

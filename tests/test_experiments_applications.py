@@ -32,8 +32,9 @@ def _figure_checks(out, summary, name):
 def test_recommendation_quick_files_and_tracking_beats_dsgd_on_the_ring(rec):
     """On the ring, D-SGD with a constant step keeps V_i − V̄ = O(ηζ/(1 − λ₂)) and a non-zero
     mean item gradient at V̄; DIGing's fixed point is consensual and stationary. So the network's
-    objective (train RMSE at V̄) ends lower with tracking, at every seed (measured in --quick at
-    1000 rounds on 8 nodes: see the final.csv min/max), and tracking's item copies agree."""
+    objective (train RMSE at V̄) ends lower with tracking at every seed: --quick (16 nodes, 600
+    rounds, 2 seeds) measured 0.442 for DIGing against 0.578–0.595 for D-SGD; asserted with the
+    worst DIGing seed at most 0.85x the best D-SGD seed."""
     out, summary = rec
     _figure_checks(out, summary, "recommendation.png")
     curves = pd.read_csv(out / "curves.csv")
@@ -41,8 +42,7 @@ def test_recommendation_quick_files_and_tracking_beats_dsgd_on_the_ring(rec):
     assert {"D-SGD, ring", "DIGing, ring"} <= set(fin.index)
     assert (fin["seeds"] == 2).all() and (curves["seeds"] == 2).all()
     d, t = fin.loc["D-SGD, ring"], fin.loc["DIGing, ring"]
-    # The worst DIGing seed beats the best D-SGD seed.
-    assert t["train_rmse_consensus_max"] < d["train_rmse_consensus_min"], (t, d)
+    assert t["train_rmse_consensus_max"] < 0.85 * d["train_rmse_consensus_min"], (t, d)
     # DIGing sends twice the bytes (model and tracker) per round.
     assert t["bytes_per_node"] == pytest.approx(2 * d["bytes_per_node"])
     # Learning happened: RMSE fell from the initial factors' and ranking beats chance (3/7).
