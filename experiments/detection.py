@@ -135,6 +135,8 @@ def gaussian_curve(datas, topo, rounds):
 
 
 def run(a, log=print):
+    """Every method's per-node AUROC ``{method: [S, N]}``, the gossip-rounds curve rows and the
+    centralized AUROC per seed."""
     seeds = list(range(a.seeds))
     datas = [dt.breast_cancer_nodes(a.nodes, a.n_train, seed=s) for s in seeds]
     ring, complete = rj.topology.ring(a.nodes), rj.topology.complete(a.nodes)
@@ -167,6 +169,7 @@ def run(a, log=print):
 
 # --------------------------------------------------------------------------- tables
 def table_auroc(d: Path) -> str:
+    """Mean, worst-node AUROC and smallest per-node gain per method (mean [min, max] over seeds)."""
     import pandas as pd
 
     s = pd.read_csv(Path(d) / "summary.csv")
@@ -195,6 +198,7 @@ TABLES = {"auroc": table_auroc}
 
 # --------------------------------------------------------------------------- figure
 def figure(srt, curve, central, info, path, quick):
+    """Sorted per-node AUROC per method and the gossip-rounds curve; returns the axes' labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,6 +245,7 @@ def figure(srt, curve, central, info, path, quick):
 
 
 def main(argv=None):
+    """Run and write DIR's files; returns the summary dict."""
     import pandas as pd
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -159,6 +159,8 @@ def _wire(topo, p, exchanges):
 
 # --------------------------------------------------------------------------- parts
 def part_convergence(a, seeds, log):
+    """Part 1 (D-SGD and DIGing on each graph) and part 2 (message noise): long-format rows and
+    the figure's data description."""
     if a.movielens:
         ds = DR.movielens(seed=0, path=a.movielens)
         p = R.build_problem(ds, a.nodes, rank=a.rank, assign="random", l2=a.l2, num_negatives=6)
@@ -231,6 +233,8 @@ def part_convergence(a, seeds, log):
 
 
 def part_attacks(a, seeds, log):
+    """Part 3: poisoned item factors (plain gossip, ClippedGossip) and shilling users (plain
+    gossip, trimmed mean), each with its attack-free run: long-format rows."""
     n = 12
     topo = rj.topology.random_regular(n, 5, seed=0)
     algo = dsgd(local_optimizer("sgd", 0.2))
@@ -283,6 +287,7 @@ def _band(r, k, digits=3):
 
 
 def table_convergence(d: Path) -> str:
+    """Final metrics of part 1 per method and graph (mean [min, max] over seeds)."""
     f = _load(d, "final.csv")
     f = f[f["part"] == "convergence"]
     rows = [
@@ -312,6 +317,7 @@ def table_convergence(d: Path) -> str:
 
 
 def table_privacy(d: Path) -> str:
+    """Final metrics of part 2 beside the noise-free D-SGD run on the ring."""
     f = _load(d, "final.csv")
     f = f[(f["part"] == "privacy") | ((f["part"] == "convergence") & (f["setting"] == "D-SGD, ring"))]
     rows = [
@@ -328,6 +334,8 @@ def table_privacy(d: Path) -> str:
 
 
 def table_attacks(d: Path) -> str:
+    """Honest test RMSE of part 3, its paired rise over the attack-free run and the target's
+    prediction shift."""
     f = _load(d, "final.csv")
     f = f[f["part"].isin(["poisoned", "shilling"])]
     rows = []
@@ -359,6 +367,7 @@ def _plot(ax, band, setting, x, y, **kw):
 
 
 def figure(band, info, path, quick):
+    """The six-panel figure from the per-round bands; returns every axis's (title, x, y) labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -442,6 +451,7 @@ def figure(band, info, path, quick):
 
 # --------------------------------------------------------------------------- main
 def main(argv=None):
+    """Run (or with ``--replot`` redraw) and write DIR's files; returns the summary dict."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/recommendation", help="output directory")
     ap.add_argument("--quick", action="store_true", help="600 rounds, 2 seeds, ring only, no DP or attacks (the test)")
