@@ -7,7 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["weighted_rows", "masked_mean", "consensus_distance"]
+__all__ = ["weighted_rows", "masked_mean", "consensus_distance", "perplexity"]
 
 _HI = jax.lax.Precision.HIGHEST
 _UNROLL_MAX_ROWS = 16
@@ -73,3 +73,20 @@ def consensus_distance(x: jax.Array, mask: jax.Array | None = None) -> jax.Array
     xbar = masked_mean(x, mask, axis=-2)
     sq = jnp.sum(jnp.square(x - jnp.expand_dims(xbar, -2)), axis=-1)
     return masked_mean(sq, mask, axis=-1)
+
+
+def perplexity(
+    model, flat: jax.Array, tokens: jax.Array, targets: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
+    """Perplexity of a language model on held-out text: ``exp`` of the mean per-token
+    cross-entropy (nats), ``exp(−(1/T) Σ_t log p(y_t | x_≤t))`` (Jelinek et al. 1977), over the
+    ``[B, L]`` windows ``tokens`` → ``targets`` (``mask [B]`` drops padded windows).
+
+    One parameter row ``flat`` of ``model`` (an ``rj.models.Model`` with task "language"): the
+    runner logs it for the honest-average model (``test_perplexity``) and per node."""
+    from redeem_jax.models import loss_and_metrics
+
+    if model.task != "language":
+        raise ValueError(f"perplexity: model {model.name!r} is not a language model (task {model.task!r})")
+    mask = jnp.ones(tokens.shape[:1], bool) if mask is None else mask
+    return jnp.exp(loss_and_metrics(model, flat, tokens, targets, mask)[1]["loss"])

@@ -91,46 +91,78 @@ class CNN(nn.Module):
 
 
 class _Block(nn.Module):
+    """One pre-norm decoder block: causal self-attention, then an MLP of width ``mlp_ratio·d_model``.
+
+    The submodules keep flax's automatic names (``LayerNorm_0``, ``MultiHeadDotProductAttention_0``
+    with its ``query``/``key``/``value``/``out`` Dense layers, ``Dense_0`` up, ``Dense_1`` down),
+    so the flat row's order is the one of before and adapters can target the Dense layers by path.
+    ``dtype`` is the compute dtype (None: from the inputs and the float32 parameters)."""
+
     d_model: int
     num_heads: int
+    mlp_ratio: int = 4
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, h, mask):
-        a = nn.LayerNorm()(h)
-        a = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=self.d_model)(a, a, mask=mask)
+        lowp = self.dtype is not None and self.dtype != jnp.float32
+        a = nn.LayerNorm(dtype=self.dtype)(h)
+        a = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            qkv_features=self.d_model,
+            dtype=self.dtype,
+            # bf16 logits of a softmax lose the small probabilities: normalise in float32.
+            force_fp32_for_softmax=lowp,
+        )(a, a, mask=mask)
         h = h + a
-        m = nn.LayerNorm()(h)
-        m = nn.Dense(self.d_model)(nn.gelu(nn.Dense(4 * self.d_model)(m)))
+        m = nn.LayerNorm(dtype=self.dtype)(h)
+        m = nn.Dense(self.d_model, dtype=self.dtype)(
+            nn.gelu(nn.Dense(self.mlp_ratio * self.d_model, dtype=self.dtype)(m))
+        )
         return h + m
 
 
 class TinyTransformerLM(nn.Module):
-    """Decoder-only byte-level language model (Vaswani et al. 2017; GPT-style pre-norm blocks)."""
+    """Decoder-only byte-level language model (Vaswani et al. 2017; GPT-style pre-norm blocks).
+
+    ``dtype = jnp.bfloat16`` computes in bfloat16 from float32 parameters (the master copy: the
+    flat rows, gradients and optimizer states stay float32; mixed precision as in Micikevicius et
+    al. 2018) with the logits cast back to float32 for the loss. ``remat = True`` recomputes each
+    block's activations in the backward pass instead of storing them (``nn.remat``, Chen et al.
+    2016, "Training deep nets with sublinear memory cost"): the same numbers, less memory."""
 
     vocab: int
     d_model: int
     num_heads: int
     num_layers: int
     max_len: int
+    mlp_ratio: int = 4
+    dtype: Any = None
+    remat: bool = False
 
     @nn.compact
     def __call__(self, tokens):
         length = tokens.shape[-1]
-        h = nn.Embed(self.vocab, self.d_model)(tokens)
+        h = nn.Embed(self.vocab, self.d_model, dtype=self.dtype)(tokens)
         pos = self.param("pos", nn.initializers.normal(0.02), (self.max_len, self.d_model))
-        h = h + pos[:length]
+        h = h + (pos[:length] if self.dtype is None else pos[:length].astype(self.dtype))
         mask = nn.make_causal_mask(tokens)
-        for _ in range(self.num_layers):
-            h = _Block(self.d_model, self.num_heads)(h, mask)
-        return nn.Dense(self.vocab)(nn.LayerNorm()(h))
+        block = nn.remat(_Block) if self.remat else _Block
+        for i in range(self.num_layers):
+            # The name flax gives _Block by itself, also for the remat-wrapped class: same params.
+            h = block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f"_Block_{i}")(h, mask)
+        out = nn.Dense(self.vocab, dtype=self.dtype)(nn.LayerNorm(dtype=self.dtype)(h))
+        return out if self.dtype is None else out.astype(jnp.float32)
 
 
 MODELS = ("linear", "logistic", "mlp", "cnn", "transformer")
 
 
 def _wrap(name: str, task: str, module: nn.Module, example: np.ndarray, l2: float) -> Model:
-    params = module.init(jax.random.PRNGKey(0), example)
-    flat0, unravel = ravel_pytree(params)
+    # The pytree's structure from shapes only (no initialisation run): a 10^7-parameter model
+    # is not drawn once more on the host just to learn its size and its unravel.
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), example))
+    flat0, unravel = ravel_pytree(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
 
     def init(key):
         return ravel_pytree(module.init(key, example))[0]
@@ -154,12 +186,21 @@ def get(
     num_layers: int = 2,
     use_bias: bool | None = None,
     l2: float = 0.0,
+    mlp_ratio: int = 4,
+    max_len: int = 0,
+    dtype: str = "float32",
+    remat: bool = False,
 ) -> Model:
     """Build a model by name for examples of ``input_shape``.
 
     ``linear`` is least-squares regression (task "regression") or a softmax classifier;
     ``logistic`` is binary logistic regression with one logit (Cox 1958) and no bias by
     default, so that it matches the synthetic problem's known optimum.
+
+    ``transformer`` (:class:`TinyTransformerLM`) takes ``d_model``, ``num_heads``, ``num_layers``,
+    ``mlp_ratio`` (MLP width / d_model), ``max_len`` (positions; 0: the sequence length),
+    ``dtype`` (compute dtype, ``"float32"`` or ``"bfloat16"``; parameters stay float32) and
+    ``remat`` (recompute block activations in the backward pass).
     """
     if name not in MODELS:
         raise ValueError(f"model.name: {name!r} is not one of {', '.join(MODELS)}")
@@ -188,7 +229,15 @@ def get(
         raise ValueError("model.name: 'transformer' is a language model; use a 'text' dataset")
     if d_model % num_heads:
         raise ValueError(f"model.d_model ({d_model}) must be divisible by model.num_heads ({num_heads})")
-    mod = TinyTransformerLM(num_classes, d_model, num_heads, num_layers, int(input_shape[-1]))
+    seq_len = int(input_shape[-1])
+    if max_len and max_len < seq_len:
+        raise ValueError(f"model.max_len ({max_len}) is below the sequence length ({seq_len})")
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.dtype: {dtype!r} is not one of float32, bfloat16")
+    compute = None if dtype == "float32" else jnp.bfloat16  # None: exactly the float32 model of before
+    mod = TinyTransformerLM(
+        num_classes, d_model, num_heads, num_layers, int(max_len or seq_len), int(mlp_ratio), compute, bool(remat)
+    )
     return _wrap(name, task, mod, example, l2)
 
 

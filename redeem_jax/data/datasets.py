@@ -12,8 +12,11 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import os
 import random as _py_random
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,7 @@ __all__ = [
     "register_dataset",
     "list_datasets",
     "TEXT_MODULES",
+    "text_documents",
 ]
 
 
@@ -628,6 +632,76 @@ def text(
     )
 
 
+def text_documents(path: str | os.PathLike) -> tuple[list[str], list[bytes]]:
+    """The documents of a local text corpus, ``(names, UTF-8 bytes)``: every regular file of a
+    folder (sorted by relative path, hidden files skipped) is one document; a single file is
+    split at blank lines (paragraphs), each paragraph one document."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such file or folder (a text file, or a folder of text files)")
+    if root.is_dir():
+        files = sorted(
+            f for f in root.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts)
+        )
+        names = [str(f.relative_to(root)) for f in files]
+        docs = [f.read_bytes() for f in files]
+    else:
+        parts = re.split(rb"\r?\n[ \t]*\r?\n", root.read_bytes())
+        docs = [d.strip(b"\r\n") for d in parts if d.strip()]
+        names = [f"{root.name}#{i}" for i in range(len(docs))]
+    if not docs:
+        raise loaders.DataError(f"{root}: no text in it")
+    return names, docs
+
+
+def text_file(
+    seed: int = 0, path: str = "", seq_len: int = 64, stride: int | None = None, test_fraction: float = 0.1
+) -> Dataset:
+    """Byte-level language modelling on a local text file or folder (:func:`text_documents`).
+
+    As :func:`text`, every document's head gives train windows of ``seq_len`` bytes (its
+    index in ``info["train_source"]``, for the ``by_source`` partition), and the last
+    ``test_fraction`` of its bytes goes to the held-out set. Documents (paragraphs) are often
+    shorter than a window, so the tails are joined, separated by a blank line, into one held-out
+    text before it is cut into windows; a document too short for a train window trains nothing.
+    """
+    del seed
+    if not path:
+        raise FileNotFoundError("data.name 'text_file' reads a local file: set data.path to a text file or folder")
+    seq_len = _check_positive_int("seq_len", seq_len)
+    stride = seq_len if stride is None else _check_positive_int("stride", stride)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    names, docs = text_documents(path)
+    xs, ys, src, tails = [], [], [], []
+    for i, doc in enumerate(docs):
+        buf = np.frombuffer(doc, dtype=np.uint8)
+        cut = int(round(len(buf) * (1.0 - test_fraction)))
+        x, y = _windows(buf[:cut], seq_len, stride)
+        xs.append(x)
+        ys.append(y)
+        src.append(np.full(len(x), i, np.int32))
+        tails.append(doc[cut:])
+    x_te, y_te = _windows(np.frombuffer(b"\n\n".join(tails), dtype=np.uint8), seq_len, stride)
+    x_tr = np.concatenate(xs)
+    if len(x_tr) == 0 or len(x_te) == 0:
+        raise loaders.DataError(
+            f"{path}: {sum(map(len, docs))} bytes in {len(docs)} documents give no "
+            f"{'train' if len(x_tr) == 0 else 'held-out'} window of seq_len={seq_len}; use a shorter data.seq_len"
+        )
+    return Dataset(
+        name="text_file",
+        x_train=x_tr,
+        y_train=np.concatenate(ys),
+        x_test=x_te,
+        y_test=y_te,
+        task="language",
+        num_classes=256,
+        input_shape=(seq_len,),
+        info={"source": str(path), "sources": tuple(names), "train_source": np.concatenate(src), "seq_len": seq_len},
+    )
+
+
 # ------------------------------------------------------------- local files
 
 
@@ -680,5 +754,6 @@ register_dataset("logistic", logistic)
 register_dataset("digits", digits)
 register_dataset("mnist1d", mnist1d)
 register_dataset("text", text)
+register_dataset("text_file", text_file)
 for _name in loaders.IMAGE_DATASETS:
     register_dataset(_name, _image_builder(_name))

@@ -23,8 +23,8 @@ __all__ = [
     "local_test_split",
 ]
 
-METHODS = ("iid", "dirichlet", "shards", "quantity", "contiguous")
-_LABEL_FREE_METHODS = ("iid", "quantity", "contiguous")
+METHODS = ("iid", "dirichlet", "shards", "quantity", "contiguous", "by_source")
+_LABEL_FREE_METHODS = ("iid", "quantity", "contiguous", "by_source")
 
 
 def is_classification_labels(labels: np.ndarray) -> bool:
@@ -126,6 +126,22 @@ def _contiguous(m: int, n: int) -> np.ndarray:
     return np.repeat(np.arange(n), _array_split_sizes(m, n))
 
 
+def _by_source(groups: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Whole sources to nodes, largest first to the node with the fewest examples so far
+    (Graham's LPT rule), ties among sources of equal size broken at random."""
+    ids, sizes = np.unique(groups, return_counts=True)
+    if len(ids) < n:
+        raise ValueError(f"by_source: {len(ids)} sources (documents) for {n} nodes; every node needs one")
+    order = np.lexsort((rng.permutation(len(ids)), -sizes))
+    load = np.zeros(n, np.int64)
+    node_of_source = np.empty(len(ids), np.int64)
+    for s in order:  # one pass over the sources (tens to thousands), on the host, once
+        i = int(np.argmin(load))
+        node_of_source[s] = i
+        load[i] += sizes[s]
+    return node_of_source[np.searchsorted(ids, groups)]
+
+
 def node_assignment(
     labels: Any,
     num_nodes: int,
@@ -136,6 +152,7 @@ def node_assignment(
     min_size: int = 1,
     quantity_alpha: float = 1.0,
     max_tries: int = 1000,
+    groups: Any = None,
 ) -> np.ndarray:
     """The node of every example, ``int64[m]``: the partition of :func:`partition`
     without a Python list of ``num_nodes`` arrays (what 10^6-node networks use).
@@ -156,8 +173,12 @@ def node_assignment(
         ``min_size + Dir(quantity_alpha)``-split of the rest, labels iid.
       * ``"contiguous"``: consecutive blocks (whitened linear regression's node
         blocks; text, so that nodes get different source documents).
+      * ``"by_source"``: every source (``groups[j]``: the document or text of example j, e.g. a
+        text dataset's ``info["train_source"]``) whole to one node, the largest sources first
+        to the least-loaded node: natural heterogeneity, as LEAF's per-speaker Shakespeare split
+        (Caldas et al. 2018). Needs at least ``num_nodes`` sources.
 
-    Only ``iid``, ``quantity`` and ``contiguous`` are allowed when ``labels``
+    Only ``iid``, ``quantity``, ``contiguous`` and ``by_source`` are allowed when ``labels``
     are not 1-D integer class labels (regression, language).
     """
     labels = np.asarray(labels)
@@ -186,6 +207,13 @@ def node_assignment(
         return _iid(m, num_nodes, rng)
     if method == "contiguous":
         return _contiguous(m, num_nodes)
+    if method == "by_source":
+        if groups is None:
+            raise ValueError("partition method 'by_source' needs groups (the source of every example)")
+        groups = np.asarray(groups)
+        if groups.shape != (m,):
+            raise ValueError(f"groups must have one entry per example ({m}), got shape {groups.shape}")
+        return _by_source(groups, num_nodes, rng)
     if method == "quantity":
         if quantity_alpha <= 0:
             raise ValueError(f"quantity_alpha must be > 0, got {quantity_alpha}")
@@ -221,6 +249,7 @@ def partition(
     min_size: int = 1,
     quantity_alpha: float = 1.0,
     max_tries: int = 1000,
+    groups: Any = None,
 ) -> list[np.ndarray]:
     """Splits examples (given by their ``labels``, or any ``[m, ...]`` array
     for label-free methods) into ``num_nodes`` disjoint, covering index sets.
@@ -238,6 +267,7 @@ def partition(
         min_size=min_size,
         quantity_alpha=quantity_alpha,
         max_tries=max_tries,
+        groups=groups,
     )
     return _split(*group_by_node(node_of, int(num_nodes)))
 

@@ -185,6 +185,8 @@ def _dataset_from_config(c):
                 options.update(num_nodes=c.num_nodes, examples_per_node=d.num_examples // c.num_nodes)
     elif d.name == "text":
         options = dict(seq_len=d.seq_len)
+    elif d.name == "text_file":
+        options = dict(path=d.path, seq_len=d.seq_len)
     elif d.name in ("mnist", "fashion_mnist", "cifar10"):
         options = dict(path=d.path)
     try:
@@ -311,7 +313,14 @@ def _privacy(c, model, node_data):
 
     p = c.privacy
     if p.mode != "dp_sgd":
-        return oracles.minibatch(model, c.data.batch_size), None
+        k = c.optimizer.grad_accum
+        rows = min(c.data.batch_size, int(node_data.x.shape[1]))  # the sampled batch (full batch: the padded shard)
+        if rows % k:
+            raise ConfigError(
+                f"config.optimizer.grad_accum: {k} microbatches must divide the batch of {rows} rows "
+                "(data.batch_size, or the largest shard when the batch is the full shard)"
+            )
+        return oracles.minibatch(model, c.data.batch_size, grad_accum=k), None
     from redeem_jax.privacy import dp_sgd
     from redeem_jax.privacy.analysis import accounting
 
@@ -588,6 +597,11 @@ def evaluate_fn(model: _models.Model, x_test, y_test, max_nodes: int = 0, local_
     node's model on its own local test set, the personalized accuracy of e.g. Ditto (Li et al.
     2021, Sec. 5), as ``local_test_{loss,accuracy}_{mean,std,min,max}`` over the honest nodes
     that have a local test example.
+
+    Language models also get ``perplexity`` = exp(mean per-token cross-entropy) (Jelinek et al.
+    1977) beside ``loss``: ``test_perplexity`` of the averaged model on the held-out text,
+    ``node_test_perplexity_*`` and ``local_test_perplexity_*`` per node (each node's exp of its
+    own mean loss; see :func:`redeem_jax.metrics.perplexity`).
     """
     x_test = jnp.asarray(x_test)
     y_test = jnp.asarray(y_test)
@@ -600,10 +614,15 @@ def evaluate_fn(model: _models.Model, x_test, y_test, max_nodes: int = 0, local_
         """Every node's own model on its own local test rows: one vmap over nodes, masks for padding."""
         x, y, m = (jnp.asarray(a if idx is None else a[idx]) for a in (lx, ly, lmask))
         per_node = jax.vmap(lambda p, xi, yi, mi: _models.loss_and_metrics(model, p, xi, yi, mi)[1])(params, x, y, m)
+        if model.task == "language":
+            per_node["perplexity"] = jnp.exp(per_node["loss"])
         return _node_stats("local_test", per_node, honest & jnp.any(m, axis=1))
 
     def node_metrics(p):
-        return _models.loss_and_metrics(model, p, x_test, y_test, ones)[1]
+        out = _models.loss_and_metrics(model, p, x_test, y_test, ones)[1]
+        if model.task == "language":  # exp of the mean per-token cross-entropy on the held-out text
+            out["perplexity"] = jnp.exp(out["loss"])
+        return out
 
     @jax.jit
     def evaluate(params, honest):
@@ -661,6 +680,8 @@ def build(config, topology=None) -> Experiment:
             shards_per_node=c.data.shards_per_node,
             quantity_alpha=c.data.quantity_alpha,
             local_test_fraction=c.data.get("local_test_fraction", 0.0),
+            # by_source: whole documents to nodes (the text datasets' source of every window)
+            **({"groups": ds.info["train_source"]} if c.data.partition == "by_source" else {}),
         )
     except ValueError as e:
         raise ConfigError(f"config.data.partition: {e}") from e
@@ -675,6 +696,10 @@ def build(config, topology=None) -> Experiment:
         num_heads=c.model.num_heads,
         num_layers=c.model.num_layers,
         l2=c.model.l2,
+        mlp_ratio=c.model.mlp_ratio,
+        max_len=c.model.max_len,
+        dtype=c.model.dtype,
+        remat=c.model.remat,
     )
     model, lora_spec = _base_and_adapters(c, model, ds)
     byz = _byzantine_from_config(c, topo)

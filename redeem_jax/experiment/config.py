@@ -66,7 +66,8 @@ def __getattr__(name):  # TOPOLOGIES, ALGORITHMS, ...: always the registries' cu
     raise AttributeError(name)
 
 
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "contiguous")
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "contiguous", "by_source")
+TEXT_DATASETS = ("text", "text_file")  # byte-level language modelling (the transformer)
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 ORDERS = ("atc", "cta")
 INITS = ("same", "independent")
@@ -159,6 +160,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.lora.alpha = 0.0
     c.model.lora.targets = "attention,mlp"
     c.model.lora.aggregation = "naive"
+    # Transformer only (docs/large_models.md): MLP width = mlp_ratio·d_model; max_len positions
+    # (0: data.seq_len); dtype the compute dtype (bfloat16: bf16 compute, float32 master rows);
+    # remat recomputes each block's activations in the backward pass (less memory, same numbers).
+    c.model.mlp_ratio = 4
+    c.model.max_len = 0
+    c.model.dtype = "float32"
+    c.model.remat = False
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"
@@ -169,6 +177,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.warmup_rounds = 0
     c.optimizer.decay_rate = 0.1  # step schedule
     c.optimizer.decay_every = 100  # step schedule, rounds
+    c.optimizer.grad_accum = 1  # each local gradient as the mean of this many microbatches (less memory)
 
     # The gradient oracle: additive Gaussian gradient noise N(0, grad_noise² I) on every node's
     # stochastic gradient at every local step (Lian et al. 2017's σ; rj.local.oracles.with_gradient_noise).
@@ -410,6 +419,10 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "model.lora.alpha": _float(0.0),
     "model.lora.targets": _lora_targets,
     "model.lora.aggregation": _choice(("naive", "ffa", "product")),
+    "model.mlp_ratio": _int(1),
+    "model.max_len": _int(0),
+    "model.dtype": _choice(("float32", "bfloat16")),
+    "model.remat": _bool,
     "optimizer.name": _choice("OPTIMIZERS"),
     "optimizer.learning_rate": _float(0.0, lo_open=True),
     "optimizer.momentum": _float(0.0, 1.0, hi_open=True),
@@ -418,6 +431,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "optimizer.warmup_rounds": _int(0),
     "optimizer.decay_rate": _float(0.0, 1.0, lo_open=True),
     "optimizer.decay_every": _int(1),
+    "optimizer.grad_accum": _int(1),
     "algorithm.name": _choice("ALGORITHMS"),
     "compression.name": _choice("COMPRESSORS"),
     "compression.ratio": _float(0.0, 1.0, lo_open=True),
@@ -597,11 +611,16 @@ def _cross_checks(c: dict) -> None:
             f"config.data.path: dataset {c['data.name']!r} is read from local files; "
             "set data.path to an .npz file or a directory of IDX files"
         )
-    if c["model.name"] == "transformer" and c["data.name"] != "text":
-        raise ConfigError("config.model.name: 'transformer' needs data.name = 'text'")
-    if c["data.name"] == "text" and c["model.name"] != "transformer":
-        raise ConfigError(f"config.model.name: data 'text' needs model 'transformer', got {c['model.name']!r}")
-    if c["data.name"] in ("linear", "text") and c["data.partition"] in ("dirichlet", "shards"):
+    if c["model.name"] == "transformer" and c["data.name"] not in TEXT_DATASETS:
+        raise ConfigError("config.model.name: 'transformer' needs data.name = 'text' or 'text_file'")
+    if c["data.name"] in TEXT_DATASETS and c["model.name"] != "transformer":
+        raise ConfigError(
+            f"config.model.name: data {c['data.name']!r} needs model 'transformer', got {c['model.name']!r}"
+        )
+    if c["data.name"] == "text_file" and not c["data.path"]:
+        raise ConfigError("config.data.path: data.name 'text_file' reads a local text file or folder; set data.path")
+    _language_model_checks(c)
+    if c["data.name"] in ("linear", *TEXT_DATASETS) and c["data.partition"] in ("dirichlet", "shards"):
         raise ConfigError(
             f"config.data.partition: {c['data.partition']!r} needs class labels; "
             f"dataset {c['data.name']!r} allows iid, quantity, contiguous"
@@ -634,6 +653,26 @@ def _cross_checks(c: dict) -> None:
             msg = SCHEMA[key](value)
             if msg:
                 raise ConfigError(f"config.compare.reference: value for {key} {msg}")
+
+
+def _language_model_checks(c: dict) -> None:
+    """The transformer's knobs, the by-source split and gradient accumulation where they apply."""
+    if c["data.partition"] == "by_source" and c["data.name"] not in TEXT_DATASETS:
+        raise ConfigError(
+            f"config.data.partition: 'by_source' splits a text corpus by document; dataset {c['data.name']!r} has none"
+        )
+    if c["model.name"] != "transformer":
+        for key in ("model.mlp_ratio", "model.max_len", "model.dtype", "model.remat"):
+            if c[key] != base_value(key):
+                raise ConfigError(f"config.{key}: applies to model.name = 'transformer' only, got {c['model.name']!r}")
+    if c["model.max_len"] and c["model.max_len"] < c["data.seq_len"]:
+        raise ConfigError(
+            f"config.model.max_len: must be 0 or >= data.seq_len ({c['data.seq_len']}), got {c['model.max_len']}"
+        )
+    if c["optimizer.grad_accum"] > 1 and c["privacy.mode"] == "dp_sgd":
+        raise ConfigError(
+            "config.optimizer.grad_accum: DP-SGD clips per example; bound its memory with perf.microbatch instead"
+        )
 
 
 # Fields that a config may not set where they cannot apply (see :func:`inapplicable`). Other fields

@@ -726,6 +726,8 @@ def _postfix(ev: dict, batched: bool) -> str:
             return f"acc min/mean/max={acc.min():.3f}/{acc.mean():.3f}/{acc.max():.3f}"
         return ""
     acc = ev.get("test_accuracy")
+    if "test_perplexity" in ev:  # a language model: perplexity is its headline number
+        return f"ppl={float(ev['test_perplexity']):.2f} loss={float(ev.get('test_loss', np.nan)):.4f}"
     return (f"acc={float(acc):.3f} " if acc is not None else "") + f"loss={float(ev.get('test_loss', np.nan)):.4f}"
 
 
@@ -743,6 +745,22 @@ def check_horizon(wd: Path, num_rounds: int) -> None:
                 f"--workdir, or set config.resume=False (which clears it)"
             ),
         )
+
+
+def _report_memory(lp: Loop, wd: Path | None) -> None:
+    """Per-node memory of the run (``rj.memory_report``, from shapes): printed at the start with
+    the progress bar, and written to ``wd/memory.json`` (for a sweep: one point's)."""
+    from redeem_jax import _memory
+
+    try:
+        report = _memory.memory_report(lp.exp, None if lp.batched else lp.state)
+    except Exception as e:  # noqa: BLE001 - an informational report never stops a run
+        warnings.warn(f"memory report unavailable: {e}", stacklevel=3)
+        return
+    if wd is not None:
+        _write_atomic(wd / "memory.json", dumps(report, indent=1))
+    if lp.show:
+        print(_memory.format_report(report), file=sys.stderr)
 
 
 def resume_and_run(
@@ -773,6 +791,7 @@ def resume_and_run(
         if checkpoint_every:
             mgr = checkpoint_manager(wd)
 
+    _report_memory(lp, wd)
     tb = None
     if wd is not None and not lp.batched:  # TensorBoard scalars beside metrics.jsonl (optional tensorboardX)
         from redeem_jax.experiment import tensorboard_log

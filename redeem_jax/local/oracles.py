@@ -28,15 +28,36 @@ _threefry.install()  # same random bits, drawn ~10x faster on CPU (docs/performa
 __all__ = ["gradient_fn", "minibatch", "dp_sgd", "with_gradient_noise"]
 
 
-def gradient_fn(model: Model) -> Callable:
+def gradient_fn(model: Model, grad_accum: int = 1) -> Callable:
     """Minibatch gradient of one node's loss: ``(flat, x, y, mask, key) -> (loss, grad)``.
 
     The key is unused here; private variants (DP-SGD) draw their noise from it.
+    ``grad_accum = k > 1`` splits the batch into k equal microbatches and sums their gradients
+    in a ``lax.scan`` (activations of one microbatch alive at a time), each weighted by its share
+    of the unmasked rows, so the result is the full batch's masked-mean gradient (up to the order
+    of float additions).
     """
+
+    def value_and_grad(flat, xb, yb, mask):
+        (loss, _), grad = jax.value_and_grad(lambda p: loss_and_metrics(model, p, xb, yb, mask), has_aux=True)(flat)
+        return loss, grad
 
     def fn(flat, xb, yb, mask, key):
         del key
-        (loss, _), grad = jax.value_and_grad(lambda p: loss_and_metrics(model, p, xb, yb, mask), has_aux=True)(flat)
+        if grad_accum == 1:
+            return value_and_grad(flat, xb, yb, mask)
+        split = lambda a: a.reshape(grad_accum, a.shape[0] // grad_accum, *a.shape[1:])  # noqa: E731
+        total = jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
+
+        def micro(acc, batch):
+            xm, ym, mm = batch
+            w = jnp.sum(mm.astype(jnp.float32)) / total  # masked mean = Σ_j (n_j / n) · mean_j
+            loss, grad = value_and_grad(flat, xm, ym, mm)
+            return (acc[0] + w * loss, acc[1] + w * grad), None
+
+        (loss, grad), _ = jax.lax.scan(
+            micro, (jnp.zeros((), flat.dtype), jnp.zeros_like(flat)), tuple(map(split, (xb, yb, mask)))
+        )
         return loss, grad
 
     return fn
@@ -83,12 +104,12 @@ def _oracle(make_fns: Callable, hypers: tuple = ()) -> Oracle:
     return Oracle(init, update, tuple(hypers))
 
 
-def minibatch(model: Model, batch_size: int) -> Oracle:
+def minibatch(model: Model, batch_size: int, grad_accum: int = 1) -> Oracle:
     """Every node's minibatch gradient: ``batch_size`` rows of its own shard drawn without
     replacement (``rj.data.subset_indices``: Floyd's algorithm, every node from one draw keyed by
     ``fold_in(fold_in(k_t, tag("minibatch")), h)``), the model's mean loss over them (Lian et al.
-    2017's stochastic gradient oracle)."""
-    grad = gradient_fn(model)
+    2017's stochastic gradient oracle). ``grad_accum``: see :func:`gradient_fn`."""
+    grad = gradient_fn(model, int(grad_accum))
     return _oracle(lambda ctx: (_OneDraw(int(batch_size)), grad))
 
 
