@@ -47,13 +47,16 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _results, when loaded as a module
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from _results import fmt, fmt_band, markdown_table  # noqa: E402
 
 import redeem_jax as rj  # noqa: E402
 
@@ -142,6 +145,8 @@ def run_gossip(n: int, d: int, rounds: int, grid, seeds):
             "score": [float(s) for s in score],
             "stable": [bool(v) for v in ok],
             "final_distance": [float(v) for v in np.exp(np.log(np.clip(dist[:, :, -1], 1e-300, None)).mean(1))],
+            "final_distance_min": [float(v) for v in dist[:, :, -1].min(1)],
+            "final_distance_max": [float(v) for v in dist[:, :, -1].max(1)],
             "mean_drift": [float(v) for v in drift.max(1)],
             "mean_drift_best": float(drift[best].max()),
             "mean_drift_gamma_star": float(drift[-1].max()),
@@ -232,10 +237,21 @@ def run_digits(n: int, rounds: int, hidden, eval_every: int, grid, seeds, method
         else:
             for g in grid:
                 lg = last[np.isclose(last[GAMMA], g)]
-                per_gamma.append(
-                    {"gamma": float(g), ACC: _stats(lg[ACC]), "test_accuracy": _stats(lg["test_accuracy"])}
+                # A seed diverged when its models or loss are no longer finite (its accuracy is then
+                # that of NaN logits, not a value): such a γ is marked, never chosen.
+                bad = ~np.isfinite(lg["consensus_distance"].to_numpy(float)) | ~np.isfinite(
+                    lg["train_loss"].to_numpy(float)
                 )
-            best = max(per_gamma, key=lambda r: r[ACC]["mean"])["gamma"]
+                per_gamma.append(
+                    {
+                        "gamma": float(g),
+                        ACC: _stats(lg[ACC]),
+                        "test_accuracy": _stats(lg["test_accuracy"]),
+                        "diverged_seeds": int(bad.sum()),
+                    }
+                )
+            ok = [r for r in per_gamma if r["diverged_seeds"] == 0]
+            best = max(ok, key=lambda r: r[ACC]["mean"])["gamma"]
             chosen = df[np.isclose(df[GAMMA], best)]
         acc, mb = (
             chosen.pivot_table(index="round", columns="seed", values=col).sort_index() for col in (ACC, "bytes_sent")
@@ -283,52 +299,194 @@ def run_digits(n: int, rounds: int, hidden, eval_every: int, grid, seeds, method
     return out
 
 
-# --------------------------------------------------------------------------- output
-def markdown(gossip, digits) -> str:
-    L = [
-        "# Compressed gossip",
-        "",
-        (
-            f"## (a) Choco-Gossip, ring n = {gossip['n']}, d = {gossip['d']}, {gossip['rounds']} rounds, "
-            f"seeds {gossip['seeds']}"
-        ),
-        "",
-        (
-            "| compressor | ω (worst case) | bits / message | γ* (Thm 2) | paper rate 1−δ²ω/82 | best γ (grid) | "
-            "rel. consensus dist. at T: best γ | at γ* | max mean drift (stable γ) |"
-        ),
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+# --------------------------------------------------------------------------- output: result files
+def write_csvs(gossip, digits, out: Path) -> None:
+    """The result files docs/results.md's tables are rendered from (``TABLES``).
+
+    ``gossip.csv``: one row per (compressor, γ) of (a), the last γ of each compressor being
+    Theorem 2's γ*; ``final_distance_*`` is the relative consensus distance after the last round
+    over the seeds (geometric mean, min, max), empty where a seed diverged. ``digits.csv``: one
+    row per (method, round) of (b), mean/min/max over seeds of the node accuracy and MB sent.
+    ``digits_final.csv``: one row per method at the last round. ``digits_gamma.csv``: one row per
+    (method, γ) of the γ grid of (b)."""
+    import pandas as pd
+
+    rows = []
     for r in gossip["compressors"]:
-        b = r["gammas"].index(r["gamma_best"])
-        L.append(
-            f"| {r['label']} | {r['omega']:.4g} | {r['bits_per_message']:.0f} | {r['gamma_star']:.3g} | "
-            f"{r['paper_rate']:.8f} | {r['gamma_best']:.3g} | {r['final_distance'][b]:.3g} | "
-            f"{r['final_distance'][-1]:.3g} | {r['mean_drift_max_stable']:.2g} |"
-        )
-    L += [
-        "",
-        "## (b) digits, accuracy per byte (final round; mean [min, max] over seeds)",
-        "",
-        (
-            "| method | γ | node accuracy | averaged-model accuracy | MB sent | MB closed form | ×fewer bytes than D-SGD "
-            "| D-SGD node accuracy at the same MB |"
-        ),
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    ref = digits[0]["final_mb_sent"]
+        for j, g in enumerate(r["gammas"]):
+            star = j == len(r["gammas"]) - 1
+            ok = r["stable"][j]
+            rows.append(
+                {
+                    "compressor": r["label"],
+                    "omega": r["omega"],
+                    "bits_per_message": r["bits_per_message"],
+                    "delta": r["delta"],
+                    "beta": r["beta"],
+                    "gamma": g,
+                    "is_gamma_star": star,
+                    "is_best": j == r["gammas"].index(r["gamma_best"]),
+                    "paper_rate": r["paper_rate"],
+                    "diverged": not ok,
+                    "score": r["score"][j] if ok else float("nan"),
+                    "final_distance_geomean": r["final_distance"][j] if ok else float("nan"),
+                    "final_distance_min": r["final_distance_min"][j] if ok else float("nan"),
+                    "final_distance_max": r["final_distance_max"][j] if ok else float("nan"),
+                    "mean_drift_max": r["mean_drift"][j] if ok else float("nan"),
+                    "identity_rate_theory": rj.theory.choco_identity_rate(
+                        rj.topology.ring(gossip["n"]).mixing_matrix(), g
+                    )
+                    if r["compressor"] == "identity"
+                    else float("nan"),
+                    "identity_rate_measured": r.get("identity_rate_measured")
+                    if r["compressor"] == "identity" and j == r["gammas"].index(r["gamma_best"])
+                    else float("nan"),
+                    "n": gossip["n"],
+                    "d": gossip["d"],
+                    "rounds": gossip["rounds"],
+                    "seeds": len(gossip["seeds"]),
+                }
+            )
+    pd.DataFrame(rows).to_csv(out / "gossip.csv", index=False)
+
+    curves, finals, grid = [], [], []
     for r in digits:
-        a, m = r["final_node_accuracy"], r["final_averaged_model_accuracy"]
-        g = "—" if r["gamma_best"] is None else f"{r['gamma_best']:g}"
-        L.append(
-            f"| {r['label']} | {g} | {a['mean']:.4f} [{a['min']:.4f}, {a['max']:.4f}] | "
-            f"{m['mean']:.4f} [{m['min']:.4f}, {m['max']:.4f}] | {r['final_mb_sent']:.3f} | "
-            f"{r['mb_sent_closed_form']:.3f} | {ref / r['final_mb_sent']:.2f} | {r['dsgd_accuracy_at_same_mb']:.4f} |"
+        acc, mb = np.asarray(r["accuracy"]), np.asarray(r["mb_sent"])  # [S, R]
+        for k, t in enumerate(r["rounds"]):
+            curves.append(
+                {
+                    "method": r["label"],
+                    "gamma": r["gamma_best"],
+                    "round": t,
+                    "node_accuracy_mean": acc[:, k].mean(),
+                    "node_accuracy_min": acc[:, k].min(),
+                    "node_accuracy_max": acc[:, k].max(),
+                    "mb_sent_mean": mb[:, k].mean(),
+                    "mb_sent_min": mb[:, k].min(),
+                    "mb_sent_max": mb[:, k].max(),
+                    "seeds": acc.shape[0],
+                }
+            )
+        f = {"method": r["label"], "algorithm": r["algorithm"], "gamma": r["gamma_best"], "round": r["rounds"][-1]}
+        for key, name in (
+            ("final_node_accuracy", "node_accuracy"),
+            ("final_node_accuracy_min", "worst_node_accuracy"),
+            ("final_averaged_model_accuracy", "averaged_model_accuracy"),
+            ("final_consensus_distance", "consensus_distance"),
+        ):
+            f.update({f"{name}_{s}": r[key][s] for s in ("mean", "min", "max")})
+        f.update(
+            d=r["d"],
+            directed_edges=r["directed_edges"],
+            bits_per_message=r["bits_per_message"],
+            mb_sent=r["final_mb_sent"],
+            mb_sent_closed_form=r["mb_sent_closed_form"],
+            dsgd_node_accuracy_at_same_mb=r["dsgd_accuracy_at_same_mb"],
+            seeds=np.asarray(r["accuracy"]).shape[0],
         )
-    L += ["", "γ grid (b), final node accuracy (mean over seeds):", ""]
-    for r in digits[1:]:
-        L.append(f"- {r['label']}: " + ", ".join(f"γ={p['gamma']:g}: {p[ACC]['mean']:.4f}" for p in r["per_gamma"]))
-    return "\n".join(L) + "\n"
+        finals.append(f)
+        for p in r["per_gamma"]:
+            g = {"method": r["label"], "gamma": p["gamma"], "chosen": p["gamma"] == r["gamma_best"]}
+            g.update({f"node_accuracy_{s}": p[ACC][s] for s in ("mean", "min", "max")})
+            g.update({f"averaged_model_accuracy_{s}": p["test_accuracy"][s] for s in ("mean", "min", "max")})
+            g["diverged_seeds"] = p["diverged_seeds"]
+            g["seeds"] = f["seeds"]
+            grid.append(g)
+    pd.DataFrame(curves).to_csv(out / "digits.csv", index=False)
+    pd.DataFrame(finals).to_csv(out / "digits_final.csv", index=False)
+    pd.DataFrame(grid).to_csv(out / "digits_gamma.csv", index=False)
+
+
+# --------------------------------------------------------------------------- tables (docs/results.md)
+def _csv(folder, name):
+    import pandas as pd
+
+    return pd.read_csv(Path(folder) / name)
+
+
+def _acc(r, key) -> str:
+    return "{:.3f} [{:.3f}, {:.3f}]".format(*(r[f"{key}_{s}"] for s in ("mean", "min", "max")))
+
+
+def table_gossip(folder) -> str:
+    """(a) per compressor: ω, bits, Theorem 2's γ*, the best grid γ and the consensus distance
+    after the last round at both (geometric mean [min, max] over seeds)."""
+    g = _csv(folder, "gossip.csv")
+    rows = []
+    for comp, part in g.groupby("compressor", sort=False):
+        best, star = part[part["is_best"]].iloc[0], part[part["is_gamma_star"]].iloc[0]
+        band = [fmt_band(*(r[f"final_distance_{s}"] for s in ("geomean", "min", "max")), 2) for r in (best, star)]
+        div = part[part["diverged"] & ~part["is_gamma_star"]]["gamma"]
+        rows.append(
+            [
+                comp,
+                fmt(best["omega"], 2),
+                f"{best['bits_per_message']:.0f}",
+                fmt(star["gamma"], 2),
+                fmt(best["gamma"], 2),
+                band[0],
+                band[1],
+                "none" if div.empty else f"γ ≥ {fmt(div.min(), 2)}",
+                int(best["seeds"]),
+            ]
+        )
+    d, n, t = (int(g[k].iloc[0]) for k in ("d", "n", "rounds"))
+    return markdown_table(
+        [
+            "compressor",
+            "ω",
+            f"bits / message (d = {d})",
+            "γ* (Thm. 2)",
+            "best γ on the grid",
+            f"rel. consensus distance after {t} rounds, best γ",
+            "at γ*",
+            "diverged on the grid",
+            "seeds",
+        ],
+        rows,
+    )
+
+
+def table_digits(folder) -> str:
+    """(b) per method at the last round: γ, node accuracy (mean [min, max] over seeds), MB sent,
+    and D-SGD's node accuracy after as many MB."""
+    rows = []
+    for _, r in _csv(folder, "digits_final.csv").iterrows():
+        same = "–" if r["algorithm"] == "dsgd" else f"{r['dsgd_node_accuracy_at_same_mb']:.3f}"
+        rows.append(
+            [
+                r["method"],
+                "–" if not np.isfinite(r["gamma"]) else f"{r['gamma']:g}",
+                _acc(r, "node_accuracy"),
+                _acc(r, "averaged_model_accuracy"),
+                f"{r['mb_sent']:.1f}",
+                same,
+                int(r["seeds"]),
+            ]
+        )
+    header = ["method", "γ", "node accuracy", "averaged-model accuracy", "MB sent"]
+    return markdown_table(header + ["D-SGD's node accuracy at the same MB", "seeds"], rows)
+
+
+def table_digits_gamma(folder) -> str:
+    """(b) the γ grid: final node accuracy per method and γ (mean [min, max] over seeds; bold: the
+    chosen γ; 'diverged' where a seed's models or loss stopped being finite)."""
+    g = _csv(folder, "digits_gamma.csv")
+    gammas = sorted(g["gamma"].unique())
+    rows = []
+    for m, part in g.groupby("method", sort=False):
+        by = part.set_index("gamma")
+        cells = [
+            f"diverged ({int(by.loc[x, 'diverged_seeds'])} of {int(by.loc[x, 'seeds'])} seeds)"
+            if by.loc[x, "diverged_seeds"]
+            else ("**{}**" if by.loc[x, "chosen"] else "{}").format(_acc(by.loc[x], "node_accuracy"))
+            for x in gammas
+        ]
+        rows.append([m, *cells])
+    return markdown_table(["method \\ γ", *(f"{x:g}" for x in gammas)], rows)
+
+
+TABLES = {"gossip": table_gossip, "digits": table_digits, "digits_gamma": table_digits_gamma}
 
 
 def plot(gossip, digits, path):
@@ -398,11 +556,24 @@ def plot(gossip, digits, path):
         ax.axvline(r["gamma_star"], color=c, ls=":", lw=1.2, label=f"{r['label']}: γ* = {r['gamma_star']:.2g}")
         b = r["gammas"].index(r["gamma_best"])
         ax.plot([r["gamma_best"]], [r["score"][b]], "*", color=c, ms=14, mec="k")
+        # A diverged γ has no value: an x on the panel's top edge, not a point at a cap.
+        bad = ~np.isfinite(s)
+        if bad.any():
+            ax.plot(
+                g[bad],
+                np.full(bad.sum(), 0.97 - 0.03 * i),
+                "x",
+                color=c,
+                ms=8,
+                mew=2,
+                transform=ax.get_xaxis_transform(),
+                label=f"{r['label']}: diverged (distance > {DIVERGED:g} × start)",
+            )
     ax.set(
         xscale="log",
         xlabel="consensus step γ",
-        ylabel="mean over rounds of log10 rel. consensus distance",
-        title="(a) grid search, one vmapped scan per compressor\n(lower = faster; ★ best γ, dotted: γ*, missing: diverged)",
+        ylabel="mean over rounds of log10(consensus distance / start)",
+        title="(a) grid search, one vmapped scan per compressor\n(lower = faster; ★ best γ, dotted: γ*, x on top: diverged)",
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
@@ -427,7 +598,7 @@ def plot(gossip, digits, path):
         xlabel="bytes sent, all directed edges, cumulative (MB)",
         ylabel="test accuracy, mean over nodes of each node's model",
         title=f"(b) digits, ring n = {digits[0]['directed_edges'] // 2}, MLP (d = {digits[0]['d']}): "
-        "mean and min–max over 3 seeds",
+        f"mean and min–max over {np.asarray(digits[0]['accuracy']).shape[0]} seeds",
     )
     ax.set_ylim(max(0.0, min(r["final_node_accuracy"]["mean"] for r in digits) - 0.25), 1.0)
     ax.grid(alpha=0.3, which="both")
@@ -441,8 +612,11 @@ def plot(gossip, digits, path):
         g = np.array([p["gamma"] for p in r["per_gamma"]])
         m = np.array([p[ACC]["mean"] for p in r["per_gamma"]])
         lo_, hi_ = np.array([p[ACC]["min"] for p in r["per_gamma"]]), np.array([p[ACC]["max"] for p in r["per_gamma"]])
+        bad = np.array([p.get("diverged_seeds", 0) > 0 for p in r["per_gamma"]])
+        m, lo_, hi_ = (np.where(bad, np.nan, a) for a in (m, lo_, hi_))  # a diverged γ has no accuracy
+        gx = g * (1 + 0.04 * (i - 2.5))
         ax.errorbar(
-            g * (1 + 0.04 * (i - 2.5)),
+            gx,
             m,
             yerr=[m - lo_, hi_ - m],
             fmt="o-",
@@ -451,12 +625,23 @@ def plot(gossip, digits, path):
             capsize=3,
             label=f"{r['label']} (best γ = {r['gamma_best']:g})",
         )
+        if bad.any():
+            ax.plot(
+                gx[bad],
+                np.full(bad.sum(), 0.04 + 0.03 * i),
+                "x",
+                color=f"C{i}",
+                ms=9,
+                mew=2,
+                transform=ax.get_xaxis_transform(),  # on the bottom edge: not an accuracy value
+                label=f"{r['label']}: diverged (a seed's loss not finite)",
+            )
     ax.set(
         xscale="log",
         xlabel="consensus step γ",
         ylim=(0, 1),
         ylabel="final test accuracy, mean over nodes (min–max over seeds)",
-        title="(b) choosing γ: one rj.sweep over γ × seed per method\n(error bars: min–max over seeds)",
+        title="(b) choosing γ: one rj.sweep over γ × seed per method\n(error bars: min–max over seeds; x: diverged)",
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower left")
@@ -477,6 +662,18 @@ def _jsonable(x):
     return x
 
 
+def slim(result: dict) -> dict:
+    """``result`` without the per-round curves (in the figure and digits.csv): the JSON stays small."""
+    drop = {"curve_best", "curve_gamma_star", "accuracy", "mb_sent"}
+    out = dict(result)
+    out["gossip"] = {
+        **result["gossip"],
+        "compressors": [{k: v for k, v in c.items() if k not in drop} for c in result["gossip"]["compressors"]],
+    }
+    out["digits"] = [{k: v for k, v in r.items() if k not in drop} for r in result["digits"]]
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/compressed_gossip", help="output directory")
@@ -489,18 +686,17 @@ def main(argv=None):
         # each rj.sweep compiles for ~8 s on 2 cores whatever its size: D-SGD and Choco-SGD top-k only
         digits = run_digits(8, 20, (16,), 10, (0.1, 0.4), (0, 1), METHODS[:2])
     else:
-        gossip = run_gossip(16, 200, 1000, np.geomspace(1e-4, 1, 17), (0, 1, 2))
+        gossip = run_gossip(16, 200, 1000, np.geomspace(1e-4, 1, 17), (0, 1, 2, 3, 4))
         digits = run_digits(16, 200, (32,), 10, (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8), (0, 1, 2))
     result = _jsonable({"quick": args.quick, "gossip": gossip, "digits": digits, "seconds": time.perf_counter() - t0})
     base = os.path.join(args.out, "compressed_gossip")
     with open(base + ".json", "w") as f:
-        json.dump(result, f)
-    md = markdown(gossip, digits)
-    with open(base + ".md", "w") as f:
-        f.write(md)
+        json.dump(slim(result), f)
+    write_csvs(gossip, digits, Path(args.out))
     plot(gossip, digits, base + ".png")
-    print(md)
-    print(f"wrote {base}.json, .md and .png ({time.perf_counter() - t0:.1f} s)")
+    for name, table in TABLES.items():
+        print(f"{name}:\n{table(args.out)}\n")
+    print(f"wrote {args.out}: compressed_gossip.json, .png and gossip, digits*.csv ({time.perf_counter() - t0:.1f} s)")
     return result
 
 
