@@ -61,6 +61,7 @@ _LAZY = {
     "theory": "redeem_jax.theory",
     "recommend": "redeem_jax.recommend",
     "detect": "redeem_jax.detect",
+    "lora": "redeem_jax.lora",
     "experiment": "redeem_jax.experiment",
     "network": "redeem_jax.network",
     "local": "redeem_jax.local",
