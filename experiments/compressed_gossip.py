@@ -25,19 +25,30 @@
     cumulative bytes sent over all directed edges, mean and min–max band over the 3 seeds.
     The bytes sent are checked against the closed form rounds · edges · bits(d)/8.
 
-    python experiments/compressed_gossip.py --out runs/compressed_gossip   # 50 s on 2 CPU cores (measured)
-    python experiments/compressed_gossip.py --quick --out /tmp/cg          # 24 s (n = 16, d = 100, 150
-                                                                           # rounds; digits: 8 nodes, 20
-                                                                           # rounds, D-SGD and Choco top-k)
+    python experiments/compressed_gossip.py --out docs/results/compressed_gossip   # 990 s wall, 179 s CPU
+    python experiments/compressed_gossip.py --quick --out /tmp/cg                  # the test's run: 42 s CPU
+    # quick: n = 16, d = 100, 150 rounds, 2 starts; digits: 8 nodes, 20 rounds, D-SGD and Choco top-k
 
-Writes DIR/compressed_gossip.png (four panels), DIR/compressed_gossip.json (every number and
-curve) and DIR/compressed_gossip.md (tables). Measured (full mode): the network mean moves by
-< 4e-5 (float32 roundoff; weights 1/3) for every compressor and γ that does not diverge; best γ
-is 1 (identity, QSGD, sign), 0.32 (top-k) and 0.1 (random-k, whose distance grows from γ ≈ 0.18 on), while
-γ* = 3.3e-4, 3.2e-5, 3.2e-5, 1.8e-4, 1.6e-6: at γ* the consensus distance after 1000 rounds is
-still 0.66–1.0 of its start. On digits after 200 rounds the compressed methods end 0.7–5 points
-below D-SGD's node accuracy (0.969) having sent 7.3–8.0× fewer bytes; after the same bytes
-D-SGD is at 0.71–0.75.
+Timed on the 2-core machine at load 20–24 (other jobs: most of the wall time is waiting for a
+core; the same run took about 50 s on a quiet machine before this version); almost all of it is
+XLA compiles, one per compressor in (a) and one per method in (b). (a) runs 5 initial vectors
+(seeds 0–4) per (compressor, γ), (b) 3 seeds per (method, γ).
+
+Writes in DIR: ``gossip.csv`` (one row per compressor and γ of (a), the last being γ*: score,
+final relative consensus distance over the seeds, diverged or not, mean drift), ``digits.csv``
+(one row per method and evaluated round: node accuracy and MB sent over the seeds),
+``digits_final.csv`` (one row per method at the last round), ``digits_gamma.csv`` (one row per
+method and γ of (b)'s grid), ``compressed_gossip.png`` (four panels) and ``compressed_gossip.json``
+(every number, without the per-round curves). ``TABLES`` renders docs/results.md's three tables
+from the CSVs. A diverged γ (relative distance above 10 in (a); a non-finite loss or consensus
+distance in (b)) is marked as such in the files, tables and figure, never given a value.
+
+Measured (full run): the network mean moves by < 3.4e-5 (float32 roundoff; weights 1/3) for every
+compressor and stable γ; best γ is 1 (identity, QSGD, sign), 0.32 (top-k) and 0.1 (random-k,
+diverging from γ = 0.18 on), 3.5 to 5.8 orders of magnitude above γ* = 3.3e-4, 3.2e-5, 3.2e-5,
+1.8e-4, 1.6e-6, at which the consensus distance after 1000 rounds is still 0.65–1.0 of its
+start. On digits after 200 rounds the compressed methods end 1.0–5.2 points below D-SGD's node
+accuracy (0.968) having sent 7.3–8.0× fewer bytes; after the same bytes D-SGD is at 0.73–0.77.
 """
 
 from __future__ import annotations
