@@ -86,7 +86,7 @@ def run(quick: bool = False) -> list[dict]:
     for build_how, reads in (("naive", ("naive", "product")), ("ffa", ("ffa",))):
         exp = rj.build(config(build_how, s))
         seeds = jnp.arange(s["seeds"])
-        state = jax.vmap(exp.init_state)(seeds)
+        state = jax.jit(jax.vmap(exp.init_state))(seeds)
         hp = exp.hp_values()
         one = jax.vmap(exp.step, in_axes=(0, None, None))
 
