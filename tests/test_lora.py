@@ -277,6 +277,8 @@ def test_lora_config_errors():
         build(lm_config(**{"model.lora.targets": "attention,conv"}))
     with pytest.raises(ConfigError, match="config.model.lora.aggregation"):
         build(lm_config(**{"model.lora.aggregation": "mean"}))
+    with pytest.raises(ConfigError, match="config.model.lora.aggregation: diloco exchanges pseudo-gradients"):
+        build(lm_config(**{"model.lora.aggregation": "product", "algorithm.name": "diloco"}))
 
 
 def test_lora_run_checkpoints_and_resumes_identically(tmp_path):

@@ -563,6 +563,11 @@ def _base_and_adapters(c, model, ds):
 
     if lo.rank and "personal" in _algorithms.options(c.algorithm.name):
         raise ConfigError(f"config.model.lora.rank: {c.algorithm.name} splits the model's own row; use rank 0")
+    if lo.rank and lo.aggregation == "product" and c.algorithm.name == "diloco":
+        raise ConfigError(
+            "config.model.lora.aggregation: diloco exchanges pseudo-gradients (differences of adapters), "
+            "whose products mean nothing; use ffa (exact) or naive"
+        )
     try:
         base = _lora.load_base(model, c.model.init_from) if c.model.init_from else None
         if not lo.rank:
