@@ -59,6 +59,7 @@ __all__ = [
     "random_geometric",
     "two_cliques",
     "dumbbell",
+    "two_worlds",
     "from_adjacency",
     "from_networkx",
     "from_mixing_matrices",
@@ -956,6 +957,33 @@ def two_cliques(n: int, weights="metropolis_hastings") -> Topology:
 
 
 dumbbell = two_cliques
+
+
+def two_worlds(n: int, weights="metropolis_hastings") -> Topology:
+    """Two cliques of ``h = n // 2`` nodes joined by a perfect matching (node ``i`` of the first
+    to node ``i + h`` of the second): the honest graph of the two-worlds argument behind the
+    breakdown bound of Gaucher, Dieuleveut & Hendrikx (2025, robust gossip).
+
+    Every node has ``h − 1`` neighbours in its own world and exactly one across. With unit
+    weights the Laplacian splits into the symmetric and antisymmetric parts of the two worlds,
+    ``L_K`` and ``L_K + 2I`` (``L_K = hI − J`` the clique's): spectrum ``{0, 2, h (×h−1),
+    h + 2 (×h−1)}``, so for intra weight ``a`` and cross weight ``c`` (``2c ≤ ha``) the algebraic
+    connectivity is ``μ_min = 2c``, its eigenvector the ±1 world indicator. A Byzantine neighbour
+    of weight ``b = c = μ_min/2`` at every node can mirror the cross neighbour (send
+    ``2xᵢ − x_cross``), so no rule can tell the two worlds apart (``experiments/breakdown.py``).
+    ``n`` must be even and ≥ 4.
+    """
+    n = _check_n(n, "two_worlds", minimum=4)
+    if n % 2:
+        raise ValueError(f"two_worlds: n must be even (two worlds of n/2 nodes), got {n}")
+    h = n // 2
+    a = np.zeros((n, n), dtype=bool)
+    a[:h, :h] = True
+    a[h:, h:] = True
+    idx = np.arange(h)
+    a[idx, idx + h] = a[idx + h, idx] = True
+    np.fill_diagonal(a, False)
+    return _from_graph("two_worlds", sp.csr_matrix(a), weights)
 
 
 # --------------------------------------------------------------------------- #
