@@ -71,7 +71,7 @@ _LAZY = {
     "RunResult": "redeem_jax.experiment.run:RunResult",
     "load_run": "redeem_jax.experiment.results:load_run",
     "configs": "redeem_jax.configs",
-    "memory_report": "redeem_jax._memory:memory_report",
+    "memory_report": "redeem_jax.experiment.memory:memory_report",
     "sweep": "redeem_jax.experiment.sweep:sweep",  # the function; the module is redeem_jax.sweep (the CLI)
 }
 

@@ -750,7 +750,7 @@ def check_horizon(wd: Path, num_rounds: int) -> None:
 def _report_memory(lp: Loop, wd: Path | None) -> None:
     """Per-node memory of the run (``rj.memory_report``, from shapes): printed at the start with
     the progress bar, and written to ``wd/memory.json`` (for a sweep: one point's)."""
-    from redeem_jax import _memory
+    from redeem_jax.experiment import memory as _memory
 
     try:
         report = _memory.memory_report(lp.exp, None if lp.batched else lp.state)
