@@ -264,7 +264,7 @@ def plot(s, path, title=""):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/results/trilemma")
+    ap.add_argument("--out", default="runs/trilemma")
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--eps", default="1,2,4,8,inf", help="target ε grid; inf = no DP")
     ap.add_argument("--fs", default="0,1,2,3")
