@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test docs bench experiments clean
+.PHONY: run test docs bench experiments results clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,15 +35,18 @@ bench: $(STAMP)
 	$(PY) benchmarks/sweep.py
 	$(PY) benchmarks/scale.py
 
+# Every experiment's full run into its committed result folder, then docs/results.md's tables
+# rendered again from those files (hours on 2 cores; one experiment: python experiments/<name>.py
+# --out docs/results/<name>, then python experiments/regenerate.py).
+EXPERIMENTS := byzantine_gossip consensus_rate heterogeneity_bias compressed_gossip dynamic_networks linear_speedup kappa robust_gossip breakdown byzantine_federated network_dp privacy_utility trilemma personalization recommendation detection lm lora_gap lm_private
+
 experiments: $(STAMP)
-	$(PY) experiments/consensus_rate.py --out runs/consensus_rate
-	$(PY) experiments/kappa.py --out runs/kappa
-	$(PY) experiments/robust_gossip.py --out runs/robust_gossip
-	$(PY) experiments/byzantine_federated.py --out runs/byzantine_federated
-	$(PY) experiments/network_dp.py --out runs/network_dp
-	$(PY) experiments/privacy_utility.py --out runs/privacy_utility
-	$(PY) experiments/trilemma.py --out runs/trilemma
-	$(PY) experiments/dynamic_networks.py --out runs/dynamic_networks
+	for e in $(EXPERIMENTS); do $(PY) experiments/$$e.py --out docs/results/$$e || exit 1; done
+	$(PY) experiments/regenerate.py
+
+# docs/results.md's tables from the committed result files only (seconds).
+results: $(STAMP)
+	$(PY) experiments/regenerate.py
 
 clean:
 	rm -rf runs .pytest_cache
