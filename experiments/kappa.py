@@ -20,7 +20,7 @@ Upper bounds: ``rj.theory.kappa_bound`` (Allouah et al. 2023, Table 1 / Prop. 2�
 the field notes: trimmed mean 6f(n−f)/(n−2f)², median / geometric median 4((n−f)/(n−2f))², Krum
 6(n−f)/(n−2f), NNM∘F 8f/(n−f)(κ_F + 1)); MeaMed and centered clipping have none recorded.
 
-    python experiments/kappa.py --out docs/results/kappa     # see summary.json's seconds
+    python experiments/kappa.py --out docs/results/kappa     # 1094 s wall (240 s CPU), 2 cores shared by ~8 jobs
     python experiments/kappa.py --quick --out /tmp/kappa     # seconds
 
 Writes DIR/kappa.csv (rule, f: construction, adversarial mean/min/max over seeds, bounds),
