@@ -22,41 +22,59 @@ Digits, an MLP, n nodes, plain SGD (so that a node's message is exactly the line
   the local ε (post-processing, D = I), D = Gershgorin row sums of |M|, and D = Jacobi-scaled diag(M).
   This bounds every choice of per-step contributions, so it is larger than
   ``leakage_matrix(value="every_step")`` (which assumes the same contribution every step): a direct
-  neighbour on the ring still sees each step at ~0.86 of local DP. **Example-level** ε against the
-  other nodes, not against an outside observer of all messages. As in Cyffers & Bellet's linear
+  neighbour on the ring still sees each step at ~0.93 of local DP (``network.csv``, leakage_worst).
+  **Example-level** ε against the other nodes, not against an outside observer of all messages. As in Cyffers & Bellet's linear
   view, a contribution's dependence on hidden states through the gradient (adaptivity) is not
   modelled. The per-message Muffliato formula is never used (it can underestimate;
   docs/network_dp.md).
 
-Each point is one run at ``privacy.target_epsilon``; σ is calibrated by dp-accounting (RDP).
+Each line is one ``rj.sweep`` over target ε × seed (σ calibrated per ε by dp-accounting, RDP;
+seeds redraw the initial model, the minibatches and the DP noise; the graph and the partition are
+those of ``--seed``): one compile per line, plus one sweep over seeds per non-private reference.
+The network ε depend on the graph, σ, q and T only, so they carry no seed spread. A separate part
+runs the shipped ``configs/dp.py`` (16-node ring, ε = 4) over the same seeds, private and not.
 
-    python experiments/privacy_utility.py --out runs/privacy_utility          # ~13 min on 2 shared cores
-    python experiments/privacy_utility.py --quick --out /tmp/privacy_utility  # ~30 s of CPU
+    python experiments/privacy_utility.py --out docs/results/privacy_utility   # ~1400 s wall at load 9-19
+    python experiments/privacy_utility.py --quick --out /tmp/privacy_utility   # the test's run
 
-Writes DIR/privacy_utility.{csv,json,md,png}. Expected (docs/results.md): accuracy rises with ε
-on every line (ring 0.37 → 0.81 from ε = 1 to 8); the network ε of the worst pair (a direct
-neighbour) keeps ~97% of the local ε on the ring and the exponential graph, while the mean over
-pairs is 2.5-2.9× (ring) and 2.1-2.3× (exponential) smaller; on the complete graph it equals the
-local ε (an observer sees every message and recovers each node's noisy contribution). Node-level
-central DP with only n = 16 nodes is far worse (0.26 at ε = 8): its noise on the average, σC√d/n,
-dwarfs an update of norm ≤ C; DP-FedAvg needs many more nodes.
+The accuracy-against-ε part (9 sweeps and the leakage bounds of 3 graphs) took 1309 s wall and
+about 4 min of CPU on the shared 2-core machine at load 9-19 (partly beside this task's
+byzantine_federated run); ``--parts dp_config`` reruns only the configs/dp.py part. Alone on 2
+quiet cores the whole run is about 5-7 min; the configs/dp.py part took 114 s wall, 36 s CPU. Results (docs/results.md, means over 3 seeds):
+accuracy rises with ε on every line (ring 0.362 → 0.801 from ε = 1 to 8); the network ε of the
+worst pair (a direct neighbour) keeps 97% of the local ε on the ring and the exponential graph,
+while the mean over pairs is 2.5-2.9× (ring) and 2.1-2.3× (exponential) smaller; on the complete
+graph it equals the local ε. Node-level central DP with only n = 16 nodes is far worse (0.347 at
+ε = 8): its noise on the average, σC√d/n, dwarfs an update of norm ≤ C.
+
+Writes in DIR: ``runs.csv`` (one row per line, target ε and seed: final accuracy of the averaged
+model and mean over nodes' own models, ε spent, σ), ``accuracy.csv`` (per line and ε: mean, min,
+max over seeds, seed and diverged counts), ``network.csv`` (per topology and ε: local ε, network ε
+of the worst pair and mean over pairs, per-step leakage), ``network_matrices.json`` (the n × n
+network ε of each run; -1 on the diagonal), ``dp_config.csv`` (configs/dp.py per seed), ``meta.json``
+and ``privacy_utility.png`` (accuracy against ε with min–max bands; network ε against local ε
+with the local-DP bound ε_net ≤ ε_local as a line). A run with a non-finite test loss is
+diverged: NaN accuracy, 'diverged' in the tables, a cross on the figure.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _results as R  # noqa: E402
 import numpy as np  # noqa: E402
 
 import redeem_jax as rj  # noqa: E402
+from redeem_jax.experiment.sweep import final  # noqa: E402
 from redeem_jax.privacy import accounting  # noqa: E402
 from redeem_jax.privacy import network_dp as nd  # noqa: E402
 
@@ -66,26 +84,13 @@ EPS_LABEL = {
     "network_dp": "network DP (example-level, vs other nodes)",
     "none": "non-private",
 }
-COLUMNS = (
-    "model",
-    "setting",
-    "topology",
-    "eps_unit",
-    "target_epsilon",
-    "epsilon",
-    "epsilon_local",
-    "network_epsilon_worst",
-    "network_epsilon_mean",
-    "leakage_worst",
-    "leakage_mean",
-    "noise_multiplier",
-    "sample_rate",
-    "rounds",
-    "n",
-    "test_accuracy",
-    "node_accuracy_mean",
-    "seconds",
-)
+LINE_TITLE = {
+    ("local_dp", "gossip", "ring"): "local DP, gossip, ring",
+    ("local_dp", "gossip", "exponential"): "local DP, gossip, exponential",
+    ("local_dp", "gossip", "complete"): "local DP, gossip, complete",
+    ("local_dp", "server", "star"): "local DP, server (FedAvg)",
+    ("central_dp", "server", "star"): "central DP, server (FedAvg)",
+}
 
 
 def config(args, setting: str, topology: str, mode: str, eps: float):
@@ -215,224 +220,251 @@ def network_epsilons(bounds: dict, n: int, sigma: float, q: float, steps: int, d
 # --------------------------------------------------------------------------- runs
 
 
-def run(args) -> list[dict]:
+def _sigma_q(c, eps: float) -> tuple[float, float]:
+    """(σ, q) that ``rj.sweep`` uses for target ``eps`` on config ``c`` (same accountant and steps)."""
+    p = rj.build(c).privacy
+    steps = c.num_rounds * p["steps_per_round"]
+    sigma = accounting.noise_multiplier_for(
+        eps, p["sample_rate"], steps, p["delta"], accountant=p["accountant"], sampling=p["sampling"]
+    )
+    return float(sigma), float(p["sample_rate"])
+
+
+def _sweep(c, axes: dict, **cols):
+    """Final rows of ``rj.sweep(c, axes)`` with ``cols`` added, and its trace counts."""
+    full = rj.sweep(c, axes, progress=False)
+    df = final(full).rename(columns={"privacy.target_epsilon": "target_epsilon", "epsilon": "epsilon_spent"})
+    for k, v in cols.items():
+        df[k] = v
+    if "target_epsilon" not in df:
+        df["target_epsilon"] = math.inf
+    if "epsilon_spent" not in df:  # a run without privacy accounts nothing
+        df["epsilon_spent"] = math.inf
+    return df, full.attrs["traces"]
+
+
+def run(args):
+    """Per-seed final rows of every line, the network-DP rows, the n × n network ε and the traces."""
+    import pandas as pd
+
     eps_grid = [float(e) for e in args.eps.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
     topologies = args.topologies.split(",")
     lines = [("local_dp", "gossip", t) for t in topologies]
     if not args.no_server_ldp:
         lines.append(("local_dp", "server", "star"))
     if not args.no_central:
         lines.append(("central_dp", "server", "star"))
-    rows, leak_cache = [], {}
-    total = (
-        len(lines) * len(eps_grid)
-        + len(topologies)
-        + 1
-        - (len(eps_grid) - len(args.central_eps.split(",")) if args.central_eps and not args.no_central else 0)
-    )
-    done = 0
-
-    def one(model, setting, topo, mode, eps):
-        nonlocal done
-        t = time.perf_counter()
-        res = rj.run(config(args, setting, topo, mode, eps))
-        fin = res.final
-        priv = res.experiment.privacy or {}
-        row = dict(
-            model=model,
-            setting=setting,
-            topology=topo,
-            eps_unit=EPS_LABEL[model],
-            target_epsilon=eps if mode != "none" else math.inf,
-            epsilon=fin.get("epsilon", math.inf),
-            epsilon_local=fin.get("epsilon", math.inf),
-            network_epsilon_worst=None,
-            network_epsilon_mean=None,
-            leakage_worst=None,
-            leakage_mean=None,
-            noise_multiplier=priv.get("noise_multiplier", 0.0),
-            sample_rate=priv.get("sample_rate"),
-            rounds=args.rounds,
-            n=args.n,
-            test_accuracy=fin["test_accuracy"],
-            node_accuracy_mean=fin["node_test_accuracy_mean"],
-            seconds=time.perf_counter() - t,
-        )
-        done += 1
-        print(
-            f"[{done}/{total}] {model:10s} {setting:6s} {topo:12s} ε={row['target_epsilon']:<5g} "
-            f"σ={row['noise_multiplier']:.3f} acc={row['test_accuracy']:.3f} "
-            f"node acc={row['node_accuracy_mean']:.3f} ({row['seconds']:.1f}s)",
-            flush=True,
-        )
-        return res, row
-
-    for setting, topo in [("gossip", t) for t in topologies] + [("server", "star")]:
-        _, row = one("none", setting, topo, "none", math.inf)
-        rows.append(row)
     central_grid = [float(e) for e in args.central_eps.split(",")] if args.central_eps else eps_grid
+    frames, traces, net_rows, matrices = [], {}, [], {}
+    for setting, topo in dict.fromkeys((s, t) for _, s, t in lines):
+        t0 = time.perf_counter()
+        df, traces[f"none, {setting}, {topo}"] = _sweep(
+            config(args, setting, topo, "none", math.inf), {"seed": seeds}, model="none", setting=setting, topology=topo
+        )
+        frames.append(df)
+        print(f"non-private {setting} {topo}: {time.perf_counter() - t0:.0f} s", flush=True)
     for model, setting, topo in lines:
-        for eps in central_grid if model == "central_dp" else eps_grid:
-            res, row = one(model, setting, topo, "dp_sgd" if model == "local_dp" else "central", eps)
-            rows.append(row)
-            if model == "local_dp" and setting == "gossip":
-                if topo not in leak_cache:
-                    t = time.perf_counter()
-                    leak_cache[topo] = step_leakage_bounds(res.experiment.topology, args.rounds)
-                    print(f"    network leakage on {topo}: {time.perf_counter() - t:.1f}s", flush=True)
-                B = leak_cache[topo]
-                off = ~np.eye(args.n, dtype=bool)
-                E = network_epsilons(B, args.n, row["noise_multiplier"], row["sample_rate"], args.rounds, args.delta)
-                # per-step leakage of the tighter diagonal bound, averaged over steps (1 = local DP)
-                lk = np.array([min(ds.mean(1)) for ds in B.values()])
-                net = dict(
-                    row,
-                    model="network_dp",
-                    eps_unit=EPS_LABEL["network_dp"],
-                    epsilon=float(E[off].max()),
-                    network_epsilon_worst=float(E[off].max()),
-                    network_epsilon_mean=float(E[off].mean()),
-                    leakage_worst=float(lk.max()),
-                    leakage_mean=float(lk.mean()),
+        t0 = time.perf_counter()
+        grid = central_grid if model == "central_dp" else eps_grid
+        mode = "dp_sgd" if model == "local_dp" else "central"
+        c = config(args, setting, topo, mode, grid[0])
+        df, traces[f"{model}, {setting}, {topo}"] = _sweep(
+            c, {"privacy.target_epsilon": grid, "seed": seeds}, model=model, setting=setting, topology=topo
+        )
+        sq = {e: _sigma_q(config(args, setting, topo, mode, e), e) for e in grid}
+        df["noise_multiplier"] = [sq[e][0] for e in df["target_epsilon"]]
+        frames.append(df)
+        print(f"{model} {setting} {topo}: {time.perf_counter() - t0:.0f} s", flush=True)
+        if model == "local_dp" and setting == "gossip":
+            t0 = time.perf_counter()
+            B = step_leakage_bounds(rj.build(c).topology, args.rounds)
+            off = ~np.eye(args.n, dtype=bool)
+            lk = np.array([min(ds.mean(1)) for ds in B.values()])  # per-step leakage of the tighter D (1 = local)
+            for e in grid:
+                sigma, q = sq[e]
+                E = network_epsilons(B, args.n, sigma, q, args.rounds, args.delta)
+                net_rows.append(
+                    dict(
+                        topology=topo,
+                        target_epsilon=e,
+                        noise_multiplier=sigma,
+                        sample_rate=q,
+                        epsilon_local=accounting.epsilon(sigma, q, args.rounds, args.delta),
+                        network_epsilon_worst=float(E[off].max()),
+                        network_epsilon_mean=float(E[off].mean()),
+                        leakage_worst=float(lk.max()),
+                        leakage_mean=float(lk.mean()),
+                    )
                 )
-                row.update(
-                    network_epsilon_worst=net["network_epsilon_worst"],
-                    network_epsilon_mean=net["network_epsilon_mean"],
-                    leakage_worst=net["leakage_worst"],
-                    leakage_mean=net["leakage_mean"],
-                )
-                net["network_epsilon_matrix"] = np.where(np.isfinite(E), E, -1.0).tolist()  # -1: diagonal
-                rows.append(net)
-    return rows
+                matrices[f"{topo}, ε={e:g}"] = np.where(np.isfinite(E), E, -1.0).round(6).tolist()  # -1: diagonal
+            print(f"    network leakage on {topo}: {time.perf_counter() - t0:.0f} s", flush=True)
+    runs = pd.concat(frames, ignore_index=True)
+    runs["noise_multiplier"] = runs["noise_multiplier"].fillna(0.0)
+    diverged = ~np.isfinite(runs["test_loss"].to_numpy(float))
+    runs["diverged"] = diverged.astype(int)
+    runs.loc[diverged, ["test_accuracy", "node_test_accuracy_mean"]] = np.nan  # no accuracy for a NaN model
+    cols = ["model", "setting", "topology", "target_epsilon", "seed", "node_test_accuracy_mean", "test_accuracy"]
+    cols += ["test_loss", "epsilon_spent", "noise_multiplier", "diverged"]
+    return runs[cols], pd.DataFrame(net_rows), matrices, traces
+
+
+def run_dp_config(seeds):
+    """configs/dp.py (16-node ring, ε = 4, 300 rounds) over ``seeds``, private and with privacy off."""
+    import pandas as pd
+
+    from redeem_jax.configs.dp import get_config
+
+    c = get_config()
+    c.checkpoint_every, c.progress, c.plots = 0, False, False
+    c.eval_every = c.num_rounds
+    priv, tr1 = _sweep(c, {"seed": seeds}, mode="dp_sgd")
+    priv["noise_multiplier"] = _sigma_q(c, c.privacy.target_epsilon)[0]
+    priv["target_epsilon"] = c.privacy.target_epsilon
+    c.privacy = rj.config.base_config().privacy  # privacy off: every privacy field at its default
+    plain, tr2 = _sweep(c, {"seed": seeds}, mode="none")
+    plain["noise_multiplier"] = 0.0
+    df = pd.concat([priv, plain], ignore_index=True)
+    cols = ["mode", "seed", "target_epsilon", "epsilon_spent", "noise_multiplier", "test_accuracy", "test_loss"]
+    return df[cols], {"dp_config, dp_sgd": tr1, "dp_config, none": tr2}
 
 
 # --------------------------------------------------------------------------- output
 
 
-def _fmt(v, spec=".3f"):
-    if v is None:
-        return "—"
-    if isinstance(v, float) and math.isinf(v):
-        return "∞"
-    return format(v, spec) if isinstance(v, float) else str(v)
+def summarize(runs):
+    by = ["model", "setting", "topology", "target_epsilon"]
+    s = R.over_seeds(runs, by, ["node_test_accuracy_mean", "test_accuracy"])
+    g = runs.groupby(by, sort=False, dropna=False)
+    s["diverged"] = g["diverged"].sum().to_numpy()
+    s["noise_multiplier"] = g["noise_multiplier"].first().to_numpy()
+    return s
 
 
-def table(rows) -> str:
-    out = [
-        "| model | setting | topology | target ε | ε spent | network ε worst / mean | leakage worst / mean "
-        "| σ | acc (avg model) | acc (node mean) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        net = (
-            "—"
-            if r["network_epsilon_worst"] is None
-            else f"{r['network_epsilon_worst']:.3f} / {r['network_epsilon_mean']:.3f}"
-        )
-        lk = "—" if r["leakage_worst"] is None else f"{r['leakage_worst']:.3f} / {r['leakage_mean']:.3f}"
-        out.append(
-            f"| {r['model']} | {r['setting']} | {r['topology']} | {_fmt(r['target_epsilon'], 'g')} | "
-            f"{_fmt(r['epsilon'], '.3f')} | {net} | {lk} | {r['noise_multiplier']:.3f} | "
-            f"{r['test_accuracy']:.3f} | {r['node_accuracy_mean']:.3f} |"
-        )
-    return "\n".join(out) + "\n"
+def _band(r, col):
+    return R.fmt_band(r[f"{col}_mean"], r[f"{col}_min"], r[f"{col}_max"])
 
 
-def summary(rows) -> str:
-    """Two pivot tables: node-mean accuracy per line × target ε, and local vs network ε per topology."""
-    eps = sorted({r["target_epsilon"] for r in rows if r["model"] != "none"})
-    out = [
-        "| line (ε unit) | " + " | ".join(f"ε = {e:g}" for e in eps) + " | non-private |",
-        "|---|" + "---|" * (len(eps) + 1),
-    ]
-    ref = {(r["setting"], r["topology"]): r["node_accuracy_mean"] for r in rows if r["model"] == "none"}
-    for model in ("local_dp", "central_dp"):
-        for key in dict.fromkeys((r["setting"], r["topology"]) for r in rows if r["model"] == model):
-            cells = [
-                next(
-                    (
-                        f"{r['node_accuracy_mean']:.3f}"
-                        for r in rows
-                        if r["model"] == model and (r["setting"], r["topology"]) == key and r["target_epsilon"] == e
-                    ),
-                    "—",
-                )
-                for e in eps
-            ]
-            name = "server (FedAvg)" if key[0] == "server" else f"gossip, {key[1]}"
-            unit = "node-level" if model == "central_dp" else "example-level"
-            out.append(
-                f"| {model.replace('_', ' ')}, {name} ({unit}) | "
-                + " | ".join(cells)
-                + f" | {ref.get(key, float('nan')):.3f} |"
-            )
-    out += [
-        "",
-        "| topology | quantity | " + " | ".join(f"local ε = {e:g}" for e in eps) + " |",
-        "|---|---|" + "---|" * len(eps),
-    ]
-    for topo in dict.fromkeys(r["topology"] for r in rows if r["model"] == "network_dp"):
-        net = {r["target_epsilon"]: r for r in rows if r["model"] == "network_dp" and r["topology"] == topo}
-        for label, key in (
+def accuracy_table(folder: Path) -> str:
+    """Mean test accuracy of the nodes' own models, per line × target ε, with the non-private reference."""
+    import pandas as pd
+
+    s = pd.read_csv(Path(folder) / "accuracy.csv")
+    eps = sorted(e for e in s["target_epsilon"].unique() if math.isfinite(e))
+    rows = []
+    for key, title in LINE_TITLE.items():
+        part = s[(s["model"] == key[0]) & (s["setting"] == key[1]) & (s["topology"] == key[2])]
+        if part.empty:
+            continue
+        ref = s[(s["model"] == "none") & (s["setting"] == key[1]) & (s["topology"] == key[2])]
+        unit = "node-level" if key[0] == "central_dp" else "example-level"
+        cells = [
+            next((_band(r, "node_test_accuracy_mean") for _, r in part[part["target_epsilon"] == e].iterrows()), "—")
+            for e in eps
+        ]
+        rows.append([f"{title} ({unit})", *cells, _band(ref.iloc[0], "node_test_accuracy_mean") if len(ref) else "—"])
+    k = int(s["seeds"].min())
+    return (
+        f"Mean test accuracy of the nodes' own models, mean [min, max] over {k} seeds\n\n"
+        + R.markdown_table(["line (ε unit)", *(f"ε = {e:g}" for e in eps), "non-private"], rows)
+    )  # fmt: skip
+
+
+def network_table(folder: Path) -> str:
+    """Network ε (worst pair, mean over pairs) of the local-DP gossip runs, per topology × local ε."""
+    import pandas as pd
+
+    s = pd.read_csv(Path(folder) / "network.csv")
+    eps = sorted(s["target_epsilon"].unique())
+    rows = []
+    for topo in dict.fromkeys(s["topology"]):
+        part = s[s["topology"] == topo].set_index("target_epsilon")
+        for label, col in (
             ("network ε, worst pair", "network_epsilon_worst"),
             ("network ε, mean over pairs", "network_epsilon_mean"),
         ):
-            out.append(
-                f"| {topo} | {label} | " + " | ".join(f"{net[e][key]:.3f}" if e in net else "—" for e in eps) + " |"
-            )
-    return "\n".join(out) + "\n"
+            rows.append([topo, label, *(R.fmt(part.loc[e, col]) if e in part.index else "—" for e in eps)])
+        rows.append(
+            [
+                topo,
+                "per-step leakage, worst / mean pair",
+                *(
+                    f"{R.fmt(part.loc[e, 'leakage_worst'])} / {R.fmt(part.loc[e, 'leakage_mean'])}"
+                    if e in part.index
+                    else "—"
+                    for e in eps
+                ),
+            ]
+        )
+    return (
+        "Network ε of the same local-DP runs (all ordered pairs; depends on the graph, σ, q and T only, so "
+        "it is the same for every seed)\n\n"
+        + R.markdown_table(["topology", "quantity", *(f"local ε = {e:g}" for e in eps)], rows)
+    )  # fmt: skip
 
 
-def plot(rows, path, title=""):
+def dp_config_table(folder: Path) -> str:
+    """configs/dp.py over seeds: ε spent, σ and test accuracy, private against privacy off."""
+    import pandas as pd
+
+    d = pd.read_csv(Path(folder) / "dp_config.csv")
+    rows = []
+    for mode, part in d.groupby("mode", sort=False):
+        acc = part["test_accuracy"]
+        rows.append(
+            [
+                "DP-SGD (privacy.mode = dp_sgd)" if mode == "dp_sgd" else "no DP (privacy.mode = none)",
+                R.fmt(part["epsilon_spent"].iloc[0]) if mode == "dp_sgd" else "∞",
+                R.fmt(part["noise_multiplier"].iloc[0]),
+                R.fmt_band(acc.mean(), acc.min(), acc.max()) if acc.notna().all() else "diverged",
+            ]
+        )
+    k = d["seed"].nunique()
+    return f"configs/dp.py, test accuracy of the averaged model, mean [min, max] over {k} seeds\n\n" + R.markdown_table(
+        ["run", "ε spent (δ = 1e-5)", "σ", "test accuracy"], rows
+    )
+
+
+TABLES = {"accuracy": accuracy_table, "network": network_table, "dp_sgd": dp_config_table}
+
+
+def plot(s, net, path, title=""):
+    """(a) accuracy against ε per line with min–max bands; (b) network ε against local ε, with the bound."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.5, 5.2))
-    keys = list(dict.fromkeys((r["setting"], r["topology"]) for r in rows))
-    colors = dict(zip(keys, plt.cm.tab10.colors))
-    for model, style in (("local_dp", "o-"), ("network_dp", "s--"), ("central_dp", "D-.")):
-        for key in keys:
-            rs = sorted(
-                (r for r in rows if r["model"] == model and (r["setting"], r["topology"]) == key),
-                key=lambda r: r["epsilon"],
-            )
-            if not rs:
-                continue
-            name = "server" if key[0] == "server" else key[1]
-            lab = {
-                "local_dp": f"local DP, {name}",
-                "network_dp": f"network DP (worst pair), {name}",
-                "central_dp": "central DP + sec. agg., server (node-level ε)",
-            }[model]
-            server_ldp = model == "local_dp" and key[0] == "server"  # = complete graph: drawn hollow, on top
-            if server_ldp:
-                lab += " (= complete graph: exact averaging)"
-            ax.plot(
-                [max(r["epsilon"], 1e-3) for r in rs],
-                [r["node_accuracy_mean"] for r in rs],
-                "^:" if server_ldp else style,
-                color="k" if model == "central_dp" else colors[key],
-                label=lab,
-                ms=10 if server_ldp else 5,
-                mfc="none" if server_ldp else None,
-                zorder=3 if server_ldp else 2,
-            )
-            if model == "network_dp":
-                ax.plot(
-                    [max(r["network_epsilon_mean"], 1e-3) for r in rs],
-                    [r["node_accuracy_mean"] for r in rs],
-                    ":",
-                    marker="x",
-                    color=colors[key],
-                    ms=5,
-                    alpha=0.6,
-                    label=f"network DP (mean over pairs), {name}",
-                )
-    for r in rows:
-        if r["model"] == "none":
-            ax.axhline(r["node_accuracy_mean"], color=colors[(r["setting"], r["topology"])], lw=0.8, ls=":", alpha=0.7)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.5, 1]})
+    colors = dict(zip(["ring", "exponential", "complete", "star"], plt.cm.tab10.colors))
+    col = "node_test_accuracy_mean"
+    for (model, setting, topo), title_ in LINE_TITLE.items():
+        r = s[(s["model"] == model) & (s["setting"] == setting) & (s["topology"] == topo)].sort_values("target_epsilon")
+        if r.empty:
+            continue
+        c = "k" if model == "central_dp" else colors[topo]
+        style = {"local_dp": "o-", "central_dp": "D-."}[model]
+        server_ldp = model == "local_dp" and setting == "server"
+        lab = title_ + (" (= complete graph: exact averaging)" if server_ldp else "")
+        lab += " [node-level ε]" if model == "central_dp" else ""
+        ok = (r["diverged"] == 0).to_numpy()
+        x = r["target_epsilon"].to_numpy()
+        ax.plot(x[ok], r[f"{col}_mean"][ok], "^:" if server_ldp else style, color=c, label=lab,
+                ms=10 if server_ldp else 5, mfc="none" if server_ldp else None, zorder=3 if server_ldp else 2)  # fmt: skip
+        ax.fill_between(x[ok], r[f"{col}_min"][ok], r[f"{col}_max"][ok], color=c, alpha=0.15)
+        if (~ok).any():
+            ax.plot(x[~ok], np.full((~ok).sum(), 0.02), "x", color=c, ms=8, mew=2, label=f"{title_}: diverged")
+        if model == "local_dp" and setting == "gossip" and not net.empty:
+            n_ = net[net["topology"] == topo].set_index("target_epsilon").reindex(x)
+            for q, mk, ls in (("network_epsilon_worst", "s", "--"), ("network_epsilon_mean", "x", ":")):
+                which = "worst pair" if q.endswith("worst") else "mean over pairs"
+                ax.plot(n_[q].to_numpy()[ok], r[f"{col}_mean"][ok], ls, marker=mk, color=c, ms=5, alpha=0.7,
+                        label=f"network DP ({which}), {topo}")  # fmt: skip
+    for _, r in s[s["model"] == "none"].iterrows():
+        name = "server" if r["setting"] == "server" else r["topology"]
+        ax.axhline(
+            r[f"{col}_mean"], color=colors[r["topology"]], lw=0.8, ls=":", alpha=0.7, label=f"non-private, {name}"
+        )
     ax.set_xscale("log")
     from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
@@ -440,18 +472,42 @@ def plot(rows, path, title=""):
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set_xlabel("ε at δ = 1e-5  (local / network: example-level; central: node-level)")
-    ax.set_ylabel("test accuracy (mean over nodes)")
-    ax.set_title(title or "Accuracy against ε (dotted horizontals: non-private)", fontsize=9)
+    ax.set_xlabel("ε accounted at δ = 1e-5 (local / network: example-level; central: node-level)")
+    ax.set_ylabel("test accuracy, mean over nodes (fraction correct)")
+    ax.set_ylim(0, 1)
+    ax.set_title("(a) accuracy against ε (bands: min–max over seeds; dotted horizontals: non-private)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=6, loc="lower right")
+    if not net.empty:
+        lim = [net["epsilon_local"].min() * 0.8, net["epsilon_local"].max() * 1.25]
+        bx.plot(lim, lim, "k-", lw=1, label="ε_net = ε_local (post-processing bound; complete graph)")
+        for topo in dict.fromkeys(net["topology"]):
+            r = net[net["topology"] == topo].sort_values("epsilon_local")
+            bx.plot(
+                r["epsilon_local"],
+                r["network_epsilon_worst"],
+                "s--",
+                color=colors[topo],
+                ms=5,
+                label=f"{topo}: worst pair",
+            )
+            bx.plot(r["epsilon_local"], r["network_epsilon_mean"], "x:", color=colors[topo], ms=6, label=f"{topo}: mean over pairs")  # fmt: skip
+        bx.set_xscale("log")
+        bx.set_yscale("log")
+        bx.set_xlabel("local ε accounted (example-level, δ = 1e-5)")
+        bx.set_ylabel("network ε against another node (example-level, δ = 1e-5)")
+        bx.set_title("(b) network DP of the same runs (no seed spread: σ, q, T and the graph fix it)", fontsize=9)
+        bx.grid(alpha=0.3, which="both")
+        bx.legend(fontsize=6, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _title(n, rounds, delta):
-    return f"digits, n = {n}, {rounds} rounds, δ = {delta:g}; dotted horizontals: non-private"
+def _title(n, rounds, delta, seeds):
+    return f"digits, n = {n}, {rounds} rounds, plain SGD, δ = {delta:g}; mean and min–max over {seeds} seeds"
 
 
 def main(argv=None):
@@ -468,48 +524,73 @@ def main(argv=None):
     ap.add_argument("--no-central", action="store_true")
     ap.add_argument("--central-eps", default="", help="ε grid of central DP (default: --eps)")
     ap.add_argument("--no-server-ldp", action="store_true", help="skip local DP with a server")
+    ap.add_argument("--no-dp-config", action="store_true", help="skip the configs/dp.py part")
+    ap.add_argument(
+        "--parts",
+        default="lines,dp_config",
+        help="lines (accuracy against ε), dp_config; a part left out is read from DIR",
+    )
     ap.add_argument("--delta", type=float, default=1e-5)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the graph and the partition")
+    ap.add_argument("--seeds", default="0,1,2", help="the seed axis of every sweep")
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="8 nodes, 60 rounds: local/network DP on a ring at ε ∈ {1, 8}, central DP at ε = 8",
+        help="8 nodes, 60 rounds, 2 seeds: local/network DP on a ring at ε ∈ {1, 8}, no central DP, no configs/dp.py",
     )
-    ap.add_argument("--replot", action="store_true", help="redraw DIR/privacy_utility.png from its JSON")
+    ap.add_argument("--replot", action="store_true", help="redraw DIR/privacy_utility.png from its CSVs")
     args = ap.parse_args(argv)
+    import pandas as pd
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # dp-accounting's RDP warnings on low orders
+    out = R.out_dir(args.out)
     if args.replot:
-        rows = json.load(open(os.path.join(args.out, "privacy_utility.json")))
-        plot(
-            rows,
-            os.path.join(args.out, "privacy_utility.png"),
-            title=_title(rows[0]["n"], rows[0]["rounds"], args.delta),
-        )
-        print(summary(rows))
-        with open(os.path.join(args.out, "privacy_utility.md"), "w") as fh:
-            fh.write(summary(rows))
-        return rows
+        s, net = pd.read_csv(out / "accuracy.csv"), pd.read_csv(out / "network.csv")
+        meta = json.loads((out / "meta.json").read_text())
+        plot(s, net, out / "privacy_utility.png", _title(meta["n"], meta["rounds"], meta["delta"], len(meta["seeds"])))
+        return s
     if args.quick:
-        args.n, args.rounds, args.eps, args.topologies = 8, 60, "1,8", "ring"
-        args.no_server_ldp, args.central_eps = True, "8"
-    os.makedirs(args.out, exist_ok=True)
+        args.n, args.rounds, args.eps, args.topologies, args.seeds = 8, 60, "1,8", "ring", "0,1"
+        args.no_server_ldp = args.no_central = args.no_dp_config = True
+    parts = args.parts.split(",")
+    old = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    traces, wall = dict(old.get("traces", {})), dict(old.get("wall_seconds", {}))
     t0 = time.perf_counter()
-    rows = run(args)
-    with open(os.path.join(args.out, "privacy_utility.json"), "w") as fh:
-        json.dump(rows, fh, indent=1)
-    with open(os.path.join(args.out, "privacy_utility.csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows({k: r[k] for k in COLUMNS} for r in rows)
-    plot(rows, os.path.join(args.out, "privacy_utility.png"), title=_title(args.n, args.rounds, args.delta))
-    print(table(rows))
-    print(summary(rows))
-    with open(os.path.join(args.out, "privacy_utility.md"), "w") as fh:
-        fh.write(summary(rows))
-    print(f"wrote {args.out}/privacy_utility.{{csv,json,md,png}} ({time.perf_counter() - t0:.0f} s)")
-    return rows
+    if "lines" in parts:
+        runs, net, matrices, tr = run(args)
+        traces.update(tr)
+        s = summarize(runs)
+        runs.to_csv(out / "runs.csv", index=False, float_format="%.6g")
+        s.to_csv(out / "accuracy.csv", index=False, float_format="%.6g")
+        net.to_csv(out / "network.csv", index=False, float_format="%.6g")
+        (out / "network_matrices.json").write_text(json.dumps(matrices))
+        wall["lines"] = round(time.perf_counter() - t0, 1)
+    else:
+        s, net = pd.read_csv(out / "accuracy.csv"), pd.read_csv(out / "network.csv")
+    seeds = [int(x) for x in args.seeds.split(",")]
+    if not args.no_dp_config and "dp_config" in parts:
+        t = time.perf_counter()
+        dpc, tr = run_dp_config(seeds)
+        traces.update(tr)
+        dpc.to_csv(out / "dp_config.csv", index=False, float_format="%.6g")
+        wall["dp_config"] = round(time.perf_counter() - t, 1)
+        print(f"configs/dp.py: {time.perf_counter() - t:.0f} s", flush=True)
+    wall_total = time.perf_counter() - t0
+    meta = dict(
+        n=args.n, rounds=args.rounds, batch=args.batch, hidden=args.hidden, lr=args.lr, delta=args.delta,
+        seeds=seeds, wall_seconds=wall, traces=traces,
+        d=int(rj.build(config(args, "gossip", "ring", "none", math.inf)).model.num_params),
+    )  # fmt: skip
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    plot(s, net, out / "privacy_utility.png", title=_title(args.n, args.rounds, args.delta, len(seeds)))
+    for name, fn in TABLES.items():
+        if name != "dp_sgd" or not args.no_dp_config:
+            print(fn(out), "\n")
+    print(
+        f"wrote {out}: runs.csv, accuracy.csv, network.csv, network_matrices.json, meta.json, png ({wall_total:.0f} s)"
+    )
+    return s
 
 
 if __name__ == "__main__":

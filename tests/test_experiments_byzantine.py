@@ -47,8 +47,21 @@ def test_kappa_quick(tmp_path):
 
 
 def test_byzantine_federated_quick(tmp_path):
-    records = load_experiment("byzantine_federated").main(["--quick", "--out", str(tmp_path)])
-    for suffix in ("json", "md", "png"):
-        assert (tmp_path / f"byzantine_federated.{suffix}").exists()
-    assert len(records) == 9
-    assert "| nnm+trimmed_mean |" in (tmp_path / "byzantine_federated.md").read_text()
+    import numpy as np
+
+    mod = load_experiment("byzantine_federated")
+    mod.main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "byzantine_federated.png").stat().st_size > 10_000
+    runs = mod.read_csv(tmp_path / "runs.csv")
+    s = mod.read_csv(tmp_path / "accuracy.csv").set_index("rule")
+    assert set(runs["attack"]) == {"nan"}
+    assert len(runs) == 2 * 2 and (s["seeds"] == 2).all()
+    # A NaN attacker averaged in by the mean makes the model NaN: diverged on every seed, no accuracy.
+    mean = runs[runs["rule"] == "mean"]
+    assert (mean["diverged"] == 1).all() and mean["node_test_accuracy_mean"].isna().all()
+    # NNM ∘ trimmed mean never averages the NaN row in: finite and well above chance on every seed.
+    nnm = runs[runs["rule"] == "nnm+trimmed_mean"]
+    assert (nnm["diverged"] == 0).all() and (nnm["node_test_accuracy_mean"] > 0.5).all()
+    assert np.isclose(s.loc["nnm+trimmed_mean", "node_test_accuracy_mean_min"], nnm["node_test_accuracy_mean"].min())
+    table = mod.TABLES["alpha_1"](tmp_path)
+    assert "| mean | diverged (2/2) |" in table and "over 2 seeds" in table
