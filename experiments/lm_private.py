@@ -17,7 +17,9 @@ nodes in log space (exp of ``node_test_loss_mean``); reference lines: the unigra
     python experiments/lm_private.py --out docs/results/lm_private   # full run
     python experiments/lm_private.py --quick --out /tmp/lm_private   # the test's run
 
-Measured wall time of the full run: see ``summary.json`` (``seconds``) and docs/results.md.
+Measured on the 2-core development machine shared with other jobs (load 11-13): the full run
+took 382 s wall (``summary.json``), most of it the two XLA compiles and the per-example
+gradients of the 6 vmapped private points; the quick run ~45 s of CPU (100-220 s wall at load).
 
 Writes in DIR: ``curves.csv`` (one row per setting and evaluated round: perplexity mean/min/max
 over seeds, ε spent, σ, ``seeds``), ``final.csv`` (last round per setting), ``summary.json``
@@ -163,7 +165,7 @@ def plot(b: pd.DataFrame, refs: dict, path: Path) -> list:
     ax.set_yscale("log")
     ax.set_xlabel("round (one D-SGD step)")
     ax.set_ylabel("test perplexity (per byte, nodes' own models)")
-    ax.set_title(f"Transformer LM on {int(b['seeds'].max())} seeds: DP-SGD (δ = 1e-5, C = 1) vs non-private")
+    ax.set_title(f"Transformer LM, {int(b['seeds'].max())} seeds: DP-SGD (δ = 1e-5, C = 1) vs non-private", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
