@@ -19,7 +19,7 @@ nodes in log space (exp of ``node_test_loss_mean``); reference lines: the unigra
 
 Measured on the 2-core development machine shared with other jobs (load 11-13): the full run
 took 382 s wall (``summary.json``), most of it the two XLA compiles and the per-example
-gradients of the 6 vmapped private points; the quick run ~45 s of CPU (100-220 s wall at load).
+gradients of the 6 vmapped private points; the quick run 25 s wall at load 8.
 
 Writes in DIR: ``curves.csv`` (one row per setting and evaluated round: perplexity mean/min/max
 over seeds, ε spent, σ, ``seeds``), ``final.csv`` (last round per setting), ``summary.json``
