@@ -14,8 +14,11 @@ initial model, the minibatches and the attackers' randomness; the partition and 
 placement are those of the config's seed 0). A run whose honest test loss is not finite is
 diverged: NaN accuracy in ``runs.csv``, 'diverged' in the table and on the figure.
 
-    python experiments/byzantine_gossip.py --out docs/results/byzantine_gossip   # WALL
+    python experiments/byzantine_gossip.py --out docs/results/byzantine_gossip   # 800 s
     python experiments/byzantine_gossip.py --quick --out /tmp/byz_gossip          # the test's run
+
+Measured on the shared 2-core machine at load 8–14: 800 s wall for the full run (21 sweeps of
+3 seeds, 20–100 s each); the --quick run takes 90–190 s there (two compiles dominate).
 
 Writes in DIR: ``runs.csv`` (one row per rule, attack and seed), ``results.csv`` (per rule and
 attack: mean, min and max over seeds, seed and diverged counts), ``meta.json`` (sizes, wall time,
