@@ -82,7 +82,30 @@ def test_readme_benchmark_line_runs_without_its_peers(argv, tmp_path):
 def test_readme_experiment_line_has_a_quick_test(argv):
     # The experiment exists, takes --quick, and some test runs it with --quick.
     name = _script(argv[1]).removesuffix(".py")
+    if name == "regenerate":  # not an experiment: tests/test_results_doc.py runs it (--check)
+        return
     src = (ROOT / "experiments" / f"{name}.py").read_text()
     assert "--quick" in src
     tests = [p.read_text() for p in (ROOT / "tests").glob("test_experiments_*.py")]
     assert any(f'"{name}"' in t and "--quick" in t for t in tests), f"no test runs experiments/{name}.py --quick"
+
+
+ALL_EXPERIMENTS = sorted(
+    p.stem for p in (ROOT / "experiments").glob("*.py") if not p.stem.startswith("_") and p.stem != "regenerate"
+)
+
+
+@pytest.mark.parametrize("name", ALL_EXPERIMENTS)
+def test_every_experiment_has_a_quick_test_and_a_results_folder(name):
+    # Issue 16: every experiment's --quick mode runs in the suite, and its full run's files are
+    # committed under docs/results/<name> (what docs/results.md is rendered from).
+    tests = [p.read_text() for p in (ROOT / "tests").glob("test_experiments_*.py")]
+    assert any(f'"{name}"' in t and "--quick" in t for t in tests), f"no test runs experiments/{name}.py --quick"
+    files = list((ROOT / "docs" / "results" / name).glob("*.csv"))
+    assert files, f"docs/results/{name}/ has no result CSV: run python experiments/{name}.py --out docs/results/{name}"
+
+
+def test_make_experiments_runs_every_experiment():
+    make = (ROOT / "Makefile").read_text()
+    listed = re.search(r"^EXPERIMENTS := (.*)$", make, flags=re.M)[1].split()
+    assert sorted(listed) == ALL_EXPERIMENTS
