@@ -34,7 +34,7 @@ Two parts (issue 14, point 5; the rules of issue 16):
    so each personal step lands on (ȳᵢ + λxᵢ)/(1 + λ) and the shared model reaches the mean
    x̄ geometrically at rate λ/(1 + λ) (below 1e-9 after the rounds run here).
 
-    python experiments/personalization.py --out docs/results/personalization --datasets digits  # committed
+    python experiments/personalization.py --out docs/results/personalization --jobs 2  # committed (both datasets)
     python experiments/personalization.py --out runs/personalization --jobs 2      # digits + MNIST-1D, 2 processes
     python experiments/personalization.py --out DIR --parts replot                 # figure + results.csv from runs.csv
     python experiments/personalization.py --quick --out /tmp/pers                  # the test's run
@@ -43,7 +43,8 @@ Measured on the 2-core development machine, shared with other jobs (load 19-27):
 (45 sweeps) took 44 min wall in 6 processes and about 630 s of CPU, about 14 s of CPU per
 sweep, mostly XLA compiles. On 2 quiet cores with ``--jobs 2`` that is about 5-6 min. The
 Ditto part took 823 s wall at load about 25, and ``--quick`` about 13 s of CPU. The MNIST-1D
-half (another 45 sweeps) has not been run for the committed results. A stopped learning
+half (another 45 sweeps) took about 12 min wall with ``--jobs 2`` at load 2-6 and was merged
+into the committed ``runs.csv`` (``--parts replot`` redraws from it). A stopped learning
 part resumes from ``DIR/_cells`` (one CSV per finished sweep).
 
 Writes in DIR: ``runs.csv`` (one row per run: method, variant, dataset, partition, topology,
