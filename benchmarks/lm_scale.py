@@ -38,6 +38,7 @@ SIZES = {  # name: (d_model, num_layers, num_heads)
     "1M": (256, 1, 4),
     "10M": (512, 3, 8),
     "30M": (768, 4, 12),
+    "90M": (1024, 7, 16),  # about the largest whose N = 8 state and round fit 17 GiB here
 }
 KNOBS = {
     "none": {},
