@@ -38,7 +38,8 @@ SIZES = {  # name: (d_model, num_layers, num_heads)
     "1M": (256, 1, 4),
     "10M": (512, 3, 8),
     "30M": (768, 4, 12),
-    "90M": (1024, 7, 16),  # about the largest whose N = 8 state and round fit 17 GiB here
+    "90M": (1024, 7, 16),
+    "110M": (1152, 7, 16),  # about the largest whose N = 8 state and round fit this machine (21 GiB free)
 }
 KNOBS = {
     "none": {},
