@@ -17,39 +17,18 @@ import re
 import jax
 import numpy as np
 import pytest
+from test_algorithms import DIM, N
+from test_algorithms import _config as _linear_config
 
 import redeem_jax as rj
 
-N, DIM, M, H, GAMMA = 8, 5, 20, 3, 0.2
+H, GAMMA = 3, 0.2
 
 
 def _config(algorithm="diloco", rounds=30, **over):
-    """Whitened linear regression on 8 nodes of a ring, full batches, plain GD (γ = 0.2)."""
-    c = rj.config.base_config()
-    fields = {
-        "num_nodes": N,
-        "topology.name": "ring",
-        "data.name": "linear",
-        "data.whiten": True,
-        "data.dim": DIM,
-        "data.num_examples": N * M,
-        "data.heterogeneity": 1.0,
-        "data.batch_size": M,
-        "model.name": "linear",
-        "optimizer.name": "sgd",
-        "optimizer.learning_rate": GAMMA,
-        "num_rounds": rounds,
-        "eval_every": rounds,
-        "checkpoint_every": 0,
-        "progress": False,
-        "plots": False,
-        "algorithm.name": algorithm,
-        "algorithm.local_steps": H,
-        **over,
-    }
-    for k, v in fields.items():
-        rj.config.set_field(c, k, v)
-    return c
+    """test_algorithms' whitened linear regression on 8 nodes of a ring, full batches, plain GD
+    (γ = 0.2), with H local steps."""
+    return _linear_config(algorithm, lr=GAMMA, rounds=rounds, **{"algorithm.local_steps": H, **over})
 
 
 _RUNS = {}

@@ -8,31 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_lm import LM as _LM
 
 import redeem_jax as rj
 from redeem_jax.config import ConfigError
 from redeem_jax.privacy import dp_sgd
 
-LM = {
-    "num_nodes": 4,
-    "data.name": "text",
-    "data.seq_len": 16,
-    "data.batch_size": 4,
-    "data.partition": "by_source",
-    "model.name": "transformer",
-    "model.d_model": 16,
-    "model.num_heads": 2,
-    "model.num_layers": 1,
-    "model.mlp_ratio": 2,
-    "optimizer.name": "sgd",
-    "optimizer.learning_rate": 0.5,
-    "num_rounds": 2,
-    "eval_every": 1,
-    "checkpoint_every": 0,
-    "eval.max_test_examples": 32,
-    "progress": False,
-    "plots": False,
-}
+# test_lm's tiny transformer on fewer nodes and rounds.
+LM = {**_LM, "num_nodes": 4, "num_rounds": 2, "eval_every": 1, "checkpoint_every": 0, "eval.max_test_examples": 32}
 DP = {"privacy.mode": "dp_sgd", "privacy.clipping": "vmap", "perf.microbatch": 3}
 
 
