@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 import redeem_jax as rj  # noqa: E402
 
+GRAPHS = ("two_cliques", "dumbbell")
 RULES = ("mean", "clipped_gossip", "ios", "cs_plus", "trimmed_mean")
 LABELS = {
     "mean": "plain gossip",
@@ -105,10 +106,20 @@ def run_point(topo, rule: str, f: int, rounds: int, seeds) -> list[dict]:
     ]
 
 
-def summarise(records):
+def spectral_bound(topo, f: int) -> float:
+    """μ_min/2 of the honest graph when nodes 1..f are Byzantine: the breakdown bound of Gaucher,
+    Dieuleveut & Hendrikx (2025) on the Byzantine weight (μ_min: algebraic connectivity of the
+    honest Laplacian, ``rj.byzantine.honest_laplacian``; as in ``experiments/breakdown.py``)."""
+    byz = np.zeros(topo.n, bool)
+    byz[1 : f + 1] = True
+    return float(np.linalg.eigvalsh(rj.byzantine.honest_laplacian(topo, byz))[1] / 2)
+
+
+def summarise(records, gs):
     """Per (graph, rule, f): mean/min/max over seeds (``_results.over_seeds``; a diverged seed,
     some honest model non-finite, keeps the mean NaN, printed 'diverged' beside the honest nodes'
-    accuracy as measured, NaN models counting as wrong)."""
+    accuracy as measured, NaN models counting as wrong), the diverged seed count and the
+    spectral bound μ_min/2 of that f's honest graph (``gs``: graph name -> topology)."""
     import pandas as pd
     from _results import over_seeds
 
@@ -125,51 +136,86 @@ def summarise(records):
     out["diverged"] = (
         df.groupby(["graph", "rule", "f"], sort=False)["node_accuracy"].apply(lambda v: int(v.isna().sum())).values
     )
+    out["breakdown_bound"] = [spectral_bound(gs[g], int(f)) for g, f in zip(out.graph, out.f)]
     return out
 
 
-def plot(summary, path):
+def plot(summary, path, note: str = ""):
+    """Accuracy and consensus distance against δ, one column per graph, one line per rule (mean,
+    min–max band over seeds); a cell with a diverged seed is a × in the panel's top strip, with
+    its count, never a value; the dashed line is the spectral breakdown bound."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    names = sorted(summary.graph.unique())
+    names = [g for g in GRAPHS if g in set(summary.graph)]
     seeds = int(summary.seeds.max())
-    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 7.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(6.5 * len(names), 9), squeeze=False)
+    strip = 0.78  # axes fraction above which only diverged markers sit
     for j, g in enumerate(names):
-        for i, rule in enumerate(RULES):
-            pts = summary[(summary.graph == g) & (summary.rule == rule)].sort_values("f")
-            if not len(pts):
-                continue
-            x = pts.byzantine_weight.to_numpy()
-            ok = (pts.diverged == 0).to_numpy()
-            for r, (col, log) in enumerate((("node_accuracy", False), ("consensus_distance", True))):
-                ax = axes[r, j]
+        sg = summary[summary.graph == g]
+        for r, (col, log) in enumerate((("node_accuracy", False), ("consensus_distance", True))):
+            ax = axes[r, j]
+            for i, rule in enumerate(RULES):
+                pts = sg[sg.rule == rule].sort_values("f")
+                if not len(pts):
+                    continue
+                x = pts.byzantine_weight.to_numpy()
+                ok = (pts.diverged == 0).to_numpy()
                 mean, lo, hi = (pts[f"{col}_{s}"].to_numpy() for s in ("mean", "min", "max"))
-                ax.plot(x[ok], mean[ok], "o-", color=f"C{i}", label=LABELS[rule])
-                ax.fill_between(x[ok], lo[ok], hi[ok], color=f"C{i}", alpha=0.2)
-                if (~ok).any():  # a diverged seed: marked at the top, not drawn as a value
-                    top = 1.02 if not log else 3e8
-                    ax.plot(x[~ok], np.full((~ok).sum(), top), "x", color=f"C{i}", ms=9)
-                if log:
-                    ax.set_yscale("log")
-        axes[0, j].set(
-            title=f"{g}: honest nodes' test accuracy (× at top: a seed diverged)",
-            xlabel="Byzantine weight δ (max over honest nodes)",
-            ylabel="accuracy (fraction)",
-            ylim=(0, 1.06),
-        )
+                ax.plot(x[ok], mean[ok], "o-", color=f"C{i}", label=LABELS[rule], ms=4)
+                ax.fill_between(x[ok], lo[ok], hi[ok], color=f"C{i}", alpha=0.2, lw=0)
+                y = 0.965 - 0.04 * i  # the rule's row in the diverged strip
+                for xv, k, s in zip(x[~ok], pts.diverged[~ok], pts.seeds[~ok]):
+                    ax.plot([xv], [y], "x", color=f"C{i}", ms=8, mew=2, transform=ax.get_xaxis_transform())
+                    ax.annotate(
+                        f"{int(k)}/{int(s)}",
+                        (xv, y),
+                        xycoords=ax.get_xaxis_transform(),
+                        xytext=(6, -3),
+                        textcoords="offset points",
+                        fontsize=7,
+                        color=f"C{i}",
+                    )
+            if log:
+                ax.set_yscale("log")
+                lo_, hi_ = np.log10(ax.get_ylim())
+                lo_, hi_ = min(lo_, (lo_ + hi_) / 2 - 1), max(hi_, (lo_ + hi_) / 2 + 1)  # ≥ 2 decades
+                ax.set_ylim(10**lo_, 10 ** (lo_ + (hi_ - lo_) / strip))
+            else:
+                ax.set_ylim(0, 1.0 / strip)
+                ax.set_yticks(np.linspace(0, 1, 6))
+            ax.plot([0, 1], [strip, strip], color="0.6", lw=0.8, transform=ax.transAxes)
+            ax.text(
+                0.99, strip + 0.005, "diverged (seeds)", transform=ax.transAxes, ha="right", va="bottom", fontsize=7
+            )
+            bound = sg[sg.f > 0].breakdown_bound
+            if len(bound):
+                ax.axvline(bound.max(), color="k", ls="--", lw=1)
+            ax.set_xlim(-0.02 * sg.byzantine_weight.max(), 1.12 * sg.byzantine_weight.max())  # room for the counts
+            ax.set_xlabel("Byzantine weight δ = maxᵢ Σ_{k Byzantine} W_ik over honest i (dimensionless)")
+            ax.grid(alpha=0.3)
+        bound = sg[sg.f > 0].breakdown_bound
+        span = f"{bound.min():.2g}" if bound.min() == bound.max() else f"{bound.min():.2g}–{bound.max():.2g}"
+        span = span if len(bound) else "–"
+        axes[0, j].set(title=f"{g}: honest nodes' test accuracy", ylabel="accuracy (fraction of test images)")
         axes[1, j].set(
             title=f"{g}: honest consensus distance",
-            xlabel="Byzantine weight δ (max over honest nodes)",
-            ylabel="(1/n_H) Σ‖xᵢ − x̄_H‖² (parameter units²)",
-            ylim=(None, 1e9),
+            ylabel="(1/n_H) Σᵢ‖xᵢ − x̄_H‖² (squared parameter units)",
         )
-        for ax in axes[:, j]:
-            ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"D-SGD on digits, dissensus attack (ε = 1.5)\nmean and min–max over {seeds} seeds")
+        handles, _ = axes[0, j].get_legend_handles_labels()
+        handles += [
+            Line2D([], [], color="k", ls="--", lw=1, label=f"breakdown bound μ_min(honest)/2 = {span}"),
+            Line2D([], [], color="0.3", marker="x", ls="none", mew=2, label="diverged (k/seeds non-finite)"),
+        ]
+        axes[0, j].legend(handles=handles, fontsize=7.5, loc="lower left")
+    fig.suptitle(
+        "D-SGD on digits, dissensus attack (ε = 1.5) from f attackers in the first clique"
+        f"{note}\nmean and min–max band over {seeds} seeds; dashed: spectral breakdown bound"
+        " (Gaucher, Dieuleveut & Hendrikx 2025)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -190,6 +236,9 @@ def _table(folder, graph):
             continue
         cells = []
         for f in fs:
+            if f not in r.index:
+                cells.append("–")
+                continue
             x = r.loc[f]
             if x.diverged:
                 acc = fmt_band(x.node_accuracy_raw_mean, x.node_accuracy_raw_min, x.node_accuracy_raw_max)
@@ -201,10 +250,43 @@ def _table(folder, graph):
     return markdown_table(header, rows)
 
 
+def _consensus_table(folder):
+    """Honest consensus distance per (graph, rule) and f: mean [min, max] over seeds."""
+    import pandas as pd
+    from _results import fmt_band, markdown_table
+
+    s = pd.read_csv(folder / "robust_gossip.csv")
+    fs = sorted(s.f.unique())
+    rows = []
+    for g in [g for g in GRAPHS if g in set(s.graph)]:
+        for rule in RULES:
+            r = s[(s.graph == g) & (s.rule == rule)].set_index("f")
+            if not len(r):
+                continue
+            cells = []
+            for f in fs:
+                if f not in r.index:
+                    cells.append("–")
+                    continue
+                x = r.loc[f]
+                band = fmt_band(x.consensus_distance_mean, x.consensus_distance_min, x.consensus_distance_max)
+                cells.append(f"diverged ({int(x.diverged)}/{int(x.seeds)})" if x.diverged else band)
+            rows.append([g, LABELS[rule], *cells, int(r.seeds.max())])
+    return markdown_table(["graph", "rule", *[f"f = {f}" for f in fs], "seeds"], rows)
+
+
 TABLES = {
     "two_cliques": lambda folder: _table(folder, "two_cliques"),
     "dumbbell": lambda folder: _table(folder, "dumbbell"),
+    "consensus": _consensus_table,
 }
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def main(argv=None):
@@ -213,20 +295,26 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--max_f", type=int, default=3)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--graphs", default="two_cliques,dumbbell")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--graphs", default=",".join(GRAPHS))
     ap.add_argument("--fs", default="", help="comma-separated f values (default 0..max_f)")
-    ap.add_argument("--quick", action="store_true", help="one graph, two rules, f in {0, 1}, 20 rounds, 2 seeds")
+    ap.add_argument("--quick", action="store_true", help="both graphs, gossip and ClippedGossip, f = 1, 2 seeds")
+    ap.add_argument("--replot", action="store_true", help="redo the summary and figure from DIR/runs.csv")
     args = ap.parse_args(argv)
+    import pandas as pd
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        info = json.loads((out / "summary.json").read_text())
+        records = pd.read_csv(out / "runs.csv").to_dict("records")
+        return _write(records, graphs(info["n"]), info, out)
     gs = {k: v for k, v in graphs(args.n).items() if k in args.graphs.split(",")}
     fs = [int(v) for v in args.fs.split(",")] if args.fs else range(args.max_f + 1)
     rules, rounds, seeds = RULES, args.rounds, range(args.seeds)
-    if args.quick:
-        gs = {"two_cliques": gs["two_cliques"]}
-        rules, fs, rounds, seeds = ("mean", "clipped_gossip"), (0, 1), 20, range(2)
-    t0 = time.perf_counter()
+    if args.quick:  # 4 compiles; 200 rounds cost little beside them and let plain gossip diverge
+        rules, fs, seeds = ("mean", "clipped_gossip"), (1,), range(2)
+    t0, cpu0, load0 = time.perf_counter(), _cpu_seconds(), os.getloadavg()[0]
     records = []
     print(f"{'graph':12} {'rule':16} {'f':>2} {'δ':>6} {'node acc over seeds':>24}")
     for g, topo in gs.items():
@@ -234,17 +322,28 @@ def main(argv=None):
             for f in fs:
                 rs = run_point(topo, rule, f, rounds, seeds)
                 records += rs
+                pd.DataFrame(records).to_csv(out / "runs.csv", index=False)  # a killed run keeps its cells
                 acc = [r["node_accuracy"] for r in rs]
                 print(f"{g:12} {rule:16} {f:>2} {rs[0]['byzantine_weight']:6.3f} {acc}", flush=True)
-    import pandas as pd
-
-    pd.DataFrame(records).to_csv(out / "runs.csv", index=False)
-    summary = summarise(records)
-    summary.to_csv(out / "robust_gossip.csv", index=False)
-    info = dict(n=args.n, rounds=rounds, seeds=len(seeds), quick=bool(args.quick), seconds=time.perf_counter() - t0)
+    info = dict(
+        n=args.n,
+        rounds=rounds,
+        seeds=len(seeds),
+        quick=bool(args.quick),
+        seconds=time.perf_counter() - t0,
+        cpu_seconds=_cpu_seconds() - cpu0,
+        load_1min=[load0, os.getloadavg()[0]],  # at the start and the end: the machine is shared
+    )
     (out / "summary.json").write_text(json.dumps(info, indent=1))
-    plot(summary, out / "robust_gossip.png")
+    _write(records, gs, info, out)
     print(f"wrote {out}/runs.csv, robust_gossip.csv, robust_gossip.png ({info['seconds']:.0f} s)")
+    return records
+
+
+def _write(records, gs, info, out):
+    summary = summarise(records, gs)
+    summary.to_csv(out / "robust_gossip.csv", index=False)
+    plot(summary, out / "robust_gossip.png", note=f", n = {info['n']}, {info['rounds']} rounds")
     return records
 
 
