@@ -38,6 +38,8 @@ __all__ = [
     "rho",
     "kappa_lower_bound",
     "kappa_bound",
+    "KAPPA_SOURCES",
+    "kappa_bounds",
     "breakdown_point",
     "robust_error_lower_bound",
     "dsgd_fixed_point",
@@ -223,6 +225,54 @@ def kappa_bound(name: str, n: int, f: int):
     if st == "krum":
         return 6 * r
     return None
+
+
+# Every published upper bound on κ recorded here, keyed by source: what it is, where, and whether
+# it is proven for the rules as this library implements them. ``value`` is None where the source
+# is known to give a constant that was not available to check (so it is named, never drawn).
+KAPPA_SOURCES = {
+    "allouah2023": dict(
+        label="Allouah et al. 2023",
+        cite='Allouah, Farhadkhani, Guerraoui, Gupta, Pinot & Stephan, "Fixing by Mixing: A Recipe '
+        'for Optimal Byzantine ML under Heterogeneity", AISTATS 2023 (PMLR 206), Table 1 and the '
+        "NNM lemma",
+        status="proven",
+        hypotheses="n > 2f, any inputs, any honest set of n − f rows (and each rule's own "
+        "precondition, e.g. n ≥ 2f + 3 for Krum); constants as recorded in the field notes, where "
+        "they are marked (verify): the paper's text was not reachable from here to re-check them",
+        rules=("trimmed_mean", "median", "geometric_median", "krum", "nnm+<one of these>"),
+    ),
+    "bareilles2026": dict(
+        label="Bareilles et al. 2026",
+        cite='Bareilles, Bouaziz, Fageot & El Mhamdi, "Byzantine Machine Learning: MultiKrum and an '
+        'optimal notion of robustness", arXiv:2602.03899 (Feb. 2026)',
+        status="not recorded",
+        hypotheses="states an improved upper bound on Krum's κ (and the first for MultiKrum) via its "
+        "optimal coefficient κ*; only the abstract was reachable from here, so its constant and "
+        "hypotheses are unchecked and nothing is drawn for it",
+        rules=("krum", "multi_krum"),
+    ),
+}
+
+
+def kappa_bounds(name: str, n: int, f: int) -> dict:
+    """Every recorded upper bound on the (f, κ)-robustness coefficient of rule ``name``, as
+    ``{source: value}`` with the sources of ``KAPPA_SOURCES`` that give a checked constant.
+
+    * ``"allouah2023"`` (Allouah et al. 2023, "Fixing by Mixing", Table 1; NNM lemma for
+      "nnm+F"): **proven** for n > 2f, the constants of ``kappa_bound`` (its default).
+    * Krum has a second, later bound (Bareilles, Bouaziz, Fageot & El Mhamdi 2026,
+      arXiv:2602.03899, stated as an improvement of Allouah et al.'s); its constant could not be
+      read here, so it is named in ``KAPPA_SOURCES`` with ``status="not recorded"`` and left out.
+      For the trimmed mean, median, geometric median and NNM ∘ F no second published constant was
+      found; none is invented.
+
+    Empty where no bound is recorded (e.g. MeaMed, centered clipping)."""
+    out = {}
+    b = kappa_bound(name, n, f)
+    if b is not None:
+        out["allouah2023"] = float(b)
+    return out
 
 
 def breakdown_point(B: float) -> float:
