@@ -398,8 +398,9 @@ def _from_named(model: Model, named: dict[str, np.ndarray], source: str) -> np.n
                 f"model.init_from: parameter {k} has shape {tuple(got[k].shape)} in {source}, the model needs {shape}"
             )
         rows.append(got[k].astype(np.float32).ravel())
-    # The leaves of param_names are in ravel_pytree order, so their concatenation is the row.
-    return np.concatenate(rows) if rows else np.zeros((0,), np.float32)
+    # The leaves of param_names are in ravel_pytree order, so their concatenation is the row
+    # (then the model's dead padding, rj.models.Model.pad).
+    return np.pad(np.concatenate(rows) if rows else np.zeros((0,), np.float32), (0, model.pad))
 
 
 def load_base(model: Model, path: str) -> np.ndarray:
@@ -447,6 +448,8 @@ def with_base(model: Model, base) -> Model:
 
 
 def _flat(model: Model, v: np.ndarray, source: str) -> np.ndarray:
+    if v.shape == (model.num_live,):  # flax's ravel_pytree row: add the model's dead padding
+        v = np.pad(v, (0, model.pad))
     if v.shape != (model.num_params,):
         raise ValueError(
             f"model.init_from: the flat vector in {source} has {v.size} parameters, the model has {model.num_params}"
