@@ -237,6 +237,19 @@ def _mlp_gemm(name: str, task: str, module: MLP, example: np.ndarray, l2: float)
     assert offset == d and list(params) and sorted(params)[0] == "Dense_0"
     layers = [l[1:] for l in sorted(layers)]
 
+    tail_rows = rows - (n_in + 1)
+
+    @jax.custom_batching.custom_vmap
+    def write_tail(g, t):
+        return jax.lax.dynamic_update_slice(g, t, (0,) * (g.ndim - 2) + (n_in + 1, 0))
+
+    @write_tail.def_vmap
+    def _write_tail_vmap(axis_size, in_batched, g, t):
+        # vmap's own rule turns the update into a scatter whose bounds check reads the old
+        # values, which keeps XLA from updating the gradient in place (a full copy).
+        g, t = (a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip((g, t), in_batched))
+        return write_tail(g, t), True
+
     @jax.custom_vjp
     def split(flat):
         return flat.reshape(rows, h), flat[first:d]
@@ -245,11 +258,13 @@ def _mlp_gemm(name: str, task: str, module: MLP, example: np.ndarray, l2: float)
         return split(flat), None
 
     def split_bwd(_, cts):
-        # x̃ᵀδ is already the whole row's gradient shape; the tail's piece is written into it in
-        # place (autodiff's pad + add would be one more pass over [N, d_pad]).
+        # x̃ᵀδ has the whole row's shape, with exact zeros on the tail's rows (x̃ is zero there):
+        # the tail's gradient (padded to whole rows) is written over them in place, in the GEMM
+        # output's own shape (through a reshape XLA copied the [N, d_pad] buffer first; autodiff's
+        # pad + add was one more pass over it too).
         d_r, d_tail = cts
-        g = d_r.reshape(d_pad)
-        return (jax.lax.dynamic_update_slice(g, g[first:d] + d_tail, (first,)),)
+        t = jnp.pad(d_tail, (0, tail_rows * h - (d - first))).reshape(tail_rows, h)
+        return (write_tail(d_r, t).reshape(d_pad),)
 
     split.defvjp(split_fwd, split_bwd)
 
