@@ -12,7 +12,9 @@ in this process (median [min, max] of the paired ratios):
   for this one experiment: per-node parameters as a pytree with a leading node axis, ``vmap`` of
   ``value_and_grad``, and ring gossip as two ``jnp.roll``. Any library round must approach it.
 * **redeem_jax** — the round protocol's D-SGD (``rj.round.make_step``: minibatch oracle, local
-  SGD, sparse gossip channel, its per-round metrics) in the default configuration.
+  SGD, sparse gossip channel, its per-round metrics) in the default configuration. Its MLP row
+  is the GEMM layout (``rj.models.get``: 101,770 parameters padded to 101,888, the first layer
+  a GEMM on the row itself; docs/performance.md).
 
 Each also prints its fraction of the machine's float32 GEMM rate (6·B·|θ| flops per node-step).
 

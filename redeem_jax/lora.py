@@ -143,7 +143,7 @@ def find_targets(model: Model, example, targets: Sequence[str] = ("attention", "
 
     def run(flat):
         with nn.intercept_methods(record):
-            return model.apply(flat, example)
+            return (model.flax_apply or model.apply)(flat, example)  # flax's Dense calls, intercepted
 
     jax.eval_shape(run, jax.ShapeDtypeStruct((model.num_params,), jnp.float32))
     top = [p for p in seen if "/" not in p and p.startswith("Dense_") and p[6:].isdigit()]
@@ -242,7 +242,7 @@ def lora_model(
             return y + (scale * delta).reshape(y.shape).astype(y.dtype)
 
         with nn.intercept_methods(intercept):
-            return model.apply(spec.base, x)
+            return (model.flax_apply or model.apply)(spec.base, x)
 
     wrapped = Model(f"{model.name}+lora", model.task, spec.num_params, init, apply, unravel, model.l2)
     return wrapped, spec

@@ -45,6 +45,9 @@ class Model(NamedTuple):
     # first ``num_params - pad`` coordinates are flax's ``ravel_pytree`` row, the rest are
     # always zero at init, get zero gradient and are never read by ``apply``.
     pad: int = 0
+    # The flax module's own apply on the same row, where ``apply`` bypasses the module (the GEMM
+    # layout): what calls the Dense layers through flax, e.g. LoRA's method interception.
+    flax_apply: Callable[[jax.Array, jax.Array], jax.Array] | None = None
 
     @property
     def num_live(self) -> int:
@@ -287,7 +290,10 @@ def _mlp_gemm(name: str, task: str, module: MLP, example: np.ndarray, l2: float)
     def unravel(flat):
         return unravel_live(flat if flat.shape[-1] == d else flat[:d])
 
-    return Model(name, task, d_pad, init, apply, unravel, float(l2), d_pad - d)
+    def flax_apply(flat, x):
+        return module.apply(unravel(flat), x)
+
+    return Model(name, task, d_pad, init, apply, unravel, float(l2), d_pad - d, flax_apply)
 
 
 def get(

@@ -146,3 +146,14 @@ def test_rows_of_the_flax_length_still_work(tmp_path):
     for f in ("flat.npz", "named.npz"):
         base = rj.lora.load_base(new, str(tmp_path / f))
         np.testing.assert_array_equal(base, padded)
+
+
+def test_lora_on_the_padded_mlp_adapts_its_dense_layers():
+    """LoRA intercepts flax's Dense calls: on the GEMM layout it goes through ``flax_apply``, so
+    it finds both layers and, with b = 0, the adapted model is the base model."""
+    new, _ = _pair((64,))
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, D_IN))
+    lm, spec = rj.lora.lora_model(new, x[:1], rank=2, targets=("mlp", "head"))
+    assert sorted(t.path for t in spec.targets) == ["Dense_0", "Dense_1"]
+    out = jax.jit(lm.apply)(lm.init(jax.random.PRNGKey(5)), x)
+    np.testing.assert_allclose(out, new.apply(spec.base, x), rtol=1e-5, atol=1e-5)
