@@ -157,3 +157,24 @@ def test_lora_on_the_padded_mlp_adapts_its_dense_layers():
     assert sorted(t.path for t in spec.targets) == ["Dense_0", "Dense_1"]
     out = jax.jit(lm.apply)(lm.init(jax.random.PRNGKey(5)), x)
     np.testing.assert_allclose(out, new.apply(spec.base, x), rtol=1e-5, atol=1e-5)
+
+
+def _big_copies(model, n=4):
+    """The compiled vmapped SGD step's copy / slice / concatenate / pad ops with at least a first
+    kernel's worth of values per node (what the layout exists to remove)."""
+    import re
+
+    x = jnp.zeros((n, 8, D_IN))
+    y = jnp.zeros((n, 8), jnp.int32)
+    m = jnp.ones((8,), bool)
+    loss = lambda p, xb, yb: models.loss_and_metrics(model, p, xb, yb, m)[0]  # noqa: E731
+    step = jax.jit(lambda p: p - 0.1 * jax.vmap(jax.grad(loss))(p, x, y))
+    txt = step.lower(jnp.zeros((n, model.num_params))).compile().as_text()
+    ops = re.findall(r"= f32\[([\d,]+)\]\{[^}]*\} (copy|concatenate|slice|pad)\(", txt)
+    return [(shape, op) for shape, op in ops if np.prod([int(v) for v in shape.split(",")]) >= n * D_IN * 64]
+
+
+def test_compiled_step_copies_no_kernel():
+    new, old = _pair((64,))
+    assert _big_copies(old)  # the flax layout slices the kernel out of the rows (the check sees it)
+    assert _big_copies(new) == []
