@@ -74,6 +74,7 @@ def test_the_readme_shows_configs_by_name_and_by_path():
 @pytest.mark.parametrize("argv", [pytest.param(a, id=_ids(a)) for a in COMMANDS])
 def test_readme_command_runs(argv, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # compile time only (tests/conftest.py)
     # The test suite's compilation cache (tests/conftest.py): the same programs recur across lines.
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), "redeem_jax_tests_xla_cache")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"

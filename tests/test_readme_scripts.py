@@ -65,6 +65,7 @@ def test_readme_benchmark_line_runs_without_its_peers(argv, tmp_path):
     script = _script(argv[1])
     assert script in QUICK, f"README runs benchmarks/{script}: give it quick settings in QUICK"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # compile time only (tests/conftest.py)
     r = subprocess.run(
         [sys.executable, "-c", NO_PEERS, str(ROOT / argv[1]), *argv[2:], *QUICK[script]],
         cwd=tmp_path,
