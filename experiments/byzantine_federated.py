@@ -6,30 +6,42 @@ the Byzantine ones send the attack's vectors computed from all honest updates, a
 applies the robust rule (with pre-aggregators such as NNM, Allouah et al. 2023) and
 broadcasts. Each cell is the final mean test accuracy of the honest nodes' (= the server's) model.
 
-Each (α, rule, attack) is one ``rj.sweep`` over seeds (one compile; seeds redraw the initial
-model, the minibatches and the attackers' randomness; the partition and the Byzantine placement
-are those of ``--seed``). Rules, attacks and α change the program or the data shapes, so they
-are looped over: the cost is one compile per cell, which is why the default grid is 3 rules × 4
-attacks × 2 α at 100 rounds (before issue 16: 15 × 10 × 2 at 200 rounds, one seed, ~86 min
-extrapolated). Any rule or attack of the registry can be given with ``--rules`` / ``--attacks``.
-A run whose test loss is not finite (a NaN attacker averaged in) is diverged: NaN accuracy in
-``runs.csv``, 'diverged' in the tables, a cross on the figure, never the accuracy of a NaN model.
+Default grid: 7 rules (mean, median, trimmed mean, geometric median, Krum, centered clipping,
+NNM ∘ trimmed mean) × 7 attacks (none, sign flip, IPM ε = 0.1, ALIE at z_max, NaN, sign flip
+with its factor line-searched against the rule, label flip) × α ∈ {1, 0.1}, 3 seeds, 100 rounds.
+"none" keeps the rule assuming f while nobody attacks (all n nodes train); label flip trains the
+f Byzantine nodes on flipped labels and lets them send honest-looking updates.
 
-    python experiments/byzantine_federated.py --out docs/results/byzantine_federated   # 2233 s wall, 442 s CPU
+Each (α, rule, attack) is one ``rj.sweep`` over seeds (one compile, asserted; seeds redraw the
+initial model, the minibatches and the attackers' randomness; the partition and the Byzantine
+placement are those of ``--seed``). A rule, an attack or α changes the program or the data
+shapes, so they are looped over, and a sweep's cost is its compile (about 15 s of CPU here, of
+which the 100 rounds take at most ~3 s: measured 1 against 100 rounds, so fewer rounds would
+save little). Where two attacks are one
+program they share it: IPM's −ε·mean(honest) is sign flipping's −scale·mean(honest) at
+scale = ε, so both columns come from one sweep with ``byzantine.strength`` vmapped beside the
+seeds (:func:`programs`): 6 compiles per (α, rule), 84 for the grid. Any registered rule or
+attack can be given with ``--rules`` / ``--attacks``. A run whose test loss is not finite (a
+NaN attacker averaged in) is diverged: NaN accuracy in ``runs.csv``, 'diverged' in the tables,
+a cross on the figure, never the accuracy of a NaN model.
+
+    python experiments/byzantine_federated.py --out docs/results/byzantine_federated   # 3280 s wall, 1402 s CPU
     python experiments/byzantine_federated.py --quick --out /tmp/byz_fed               # the test's run
 
-The full run (24 sweeps) was measured on the shared 2-core machine at load 10-26, partly beside
-this task's trilemma and privacy_utility runs: 2233 s wall for 442 s of CPU; alone on 2 quiet
-cores it is CPU-bound, about 5-7 min. Results (docs/results.md, means over 3 seeds): at α = 1 the
-mean keeps 0.955 under sign flipping (at f = n/5 the average keeps (n − 2f)/n = 0.6 of the honest
-direction) but diverges (NaN model) under the NaN attack and under the line-searched sign flip;
-NNM ∘ trimmed mean stays within 6.7 points of its attack-free 0.962 under every attack; at
-α = 0.1 every robust rule loses accuracy without attack and sign flipping breaks them (0.35, 0.44).
+The full run (84 sweeps, 3 seeds each) was measured on the shared 2-core machine at load 4-11
+beside other jobs: 3280 s wall for 1402 s of CPU (23 min; 16.7 s of CPU per sweep); the --quick
+run (2 sweeps, 20 rounds) takes about 36 s of CPU. Results (docs/results.md, mean over 3 seeds):
+at α = 1 every rule but Krum (0.789 without attack) stays within 10 points of its own attack-free
+accuracy except two breaks, the mean under NaN and the line-searched sign flip (diverged) and
+centered clipping under the line-searched sign flip (0.049); at α = 0.1 the median and Krum
+lose most of their accuracy without attack (0.625, 0.214), and sign flipping, IPM or the
+line-searched sign flip breaks every robust rule but centered clipping (0.618 at worst).
 
 Writes in DIR: ``runs.csv`` (one row per α, rule, attack and seed), ``accuracy.csv`` (per α, rule
 and attack: mean, min and max over seeds, seed and diverged counts), ``meta.json`` (sizes, wall
-time, traces per sweep) and ``byzantine_federated.png`` (one panel per α: bars of the mean over
-seeds with min–max whiskers, one bar per rule in each attack's group; chance level dashed).
+and CPU time, load, traces per sweep) and ``byzantine_federated.png`` (one panel per α: bars of
+the mean over seeds with min–max whiskers, one bar per rule in each attack's group; chance level
+dashed; × : diverged).
 """
 
 from __future__ import annotations
@@ -50,8 +62,11 @@ import numpy as np  # noqa: E402
 import redeem_jax as rj  # noqa: E402
 from redeem_jax.experiment.sweep import final  # noqa: E402
 
-RULES = ("mean", "trimmed_mean", "nnm+trimmed_mean")
-ATTACKS = ("none", "sign_flip", "nan", "sign_flip_opt")
+RULES = ("mean", "median", "trimmed_mean", "geometric_median", "krum", "centered_clipping", "nnm+trimmed_mean")
+ATTACKS = ("none", "sign_flip", "ipm", "alie", "nan", "sign_flip_opt", "label_flip")
+ATTACK_NAMES = {"none": "none", "sign_flip": "sign flip", "ipm": "IPM (ε = 0.1)", "alie": "ALIE (z_max)", "nan": "NaN",
+                "sign_flip_opt": "sign flip, line-searched", "label_flip": "label flip"}  # fmt: skip
+IPM_EPSILON = 0.1  # Xie et al. (2020)'s ε, attacks.ipm's default
 ALL_RULES = (  # what the registry offers and the loop accepts (--rules)
     "mean", "median", "trimmed_mean", "geometric_median", "krum", "multi_krum", "centered_clipping", "meamed",
     "caf", "nnm+trimmed_mean", "nnm+median", "nnm+krum", "nnm+geometric_median", "arc+nnm+trimmed_mean",
@@ -86,28 +101,56 @@ def config(dataset: str, n: int, f: int, alpha: float, rule: str, attack: str, r
     return c
 
 
+def programs(attacks) -> list[tuple[str, dict[str, float | None]]]:
+    """The sweeps one (α, rule) needs: ``(attack run, {column: byzantine.strength or None})``.
+
+    IPM (Xie et al. 2020) sends ``-ε · mean(honest)`` and sign flipping ``-scale · mean(honest)``
+    (``attacks.ipm`` and ``attacks.sign_flip``): one program whose factor is a hyper-parameter, so
+    both columns come out of one sweep with ``byzantine.strength`` vmapped beside the seeds.
+    """
+    out, shared = [], "sign_flip" in attacks and "ipm" in attacks
+    for atk in attacks:
+        if shared and atk == "ipm":
+            continue
+        if shared and atk == "sign_flip":
+            out.append(("sign_flip", {"sign_flip": 1.0, "ipm": IPM_EPSILON}))
+        else:
+            out.append((atk, {atk: None}))
+    return out
+
+
 def run(args, rules, attacks, alphas, rounds, seeds, f):
     """Per-seed final rows (a DataFrame) and the traces of every sweep."""
     import pandas as pd
 
-    frames, traces, total = [], {}, len(rules) * len(attacks) * len(alphas)
+    progs = programs(attacks)
+    order = {x: i for i, x in enumerate(attacks)}
+    frames, traces, total = [], {}, len(rules) * len(progs) * len(alphas)
     for a in alphas:
         for rule in rules:
-            for atk in attacks:
+            cell = []
+            for atk, columns in progs:
                 t = time.perf_counter()
-                full = rj.sweep(
-                    config(args.dataset, args.n, f, a, rule, atk, rounds, args.seed), {"seed": seeds}, progress=False
-                )
+                axes = {"seed": seeds}
+                if list(columns.values()) != [None]:
+                    axes["byzantine.strength"] = list(columns.values())
+                full = rj.sweep(config(args.dataset, args.n, f, a, rule, atk, rounds, args.seed), axes, progress=False)
+                tr = full.attrs["traces"]
+                assert list(tr) == [1], (a, rule, atk, tr)  # seeds (and strengths) share one compile
                 df = final(full)
-                df["alpha"], df["rule"], df["attack"] = a, rule, atk
-                frames.append(df)
-                traces[f"alpha={a:g}, {rule}, {atk}"] = full.attrs["traces"]
+                by = {v: k for k, v in columns.items()}
+                df["attack"] = [by[v] for v in df["byzantine.strength"]] if "byzantine.strength" in df else atk
+                df["alpha"], df["rule"] = a, rule
+                cell.append(df)
+                traces[f"alpha={a:g}, {rule}, {'+'.join(columns)}"] = list(tr)
                 print(
-                    f"[{len(frames)}/{total}] α={a:g} {rule:24s} {atk:14s} acc "
+                    f"[{len(traces)}/{total}] α={a:g} {rule:18s} {'+'.join(columns):14s} acc "
                     + ", ".join(f"{x:.3f}" for x in df["node_test_accuracy_mean"])
                     + f" ({time.perf_counter() - t:.0f} s)",
                     flush=True,
                 )  # fmt: skip
+            df = pd.concat(cell, ignore_index=True)
+            frames.append(df.iloc[np.lexsort((df["seed"].to_numpy(), df["attack"].map(order).to_numpy()))])
     runs = pd.concat(frames, ignore_index=True)
     loss = runs[["test_loss", "node_test_loss_mean"]].to_numpy(float)
     diverged = ~np.isfinite(loss).all(1)
@@ -155,9 +198,10 @@ def _alpha_table(alpha: float):
                     cells.append(R.fmt_band(r[f"{m}_mean"], r[f"{m}_min"], r[f"{m}_max"]))
             rows.append([rule, *cells])
         k = int(s["seeds"].min())
+        first = " (the attack-free column first: the rule assumes f, nobody attacks)" if attacks[0] == "none" else ""
         return (
-            f"**{_alpha_label(alpha)}**: test accuracy of the honest model, mean [min, max] over {k} seeds "
-            "(attack-free column first)\n\n" + R.markdown_table(["rule", *attacks], rows)
+            f"**{_alpha_label(alpha)}**: test accuracy of the honest model, mean [min, max] over {k} seeds{first}\n\n"
+            + R.markdown_table(["rule", *(ATTACK_NAMES.get(a, a) for a in attacks)], rows)
         )
 
     return table
@@ -196,7 +240,7 @@ def plot(s, path, title=""):
         for rule in rules:  # a legend entry for every rule, even one whose every cell diverged
             ax.bar(np.nan, np.nan, color=colors[rule], label=rule)
         ax.axhline(0.1, color="grey", ls="--", lw=0.8, label="chance (10 classes)")
-        ax.set_xticks(range(len(attacks)), attacks)
+        ax.set_xticks(range(len(attacks)), [ATTACK_NAMES.get(a, a).replace(", ", ",\n") for a in attacks])
         ax.set_xlabel("attack (f = n/5 Byzantine workers)")
         ax.set_ylabel("test accuracy (fraction correct)")
         ax.set_ylim(0, 1.05)
@@ -232,7 +276,7 @@ def main(argv=None):
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="mean and NNM ∘ trimmed mean under the NaN attack; α = 1; 30 rounds; 2 seeds",
+        help="the mean under sign flip, IPM (one sweep) and NaN; α = 1; 20 rounds; 2 seeds",
     )
     ap.add_argument("--replot", action="store_true", help="redraw DIR/byzantine_federated.png from DIR/accuracy.csv")
     args = ap.parse_args(argv)
@@ -247,15 +291,16 @@ def main(argv=None):
     alphas = [float(a) for a in args.alphas.split(",")]
     rounds, seeds = args.rounds, [int(x) for x in args.seeds.split(",")]
     if args.quick:
-        rules, attacks, alphas, rounds, seeds = ["mean", "nnm+trimmed_mean"], ["nan"], [1.0], 30, [0, 1]
-    t0 = time.perf_counter()
+        rules, attacks, alphas, rounds, seeds = ["mean"], ["sign_flip", "ipm", "nan"], [1.0], 20, [0, 1]
+    t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     runs, traces = run(args, rules, attacks, alphas, rounds, seeds, f)
     s = summarize(runs)
     runs.to_csv(out / "runs.csv", index=False, float_format="%.6g")
     s.to_csv(out / "accuracy.csv", index=False, float_format="%.6g")
     wall = time.perf_counter() - t0
-    meta = dict(dataset=args.dataset, n=args.n, f=f, rounds=rounds, seeds=seeds, momentum=0.9, lr=0.05, batch=16,
-                wall_seconds=round(wall, 1), traces=traces)  # fmt: skip
+    meta = dict(dataset=args.dataset, n=args.n, f=f, rounds=rounds, seeds=seeds, momentum=0.9, lr=0.05, batch=16, ipm_epsilon=IPM_EPSILON,
+                wall_seconds=round(wall, 1), cpu_seconds=round(time.process_time() - c0, 1),
+                load=[round(load0, 1), round(os.getloadavg()[0], 1)], traces=traces)  # fmt: skip
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     plot(
         s,

@@ -92,21 +92,34 @@ def test_kappa_quick(tmp_path):
 
 
 def test_byzantine_federated_quick(tmp_path):
+    import json
+
     import numpy as np
+
+    from redeem_jax.byzantine import attacks
 
     mod = load_experiment("byzantine_federated")
     mod.main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "byzantine_federated.png").stat().st_size > 10_000
     runs = mod.read_csv(tmp_path / "runs.csv")
-    s = mod.read_csv(tmp_path / "accuracy.csv").set_index("rule")
-    assert set(runs["attack"]) == {"nan"}
-    assert len(runs) == 2 * 2 and (s["seeds"] == 2).all()
+    s = mod.read_csv(tmp_path / "accuracy.csv").set_index("attack")
+    assert list(dict.fromkeys(runs["attack"])) == ["sign_flip", "ipm", "nan"] and set(runs["rule"]) == {"mean"}
+    assert len(runs) == 3 * 2 and (s["seeds"] == 2).all()
+    # IPM's -ε·mean is sign flipping's -scale·mean at scale ε: both columns come from one compile.
+    h = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    np.testing.assert_array_equal(attacks.sign_flip(h, 2, scale=mod.IPM_EPSILON), attacks.ipm(h, 2))
+    traces = json.loads((tmp_path / "meta.json").read_text())["traces"]
+    assert traces == {"alpha=1, mean, sign_flip+ipm": [1], "alpha=1, mean, nan": [1]}
     # A NaN attacker averaged in by the mean makes the model NaN: diverged on every seed, no accuracy.
-    mean = runs[runs["rule"] == "mean"]
-    assert (mean["diverged"] == 1).all() and mean["node_test_accuracy_mean"].isna().all()
-    # NNM ∘ trimmed mean never averages the NaN row in: finite and well above chance on every seed.
-    nnm = runs[runs["rule"] == "nnm+trimmed_mean"]
-    assert (nnm["diverged"] == 0).all() and (nnm["node_test_accuracy_mean"] > 0.5).all()
-    assert np.isclose(s.loc["nnm+trimmed_mean", "node_test_accuracy_mean_min"], nnm["node_test_accuracy_mean"].min())
+    nan = runs[runs["attack"] == "nan"]
+    assert (nan["diverged"] == 1).all() and nan["node_test_accuracy_mean"].isna().all()
+    # Under -s·mean the mean applies (n - f - f·s)/n of the honest step: 0.6 at s = 1, 0.78 at IPM's
+    # ε = 0.1. Both train (finite, above chance) and the longer step is ahead on every seed.
+    by = {a: runs[runs["attack"] == a].set_index("seed") for a in ("sign_flip", "ipm")}
+    for a, r in by.items():
+        assert (r["diverged"] == 0).all() and (r["node_test_accuracy_mean"] > 0.5).all()
+        assert np.isclose(s.loc[a, "node_test_accuracy_mean_min"], r["node_test_accuracy_mean"].min())
+    assert (by["ipm"]["test_loss"] < by["sign_flip"]["test_loss"]).all()
     table = mod.TABLES["alpha_1"](tmp_path)
-    assert "| mean | diverged (2/2) |" in table and "over 2 seeds" in table
+    assert "| rule | sign flip | IPM (ε = 0.1) | NaN |" in table and "over 2 seeds" in table
+    assert table.splitlines()[-1].startswith("| mean | 0.") and table.splitlines()[-1].endswith("| diverged (2/2) |")
