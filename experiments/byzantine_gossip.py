@@ -23,8 +23,8 @@ diverged: NaN accuracy in ``runs.csv``, 'diverged' in the table and on the figur
 Measured on the shared 2-core machine: the 20 attacked cells and plain gossip's reference took
 800 s wall at load 8–14 (20–100 s per sweep of 3 seeds; compiling the 200-round program is most
 of it); the four robust rules' attack-free cells were merged in with ``--merge``: 324 s wall,
-65 s of CPU at load 10–13. The --quick run (2 sweeps) takes about 35 s of CPU, 90–290 s wall
-at load 8–14.
+65 s of CPU at load 10–13. The --quick test (2 sweeps) takes 13.5 s on the machine at load 1,
+90–290 s wall at load 8–14.
 
 Writes in DIR: ``runs.csv`` (one row per rule, attack and seed), ``results.csv`` (per rule and
 attack: mean, min and max over seeds, seed and diverged counts), ``meta.json`` (sizes, b, wall
