@@ -31,8 +31,8 @@ a cross on the figure, never the accuracy of a NaN model.
 The full run (84 sweeps, 3 seeds each) was measured on the shared 2-core machine at load 4-11
 beside other jobs: 3280 s wall for 1402 s of CPU (23 min; 16.7 s of CPU per sweep); the --quick
 test (2 sweeps, 20 rounds) takes 18 s at load 1. Results (docs/results.md, mean over 3 seeds):
-at α = 1 every rule but Krum (0.789 without attack) stays within 10 points of its own attack-free
-accuracy except two breaks, the mean under NaN and the line-searched sign flip (diverged) and
+at α = 1 every rule stays within 10 points of its own attack-free accuracy (Krum's is only
+0.789) except two breaks, the mean under NaN and the line-searched sign flip (diverged) and
 centered clipping under the line-searched sign flip (0.049); at α = 0.1 the median and Krum
 lose most of their accuracy without attack (0.625, 0.214), and sign flipping, IPM or the
 line-searched sign flip breaks every robust rule but centered clipping (0.618 at worst).
