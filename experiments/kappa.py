@@ -29,9 +29,8 @@ constant was found for the other rules; MeaMed and centered clipping have none r
     python experiments/kappa.py --quick --out /tmp/kappa     # trimmed mean and Krum, n = 9, f ∈ {1, 2}
     python experiments/kappa.py --from-seeds --out DIR       # rebuild kappa.csv / kappa.png from kappa_seeds.csv
 
-Measured on the 2 shared cores: f ∈ {1, 3, 4, 6} took 1219 s wall, 446 s CPU at load 9–13, f ∈
-{2, 5} 1094 s wall, 240 s CPU (so the full grid is ~11 min of CPU); --quick 32–35 s CPU (2–3 min
-wall at load ~10).
+Measured on the 2 shared cores: the full run took 1351 s wall, 696 s of CPU (load 3–10);
+--quick 32–35 s of CPU (1–3 min wall at load ~10).
 
 Writes DIR/kappa_seeds.csv (per seed), DIR/kappa.csv (rule, f: construction, adversarial
 mean/min/max over seeds, the lower bound, one column per upper bound), DIR/kappa.png (one panel
