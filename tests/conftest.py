@@ -14,9 +14,10 @@ import os
 import tempfile
 
 # Tests check what is computed, not how fast: LLVM's optimisation level only changes the machine
-# code XLA's fused kernels are lowered to (fusion, layouts and the order of float operations are
-# decided before, by XLA's own passes), and level 0 takes 30-40% less CPU time to compile, which
-# is most of the suite's time on 2 cores. A user's own XLA_FLAGS setting of it is kept.
+# code XLA's fused kernels are lowered to (fusion and layouts are decided before, by XLA's own
+# passes; results move by float rounding at most, e.g. where LLVM would contract a multiply-add),
+# and level 0 takes 20-40% less CPU time to compile, which is most of the suite's time on 2
+# cores. A user's own XLA_FLAGS setting of it is kept.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
