@@ -256,20 +256,22 @@ def _table(folder, graph):
         r = s[s.rule == rule].set_index("f")
         if not len(r):
             continue
-        cells = []
-        for f in fs:
-            if f not in r.index:
-                cells.append("–")
-                continue
-            x = r.loc[f]
+
+        def cell(x):
             if x.diverged:
                 acc = fmt_band(x.node_accuracy_raw_mean, x.node_accuracy_raw_min, x.node_accuracy_raw_max)
-                cells.append(f"diverged ({int(x.diverged)}/{int(x.seeds)}; honest accuracy {acc})")
-            else:
-                cells.append(fmt_band(x.node_accuracy_mean, x.node_accuracy_min, x.node_accuracy_max))
+                return f"diverged ({int(x.diverged)}/{int(x.seeds)}; honest accuracy {acc})"
+            return fmt_band(x.node_accuracy_mean, x.node_accuracy_min, x.node_accuracy_max)
+
+        cells = _per_f(r, fs, cell)
         rows.append([LABELS[rule], *cells, int(r.seeds.max())])
     header = ["rule", *[f"f = {f} (δ = {fmt(deltas[f])})" for f in fs], "seeds"]
     return markdown_table(header, rows)
+
+
+def _per_f(r, fs, cell):
+    """One table cell per f: ``cell(row)`` where the (graph, rule) ran that f, a dash elsewhere."""
+    return [cell(r.loc[f]) if f in r.index else "–" for f in fs]
 
 
 def _consensus_table(folder):
@@ -285,14 +287,15 @@ def _consensus_table(folder):
             r = s[(s.graph == g) & (s.rule == rule)].set_index("f")
             if not len(r):
                 continue
-            cells = []
-            for f in fs:
-                if f not in r.index:
-                    cells.append("–")
-                    continue
-                x = r.loc[f]
-                band = fmt_band(x.consensus_distance_mean, x.consensus_distance_min, x.consensus_distance_max)
-                cells.append(f"diverged ({int(x.diverged)}/{int(x.seeds)})" if x.diverged else band)
+            cells = _per_f(
+                r,
+                fs,
+                lambda x: (
+                    f"diverged ({int(x.diverged)}/{int(x.seeds)})"
+                    if x.diverged
+                    else fmt_band(x.consensus_distance_mean, x.consensus_distance_min, x.consensus_distance_max)
+                ),
+            )
             rows.append([g, LABELS[rule], *cells, int(r.seeds.max())])
     return markdown_table(["graph", "rule", *[f"f = {f}" for f in fs], "seeds"], rows)
 
