@@ -184,6 +184,22 @@ def edge_tamper(attack: Callable, name: str = "attack", **options) -> Tamper:
     return Tamper(lambda d: (), update, "edge", tuple(v for v in options.values() if isinstance(v, Hyper)), name)
 
 
+def live_only(tamper: Tamper, live: int) -> Tamper:
+    """``tamper`` with every forged vector's coordinates from ``live`` on set to zero.
+
+    A model with dead padding (``rj.models.Model.pad``, the MLP's GEMM layout) keeps those
+    coordinates exactly zero in every honest row; an attack that writes into every coordinate
+    (``gaussian`` noise, ``huge``) would otherwise put values there, and the robust rules'
+    distances and norms would see them. With this the Byzantine rows have the law they have on
+    the unpadded layout."""
+
+    def update(*args):
+        out, s = tamper.update(*args)
+        return jnp.where(jnp.arange(out.shape[-1]) < live, out, jnp.zeros((), out.dtype)), s
+
+    return tamper._replace(update=update)
+
+
 def global_view(vector: Tamper, byzantine: np.ndarray) -> Tamper:
     """An edge tamper from a vector tamper that sees every honest row (DESIGN's omniscient
     attacker): the f Byzantine vectors are computed once from all honest rows and Byzantine

@@ -213,11 +213,13 @@ def _mlp_gemm(name: str, task: str, module: MLP, example: np.ndarray, l2: float)
 
     The dead coordinates (``Model.pad`` of them) are zero at init and get exactly zero gradient
     from the loss (they meet zero inputs; ``l2`` masks them), so plain and robust gossip keep
-    them zero. What adds noise to whole rows puts noise there too (DP-SGD's and gradient noise:
-    the per-node stream of shape ``[d_pad]`` has the old ``[d]`` stream as its prefix, so the
-    live coordinates are those of before; attacks' ``[f, d_pad]`` draws are new streams of the
-    same law), where it is never read; rand-k draws its k of ``d_pad`` coordinates, and bytes
-    sent count the padded row (``pad/d``: 0.1% at 784-128-10)."""
+    them zero. DP-SGD's noise is drawn with shape ``[d_pad]`` (its prefix is the old ``[d]``
+    draw: the live coordinates get the noise of before) and zeroed on the padding; a built run
+    zeroes Byzantine vectors there too (``rj.channels.live_only``: the gaussian attack's live
+    coordinates are a new stream of the same law, tested), so robust rules see the unpadded law.
+    What still writes the padding: ``rj.oracles.with_gradient_noise`` (never read by ``apply``,
+    but counted in norms). Rand-k draws its k of ``d_pad`` coordinates, and bytes sent count the
+    padded row (``pad/d``: 0.1% at 784-128-10)."""
     if not module.hidden:
         return None
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), example))

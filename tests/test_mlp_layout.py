@@ -113,7 +113,7 @@ def runs():
 def test_runs_equal_the_previous_layout_on_live_coordinates(runs, name):
     """Same keys, same minibatches; the per-node DP noise is drawn with shape [d_pad] from the
     same key, whose first d values are those of shape [d] (threefry is partitionable), so the
-    live coordinates follow the same trajectory; the dead ones get noise under DP, never read."""
+    live coordinates follow the same trajectory; the dead ones get no noise and stay zero."""
     out, d = runs
     (x_new, m_new), (x_old, m_old) = out[(name, "new")], out[(name, "old")]
     scale = float(np.max(np.abs(x_old)))
@@ -123,8 +123,7 @@ def test_runs_equal_the_previous_layout_on_live_coordinates(runs, name):
             np.testing.assert_allclose(np.asarray(m_new[k]), np.asarray(m_old[k]), rtol=1e-5, err_msg=k)
     # The padding travels: bytes count the padded row (0.2% more here).
     np.testing.assert_allclose(np.asarray(m_new["bytes_sent"]) * d, np.asarray(m_old["bytes_sent"]) * x_new.shape[1])
-    if name == "dsgd":
-        assert not np.any(x_new[:, d:])
+    assert not np.any(x_new[:, d:])
 
 
 def test_rows_of_the_flax_length_still_work(tmp_path):
@@ -178,3 +177,55 @@ def test_compiled_step_copies_no_kernel():
     new, old = _pair((64,))
     assert _big_copies(old)  # the flax layout slices the kernel out of the rows (the check sees it)
     assert _big_copies(new) == []
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"byzantine.attack": "gaussian", "algorithm.name": "fedavg"},
+        {"byzantine.attack": "gaussian", "aggregation.rule": "clipped_gossip"},  # lifted, per edge
+        {"byzantine.attack": "gaussian", "aggregation.rule": "clipped_gossip", "byzantine.view": "global"},
+        {"byzantine.num": 0, "privacy.mode": "dp_sgd", "privacy.noise_multiplier": 1.0},
+    ],
+    ids=["gaussian-server", "gaussian-gossip", "gaussian-global", "dp"],
+)
+def test_attacks_and_dp_noise_leave_the_padding_zero(over):
+    """Noise and attacks write only the live coordinates: the padding stays exactly zero in every
+    row, so robust rules' distances and norms see the law of the unpadded layout (without
+    ``channels.live_only`` the gaussian rows put N(0, σ²) on the 64-wide padding, and the fedavg
+    mean carried it into every model)."""
+    from tests._configs import small_config
+
+    c = small_config(**{"model.hidden": (512,), "byzantine.num": 1, "num_nodes": 6, **over})
+    exp = rj.build(c)
+    m = exp.model
+    assert m.pad > 0, "digits 64-512-10 must take the GEMM layout for this test to mean anything"
+    state, hp = exp.init_state(), exp.hp_values()
+    step = jax.jit(exp.step)
+    for _ in range(2):
+        state, _ = step(state, exp.node_data, hp)
+    x = np.asarray(state.algorithm.x)
+    assert np.all(np.isfinite(x[:, : m.num_live]).any(axis=1)) and np.any(x[:, : m.num_live])
+    assert not np.any(x[:, m.num_live :])
+
+
+def test_gaussian_attack_law_on_the_live_coordinates():
+    """The gaussian attack's [f, d_pad] draw (live part) against the [f, d] draw of the unpadded
+    row: row 0 is the same numbers (threefry counters), later rows are other numbers of the same
+    i.i.d. N(0, σ²) stream; checked by a two-sample Kolmogorov–Smirnov test on the later rows,
+    by a one-sample test against the normal law, and by independence across rows."""
+    from scipy import stats
+
+    f, d, pad, sigma = 4, 5000, 64, 2.0
+    honest = jnp.zeros((7, d + pad))
+    t = rj.channels.live_only(rj.channels.vector_tamper(rj.attacks.get("gaussian"), sigma=sigma), d)
+    ctx = rj.core.Ctx(jnp.int32(0), jax.random.PRNGKey(3), None, jnp.ones(7, bool), {})
+    new, _ = t.update(honest, f, (), ctx)
+    old = rj.attacks.get("gaussian")(jnp.zeros((7, d)), f, ctx.key, sigma=sigma)
+    new, old = np.asarray(new), np.asarray(old)
+    assert not np.any(new[:, d:])
+    np.testing.assert_array_equal(new[0, :d], old[0])
+    assert stats.ks_2samp(new[1:, :d].ravel(), old[1:].ravel()).pvalue > 1e-3
+    assert stats.kstest(new[:, :d].ravel() / sigma, "norm").pvalue > 1e-3
+    r = np.corrcoef(new[:, :d])[np.triu_indices(f, 1)]
+    assert np.all(np.abs(r) < 5 / np.sqrt(d))  # 5 standard errors of a null correlation

@@ -442,7 +442,12 @@ def _vector_tamper(c, attack: str, aggregator=None, agg_f=None):
     return _channels.vector_tamper(attacks.get(attack), attack, **opts)
 
 
-def _server_channel(c, byz: np.ndarray) -> Channel:
+def _live(tamper, live: int):
+    """The attack with the model's dead padding kept at zero (``live`` > 0: the live count)."""
+    return _channels.live_only(tamper, live) if tamper is not None and live else tamper
+
+
+def _server_channel(c, byz: np.ndarray, live: int = 0) -> Channel:
     f = int(byz.sum())
     attack = c.byzantine.attack if f else "none"
     names = _config._registry_names()
@@ -453,7 +458,7 @@ def _server_channel(c, byz: np.ndarray) -> Channel:
         # A line-searched attack scores its factor against the rule as a stateless call (centered
         # clipping then starts from the median): the attacker cannot see the server's state.
         agg = (lambda x, g, mask=None: masked_mean(x, mask)) if rule is None else rule
-        tamper = _vector_tamper(c, attack, agg, tol)
+        tamper = _live(_vector_tamper(c, attack, agg, tol), live)
     central = _central_privacy(c)[0] if c.privacy.mode == "central" else None
     try:
         return _channels.server(
@@ -474,7 +479,7 @@ def _mesh(c):
         raise ConfigError(f"config.perf.mesh: {e}") from e
 
 
-def _graph_channel(c, topo, byz: np.ndarray, exchange: Exchange) -> Channel:
+def _graph_channel(c, topo, byz: np.ndarray, exchange: Exchange, live: int = 0) -> Channel:
     from redeem_jax.byzantine import attacks, rules
 
     f = int(byz.sum())
@@ -512,7 +517,7 @@ def _graph_channel(c, topo, byz: np.ndarray, exchange: Exchange) -> Channel:
                 rule = rule_name
             else:
                 rule = _aggregator(rule_name, topo.K + 1, b)
-            channel = _channels.robust_gossip(topo, rule, b, byz, tamper)
+            channel = _channels.robust_gossip(topo, rule, b, byz, _live(tamper, live))
     if c.perf.message_dtype not in ("float32",) and exchange.compression is None:
         channel = chain(_channels.round_messages(c.perf.message_dtype), channel)
     if exchange.compression is not None:
@@ -538,7 +543,7 @@ def _compressed(c, inner: Channel, how: str) -> Channel:
     raise ConfigError(f"config.algorithm.name: unknown compression scheme {how!r} declared by {c.algorithm.name}")
 
 
-def _channels_for(c, algorithm: Algorithm, topo, byz) -> dict[str, Channel]:
+def _channels_for(c, algorithm: Algorithm, topo, byz, live: int = 0) -> dict[str, Channel]:
     compressed = any(e.compression for e in algorithm.exchanges.values())
     defaults = _config.base_config().compression
     if not compressed and any(c.compression[k] != defaults[k] for k in ("name",)):
@@ -548,7 +553,7 @@ def _channels_for(c, algorithm: Algorithm, topo, byz) -> dict[str, Channel]:
         )
     out = {}
     for name, ex in algorithm.exchanges.items():
-        out[name] = _server_channel(c, byz) if ex.over == "server" else _graph_channel(c, topo, byz, ex)
+        out[name] = _server_channel(c, byz, live) if ex.over == "server" else _graph_channel(c, topo, byz, ex, live)
     return out
 
 
@@ -721,7 +726,7 @@ def build(config, topology=None) -> Experiment:
             algorithm.validate(topo)
         except ValueError as e:
             raise ConfigError(f"config.algorithm.name: {e}") from e
-    channels = _channels_for(c, algorithm, topo, byz)
+    channels = _channels_for(c, algorithm, topo, byz, model.num_live if model.pad else 0)
     if shared is not None:  # FedPer / FedRep: only the body goes through every exchange
         channels = {k: _channels.shared_coordinates(ch, shared) for k, ch in channels.items()}
     if lora_spec is not None and lora_spec.aggregation == "product":  # models' exchanges average BA

@@ -167,14 +167,20 @@ def make_dp_gradient_fn(
     if static_sigma and noise_multiplier < 0:
         raise ValueError(f"privacy.noise_multiplier: must be >= 0, got {noise_multiplier}")
 
+    def normal(key, shape, dtype):
+        z = jax.random.normal(key, shape, dtype)
+        # The model's dead padding (Model.pad) gets no noise: it stays exactly zero, and the live
+        # coordinates keep the draw of the unpadded row (threefry's first d values).
+        return jnp.where(jnp.arange(shape[-1]) < model.num_live, z, 0.0) if model.pad else z
+
     def fn(flat, x, y, mask, key):
         total, loss = clipped_grad_sum(model, flat, x, y, mask, clip_norm, microbatch, method)
         if static_sigma and noise_multiplier > 0:
-            total = total + noise_multiplier * clip_norm * jax.random.normal(key, total.shape, total.dtype)
+            total = total + noise_multiplier * clip_norm * normal(key, total.shape, total.dtype)
         elif not static_sigma:
             # σ = 0 with C = inf (the non-private limit) must add 0, not 0·inf = NaN.
             std = jnp.where(noise_multiplier > 0, noise_multiplier * clip_norm, 0.0)
-            total = total + std * jax.random.normal(key, total.shape, total.dtype)
+            total = total + std * normal(key, total.shape, total.dtype)
         if expected_batch_size is None:
             b = x.shape[0]
         elif callable(expected_batch_size):
