@@ -259,7 +259,9 @@ def test_neighbourhood_mean_in_column_blocks_is_bitwise_the_unblocked_sum(monkey
     nbr = np.stack([rng.choice(np.delete(np.arange(n), i), k, replace=False) for i in range(n)])
     mask = rng.random((n, k)) > 0.3
     for m in (None, mask):
-        blocked = np.asarray(jax.jit(lambda v: A.neighbourhood("mean", v, nbr, 0, m))(x))
+        with monkeypatch.context() as mp:
+            mp.setattr(A, "_cpu_threads", lambda: 1)  # the blocked loop is the one-core path
+            blocked = np.asarray(jax.jit(lambda v: A.neighbourhood("mean", v, nbr, 0, m))(x))
         with monkeypatch.context() as mp:
             mp.setattr(A, "_BLOCK_BYTES", 1 << 40)
             whole = np.asarray(jax.jit(lambda v: A.neighbourhood("mean", v, nbr, 0, m))(x))

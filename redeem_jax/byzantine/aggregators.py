@@ -41,6 +41,7 @@ import functools
 import inspect
 import itertools
 import math
+import os
 import warnings
 from collections.abc import Callable
 
@@ -1366,6 +1367,14 @@ def neighbourhood(rule, x, neighbors, f: int, mask=None, *, messages=None, **opt
 _BLOCK_BYTES = 1 << 19  # a column block of every node's row: half of a 1 MiB L2 cache
 
 
+def _cpu_threads() -> int:
+    """How many cores this process may run on (XLA's CPU thread pool is as large)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _gathered_blocks(x, idx, combine):
     """``combine(rows)`` for every node, where ``rows[j] = x[idx[:, j]]`` (a list of m arrays
     [N, d]) and ``combine`` is elementwise along the columns (e.g. a weighted sum of the rows),
@@ -1380,7 +1389,10 @@ def _gathered_blocks(x, idx, combine):
     n, d = x.shape
     m = idx.shape[1]
     b = _BLOCK_BYTES // (n * x.dtype.itemsize)
-    if b < 256 or d < 4 * b:  # too many nodes for a useful block, or too few columns to loop over
+    # XLA splits the one fused pass across its threads (rows of the output), not the loop's
+    # in-place block updates: with two cores the fused pass is 1.5-1.7x faster in wall time
+    # (2.8 against 4.7 ms at N = 64, d = 1e5, 9 rows), on one core the blocks win (5.6 vs 6.3).
+    if b < 256 or d < 4 * b or _cpu_threads() > 1:
         return combine([x] + [x.at[idx[:, j]].get(mode="promise_in_bounds") for j in range(1, m)])
 
     def part(xs):
