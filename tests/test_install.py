@@ -83,8 +83,8 @@ def test_wheel_installed_in_a_fresh_venv_runs_the_default_config_by_name(tmp_pat
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # Share the test suite's compilation cache (tests/conftest.py): same programs, same JAX.
-    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), "redeem_jax_tests_xla_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    env["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]
 
     where = subprocess.run(
         [
