@@ -285,3 +285,34 @@ def test_neighbourhood_geometric_median_from_the_origin_with_masks_and_poison():
         np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
         ok = np.isfinite(want)
         np.testing.assert_allclose(got[ok], want[ok], rtol=2e-5, atol=2e-5 * (1 + np.abs(want[ok]).max()))
+
+
+def test_arc_alone_rewrites_only_its_clipped_rows_and_equals_the_fused_form():
+    # Called on its own, ARC rescales its (at most k_max) clipped rows in place; in a composition
+    # the scaled rows are fused into the next stage. Both must be the same rows, bit for bit, and
+    # the unclipped rows must be the input's own bits: with a mask, non-finite rows and ties.
+    rng = np.random.default_rng(7)
+    n, d, f = 20, 3000, 4
+    x = (rng.normal(size=(n, d)) * rng.uniform(0.5, 4.0, size=(n, 1))).astype(np.float32)
+    x[3] = np.inf
+    x[5, 7] = np.nan
+    x[9] = x[10]  # a tie in the norms
+    mask = np.ones(n, bool)
+    mask[[2, 11]] = False
+    alone = jax.jit(lambda a, m: A.get("arc")(a, f, m))
+    stage = jax.jit(lambda a, m: A._IMPL["arc"](a, f, m)[0])
+    for m in (np.ones(n, bool), mask):
+        got, want = np.asarray(alone(x, m)), np.asarray(stage(x, m))
+        assert np.array_equal(got, want, equal_nan=True)
+        # NumPy's ARC (Allouah et al. 2024, Alg. 1) on the live finite rows; the rest unchanged
+        nr = np.linalg.norm(x.astype(np.float64), axis=1)
+        live = np.where(m)[0]
+        k = (2 * f * (len(live) - f)) // len(live)
+        tau = np.sort(np.where(np.isfinite(nr[live]), nr[live], np.inf))[::-1][k]
+        changed = m & np.isfinite(nr) & (nr > tau)
+        assert changed.sum() <= k
+        np.testing.assert_array_equal(got[~changed], x[~changed])
+        np.testing.assert_allclose(got[changed], x[changed] * (tau / nr[changed])[:, None], rtol=2e-6)
+    # donated: the same result
+    donated = jax.jit(lambda a: A.get("arc")(a, f), donate_argnums=0)
+    assert np.array_equal(np.asarray(donated(jnp.array(x))), np.asarray(alone(x, np.ones(n, bool))), equal_nan=True)

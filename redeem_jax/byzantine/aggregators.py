@@ -521,7 +521,7 @@ def _register(name, kind):
                 given = mask
                 x, f, mask = _check_call(name, x, f, mask, options)
                 xw = x.astype(_compute_dtype(name, x.dtype))
-                y, m = _stage(name, xw, f, mask, options)
+                y, m = _stage(name, xw, f, mask, options, alone=True)
                 if mask is not None:
                     need = min_inputs(name, f, **_static(options))
                     _warn_below(name, f, given, need)
@@ -542,11 +542,12 @@ def _static(options):
     return {k: v for k, v in options.items() if k in _STATIC_OPTIONS or (k == "bucketing" and isinstance(v, dict))}
 
 
-def _stage(name, x, f, mask, options):
+def _stage(name, x, f, mask, options, alone=False):
     """One rule or pre-aggregator on already checked, widened rows; ``mask`` None means every row
     is present (rules then use static order-statistic positions). A pre-aggregator returns
-    (rows, mask), the mask None again when no row changed validity."""
-    fn = _IMPL[name]
+    (rows, mask), the mask None again when no row changed validity; ``alone``: it is not
+    followed by another stage (its in-place form, where it has one)."""
+    fn = _IN_PLACE.get(name, _IMPL[name]) if alone else _IMPL[name]
     full = mask is None
     m = jnp.ones((x.shape[0],), bool) if full else mask
     if _KIND[name] == "rule":
@@ -1071,14 +1072,46 @@ def arc(x, f, mask=None):
     """Adaptive robust clipping, ARC (Allouah et al. 2024, "Boosting robustness by clipping
     gradients in distributed learning", Alg. 1): k = floor(2 (f/n)(n - f)); clip every row to the
     (k+1)-th largest norm. Non-finite rows count as the largest norms and pass through."""
+    scale, _ = _arc_scales(x, f, mask)
+    return x * scale[:, None], mask
+
+
+def _arc_scales(x, f, mask):
+    """ARC's factor per row (1 for a row it leaves unchanged) and the row norms."""
     n = x.shape[0]
     n_eff = jnp.sum(mask).astype(jnp.int32)
     nrm, finite = _row_norms(x)
     k = (2 * f * (n_eff - f)) // jnp.maximum(n_eff, 1)
     desc = -jnp.sort(-jnp.where(mask, nrm, -jnp.inf))
     tau = jnp.take(desc, jnp.minimum(k, n - 1))
-    scale = jnp.where(nrm > tau, tau / jnp.where(nrm > 0, nrm, 1.0), 1.0)
-    return jnp.where((finite & mask)[:, None], x * scale[:, None], x), mask
+    clipped = (nrm > tau) & finite & mask
+    return jnp.where(clipped, tau / jnp.where(nrm > 0, nrm, 1.0), 1.0), nrm
+
+
+def _arc_in_place(x, f, mask=None):
+    """:func:`arc` called on its own: the same rows, but only the clipped ones are rewritten.
+
+    ARC changes at most k_max = floor(2f(n - f)/n) rows (those above the (k+1)-th largest norm,
+    k ≤ k_max), so they are rescaled one by one in a loop of in-place row updates among the
+    k_max largest norms (a factor 1 leaves a row bit for bit). On a donated input XLA then writes
+    k_max rows instead of all n, as ByzFL's in-place NumPy code does (1.19x against 1.05x its
+    speed at n = 64, d = 1e5, f = 16; docs/performance.md). In a composition ``arc+rule`` the
+    scaled rows of :func:`arc` are fused into the next rule instead."""
+    n = x.shape[0]
+    k_max = (2 * f * (n - f)) // max(n, 1)
+    if k_max <= 0:
+        return x, mask
+    scale, nrm = _arc_scales(x, f, mask)
+    _, top = lax.top_k(jnp.where(mask, nrm, -jnp.inf), min(k_max, n))
+
+    def rescale(t, y):
+        i = top[t]
+        return lax.dynamic_update_slice_in_dim(y, lax.dynamic_slice_in_dim(y, i, 1, axis=0) * scale[i], i, axis=0)
+
+    return lax.fori_loop(0, min(k_max, n), rescale, x), mask
+
+
+_IN_PLACE = {"arc": _arc_in_place}  # a pre-aggregator's form when it is called on its own
 
 
 # ----------------------------------------------------------------------------- registry
