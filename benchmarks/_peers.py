@@ -16,7 +16,7 @@ import time
 import types
 from collections.abc import Callable
 
-INSTALL = "pip install .[bench]   (on CPU: pip install torch==2.13.0 first; or pip install --no-deps byzfl seaborn)"
+INSTALL = "pip install .[bench]   (CPU only: pip install torch==2.13.0 seaborn, then pip install --no-deps byzfl)"
 
 
 def torch_or_none():
