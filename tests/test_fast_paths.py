@@ -316,3 +316,29 @@ def test_arc_alone_rewrites_only_its_clipped_rows_and_equals_the_fused_form():
     # donated: the same result
     donated = jax.jit(lambda a: A.get("arc")(a, f), donate_argnums=0)
     assert np.array_equal(np.asarray(donated(jnp.array(x))), np.asarray(alone(x, np.ones(n, bool))), equal_nan=True)
+
+
+def test_wide_row_sums_of_squares_equal_numpy_and_keep_non_finite_rows():
+    # Above 2**22 entries the row sums of squares go through windowed partial sums (a threaded
+    # loop) instead of one row reduction: same values up to float rounding, a remainder window
+    # padded with zeros, batched leading axes, inf and NaN rows still non-finite.
+    from redeem_jax.byzantine import aggregators as agg
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(64, 70_001)).astype(np.float32)  # 4.5 million entries, d not a multiple of 1000
+    x[5, 123] = np.inf
+    x[9, 70_000] = np.nan
+    assert x.size >= agg._WIDE_SSQ and x.shape[1] % agg._SSQ_WINDOW
+    got = np.asarray(jax.jit(agg._row_ssq)(x))
+    want = np.sum(x.astype(np.float64) ** 2, axis=1)
+    fin = np.isfinite(want)
+    np.testing.assert_allclose(got[fin], want[fin], rtol=2e-6)
+    assert np.isinf(got[5]) and np.isnan(got[9])
+    batched = np.asarray(jax.jit(agg._row_ssq)(x[None, :32].repeat(2, axis=0)))
+    np.testing.assert_array_equal(batched[0], batched[1])
+    np.testing.assert_allclose(batched[0][fin[:32]], want[:32][fin[:32]], rtol=2e-6)
+    # static clipping through it: NumPy's clipped rows, the non-finite rows passed through
+    out = np.asarray(jax.jit(lambda a: A.get("clip")(a, 0, tau=1.0))(x))
+    nr = np.sqrt(want)
+    np.testing.assert_allclose(out[fin], x[fin] * np.minimum(1.0, 1.0 / nr[fin])[:, None], rtol=3e-6, atol=1e-9)
+    np.testing.assert_array_equal(out[~fin], x[~fin])
