@@ -1120,9 +1120,9 @@ def _arc_in_place(x, f, mask=None):
     ARC changes at most k_max = floor(2f(n - f)/n) rows (those above the (k+1)-th largest norm,
     k ≤ k_max), so they are rescaled one by one in a loop of in-place row updates among the
     k_max largest norms (a factor 1 leaves a row bit for bit). On a donated input XLA then writes
-    k_max rows instead of all n, as ByzFL's in-place NumPy code does (1.19x against 1.05x its
-    speed at n = 64, d = 1e5, f = 16; docs/performance.md). In a composition ``arc+rule`` the
-    scaled rows of :func:`arc` are fused into the next rule instead."""
+    k_max rows instead of all n, as ByzFL's in-place NumPy code does (1.15x its speed at n = 64,
+    d = 1e5, f = 16, against 0.97x for the fused form; docs/performance.md). In a composition
+    ``arc+rule`` the scaled rows of :func:`arc` are fused into the next rule instead."""
     n = x.shape[0]
     k_max = (2 * f * (n - f)) // max(n, 1)
     if k_max <= 0:
