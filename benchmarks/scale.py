@@ -4,6 +4,7 @@
     python benchmarks/scale.py --quick             # N = 10^4, 10^5 (~30 s)
     python benchmarks/scale.py --sizes 10000,1000000 --topology torus --task logistic
     python benchmarks/scale.py --md /tmp/scale.md  # also write the markdown table
+    python benchmarks/scale.py --sizes 1000000 --floor  # also the same round written by hand
 
 For each N, a fresh subprocess (so that peak memory, ``ru_maxrss``, is that N's
 alone) builds a D-SGD experiment through ``rj.build`` (synthetic linear
@@ -196,6 +197,11 @@ def worker(n: int, args) -> dict:
         prev_state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
         prev_state, _ = prev(prev_state, data)
 
+    floor = None
+    if args.floor:
+        floor, floor_state = _hand_written_round(exp, topo, args, rounds)
+        floor_state, _ = floor(floor_state, data)
+
     def timed(fn, s):
         t0 = time.perf_counter()
         s, _ = fn(s, data)
@@ -209,13 +215,16 @@ def worker(n: int, args) -> dict:
         cx.block_until_ready()
         return 2 * cx.nbytes / (time.perf_counter() - t0) / 1e9
 
-    pairs, prev_pairs = [], []
+    pairs, prev_pairs, floor_pairs = [], [], []
     for _ in range(args.reps):
         state, t_round = timed(run, state)
         pairs.append((t_round, copy_gbs()))
         if prev is not None:
             prev_state, t_prev = timed(prev, prev_state)
             prev_pairs.append((t_prev, copy_gbs()))
+        if floor is not None:
+            floor_state, t_floor = timed(floor, floor_state)
+            floor_pairs.append((t_floor, copy_gbs()))
     del cx
     # For comparison: the round closing over the node data (a constant of the program).
     t0 = time.perf_counter()
@@ -240,6 +249,11 @@ def worker(n: int, args) -> dict:
             previous_sampler=dict(
                 round_s=[t for t, _ in prev_pairs], of_copy=dict(min=min(pr), median=float(np.median(pr)), max=max(pr))
             )
+        )
+    if floor_pairs:
+        fr = [bpr / t / 1e9 / g for t, g in floor_pairs]
+        extra["floor"] = dict(
+            round_s=[t for t, _ in floor_pairs], of_copy=dict(min=min(fr), median=float(np.median(fr)), max=max(fr))
         )
     return dict(
         **extra,
@@ -270,6 +284,51 @@ def worker(n: int, args) -> dict:
         train_loss=loss,
         consensus_distance=cons,
     )
+
+
+def _hand_written_round(exp, topo, args, rounds):
+    """The same round written by hand, as a JAX user would without the library: the floor the
+    issue-11 target is measured against. Per node: B of the m examples drawn with replacement
+    (``randint``, less work than the library's draw without replacement), the least-squares
+    gradient of a linear model through two batched ``einsum`` s, one SGD step, then the gossip
+    step ``w_i <- s_i w_i + sum_k W_ik w_nbr(i,k)`` (Lian et al. 2017) over the same edge arrays.
+    No metrics, no Byzantine or channel logic. Returns the compiled ``lax.scan`` of ``rounds``
+    rounds (state donated) and its initial state."""
+    import jax
+    import jax.numpy as jnp
+
+    n, m, d = exp.node_data.x.shape
+    B = min(args.batch, m)
+    nbr = jnp.asarray(topo.neighbors, jnp.int32)
+    wts = jnp.asarray(topo.weights, jnp.float32)
+    self_w = jnp.asarray(topo.self_weight, jnp.float32)
+    lr = 0.05
+
+    def mix(v):  # v: [N, ...]
+        out = self_w.reshape((n,) + (1,) * (v.ndim - 1)) * v
+        for k in range(nbr.shape[1]):
+            out = out + wts[:, k].reshape((n,) + (1,) * (v.ndim - 1)) * v[nbr[:, k]]
+        return out
+
+    def many(s, data):
+        y = data.y.reshape(n, m)
+
+        def one(carry, _):
+            (w, b), key = carry
+            key, sub = jax.random.split(key)
+            i = jax.random.randint(sub, (n, B), 0, m)
+            xb = jnp.take_along_axis(data.x, i[:, :, None], axis=1)
+            yb = jnp.take_along_axis(y, i, axis=1)
+            r = jnp.einsum("nbd,nd->nb", xb, w) + b[:, None] - yb
+            gw = jnp.einsum("nbd,nb->nd", xb, r) * (2.0 / B)
+            gb = jnp.sum(r, axis=1) * (2.0 / B)
+            return ((mix(w - lr * gw), mix(b - lr * gb)), key), None
+
+        out, _ = jax.lax.scan(one, s, None, length=rounds)
+        return out, None
+
+    s0 = ((jnp.zeros((n, d), jnp.float32), jnp.zeros((n,), jnp.float32)), jax.random.key(1))
+    return jax.jit(many, donate_argnums=0).lower(s0, exp.node_data).compile(), s0
 
 
 def _fmt_bytes(b: float) -> str:
@@ -326,9 +385,16 @@ def main(argv=None):
         action="store_true",
         help="also time the minibatch sampler used before issue 11 (per-node keys), interleaved",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the same round written by hand in JAX (linear task), interleaved",
+    )
     p.add_argument("--md", default="", help="write the markdown table here")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.floor and args.task != "linear":
+        p.error("--floor: the hand-written round is written for --task linear")
 
     if args.worker == -1:
         import jax
@@ -354,6 +420,7 @@ def main(argv=None):
         for k in ("topology", "degree", "task", "dim", "examples", "batch", "rounds", "reps", "copy_mib")
     ]
     forwarded += ["--previous-sampler"] if args.previous_sampler else []
+    forwarded += ["--floor"] if args.floor else []
 
     def sub(n: int) -> dict:
         # Every measurement in its own process: peaks and allocator state don't mix,
@@ -387,6 +454,16 @@ def main(argv=None):
                 f"{po['min']:.1%} / {po['median']:.1%} / {po['max']:.1%} of copy; this sampler: "
                 f"{1e3 * min(row['round_s_interleaved']):.0f} / {1e3 * np.median(row['round_s_interleaved']):.0f} / "
                 f"{1e3 * max(row['round_s_interleaved']):.0f} ms/round"
+            )
+        if "floor" in row:
+            fl = row["floor"]
+            rs = np.array(fl["round_s"]) * 1e3
+            fo = fl["of_copy"]
+            print(
+                f"N={n:,} hand-written JAX round: {rs.min():.1f} / {np.median(rs):.1f} / {rs.max():.1f} ms/round, "
+                f"{fo['min']:.1%} / {fo['median']:.1%} / {fo['max']:.1%} of copy; the library's round: "
+                f"{1e3 * min(row['round_s_interleaved']):.1f} / {1e3 * np.median(row['round_s_interleaved']):.1f} / "
+                f"{1e3 * max(row['round_s_interleaved']):.1f} ms/round"
             )
         print(
             f"N={n:,}: {row['rounds_per_s']:.2f} rounds/s, {oc['min']:.1%} / {oc['median']:.1%} / {oc['max']:.1%} "
