@@ -215,16 +215,19 @@ def worker(n: int, args) -> dict:
         cx.block_until_ready()
         return 2 * cx.nbytes / (time.perf_counter() - t0) / 1e9
 
-    pairs, prev_pairs, floor_pairs = [], [], []
+    # Contenders timed after the library's round, each call followed by its own copy.
+    others = {}
+    if prev is not None:
+        others["previous_sampler"] = [prev, prev_state, []]
+    if floor is not None:
+        others["floor"] = [floor, floor_state, []]
+    pairs = []
     for _ in range(args.reps):
         state, t_round = timed(run, state)
         pairs.append((t_round, copy_gbs()))
-        if prev is not None:
-            prev_state, t_prev = timed(prev, prev_state)
-            prev_pairs.append((t_prev, copy_gbs()))
-        if floor is not None:
-            floor_state, t_floor = timed(floor, floor_state)
-            floor_pairs.append((t_floor, copy_gbs()))
+        for o in others.values():
+            o[1], t_other = timed(o[0], o[1])
+            o[2].append((t_other, copy_gbs()))
     del cx
     # For comparison: the round closing over the node data (a constant of the program).
     t0 = time.perf_counter()
@@ -243,17 +246,10 @@ def worker(n: int, args) -> dict:
     bpr = int(sum(traffic.values()))
     ratios = [bpr / t / 1e9 / g for t, g in pairs]
     extra = {}
-    if prev_pairs:
-        pr = [bpr / t / 1e9 / g for t, g in prev_pairs]
-        extra = dict(
-            previous_sampler=dict(
-                round_s=[t for t, _ in prev_pairs], of_copy=dict(min=min(pr), median=float(np.median(pr)), max=max(pr))
-            )
-        )
-    if floor_pairs:
-        fr = [bpr / t / 1e9 / g for t, g in floor_pairs]
-        extra["floor"] = dict(
-            round_s=[t for t, _ in floor_pairs], of_copy=dict(min=min(fr), median=float(np.median(fr)), max=max(fr))
+    for key, (_, _, other_pairs) in others.items():
+        r = [bpr / t / 1e9 / g for t, g in other_pairs]
+        extra[key] = dict(
+            round_s=[t for t, _ in other_pairs], of_copy=dict(min=min(r), median=float(np.median(r)), max=max(r))
         )
     return dict(
         **extra,
@@ -445,26 +441,18 @@ def main(argv=None):
         row = sub(n)
         rows.append(row)
         oc = row["of_copy"]
-        if "previous_sampler" in row:
-            ps = row["previous_sampler"]
-            rs = np.array(ps["round_s"]) * 1e3
-            po = ps["of_copy"]
-            print(
-                f"N={n:,} previous sampler: {rs.min():.0f} / {np.median(rs):.0f} / {rs.max():.0f} ms/round, "
-                f"{po['min']:.1%} / {po['median']:.1%} / {po['max']:.1%} of copy; this sampler: "
-                f"{1e3 * min(row['round_s_interleaved']):.0f} / {1e3 * np.median(row['round_s_interleaved']):.0f} / "
-                f"{1e3 * max(row['round_s_interleaved']):.0f} ms/round"
-            )
-        if "floor" in row:
-            fl = row["floor"]
-            rs = np.array(fl["round_s"]) * 1e3
-            fo = fl["of_copy"]
-            print(
-                f"N={n:,} hand-written JAX round: {rs.min():.1f} / {np.median(rs):.1f} / {rs.max():.1f} ms/round, "
-                f"{fo['min']:.1%} / {fo['median']:.1%} / {fo['max']:.1%} of copy; the library's round: "
-                f"{1e3 * min(row['round_s_interleaved']):.1f} / {1e3 * np.median(row['round_s_interleaved']):.1f} / "
-                f"{1e3 * max(row['round_s_interleaved']):.1f} ms/round"
-            )
+        ours = np.array(row["round_s_interleaved"]) * 1e3
+        for key, label, ours_label in (
+            ("previous_sampler", "previous sampler", "this sampler"),
+            ("floor", "hand-written JAX round", "the library's round"),
+        ):
+            if key in row:
+                rs, oc_k = np.array(row[key]["round_s"]) * 1e3, row[key]["of_copy"]
+                print(
+                    f"N={n:,} {label}: {rs.min():.1f} / {np.median(rs):.1f} / {rs.max():.1f} ms/round, "
+                    f"{oc_k['min']:.1%} / {oc_k['median']:.1%} / {oc_k['max']:.1%} of copy; {ours_label}: "
+                    f"{ours.min():.1f} / {np.median(ours):.1f} / {ours.max():.1f} ms/round"
+                )
         print(
             f"N={n:,}: {row['rounds_per_s']:.2f} rounds/s, {oc['min']:.1%} / {oc['median']:.1%} / {oc['max']:.1%} "
             f"of the interleaved copy (min / median / max), load {os.getloadavg()[0]:.1f}, "
